@@ -1,0 +1,1 @@
+"""Sampling, sequences, the generation loop and the LLM entry point."""

@@ -1,0 +1,1 @@
+"""Model definitions, configs, checkpoint readers and tokenizers."""

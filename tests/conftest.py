@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+
+def hf_llama_config(**overrides):
+    from transformers import LlamaConfig
+    kw = dict(vocab_size=301, hidden_size=96, intermediate_size=160, num_hidden_layers=3, num_attention_heads=6,
+              num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, initializer_range=0.15,
+              bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=False)
+    kw.update(overrides)
+    return LlamaConfig(**kw)
+
+
+CONFIGS = {
+    "gqa-untied": {},
+    "tied-mha-bias": dict(tie_word_embeddings=True, num_key_value_heads=6, attention_bias=True, mlp_bias=True),
+    "llama3-rope": dict(rope_parameters={"rope_type": "llama3", "rope_theta": 50000.0, "factor": 8.0,
+                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                         "original_max_position_embeddings": 64}),
+    "linear-rope-headdim": dict(head_dim=24, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0,
+                                                              "factor": 2.0}),
+}
+
+
+def make_hf_model(name: str, seed: int):
+    from transformers import LlamaForCausalLM
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(hf_llama_config(**CONFIGS[name])).eval()
+    with torch.no_grad():  # HF starts norms at 1 and biases at 0; perturb them so they are really tested
+        for n, p in model.named_parameters():
+            if n.endswith("norm.weight") or n.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory):
+    """(name, sharded) -> (directory, HF model) written with save_pretrained."""
+    made = {}
+
+    def get(name: str = "gqa-untied", sharded: bool = False):
+        if (name, sharded) not in made:
+            model = make_hf_model(name, seed=len(made) + 11)
+            d = tmp_path_factory.mktemp(f"{name}-{'sharded' if sharded else 'single'}")
+            model.save_pretrained(d, max_shard_size="60KB" if sharded else "1GB")
+            made[name, sharded] = (d, model)
+        return made[name, sharded]
+    return get
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())

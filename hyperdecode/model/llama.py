@@ -1,6 +1,6 @@
 """Reference Llama-family forward: RMSNorm, RoPE, GQA attention, SwiGLU MLP, static KV cache.
 
-Parameter names are the HF ones without the leading "model." so that safetensors load without a table.
+Checkpoints are read in HF layout and converted once by `from_hf` (q/k/v and gate/up fused, weights [in, out]).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig, rope_inv_freq
 
-__all__ = ["Transformer", "KVCache"]
+__all__ = ["Transformer", "KVCache", "hf_shapes", "from_hf"]
 
 
 class RMSNorm(nn.Module):
@@ -53,41 +53,50 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def proj(d_in: int, d_out: int, bias: bool) -> tuple[nn.Parameter, nn.Parameter | None]:
+    """Weights stored [in, out] so that decode's GEMV is `x @ w` (faster on CPU BLAS than x @ W.T)."""
+    return nn.Parameter(torch.empty(d_in, d_out)), nn.Parameter(torch.empty(d_out)) if bias else None
+
+
+def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    return x @ w if b is None else torch.addmm(b, x.flatten(0, -2), w).view(*x.shape[:-1], -1)
+
+
 class Attention(nn.Module):
+    """q, k and v share one [hidden, (heads + 2 kv_heads) * head_dim] projection."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        b = cfg.attention_bias
-        self.q_proj = nn.Linear(cfg.hidden_size, self.n_head * self.head_dim, bias=b)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=b)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=b)
-        self.o_proj = nn.Linear(self.n_head * self.head_dim, cfg.hidden_size, bias=b)
+        self.wqkv, self.bqkv = proj(cfg.hidden_size, (self.n_head + 2 * self.n_kv) * self.head_dim,
+                                    cfg.attention_bias)
+        self.wo, self.bo = proj(self.n_head * self.head_dim, cfg.hidden_size, cfg.attention_bias)
         self.cache: KVCache | None = None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, mask: Tensor | None,
                 cache_len: int | None) -> Tensor:
         B, S, _ = x.shape
-        q = self.q_proj(x).view(B, S, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, S, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, S, self.n_kv, self.head_dim).transpose(1, 2)
+        qkv = linear(x, self.wqkv, self.bqkv).view(B, S, self.n_head + 2 * self.n_kv, self.head_dim).transpose(1, 2)
+        q, k, v = qkv.split([self.n_head, self.n_kv, self.n_kv], dim=1)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         if cache_len is not None:
             k, v = self.cache.update(pos, k, v, cache_len)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_head)
-        return self.o_proj(y.transpose(1, 2).reshape(B, S, -1))
+        return linear(y.transpose(1, 2).reshape(B, S, -1), self.wo, self.bo)
 
 
 class MLP(nn.Module):
+    """SwiGLU; gate and up share one [hidden, 2 * intermediate] projection."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        b = cfg.mlp_bias
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=b)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=b)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=b)
+        self.w13, self.b13 = proj(cfg.hidden_size, 2 * cfg.intermediate_size, cfg.mlp_bias)
+        self.w2, self.b2 = proj(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = linear(x, self.w13, self.b13).chunk(2, dim=-1)
+        return linear(F.silu(gate) * up, self.w2, self.b2)
 
 
 class Block(nn.Module):
@@ -111,7 +120,7 @@ class Transformer(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Parameter(torch.empty(cfg.hidden_size, cfg.vocab_size))  # [in, out]; a copy when tied
         self.register_buffer("inv_freq", torch.tensor(rope_inv_freq(cfg), dtype=torch.float32), persistent=False)
         self.max_batch = self.max_seq = 0
 
@@ -147,5 +156,46 @@ class Transformer(nn.Module):
         return self.norm(x)
 
     def logits(self, h: Tensor) -> Tensor:
-        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(h, w).float()
+        return (h @ self.lm_head).float()
+
+
+def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Names (HF, without "model.") and shapes of every tensor a checkpoint for `cfg` must hold."""
+    H, I, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    shapes = {"embed_tokens.weight": (cfg.vocab_size, H), "norm.weight": (H,)}
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (cfg.vocab_size, H)
+    attn = {"q_proj": (cfg.num_attention_heads * hd, H), "k_proj": (cfg.num_key_value_heads * hd, H),
+            "v_proj": (cfg.num_key_value_heads * hd, H), "o_proj": (H, cfg.num_attention_heads * hd)}
+    mlp = {"gate_proj": (I, H), "up_proj": (I, H), "down_proj": (H, I)}
+    for i in range(cfg.num_hidden_layers):
+        p = f"layers.{i}."
+        shapes[p + "input_layernorm.weight"] = shapes[p + "post_attention_layernorm.weight"] = (H,)
+        for group, table, bias in (("self_attn", attn, cfg.attention_bias), ("mlp", mlp, cfg.mlp_bias)):
+            for name, shape in table.items():
+                shapes[f"{p}{group}.{name}.weight"] = shape
+                if bias:
+                    shapes[f"{p}{group}.{name}.bias"] = shape[:1]
+    return shapes
+
+
+def from_hf(sd: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """HF-named tensors (already checked against `hf_shapes`) -> this module's state dict."""
+    out = {"embed_tokens.weight": sd["embed_tokens.weight"], "norm.weight": sd["norm.weight"],
+           "lm_head": sd["embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"].t()}
+    for i in range(cfg.num_hidden_layers):
+        p = f"layers.{i}."
+        a, m = p + "self_attn.", p + "mlp."
+        out[p + "input_layernorm.weight"] = sd[p + "input_layernorm.weight"]
+        out[p + "post_attention_layernorm.weight"] = sd[p + "post_attention_layernorm.weight"]
+        out[a + "wqkv"] = torch.cat([sd[a + f"{n}_proj.weight"] for n in "qkv"]).t()
+        out[a + "wo"] = sd[a + "o_proj.weight"].t()
+        out[m + "w13"] = torch.cat([sd[m + "gate_proj.weight"], sd[m + "up_proj.weight"]]).t()
+        out[m + "w2"] = sd[m + "down_proj.weight"].t()
+        if cfg.attention_bias:
+            out[a + "bqkv"] = torch.cat([sd[a + f"{n}_proj.bias"] for n in "qkv"])
+            out[a + "bo"] = sd[a + "o_proj.bias"]
+        if cfg.mlp_bias:
+            out[m + "b13"] = torch.cat([sd[m + "gate_proj.bias"], sd[m + "up_proj.bias"]])
+            out[m + "b2"] = sd[m + "down_proj.bias"]
+    return out

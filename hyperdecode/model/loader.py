@@ -67,9 +67,7 @@ def load_model(model: str, device: str | torch.device = "auto", dtype: str | tor
         cfg = ModelConfig(**spec["config"], source=f"preset '{model}'")
         tok = Tokenizer.byte_level()
         cfg.eos_token_ids = tok.eos_token_ids
-        with torch.device("meta"):
-            shapes = Transformer(cfg)
-        return LoadedModel(model, cfg, build(cfg, random_state_dict(shapes, seed), model, dev, dt), tok)
+        return LoadedModel(model, cfg, build(cfg, random_state_dict(cfg, seed), model, dev, dt), tok)
     if path.is_dir():
         cfg = ModelConfig.from_json(path / "config.json")
         sd = read_safetensors(path)

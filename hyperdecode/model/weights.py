@@ -12,9 +12,10 @@ from torch import Tensor
 
 from ..errors import WeightsError
 from .config import ModelConfig
-from .llama import Transformer
+from .llama import Transformer, from_hf, hf_shapes
 
-__all__ = ["read_safetensors", "read_gguf", "gguf_metadata", "load_state_dict", "random_state_dict"]
+__all__ = ["read_safetensors", "read_gguf", "gguf_metadata", "check_hf_tensors", "load_state_dict",
+           "random_state_dict"]
 
 LARGE_CHECKPOINT_BYTES = 200 * 2**20
 IGNORED_HF_KEYS = re.compile(r".*rotary_emb\.inv_freq$")
@@ -133,36 +134,43 @@ def read_gguf(path: str | Path, cfg: ModelConfig, reader: Any = None) -> dict[st
     return out
 
 
-def load_state_dict(model: Transformer, sd: dict[str, Tensor], source: str) -> None:
-    """Checks names and shapes against the model, then assigns the tensors (cast to the model's dtype)."""
-    expected = model.state_dict()
-    if model.lm_head is None:
-        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
-    for k, ref in expected.items():
+def check_hf_tensors(sd: dict[str, Tensor], cfg: ModelConfig, source: str) -> dict[str, Tensor]:
+    """Checks HF-named tensors against the config: every one present, none extra, every shape right."""
+    expected = hf_shapes(cfg)
+    if cfg.tie_word_embeddings:
+        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}  # some tied checkpoints still carry it
+    for k, shape in expected.items():
         if k not in sd:
-            raise WeightsError(f"{source}: missing tensor '{hf_key(k)}' (expected shape {list(ref.shape)})")
-        if tuple(sd[k].shape) != tuple(ref.shape):
+            raise WeightsError(f"{source}: missing tensor '{hf_key(k)}' (expected shape {list(shape)})")
+        if tuple(sd[k].shape) != shape:
             raise WeightsError(f"{source}: tensor '{hf_key(k)}' has shape {list(sd[k].shape)}, "
-                               f"expected {list(ref.shape)}")
+                               f"expected {list(shape)}")
     extra = sorted(set(sd) - set(expected))
     if extra:
         raise WeightsError(f"{source}: unexpected tensor '{hf_key(extra[0])}'"
                            + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
-    p = next(model.parameters())
-    model.load_state_dict({k: v.to(device=p.device, dtype=p.dtype) for k, v in sd.items()}, strict=True)
+    return sd
+
+
+def load_state_dict(model: Transformer, sd: dict[str, Tensor], source: str) -> None:
+    """Checks HF-named tensors, converts them to the model's layout and dtype, and assigns them."""
+    sd = from_hf(check_hf_tensors(sd, model.cfg, source), model.cfg)
+    p = model.embed_tokens.weight
+    model.load_state_dict({k: v.to(device=p.device, dtype=p.dtype).contiguous() for k, v in sd.items()},
+                          strict=True)
 
 
 def hf_key(k: str) -> str:
     return k if k.startswith("lm_head") else f"model.{k}"
 
 
-def random_state_dict(model: Transformer, seed: int, std: float = 0.02) -> dict[str, Tensor]:
-    """Deterministic random weights (drawn on the CPU, so every device gets the same model for a seed)."""
+def random_state_dict(cfg: ModelConfig, seed: int, std: float = 0.02) -> dict[str, Tensor]:
+    """Deterministic random HF-named weights (drawn on the CPU, so every device gets the same model for a seed)."""
     g = torch.Generator().manual_seed(seed)
     sd = {}
-    for k, ref in model.state_dict().items():
-        if k.endswith("layernorm.weight") or k == "norm.weight":
-            sd[k] = 1.0 + 0.1 * torch.randn(ref.shape, generator=g)
+    for k, shape in hf_shapes(cfg).items():
+        if k.endswith("norm.weight"):
+            sd[k] = 1.0 + 0.1 * torch.randn(shape, generator=g)
         else:
-            sd[k] = std * torch.randn(ref.shape, generator=g)
+            sd[k] = std * torch.randn(shape, generator=g)
     return sd

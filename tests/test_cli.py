@@ -1,0 +1,57 @@
+"""The `hyperdecode` command, run as a user would (a subprocess)."""
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "hyperdecode.cli", *args], capture_output=True, text=True,
+                          input=stdin, timeout=300)
+
+
+def test_generate_streams_text_and_stats():
+    r = cli("generate", "The capital of France is", "--max-tokens", "8", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+    assert "TTFT" in r.stderr and "tok/s" in r.stderr
+
+
+def test_generate_with_seed_is_reproducible():
+    args = ("generate", "hi", "--model", "tiny-llama", "--temperature", "1", "--seed", "3", "--max-tokens", "12")
+    assert cli(*args).stdout == cli(*args).stdout
+
+
+def test_chat_is_multi_turn():
+    r = cli("chat", "--model", "tiny-llama", "--max-tokens", "4", stdin="hello\nagain\n/exit\n")
+    assert r.returncode == 0, r.stderr
+    prompts = [line for line in r.stderr.splitlines() if line.startswith("[hyperdecode] prompt")]
+    assert len(prompts) == 2
+    first, second = (int(p.split()[2]) for p in prompts)
+    assert second > first  # the second turn carries the first
+
+
+def test_models_lists_presets():
+    r = cli("models")
+    assert r.returncode == 0 and "smollm2" in r.stdout and "tiny-llama" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("generate", "x", "--model", "nope"), "model 'nope' is neither a preset"),
+    (("generate", "x", "--model", "tiny-llama", "--top-p", "2"), "'top_p'"),
+    (("generate", "x", "--max-tokens", "ten"), "invalid int value"),
+    (("generate",), "required: prompt"),
+    (("frobnicate",), "invalid choice"),
+])
+def test_bad_arguments_give_one_line_and_nonzero_exit(args, message):
+    r = cli(*args)
+    assert r.returncode != 0
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_help_everywhere():
+    for args in ((), ("generate",), ("chat",), ("models",)):
+        r = cli(*args, "--help")
+        assert r.returncode == 0 and "usage" in r.stdout

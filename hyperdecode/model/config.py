@@ -60,13 +60,6 @@ class ModelConfig:
         if rope_type not in ROPE_TYPES:
             raise ConfigError(f"{self.source}: rope type '{rope_type}' is not supported (supported: {ROPE_TYPES})")
 
-    @property
-    def num_params(self) -> int:
-        attn = self.hidden_size * self.head_dim * (2 * self.num_attention_heads + 2 * self.num_key_value_heads)
-        mlp = 3 * self.hidden_size * self.intermediate_size
-        embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
-        return self.num_hidden_layers * (attn + mlp + 2 * self.hidden_size) + embed + self.hidden_size
-
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
         return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * dtype_bytes
 

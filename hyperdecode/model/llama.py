@@ -37,14 +37,9 @@ class KVCache(nn.Module):
     def update(self, pos: Tensor, k: Tensor, v: Tensor, length: int) -> tuple[Tensor, Tensor]:
         # pos: [B, S]; k, v: [B, kv_heads, S, head_dim]
         B = pos.shape[0]
-        if pos.shape[1] == 1:
-            rows = torch.arange(B, device=pos.device)
-            self.k[rows, :, pos[:, 0]] = k[:, :, 0]
-            self.v[rows, :, pos[:, 0]] = v[:, :, 0]
-        else:
-            rows = torch.arange(B, device=pos.device)[:, None]
-            self.k[rows, :, pos] = k.transpose(1, 2)
-            self.v[rows, :, pos] = v.transpose(1, 2)
+        rows = torch.arange(B, device=pos.device)[:, None]
+        self.k[rows, :, pos] = k.transpose(1, 2)
+        self.v[rows, :, pos] = v.transpose(1, 2)
         return self.k[:B, :, :length], self.v[:B, :, :length]
 
 

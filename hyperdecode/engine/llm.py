@@ -32,6 +32,7 @@ class LLM:
             raise ConfigError(f"backend '{backend}' is not available (available: {', '.join(BACKENDS)})")
         loaded = load_model(model, device=device, dtype=dtype, seed=seed)
         self.name, self.config, self.model, self._tokenizer = loaded.name, loaded.cfg, loaded.model, loaded.tokenizer
+        self.fp8_weights = loaded.fp8_weights  # raw (float8 weight, scale_inv) of an FP8 checkpoint, by HF name
         self.backend = backend
         self.device = self.model.embed_tokens.weight.device
 

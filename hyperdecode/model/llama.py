@@ -109,6 +109,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    FP32_PARAMS = None
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -152,6 +154,12 @@ class Transformer(nn.Module):
 
     def logits(self, h: Tensor) -> Tensor:
         return (h @ self.lm_head).float()
+
+    def hf_shapes(self) -> dict[str, tuple[int, ...]]:
+        return hf_shapes(self.cfg)
+
+    def from_hf(self, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        return from_hf(sd, self.cfg)
 
 
 def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:

@@ -1,30 +1,38 @@
 """Turns a model name (preset, HF checkpoint directory or .gguf file) into a config, a module and a tokenizer."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from ..errors import ConfigError, ModelNotFoundError
+from .checkpoint import FP8, dequantize_state_dict
 from .config import PRESETS, ModelConfig, rope_inv_freq
+from .deepseek import DeepseekTransformer, hf_shapes as deepseek_shapes
+from .deepseek_config import MODEL_TYPES, DeepseekConfig
 from .embedded import smollm2_path
-from .llama import Transformer
+from .llama import Transformer, hf_shapes as llama_shapes
 from .tokenizer import Tokenizer
 from .weights import gguf_metadata, load_state_dict, open_gguf, random_state_dict, read_gguf, read_safetensors
 
-__all__ = ["LoadedModel", "load_model", "resolve_device", "resolve_dtype"]
+__all__ = ["LoadedModel", "load_model", "config_from_dict", "preset_config", "resolve_device", "resolve_dtype"]
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
+Config = ModelConfig | DeepseekConfig
 
 
 @dataclass
 class LoadedModel:
     name: str
-    cfg: ModelConfig
-    model: Transformer
+    cfg: Config
+    model: nn.Module
     tokenizer: Tokenizer | None
+    fp8_weights: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # raw (fp8, scale_inv) by name
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -47,11 +55,44 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def build(cfg: ModelConfig, sd: dict, source: str, device: torch.device, dtype: torch.dtype) -> Transformer:
+def config_from_dict(d: dict[str, Any], source: str) -> Config:
+    """The config class follows `model_type`: the GLM-5/DeepSeek family or the Llama family."""
+    if d.get("model_type") in MODEL_TYPES:
+        return DeepseekConfig.from_dict(d, source)
+    return ModelConfig.from_dict(d, source)
+
+
+def preset_config(name: str) -> Config:
+    if name not in PRESETS:
+        raise ModelNotFoundError(f"model '{name}' is neither a preset ({', '.join(PRESETS)}) nor an existing path")
+    spec = PRESETS[name]
+    if "embedded" in spec:
+        return ModelConfig.from_gguf_metadata(gguf_metadata(open_gguf(smollm2_path())), source=name)
+    if "hf_config" in spec:
+        return DeepseekConfig.from_dict(spec["hf_config"], source=f"preset '{name}'")
+    return ModelConfig(**spec["config"], source=f"preset '{name}'")
+
+
+def expected_shapes(cfg: Config, mtp: bool) -> dict[str, tuple[int, ...]]:
+    return deepseek_shapes(cfg, mtp) if isinstance(cfg, DeepseekConfig) else llama_shapes(cfg)
+
+
+def has_mtp(cfg: Config, sd: dict[str, Tensor]) -> bool:
+    """HF's save_pretrained drops the MTP layer; it is built only when its tensors are in the checkpoint."""
+    if not isinstance(cfg, DeepseekConfig) or cfg.num_nextn_predict_layers < 1:
+        return False
+    return any(k.startswith(f"layers.{cfg.num_hidden_layers}.") for k in sd)
+
+
+def build(cfg: Config, sd: dict[str, Tensor], source: str, device: torch.device, dtype: torch.dtype) -> nn.Module:
     with torch.device("meta"):
-        model = Transformer(cfg)
+        model = DeepseekTransformer(cfg, has_mtp(cfg, sd)) if isinstance(cfg, DeepseekConfig) else Transformer(cfg)
     model = model.to_empty(device=device).to(dtype)
-    model.inv_freq = torch.tensor(rope_inv_freq(cfg), dtype=torch.float32, device=device)
+    for name, p in model.named_parameters():
+        if model.FP32_PARAMS and model.FP32_PARAMS.match(name):
+            p.data = p.data.float()
+    inv_freq = cfg.rope_inv_freq()[0] if isinstance(cfg, DeepseekConfig) else torch.tensor(rope_inv_freq(cfg))
+    model.inv_freq = inv_freq.to(device=device, dtype=torch.float32)
     load_state_dict(model, sd, source)
     return model.eval()
 
@@ -64,15 +105,30 @@ def load_model(model: str, device: str | torch.device = "auto", dtype: str | tor
         spec = PRESETS[model]
         if "embedded" in spec:
             return load_gguf(smollm2_path(), dev, dt, name=model)
-        cfg = ModelConfig(**spec["config"], source=f"preset '{model}'")
+        if spec.get("sizing_only"):
+            raise ConfigError(f"preset '{model}' is for sizing only (try `hyperdecode inspect {model}`); "
+                              "its weights are not built")
+        cfg = preset_config(model)
         tok = Tokenizer.byte_level()
         cfg.eos_token_ids = tok.eos_token_ids
-        return LoadedModel(model, cfg, build(cfg, random_state_dict(cfg, seed), model, dev, dt), tok)
+        sd = random_state_dict(expected_shapes(cfg, mtp=getattr(cfg, "num_nextn_predict_layers", 0) > 0), seed)
+        return LoadedModel(model, cfg, build(cfg, sd, model, dev, dt), tok)
     if path.is_dir():
-        cfg = ModelConfig.from_json(path / "config.json")
-        sd = read_safetensors(path)
+        cfg_file = path / "config.json"
+        try:
+            d = json.loads(cfg_file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{cfg_file}: config file not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{cfg_file}: not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{cfg_file}: expected a JSON object")
+        cfg = config_from_dict(d, str(cfg_file))
+        sd, raw = read_safetensors(path), {}
+        if any(v.dtype == FP8 for v in sd.values()):
+            sd, raw = dequantize_state_dict(sd, getattr(cfg, "fp8_block", None) or (128, 128), str(path))
         tok = Tokenizer.from_hf_dir(path, cfg.eos_token_ids, cfg.bos_token_id)
-        return LoadedModel(str(path), cfg, build(cfg, sd, str(path), dev, dt), tok)
+        return LoadedModel(str(path), cfg, build(cfg, sd, str(path), dev, dt), tok, raw)
     if path.suffix == ".gguf":
         return load_gguf(path, dev, dt, name=str(path))
     if path.exists():

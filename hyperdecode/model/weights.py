@@ -12,7 +12,6 @@ from torch import Tensor
 
 from ..errors import WeightsError
 from .config import ModelConfig
-from .llama import Transformer, from_hf, hf_shapes
 
 __all__ = ["read_safetensors", "read_gguf", "gguf_metadata", "check_hf_tensors", "load_state_dict",
            "random_state_dict"]
@@ -134,17 +133,17 @@ def read_gguf(path: str | Path, cfg: ModelConfig, reader: Any = None) -> dict[st
     return out
 
 
-def check_hf_tensors(sd: dict[str, Tensor], cfg: ModelConfig, source: str) -> dict[str, Tensor]:
-    """Checks HF-named tensors against the config: every one present, none extra, every shape right."""
-    expected = hf_shapes(cfg)
-    if cfg.tie_word_embeddings:
+def check_hf_tensors(sd: dict[str, Tensor], expected: dict[str, tuple[int, ...]], tie_word_embeddings: bool,
+                      source: str) -> dict[str, Tensor]:
+    """Checks HF-named tensors against the expected shapes: every one present, none extra, every shape right."""
+    if tie_word_embeddings:
         sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}  # some tied checkpoints still carry it
     for k, shape in expected.items():
         if k not in sd:
             raise WeightsError(f"{source}: missing tensor '{hf_key(k)}' (expected shape {list(shape)})")
         if tuple(sd[k].shape) != shape:
             raise WeightsError(f"{source}: tensor '{hf_key(k)}' has shape {list(sd[k].shape)}, "
-                               f"expected {list(shape)}")
+                               f"expected {list(shape)} from the config")
     extra = sorted(set(sd) - set(expected))
     if extra:
         raise WeightsError(f"{source}: unexpected tensor '{hf_key(extra[0])}'"
@@ -152,24 +151,24 @@ def check_hf_tensors(sd: dict[str, Tensor], cfg: ModelConfig, source: str) -> di
     return sd
 
 
-def load_state_dict(model: Transformer, sd: dict[str, Tensor], source: str) -> None:
-    """Checks HF-named tensors, converts them to the model's layout and dtype, and assigns them."""
-    sd = from_hf(check_hf_tensors(sd, model.cfg, source), model.cfg)
-    p = model.embed_tokens.weight
-    model.load_state_dict({k: v.to(device=p.device, dtype=p.dtype).contiguous() for k, v in sd.items()},
-                          strict=True)
+def load_state_dict(model: torch.nn.Module, sd: dict[str, Tensor], source: str) -> None:
+    """Checks HF-named tensors, converts them to the model's layout and dtypes, and assigns them."""
+    sd = model.from_hf(check_hf_tensors(sd, model.hf_shapes(), model.cfg.tie_word_embeddings, source))
+    expected = model.state_dict()
+    model.load_state_dict({k: v.to(device=expected[k].device, dtype=expected[k].dtype).contiguous()
+                           for k, v in sd.items()}, strict=True)
 
 
 def hf_key(k: str) -> str:
     return k if k.startswith("lm_head") else f"model.{k}"
 
 
-def random_state_dict(cfg: ModelConfig, seed: int, std: float = 0.02) -> dict[str, Tensor]:
+def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int, std: float = 0.02) -> dict[str, Tensor]:
     """Deterministic random HF-named weights (drawn on the CPU, so every device gets the same model for a seed)."""
     g = torch.Generator().manual_seed(seed)
     sd = {}
-    for k, shape in hf_shapes(cfg).items():
-        if k.endswith("norm.weight"):
+    for k, shape in shapes.items():
+        if k.endswith("norm.weight") or k.endswith("enorm.weight"):
             sd[k] = 1.0 + 0.1 * torch.randn(shape, generator=g)
         else:
             sd[k] = std * torch.randn(shape, generator=g)

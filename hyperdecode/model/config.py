@@ -116,9 +116,13 @@ class ModelConfig:
                    bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
                    eos_token_ids=[] if eos is None else [int(eos)], source=source)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_hf_dict(self) -> dict[str, Any]:
+        """config.json fields that transformers' LlamaConfig reads back."""
         d = dataclasses.asdict(self)
-        d.pop("source")
+        for k in ("source", "eos_token_ids", "rope_scaling", "rope_theta"):
+            d.pop(k)
+        d.update(architectures=["LlamaForCausalLM"], hidden_act="silu", eos_token_id=self.eos_token_ids or None,
+                 rope_parameters={"rope_type": "default", **(self.rope_scaling or {}), "rope_theta": self.rope_theta})
         return d
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ModelNotFoundError
-from .checkpoint import FP8, dequantize_state_dict
+from .checkpoint import FP8, dequantize_state_dict, write_checkpoint
 from .config import PRESETS, ModelConfig, rope_inv_freq
 from .deepseek import DeepseekTransformer, hf_shapes as deepseek_shapes
 from .deepseek_config import MODEL_TYPES, DeepseekConfig
@@ -19,7 +19,8 @@ from .llama import Transformer, hf_shapes as llama_shapes
 from .tokenizer import Tokenizer
 from .weights import gguf_metadata, load_state_dict, open_gguf, random_state_dict, read_gguf, read_safetensors
 
-__all__ = ["LoadedModel", "load_model", "config_from_dict", "preset_config", "resolve_device", "resolve_dtype"]
+__all__ = ["LoadedModel", "load_model", "read_config", "export_model", "config_from_dict", "preset_config",
+           "resolve_device", "resolve_dtype"]
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -97,6 +98,56 @@ def build(cfg: Config, sd: dict[str, Tensor], source: str, device: torch.device,
     return model.eval()
 
 
+def read_config(model: str) -> Config:
+    """The config of a preset, a checkpoint directory or a .gguf file, without loading weights."""
+    path = Path(model)
+    if model in PRESETS:
+        return preset_config(model)
+    if path.is_dir():
+        return config_from_dict(read_json(path / "config.json"), str(path / "config.json"))
+    if path.suffix == ".gguf":
+        return ModelConfig.from_gguf_metadata(gguf_metadata(open_gguf(path)), source=str(path))
+    raise ModelNotFoundError(f"model '{model}' is neither a preset ({', '.join(PRESETS)}) nor an existing path")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return d
+
+
+def read_checkpoint_dir(path: Path) -> tuple[Config, dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:
+    """Config and HF-named tensors of a safetensors checkpoint, FP8 weights dequantized (raw pairs kept)."""
+    cfg = config_from_dict(read_json(path / "config.json"), str(path / "config.json"))
+    sd, raw = read_safetensors(path), {}
+    if any(v.dtype == FP8 for v in sd.values()):
+        sd, raw = dequantize_state_dict(sd, getattr(cfg, "fp8_block", None) or (128, 128), str(path))
+    return cfg, sd, raw
+
+
+def export_model(model: str, out_dir: str | Path, fp8: bool = False, seed: int = 0,
+                 dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Writes a HF-format checkpoint: a preset's random weights (MTP layer included) or a converted checkpoint."""
+    if model in PRESETS and "hf_config" in PRESETS[model] or model in PRESETS and "config" in PRESETS[model]:
+        if PRESETS[model].get("sizing_only"):
+            raise ConfigError(f"preset '{model}' is for sizing only; its weights are not built")
+        cfg = preset_config(model)
+        sd = random_state_dict(expected_shapes(cfg, mtp=getattr(cfg, "num_nextn_predict_layers", 0) > 0), seed)
+    elif Path(model).is_dir():
+        cfg, sd, _ = read_checkpoint_dir(Path(model))
+    else:
+        raise ModelNotFoundError(f"model '{model}': export takes a random-weight preset or a checkpoint directory")
+    config = cfg.to_hf_dict()
+    config.pop("quantization_config", None)
+    return write_checkpoint(sd, config, out_dir, fp8=fp8, dtype=dtype)
+
+
 def load_model(model: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "float32",
                seed: int = 0) -> LoadedModel:
     dev, dt = resolve_device(device), resolve_dtype(dtype)
@@ -114,19 +165,7 @@ def load_model(model: str, device: str | torch.device = "auto", dtype: str | tor
         sd = random_state_dict(expected_shapes(cfg, mtp=getattr(cfg, "num_nextn_predict_layers", 0) > 0), seed)
         return LoadedModel(model, cfg, build(cfg, sd, model, dev, dt), tok)
     if path.is_dir():
-        cfg_file = path / "config.json"
-        try:
-            d = json.loads(cfg_file.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{cfg_file}: config file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{cfg_file}: not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"{cfg_file}: expected a JSON object")
-        cfg = config_from_dict(d, str(cfg_file))
-        sd, raw = read_safetensors(path), {}
-        if any(v.dtype == FP8 for v in sd.values()):
-            sd, raw = dequantize_state_dict(sd, getattr(cfg, "fp8_block", None) or (128, 128), str(path))
+        cfg, sd, raw = read_checkpoint_dir(path)
         tok = Tokenizer.from_hf_dir(path, cfg.eos_token_ids, cfg.bos_token_id)
         return LoadedModel(str(path), cfg, build(cfg, sd, str(path), dev, dt), tok, raw)
     if path.suffix == ".gguf":

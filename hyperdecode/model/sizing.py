@@ -1,0 +1,73 @@
+"""Sizing from a config alone: parameters, active parameters, bytes read per decoded token, HBM roofline."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from .config import ModelConfig
+from .deepseek import hf_shapes as deepseek_shapes
+from .deepseek_config import DeepseekConfig
+from .llama import hf_shapes as llama_shapes
+
+__all__ = ["Sizing", "size_model"]
+
+
+@dataclass
+class Sizing:
+    total_params: int  # everything a full checkpoint stores, MTP layer included
+    main_params: int  # without the MTP layer
+    mtp_params: int
+    active_params: int  # read per decoded token at batch 1: no input-embedding table, top-k experts only, no MTP
+    kv_bytes_per_token: int  # cache written per token (latent + rope key, or K and V), at the weight dtype
+    index_key_bytes_per_token: int  # DSA indexer key cache per token (FP8 values + fp32 scale)
+    context: int
+    weight_bytes_per_token: int
+    cache_bytes_per_token: int  # cache read per decoded token at `context`
+    hbm_tbps: float
+
+    @property
+    def bytes_per_token(self) -> int:
+        return self.weight_bytes_per_token + self.cache_bytes_per_token
+
+    @property
+    def roofline_tok_s(self) -> float:
+        return self.hbm_tbps * 1e12 / self.bytes_per_token
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "bytes_per_token": self.bytes_per_token, "roofline_tok_s": self.roofline_tok_s}
+
+
+def size_model(cfg: ModelConfig | DeepseekConfig, context: int = 4096, weight_bytes: float = 2.0,
+               hbm_tbps: float = 4.1) -> Sizing:
+    """Batch-1 decode sizing at `context` tokens, weights of `weight_bytes` each (2 = bf16, 1 = FP8).
+
+    >>> from hyperdecode.model.loader import preset_config
+    >>> size_model(preset_config("glm-5")).total_params
+    753864139008
+    """
+    if isinstance(cfg, DeepseekConfig):
+        total = deepseek_shapes(cfg, mtp=cfg.num_nextn_predict_layers > 0)
+        main = deepseek_shapes(cfg, mtp=False)
+    else:
+        total = main = llama_shapes(cfg)
+    count = {k: math.prod(v) for k, v in total.items()}
+    n_total, n_main = sum(count.values()), sum(count[k] for k in main)
+    active = 0.0
+    for k in main:
+        if k == "embed_tokens.weight" and not cfg.tie_word_embeddings:
+            continue
+        share = cfg.num_experts_per_tok / cfg.n_routed_experts if ".mlp.experts." in k else 1.0
+        active += count[k] * share
+    dtype_bytes = max(int(weight_bytes), 1)
+    if isinstance(cfg, DeepseekConfig):
+        kv, index_key = cfg.kv_bytes_per_token(dtype_bytes), cfg.index_key_bytes_per_token()
+        per_layer_kv = kv // cfg.num_hidden_layers
+        attended = min(context, cfg.index_topk) if cfg.has_indexer else context
+        full_indexers = (cfg.indexer_types or []).count("full") if cfg.has_indexer else 0
+        cache = (cfg.num_hidden_layers * attended * per_layer_kv
+                 + full_indexers * context * (cfg.index_head_dim + 4))
+    else:
+        kv, index_key = cfg.kv_bytes_per_token(dtype_bytes), 0
+        cache = context * kv
+    return Sizing(n_total, n_main, n_total - n_main, int(active), kv, index_key, context,
+                  int(active * weight_bytes), cache, hbm_tbps)

@@ -1,4 +1,4 @@
-"""The `hyperdecode` command: generate, chat, models."""
+"""The `hyperdecode` command: generate, chat, models, inspect, export."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,9 @@ import sys
 from typing import Any, NoReturn
 
 __all__ = ["main"]
+
+
+WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp32": 4.0}
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,6 +44,19 @@ def build_parser() -> Parser:
     add_model_args(c)
     c.add_argument("--system", default=None, help="system message")
     sub.add_parser("models", help="list presets and cached models")
+    i = sub.add_parser("inspect", help="parameters, KV bytes, bytes per decoded token and HBM roofline of a model")
+    i.add_argument("model", help="preset name, HF checkpoint directory or .gguf file")
+    i.add_argument("--context", type=int, default=4096, help="tokens already in the cache (default 4096)")
+    i.add_argument("--hbm-tbps", type=float, default=4.1, help="memory bandwidth in TB/s (default 4.1, H200 copy)")
+    i.add_argument("--weight-dtype", choices=list(WEIGHT_BYTES), default="bf16")
+    i.add_argument("--kv-dtype", choices=list(WEIGHT_BYTES), default="bf16")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    e = sub.add_parser("export", help="write a HF-format checkpoint: a preset's random weights or a converted one")
+    e.add_argument("model", help="random-weight preset (e.g. tiny-glm5) or checkpoint directory")
+    e.add_argument("out", help="output directory")
+    e.add_argument("--fp8", action="store_true", help="block-FP8 (e4m3, 128x128 weight_scale_inv) weights")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="dtype of unquantized tensors")
     return parser
 
 
@@ -103,11 +119,42 @@ def cmd_models(args: argparse.Namespace) -> None:
         print("  (none yet)")
 
 
+def cmd_inspect(args: argparse.Namespace) -> None:
+    import json
+    from .model.loader import read_config
+    from .model.sizing import size_model
+    if args.context < 1 or args.hbm_tbps <= 0:
+        raise ValueError("--context must be >= 1 and --hbm-tbps > 0")
+    cfg = read_config(args.model)
+    s = size_model(cfg, args.context, WEIGHT_BYTES[args.weight_dtype], args.hbm_tbps, int(WEIGHT_BYTES[args.kv_dtype]))
+    if args.json:
+        print(json.dumps({"model": args.model, "model_type": cfg.model_type, **s.as_dict()}, indent=2))
+        return
+    print(f"model            {args.model} ({cfg.model_type})")
+    print(f"parameters       {s.total_params:,} total = {s.main_params:,} main + {s.mtp_params:,} MTP")
+    print(f"active           {s.active_params:,} per decoded token (no input embedding, top-k experts, no MTP)")
+    print(f"KV per token     {s.kv_bytes_per_token:,} B ({args.kv_dtype} cache)"
+          + (f" + {s.index_key_bytes_per_token:,} B indexer keys (FP8)" if s.index_key_bytes_per_token else ""))
+    print(f"read per token   {s.bytes_per_token / 1e9:.3f} GB at batch 1, context {s.context:,}: "
+          f"{s.weight_bytes_per_token / 1e9:.3f} GB {args.weight_dtype} weights + "
+          f"{s.cache_bytes_per_token / 1e6:.2f} MB cache")
+    print(f"HBM roofline     {s.roofline_tok_s:,.1f} tok/s at {s.hbm_tbps} TB/s")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import torch
+    from .model.loader import export_model
+    out = export_model(args.model, args.out, fp8=args.fp8, seed=args.seed, dtype=getattr(torch, args.dtype))
+    print(f"wrote {out}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import HyperdecodeError
     args = build_parser().parse_args(argv)
     try:
-        {"generate": cmd_generate, "chat": cmd_chat, "models": cmd_models}[args.command](args)
+        commands = {"generate": cmd_generate, "chat": cmd_chat, "models": cmd_models, "inspect": cmd_inspect,
+                    "export": cmd_export}
+        commands[args.command](args)
     except (HyperdecodeError, ValueError, FileNotFoundError) as e:
         print(f"hyperdecode: error: {e}", file=sys.stderr)
         return 1

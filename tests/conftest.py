@@ -50,3 +50,13 @@ def hf_checkpoint(tmp_path_factory):
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def incremental_logits(model, ids: list[int], prefill: int) -> torch.Tensor:
+    """Logits of a prefill of `prefill` tokens, then one decode step per remaining token, through the cache."""
+    model.setup_caches(1, len(ids) + 8)
+    with torch.inference_mode():
+        steps = [model.logits(model(torch.tensor([ids[:prefill]]), torch.arange(prefill)[None]))[0]]
+        for p in range(prefill, len(ids)):
+            steps.append(model.logits(model(torch.tensor([[ids[p]]]), torch.tensor([[p]])))[0])
+    return torch.cat(steps)

@@ -13,6 +13,14 @@ __all__ = ["ModelConfig", "PRESETS", "preset"]
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
+def require_positive(cfg: Any, names: tuple[str, ...]) -> None:
+    """Raises ConfigError naming the first field of `names` that is not a positive integer."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{cfg.source}: field '{name}' must be a positive integer, got {value!r}")
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int
@@ -35,11 +43,8 @@ class ModelConfig:
     source: str = "config"
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "max_position_embeddings"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{self.source}: field '{name}' must be a positive integer, got {value!r}")
+        require_positive(self, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                "num_attention_heads", "max_position_embeddings"))
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.num_attention_heads % self.num_key_value_heads:

@@ -9,10 +9,14 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from .config import require_positive
 
 __all__ = ["DeepseekConfig", "MODEL_TYPES"]
 
 MODEL_TYPES = ("glm_moe_dsa", "deepseek_v32", "deepseek_v3")
+REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+            "n_routed_experts", "num_experts_per_tok")
 
 
 @dataclass
@@ -58,12 +62,7 @@ class DeepseekConfig:
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
             raise ConfigError(f"{self.source}: model_type '{self.model_type}' is not one of {MODEL_TYPES}")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
-                     "n_routed_experts", "num_experts_per_tok", "max_position_embeddings"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{self.source}: field '{name}' must be a positive integer, got {value!r}")
+        require_positive(self, REQUIRED + ("max_position_embeddings",))
         if self.n_routed_experts % self.n_group or self.topk_group > self.n_group:
             raise ConfigError(f"{self.source}: 'n_routed_experts' ({self.n_routed_experts}) must split into "
                               f"'n_group' ({self.n_group}) groups with 'topk_group' ({self.topk_group}) <= n_group")
@@ -154,10 +153,7 @@ class DeepseekConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "DeepseekConfig":
         """Builds a config from HF config.json fields (`rope_scaling` or transformers 5 `rope_parameters`)."""
-        required = ("vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
-                    "num_attention_heads", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
-                    "n_routed_experts", "num_experts_per_tok")
-        for name in required:
+        for name in REQUIRED:
             if name not in d:
                 raise ConfigError(f"{source}: required field '{name}' is missing")
         if d.get("hidden_act", "silu") != "silu" or d.get("scoring_func", "sigmoid") != "sigmoid":

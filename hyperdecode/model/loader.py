@@ -68,7 +68,7 @@ def preset_config(name: str) -> Config:
         raise ModelNotFoundError(f"model '{name}' is neither a preset ({', '.join(PRESETS)}) nor an existing path")
     spec = PRESETS[name]
     if "embedded" in spec:
-        return ModelConfig.from_gguf_metadata(gguf_metadata(open_gguf(smollm2_path())), source=name)
+        return gguf_config(open_gguf(smollm2_path()), name)[0]
     if "hf_config" in spec:
         return DeepseekConfig.from_dict(spec["hf_config"], source=f"preset '{name}'")
     return ModelConfig(**spec["config"], source=f"preset '{name}'")
@@ -106,7 +106,7 @@ def read_config(model: str) -> Config:
     if path.is_dir():
         return config_from_dict(read_json(path / "config.json"), str(path / "config.json"))
     if path.suffix == ".gguf":
-        return ModelConfig.from_gguf_metadata(gguf_metadata(open_gguf(path)), source=str(path))
+        return gguf_config(open_gguf(path), str(path))[0]
     raise ModelNotFoundError(f"model '{model}' is neither a preset ({', '.join(PRESETS)}) nor an existing path")
 
 
@@ -175,12 +175,18 @@ def load_model(model: str, device: str | torch.device = "auto", dtype: str | tor
     raise ModelNotFoundError(f"model '{model}' is neither a preset ({', '.join(PRESETS)}) nor an existing path")
 
 
+def gguf_config(reader: Any, source: str) -> tuple[ModelConfig, Tokenizer]:
+    """Config and tokenizer from GGUF metadata; embeddings are tied when the file has no output.weight."""
+    meta = gguf_metadata(reader)
+    cfg = ModelConfig.from_gguf_metadata(meta, source=source)
+    cfg.tie_word_embeddings = not any(t.name == "output.weight" for t in reader.tensors)
+    tok = Tokenizer.from_gguf_metadata(meta, source=source)
+    cfg.eos_token_ids = tok.eos_token_ids
+    return cfg, tok
+
+
 def load_gguf(path: Path, device: torch.device, dtype: torch.dtype, name: str) -> LoadedModel:
     reader = open_gguf(path)
-    meta = gguf_metadata(reader)
-    cfg = ModelConfig.from_gguf_metadata(meta, source=str(path))
-    cfg.tie_word_embeddings = not any(t.name == "output.weight" for t in reader.tensors)
-    tok = Tokenizer.from_gguf_metadata(meta, source=str(path))
-    cfg.eos_token_ids = tok.eos_token_ids
+    cfg, tok = gguf_config(reader, str(path))
     sd = read_gguf(path, cfg, reader)
     return LoadedModel(name, cfg, build(cfg, sd, str(path), device, dtype), tok)

@@ -38,8 +38,9 @@ class Sizing:
 
 
 def size_model(cfg: ModelConfig | DeepseekConfig, context: int = 4096, weight_bytes: float = 2.0,
-               hbm_tbps: float = 4.1) -> Sizing:
-    """Batch-1 decode sizing at `context` tokens, weights of `weight_bytes` each (2 = bf16, 1 = FP8).
+               hbm_tbps: float = 4.1, kv_bytes: int = 2) -> Sizing:
+    """Batch-1 decode sizing at `context` tokens, weights of `weight_bytes` each (2 = bf16, 1 = FP8) and a cache
+    of `kv_bytes` per value (1 = FP8: for MLA the packed 656 B/layer layout when the dims are GLM/DeepSeek's).
 
     >>> from hyperdecode.model.loader import preset_config
     >>> size_model(preset_config("glm-5")).total_params
@@ -58,16 +59,15 @@ def size_model(cfg: ModelConfig | DeepseekConfig, context: int = 4096, weight_by
             continue
         share = cfg.num_experts_per_tok / cfg.n_routed_experts if ".mlp.experts." in k else 1.0
         active += count[k] * share
-    dtype_bytes = max(int(weight_bytes), 1)
     if isinstance(cfg, DeepseekConfig):
-        kv, index_key = cfg.kv_bytes_per_token(dtype_bytes), cfg.index_key_bytes_per_token()
+        kv, index_key = cfg.kv_bytes_per_token(kv_bytes, fp8=kv_bytes == 1), cfg.index_key_bytes_per_token()
         per_layer_kv = kv // cfg.num_hidden_layers
         attended = min(context, cfg.index_topk) if cfg.has_indexer else context
         full_indexers = (cfg.indexer_types or []).count("full") if cfg.has_indexer else 0
         cache = (cfg.num_hidden_layers * attended * per_layer_kv
                  + full_indexers * context * (cfg.index_head_dim + 4))
     else:
-        kv, index_key = cfg.kv_bytes_per_token(dtype_bytes), 0
+        kv, index_key = cfg.kv_bytes_per_token(kv_bytes), 0
         cache = context * kv
     return Sizing(n_total, n_main, n_total - n_main, int(active), kv, index_key, context,
                   int(active * weight_bytes), cache, hbm_tbps)

@@ -4,7 +4,7 @@ import torch
 
 import hyperdecode as hd
 from hyperdecode.model.config import PRESETS
-from tests.conftest import rel_err
+from tests.conftest import incremental_logits, rel_err
 
 SEQ = 40  # longer than index_topk (16): the indexer really selects
 
@@ -71,13 +71,7 @@ def test_incremental_latent_decode_equals_full_forward(checkpoints, kind):
     _, _, llm = checkpoints(kind)
     ids = random_ids(SEQ, 2)
     full = llm.logits(ids)
-    m = llm.model
-    m.setup_caches(1, 64)
-    with torch.inference_mode():
-        steps = [m.logits(m(torch.tensor([ids[:5]]), torch.arange(5)[None]))[0]]
-        for p in range(5, len(ids)):
-            steps.append(m.logits(m(torch.tensor([[ids[p]]]), torch.tensor([[p]])))[0])
-    incremental = torch.cat(steps)
+    incremental = incremental_logits(llm.model, ids, prefill=5)
     assert rel_err(incremental, full) <= 1e-5, (incremental - full).abs().max()
     assert torch.equal(incremental.argmax(-1), full.argmax(-1))
 

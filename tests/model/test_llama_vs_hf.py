@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import hyperdecode as hd
-from tests.conftest import CONFIGS, rel_err
+from tests.conftest import CONFIGS, incremental_logits, rel_err
 
 
 @pytest.mark.parametrize("sharded", [False, True])
@@ -26,13 +26,7 @@ def test_incremental_decode_equals_full_forward(hf_checkpoint):
     llm = hd.LLM(str(path), device="cpu")
     ids = torch.randint(0, 301, (40,), generator=torch.Generator().manual_seed(6)).tolist()
     full = llm.logits(ids)
-    model = llm.model
-    model.setup_caches(1, 64)
-    with torch.inference_mode():
-        steps = [model.logits(model(torch.tensor([ids[:9]]), torch.arange(9)[None]))[0]]
-        for p in range(9, len(ids)):
-            steps.append(model.logits(model(torch.tensor([[ids[p]]]), torch.tensor([[p]])))[0])
-    incremental = torch.cat(steps)
+    incremental = incremental_logits(llm.model, ids, prefill=9)
     assert torch.allclose(incremental, full, atol=1e-5, rtol=1e-4)
 
 

@@ -7,7 +7,7 @@ import torch
 
 from ..errors import ConfigError
 from ..model.loader import load_model
-from .generate import run
+from .scheduler import run
 from .sampling import SamplingParams
 from .sequence import Generation, Sequence
 
@@ -75,7 +75,7 @@ class LLM:
         if not prompts:
             return []
         seqs = self._sequences(prompts, SamplingParams(**sampling))
-        for _ in run(self.model, seqs):
+        for _ in run(self.model, seqs, self.max_context):
             pass
         return [s.result() for s in seqs]
 
@@ -88,7 +88,7 @@ class LLM:
     def stream(self, prompt: Prompt, **sampling: Any) -> Iterator[str]:
         """Yields text pieces as they become final; `last_generation` holds the result afterwards."""
         seq = self._sequences([prompt], SamplingParams(**sampling))[0]
-        for pieces in run(self.model, [seq]):
+        for pieces in run(self.model, [seq], self.max_context):
             if pieces[0]:
                 yield pieces[0]
         self.last_generation = seq.result()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SamplingParams", "sample"]
+__all__ = ["SamplingParams", "sample", "sample_rows"]
 
 
 @dataclass
@@ -55,3 +55,12 @@ def sample(logits: Tensor, params: SamplingParams, generators: list[torch.Genera
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
+
+
+def sample_rows(logits: Tensor, params: list[SamplingParams], generators: list[torch.Generator]) -> list[int]:
+    """logits: [B, V]; row i is sampled with its own params[i] and generators[i] (rows of different requests)."""
+    out = logits.argmax(-1).tolist()
+    for i, (p, g) in enumerate(zip(params, generators)):
+        if not p.greedy:
+            out[i] = int(sample(logits[i:i + 1], p, [g])[0])
+    return out

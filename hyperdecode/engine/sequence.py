@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import torch
+
 from ..model.tokenizer import Tokenizer
 from .sampling import SamplingParams
 
@@ -41,6 +43,8 @@ class Sequence:
     start: float = field(default_factory=time.perf_counter)
     first_token_at: float = 0.0
     end: float = 0.0
+    slot: int = -1
+    generator: torch.Generator | None = None
     _prefix: int = 0
     _read: int = 0
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .deepseek_config import DeepseekConfig
-from .llama import RMSNorm
+from .llama import CacheView, RMSNorm, cache_view
 
 __all__ = ["DeepseekTransformer"]
 
@@ -33,12 +33,13 @@ class LatentCache(nn.Module):
         super().__init__()
         self.tensors = [torch.zeros(batch, max_seq, w, dtype=dtype, device=device) for w in widths]
 
-    def update(self, pos: Tensor, values: list[Tensor], length: int) -> list[Tensor]:
-        rows = torch.arange(pos.shape[0], device=pos.device)[:, None]
+    def update(self, pos: Tensor, values: list[Tensor], view: CacheView) -> list[Tensor]:
+        B = pos.shape[0]
+        rows = view.rows(B, pos.device)[:, None]
         out = []
         for buf, v in zip(self.tensors, values):
             buf[rows, pos] = v
-            out.append(buf[:pos.shape[0], :length])
+            out.append(buf[:B, :view.length] if view.slots is None else buf[view.slots, :view.length])
         return out
 
 
@@ -92,7 +93,7 @@ class MLA(nn.Module):
         self.indexer = Indexer(cfg) if cfg.has_indexer and full_indexer else None
         self.cache: LatentCache | None = None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, causal: Tensor, cache_len: int | None,
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, causal: Tensor, cache: CacheView | None,
                 prev_topk: Tensor | None) -> tuple[Tensor, Tensor | None]:
         c = self.cfg
         B, S, _ = x.shape
@@ -105,8 +106,8 @@ class MLA(nn.Module):
         cached = [self.kv_a_layernorm(latent), rope(k_pe, cos, sin, c.rope_interleave)]
         if self.indexer is not None:
             cached.append(self.indexer.key(x, cos, sin))
-        if cache_len is not None:
-            cached = self.cache.update(pos, cached, cache_len)
+        if cache is not None:
+            cached = self.cache.update(pos, cached, cache)
         latent, k_pe = cached[:2]
         topk = prev_topk if self.indexer is None else self.indexer.select(x, q_lat, cos, sin, cached[2], causal)
         mask = causal if topk is None else causal & topk
@@ -187,9 +188,9 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MoE(cfg) if sparse else MLP(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, causal: Tensor, cache_len: int | None,
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, causal: Tensor, cache: CacheView | None,
                 prev_topk: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        h, topk = self.self_attn(self.input_layernorm(x), cos, sin, pos, causal, cache_len, prev_topk)
+        h, topk = self.self_attn(self.input_layernorm(x), cos, sin, pos, causal, cache, prev_topk)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), topk
 
@@ -242,21 +243,15 @@ class DeepseekTransformer(nn.Module):
         freqs = pos[..., None].float() * self.inv_freq
         return (freqs.cos() * self.rope_factor).to(dtype), (freqs.sin() * self.rope_factor).to(dtype)
 
-    def forward(self, tokens: Tensor, pos: Tensor, use_cache: bool = True) -> Tensor:
-        """tokens, pos: [B, S] -> final-norm hidden states [B, S, hidden]."""
+    def forward(self, tokens: Tensor, pos: Tensor, use_cache: bool = True, slots: Tensor | None = None) -> Tensor:
+        """tokens, pos: [B, S] -> final-norm hidden states [B, S, hidden] (as the Llama Transformer)."""
         x = self.embed_tokens(tokens)
         cos, sin = self._rope_tables(pos, x.dtype)
-        if use_cache:
-            if tokens.shape[0] > self.max_batch or int(pos.max()) >= self.max_seq:
-                raise ValueError(f"latent cache holds {self.max_batch}x{self.max_seq}; call setup_caches first")
-            cache_len = int(pos.max()) + 1
-            key_pos = torch.arange(cache_len, device=pos.device).expand(tokens.shape[0], -1)
-        else:
-            cache_len, key_pos = None, pos
+        cache, key_pos = cache_view(self, tokens, pos, use_cache, slots)
         causal = key_pos[:, None, :] <= pos[:, :, None]  # [B, S, T]
         topk = None
         for layer in self.layers:
-            x, topk = layer(x, cos, sin, pos, causal, cache_len, topk)
+            x, topk = layer(x, cos, sin, pos, causal, cache, topk)
         return self.norm(x)
 
     def logits(self, h: Tensor) -> Tensor:

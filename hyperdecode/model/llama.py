@@ -4,13 +4,15 @@ Checkpoints are read in HF layout and converted once by `from_hf` (q/k/v and gat
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig, rope_inv_freq
 
-__all__ = ["Transformer", "KVCache", "hf_shapes", "from_hf"]
+__all__ = ["Transformer", "KVCache", "CacheView", "cache_view", "hf_shapes", "from_hf"]
 
 
 class RMSNorm(nn.Module):
@@ -25,6 +27,19 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
+@dataclass
+class CacheView:
+    """Where one forward reads and writes the cache: rows `slots` (default 0..B-1), positions below `length`."""
+    length: int
+    slots: Tensor | None = None
+
+    def rows(self, batch: int, device: torch.device) -> Tensor:
+        return self.slots if self.slots is not None else torch.arange(batch, device=device)
+
+    def read(self, buf: Tensor, batch: int) -> Tensor:
+        return buf[:batch, :, :self.length] if self.slots is None else buf[self.slots, :, :self.length]
+
+
 class KVCache(nn.Module):
     """Preallocated [batch, kv_heads, max_seq, head_dim] keys and values, written at each sequence's positions."""
 
@@ -34,13 +49,13 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, pos: Tensor, k: Tensor, v: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    def update(self, pos: Tensor, k: Tensor, v: Tensor, view: CacheView) -> tuple[Tensor, Tensor]:
         # pos: [B, S]; k, v: [B, kv_heads, S, head_dim]
         B = pos.shape[0]
-        rows = torch.arange(B, device=pos.device)[:, None]
+        rows = view.rows(B, pos.device)[:, None]
         self.k[rows, :, pos] = k.transpose(1, 2)
         self.v[rows, :, pos] = v.transpose(1, 2)
-        return self.k[:B, :, :length], self.v[:B, :, :length]
+        return view.read(self.k, B), view.read(self.v, B)
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -69,14 +84,14 @@ class Attention(nn.Module):
         self.cache: KVCache | None = None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, mask: Tensor | None,
-                cache_len: int | None) -> Tensor:
+                cache: CacheView | None) -> Tensor:
         B, S, _ = x.shape
         qkv = linear(x, self.wqkv, self.bqkv).view(B, S, self.n_head + 2 * self.n_kv, self.head_dim).transpose(1, 2)
         q, k, v = qkv.split([self.n_head, self.n_kv, self.n_kv], dim=1)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        if cache_len is not None:
-            k, v = self.cache.update(pos, k, v, cache_len)
+        if cache is not None:
+            k, v = self.cache.update(pos, k, v, cache)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_head)
         return linear(y.transpose(1, 2).reshape(B, S, -1), self.wo, self.bo)
 
@@ -103,8 +118,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, mask: Tensor | None,
-                cache_len: int | None) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, pos, mask, cache_len)
+                cache: CacheView | None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, pos, mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -131,25 +146,20 @@ class Transformer(nn.Module):
             layer.self_attn.cache = KVCache(self.max_batch, self.cfg.num_key_value_heads, self.max_seq,
                                             self.cfg.head_dim, p.dtype, p.device)
 
-    def forward(self, tokens: Tensor, pos: Tensor, use_cache: bool = True) -> Tensor:
-        """tokens, pos: [B, S] -> final-norm hidden states [B, S, hidden]. Each row has its own positions."""
+    def forward(self, tokens: Tensor, pos: Tensor, use_cache: bool = True, slots: Tensor | None = None) -> Tensor:
+        """tokens, pos: [B, S] -> final-norm hidden states [B, S, hidden]. Each row has its own positions and,
+        with `slots`, its own cache row (continuous batching); without the cache it is one causal forward."""
         B, S = tokens.shape
         x = self.embed_tokens(tokens)
         freqs = pos[..., None].float() * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-        if use_cache:
-            if B > self.max_batch or int(pos.max()) >= self.max_seq:
-                raise ValueError(f"KV cache holds {self.max_batch}x{self.max_seq}; call setup_caches first")
-            cache_len = int(pos.max()) + 1
-            key_pos = torch.arange(cache_len, device=pos.device).expand(B, -1)
-            if B == 1 and S == 1:
-                key_pos = None  # one query at the newest position attends to the whole prefix
-        else:
-            cache_len, key_pos = None, pos
+        cache, key_pos = cache_view(self, tokens, pos, use_cache, slots)
+        if cache is not None and B == 1 and S == 1:
+            key_pos = None  # one query at the newest position attends to the whole prefix
         mask = None if key_pos is None else (key_pos[:, None, :] <= pos[:, :, None])[:, None]
         for layer in self.layers:
-            x = layer(x, cos, sin, pos, mask, cache_len)
+            x = layer(x, cos, sin, pos, mask, cache)
         return self.norm(x)
 
     def logits(self, h: Tensor) -> Tensor:
@@ -160,6 +170,18 @@ class Transformer(nn.Module):
 
     def from_hf(self, sd: dict[str, Tensor]) -> dict[str, Tensor]:
         return from_hf(sd, self.cfg)
+
+
+def cache_view(model: nn.Module, tokens: Tensor, pos: Tensor, use_cache: bool,
+               slots: Tensor | None) -> tuple[CacheView | None, Tensor]:
+    """The cache view of a forward and the positions of its keys ([B, T]): cache rows, or the input itself."""
+    if not use_cache:
+        return None, pos
+    rows = tokens.shape[0] if slots is None else int(slots.max()) + 1
+    if rows > model.max_batch or int(pos.max()) >= model.max_seq:
+        raise ValueError(f"the cache holds {model.max_batch}x{model.max_seq}; call setup_caches first")
+    length = int(pos.max()) + 1
+    return CacheView(length, slots), torch.arange(length, device=pos.device).expand(tokens.shape[0], -1)
 
 
 def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:

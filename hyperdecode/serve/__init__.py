@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server: protocol, scheduler engine, metrics, app, and the serving benchmark."""

@@ -1,4 +1,4 @@
-"""The `hyperdecode` command: generate, chat, models, inspect, export."""
+"""The `hyperdecode` command: generate, chat, models, inspect, export, serve, bench serve."""
 from __future__ import annotations
 
 import argparse
@@ -51,6 +51,32 @@ def build_parser() -> Parser:
     i.add_argument("--weight-dtype", choices=list(WEIGHT_BYTES), default="bf16")
     i.add_argument("--kv-dtype", choices=list(WEIGHT_BYTES), default="bf16")
     i.add_argument("--json", action="store_true", help="print one JSON object")
+    v = sub.add_parser("serve", help="OpenAI-compatible HTTP server (streaming, metrics, continuous batching)")
+    v.add_argument("--model", default="smollm2", help="preset, HF checkpoint directory or .gguf (default smollm2)")
+    v.add_argument("--served-model-name", default=None, help="the name clients pass as 'model' (default --model)")
+    v.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    v.add_argument("--max-batch", type=int, default=8, help="sequences decoded together")
+    v.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    v.add_argument("--max-model-len", type=int, default=4096, help="context per sequence (cache rows)")
+    v.add_argument("--request-timeout", type=float, default=600.0, help="default per-request deadline, seconds")
+    v.add_argument("--backend", default="reference", choices=["reference"])
+    v.add_argument("--device", default="auto")
+    v.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    b = sub.add_parser("bench", help="benchmarks against a running server")
+    bs = b.add_subparsers(dest="bench_command", required=True, parser_class=Parser)
+    s = bs.add_parser("serve", help="TTFT / TPOT / ITL / E2E percentiles of a server (vllm bench serve definitions)")
+    s.add_argument("--url", default="http://127.0.0.1:8000")
+    s.add_argument("--model", default=None, help="model name to send (default: the server's first model)")
+    s.add_argument("--concurrency", type=int, default=1)
+    s.add_argument("--num-requests", type=int, default=8)
+    s.add_argument("--input-len", type=int, default=32, help="prompt tokens (random words)")
+    s.add_argument("--output-len", type=int, default=32, help="generated tokens (ignore_eos)")
+    s.add_argument("--multi-turn", type=int, default=0, help="agent loop: N calls whose context grows each call")
+    s.add_argument("--api-key", default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", default=None, help="also write the results to this file")
     e = sub.add_parser("export", help="write a HF-format checkpoint: a preset's random weights or a converted one")
     e.add_argument("model", help="random-weight preset (e.g. tiny-glm5) or checkpoint directory")
     e.add_argument("out", help="output directory")
@@ -141,6 +167,26 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(f"HBM roofline     {s.roofline_tok_s:,.1f} tok/s at {s.hbm_tbps} TB/s")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+    from .serve.app import ServerConfig, create_app
+    for name in ("max_batch", "max_queue", "max_model_len"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    config = ServerConfig(model=args.model, served_model_name=args.served_model_name, device=args.device,
+                          dtype=args.dtype, api_key=args.api_key, max_batch=args.max_batch,
+                          max_queue=args.max_queue, max_model_len=args.max_model_len,
+                          request_timeout=args.request_timeout)
+    print(f"hyperdecode: serving {config.name} on http://{args.host}:{args.port} (/health is 503 while loading)",
+          file=sys.stderr)
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning", timeout_keep_alive=30)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .serve.bench import run_bench
+    run_bench(args)
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     import torch
     from .model.loader import export_model
@@ -153,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"generate": cmd_generate, "chat": cmd_chat, "models": cmd_models, "inspect": cmd_inspect,
-                    "export": cmd_export}
+                    "export": cmd_export, "serve": cmd_serve, "bench": cmd_bench}
         commands[args.command](args)
     except (HyperdecodeError, ValueError, FileNotFoundError) as e:
         print(f"hyperdecode: error: {e}", file=sys.stderr)

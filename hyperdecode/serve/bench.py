@@ -1,0 +1,173 @@
+"""`hyperdecode bench serve`: load a running server the way `vllm bench serve` does and report latency percentiles.
+
+Definitions (as vLLM, SGLang and genai-perf): TTFT = time to the first chunk with a choice; ITL = gaps between
+chunks; TPOT = (E2E − TTFT) / (output tokens − 1) per request; output tok/s = all output tokens / wall time.
+`--multi-turn N` runs agent loops: N sequential chat calls per conversation, each resending the growing history.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+__all__ = ["RequestResult", "percentiles", "run_bench"]
+
+WORDS = ("the model of a city runs fast and every agent calls it again with more context to read while tokens "
+         "stream back in order so latency adds up over many turns").split()
+
+
+@dataclass
+class RequestResult:
+    ok: bool
+    ttft: float = 0.0
+    e2e: float = 0.0
+    itl: list[float] = field(default_factory=list)
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    text: str = ""
+    error: str = ""
+    turn: int = 0
+
+    @property
+    def tpot(self) -> float | None:
+        return (self.e2e - self.ttft) / (self.output_tokens - 1) if self.output_tokens > 1 else None
+
+
+def percentiles(values: list[float], qs: tuple[int, ...] = (50, 90, 99)) -> dict[str, float]:
+    """Linear-interpolated percentiles (numpy's default method).
+
+    >>> percentiles([1.0, 2.0, 3.0, 4.0], (50, 100))
+    {'p50': 2.5, 'p100': 4.0}
+    """
+    if not values:
+        return {f"p{q}": float("nan") for q in qs}
+    s = sorted(values)
+    out = {}
+    for q in qs:
+        k = (len(s) - 1) * q / 100
+        lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+        out[f"p{q}"] = s[lo] + (s[hi] - s[lo]) * (k - lo)
+    return out
+
+
+async def stream_request(client: httpx.AsyncClient, url: str, body: dict, headers: dict) -> RequestResult:
+    start = time.perf_counter()
+    res, last = RequestResult(ok=False), None
+    try:
+        async with client.stream("POST", url, json=body, headers=headers) as r:
+            if r.status_code != 200:
+                res.error = f"HTTP {r.status_code}: {(await r.aread()).decode(errors='replace')[:200]}"
+                return res
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    break
+                obj = json.loads(data)
+                if "error" in obj:
+                    res.error = obj["error"].get("message", "error")
+                    return res
+                now = time.perf_counter()
+                if obj.get("choices"):
+                    if last is None:
+                        res.ttft = now - start
+                    else:
+                        res.itl.append(now - last)
+                    last = now
+                    c = obj["choices"][0]
+                    res.text += c.get("text") or c.get("delta", {}).get("content") or ""
+                if obj.get("usage"):
+                    res.prompt_tokens = obj["usage"]["prompt_tokens"]
+                    res.output_tokens = obj["usage"]["completion_tokens"]
+    except httpx.HTTPError as e:
+        res.error = f"{type(e).__name__}: {e}"
+        return res
+    res.e2e, res.ok = time.perf_counter() - start, last is not None
+    return res
+
+
+def random_prompt(rng: random.Random, n_words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n_words))
+
+
+async def bench(args: Any) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    rng = random.Random(args.seed)
+    limits = httpx.Limits(max_connections=args.concurrency + 2)
+    async with httpx.AsyncClient(base_url=args.url, timeout=httpx.Timeout(600.0), limits=limits) as client:
+        model = args.model
+        if model is None:
+            model = (await client.get("/v1/models", headers=headers)).json()["data"][0]["id"]
+        common = {"model": model, "max_tokens": args.output_len, "ignore_eos": True, "temperature": 0.0,
+                  "stream": True, "stream_options": {"include_usage": True}}
+        results: list[RequestResult] = []
+        queue = list(range(args.num_requests))
+
+        async def completion_worker() -> None:
+            while queue:
+                queue.pop()
+                body = {**common, "prompt": random_prompt(rng, args.input_len)}
+                results.append(await stream_request(client, "/v1/completions", body, headers))
+
+        async def conversation() -> None:
+            messages = []
+            for turn in range(args.multi_turn):
+                messages.append({"role": "user", "content": random_prompt(rng, args.input_len)})
+                r = await stream_request(client, "/v1/chat/completions", {**common, "messages": messages}, headers)
+                r.turn = turn
+                results.append(r)
+                messages.append({"role": "assistant", "content": r.text})
+
+        start = time.perf_counter()
+        if args.multi_turn:
+            await asyncio.gather(*(conversation() for _ in range(args.concurrency)))
+        else:
+            await asyncio.gather(*(completion_worker() for _ in range(args.concurrency)))
+        wall = time.perf_counter() - start
+    return summarize(results, wall, args)
+
+
+def summarize(results: list[RequestResult], wall: float, args: Any) -> dict[str, Any]:
+    ok = [r for r in results if r.ok]
+    out_tokens = sum(r.output_tokens for r in ok)
+    ms = lambda xs: {k: v * 1e3 for k, v in percentiles(xs).items()}  # noqa: E731
+    summary = {"completed": len(ok), "failed": len(results) - len(ok), "wall_s": wall,
+               "output_tok_s": out_tokens / wall, "request_s": len(ok) / wall,
+               "ttft_ms": ms([r.ttft for r in ok]), "tpot_ms": ms([r.tpot for r in ok if r.tpot is not None]),
+               "itl_ms": ms([x for r in ok for x in r.itl]), "e2e_ms": ms([r.e2e for r in ok]),
+               "errors": sorted({r.error for r in results if not r.ok})[:5],
+               "config": {k: v for k, v in vars(args).items() if k not in ("api_key", "func")}}
+    if args.multi_turn:
+        summary["per_turn"] = [{"turn": t, "prompt_tokens": percentiles([r.prompt_tokens for r in ok if r.turn == t],
+                                                                        (50,))["p50"],
+                                "ttft_ms": ms([r.ttft for r in ok if r.turn == t]),
+                                "e2e_ms": ms([r.e2e for r in ok if r.turn == t])} for t in range(args.multi_turn)]
+    return summary
+
+
+def run_bench(args: Any) -> None:
+    if min(args.concurrency, args.num_requests, args.input_len, args.output_len) < 1 or args.multi_turn < 0:
+        raise ValueError("--concurrency, --num-requests, --input-len and --output-len must be >= 1")
+    s = asyncio.run(bench(args))
+    print(f"completed {s['completed']}, failed {s['failed']} in {s['wall_s']:.2f} s; "
+          f"{s['output_tok_s']:.1f} output tok/s, {s['request_s']:.2f} req/s")
+    print(f"{'metric':<8}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}")
+    for name in ("ttft", "tpot", "itl", "e2e"):
+        p = s[f"{name}_ms"]
+        print(f"{name.upper():<8}{p['p50']:>10.2f}{p['p90']:>10.2f}{p['p99']:>10.2f}")
+    for t in s.get("per_turn", []):
+        print(f"turn {t['turn']:>2}: ~{t['prompt_tokens']:.0f} prompt tokens, TTFT p50 {t['ttft_ms']['p50']:.1f} ms "
+              f"p99 {t['ttft_ms']['p99']:.1f} ms, E2E p50 {t['e2e_ms']['p50']:.1f} ms")
+    for e in s["errors"]:
+        print(f"error: {e}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(s, f, indent=2)
+    if s["failed"]:
+        raise ValueError(f"{s['failed']} requests failed")

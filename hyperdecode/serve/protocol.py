@@ -1,0 +1,190 @@
+"""OpenAI request validation and response shapes: every rejection is an `APIError` with the OpenAI envelope."""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine.sampling import SamplingParams
+
+__all__ = ["APIError", "GenerateRequest", "parse_chat", "parse_completion", "chunk", "completion_body",
+           "usage", "error_body"]
+
+ROLES = ("system", "user", "assistant", "developer", "tool")
+COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "stream", "stream_options",
+          "ignore_eos", "user", "request_timeout", "frequency_penalty", "presence_penalty", "logprobs",
+          "skip_special_tokens"}
+CHAT = COMMON | {"messages", "max_completion_tokens", "top_logprobs", "chat_template_kwargs"}
+COMPLETION = COMMON | {"prompt", "echo", "best_of"}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, type: str = "invalid_request_error",
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.type = status, message, param, type
+        self.code = code if code is not None else str(status)
+        self.headers = headers or {}
+
+
+def error_body(e: APIError) -> dict[str, Any]:
+    return {"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}}
+
+
+@dataclass
+class GenerateRequest:
+    kind: str  # "chat" or "completion"
+    model: str
+    prompt: Any  # chat: the messages; completion: a string or token ids
+    params: SamplingParams
+    max_tokens_given: bool
+    stream: bool
+    include_usage: bool
+    continuous_usage: bool
+    timeout_s: float | None
+
+
+def bad(param: str, message: str) -> APIError:
+    return APIError(400, message, param=param)
+
+
+def check_type(body: dict, name: str, types: tuple, what: str) -> Any:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+        raise bad(name, f"'{name}' must be {what}, got {type(value).__name__}")
+    return value
+
+
+def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, SamplingParams]:
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise bad(unknown[0], f"unsupported parameter '{unknown[0]}'")
+    model = check_type(body, "model", (str,), "a string")
+    if not model:
+        raise bad("model", "'model' is required")
+    n = check_type(body, "n", (int,), "an integer")
+    if n not in (None, 1):
+        raise bad("n", "only n=1 is supported")
+    if body.get("best_of") not in (None, 1):
+        raise bad("best_of", "only best_of=1 is supported")
+    for name in ("frequency_penalty", "presence_penalty"):
+        if check_type(body, name, (int, float), "a number") not in (None, 0):
+            raise bad(name, f"'{name}' is not supported (only 0)")
+    if body.get("logprobs") not in (None, False, 0) or body.get("top_logprobs") not in (None, 0):
+        raise bad("logprobs", "logprobs are not supported")
+    if body.get("echo") not in (None, False):
+        raise bad("echo", "echo is not supported")
+    max_tokens = check_type(body, "max_tokens", (int,), "an integer")
+    if kind == "chat":
+        max_tokens = check_type(body, "max_completion_tokens", (int,), "an integer") or max_tokens
+    if max_tokens is not None and max_tokens < 1:
+        raise bad("max_tokens", f"'max_tokens' must be at least 1, got {max_tokens}")
+    temperature = check_type(body, "temperature", (int, float), "a number")
+    if temperature is not None and not 0 <= temperature <= 2:
+        raise bad("temperature", f"'temperature' must be in [0, 2], got {temperature}")
+    top_p = check_type(body, "top_p", (int, float), "a number")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise bad("top_p", f"'top_p' must be in (0, 1], got {top_p}")
+    top_k = check_type(body, "top_k", (int,), "an integer")
+    if top_k is not None and top_k < -1:
+        raise bad("top_k", f"'top_k' must be -1 or 0 (off) or positive, got {top_k}")
+    seed = check_type(body, "seed", (int,), "an integer")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop)
+                             or len(stop) > 16):
+        raise bad("stop", "'stop' must be a non-empty string or a list of at most 16 non-empty strings")
+    for name in ("stream", "ignore_eos", "skip_special_tokens"):
+        check_type(body, name, (bool,), "a boolean")
+    options = check_type(body, "stream_options", (dict,), "an object") or {}
+    if set(options) - {"include_usage", "continuous_usage_stats"}:
+        raise bad("stream_options", f"unsupported stream option '{sorted(set(options))[0]}'")
+    if options and not body.get("stream"):
+        raise bad("stream_options", "'stream_options' is only allowed with stream=true")
+    timeout = check_type(body, "request_timeout", (int, float), "a number of seconds")
+    if timeout is not None and timeout <= 0:
+        raise bad("request_timeout", "'request_timeout' must be positive")
+    params = SamplingParams(max_tokens=max_tokens or 1, temperature=float(1.0 if temperature is None else temperature),
+                            top_p=float(top_p or 1.0), top_k=max(top_k or 0, 0), seed=seed, stop=stop,
+                            ignore_eos=bool(body.get("ignore_eos", False)))
+    meta = {"model": model, "max_tokens_given": max_tokens is not None, "stream": bool(body.get("stream", False)),
+            "include_usage": bool(options.get("include_usage")),
+            "continuous_usage": bool(options.get("continuous_usage_stats")), "timeout_s": timeout}
+    return meta, params
+
+
+def parse_chat(body: Any) -> GenerateRequest:
+    meta, params = parse_common(body, CHAT, "chat")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad("messages", "'messages' must be a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise bad(f"messages[{i}].role", f"messages[{i}] needs a 'role' in {ROLES}")
+        content = m.get("content")
+        if isinstance(content, list):  # text parts only
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise bad(f"messages[{i}].content", "only text content parts are supported")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise bad(f"messages[{i}].content", f"messages[{i}].content must be a string")
+        out.append({"role": m["role"], "content": content})
+    return GenerateRequest("chat", prompt=out, params=params, **meta)
+
+
+def parse_completion(body: Any) -> GenerateRequest:
+    meta, params = parse_common(body, COMPLETION, "completion")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    ok = (isinstance(prompt, str) and prompt) or (isinstance(prompt, list) and prompt and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in prompt))
+    if not ok:
+        raise bad("prompt", "'prompt' must be a non-empty string or a non-empty list of token ids")
+    return GenerateRequest("completion", prompt=prompt, params=params, **meta)
+
+
+def new_id(kind: str, request_id: str | None) -> str:
+    return request_id or f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def chunk(kind: str, rid: str, model: str, created: int, text: str | None, finish: str | None,
+          first: bool, usage_: dict | None = None) -> dict[str, Any]:
+    """One SSE chunk; `text=None` with `finish=None` and a usage dict is the final usage-only chunk."""
+    if text is None and finish is None:
+        choices = []
+    elif kind == "chat":
+        delta = {"role": "assistant"} if first else {}
+        if text:
+            delta["content"] = text
+        choices = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+    else:
+        choices = [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]
+    out = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+           "created": created, "model": model, "choices": choices}
+    if usage_ is not None:
+        out["usage"] = usage_
+    return out
+
+
+def completion_body(kind: str, rid: str, model: str, text: str, finish: str, prompt_tokens: int,
+                    completion_tokens: int) -> dict[str, Any]:
+    if kind == "chat":
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                  "finish_reason": finish}
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    return {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
+            "created": int(time.time()), "model": model, "choices": [choice],
+            "usage": usage(prompt_tokens, completion_tokens)}

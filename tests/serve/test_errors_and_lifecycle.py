@@ -168,3 +168,51 @@ def test_failed_load_is_reported(tmp_path):
             time.sleep(0.05)
         r = c.post(CHAT, json=OK_CHAT)
         assert r.status_code == 503 and "missing.gguf" in r.json()["error"]["message"]
+
+
+def test_bench_serve_reports_percentiles(server, tmp_path):
+    import argparse
+    from hyperdecode.serve.bench import bench
+    args = argparse.Namespace(url=server.url, model=None, concurrency=4, num_requests=8, input_len=12,
+                              output_len=10, multi_turn=0, api_key=None, seed=0, json=None)
+    s = asyncio.run(bench(args))
+    assert s["completed"] == 8 and s["failed"] == 0
+    assert 0 < s["ttft_ms"]["p50"] <= s["ttft_ms"]["p99"] <= s["e2e_ms"]["p99"]
+    assert s["tpot_ms"]["p50"] > 0 and s["output_tok_s"] > 0
+    args.multi_turn, args.concurrency = 3, 2
+    m = asyncio.run(bench(args))
+    assert m["completed"] == 6 and [t["turn"] for t in m["per_turn"]] == [0, 1, 2]
+    assert m["per_turn"][2]["prompt_tokens"] > m["per_turn"][0]["prompt_tokens"]  # the context grows
+
+
+def test_serve_and_bench_cli(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "hyperdecode.cli", "serve", "--model", "tiny-llama", "--port",
+                             str(port), "--max-model-len", "256"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline and proc.poll() is None, "server did not come up"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        out = tmp_path / "bench.json"
+        r = subprocess.run([sys.executable, "-m", "hyperdecode.cli", "bench", "serve", "--url",
+                            f"http://127.0.0.1:{port}", "--num-requests", "4", "--concurrency", "2",
+                            "--output-len", "6", "--json", str(out)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "TTFT" in r.stdout and json.loads(out.read_text())["completed"] == 4
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    bad = subprocess.run([sys.executable, "-m", "hyperdecode.cli", "serve", "--max-batch", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "--max-batch" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,4 +1,4 @@
-"""The `hyperdecode` command: generate, chat, models, inspect, export, serve, bench serve."""
+"""The `hyperdecode` command: generate, chat, models, inspect, export, serve, bench serve, fabric."""
 from __future__ import annotations
 
 import argparse
@@ -77,6 +77,8 @@ def build_parser() -> Parser:
     s.add_argument("--api-key", default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", default=None, help="also write the results to this file")
+    from .fabric.cli import add_parser as add_fabric_parser
+    add_fabric_parser(sub, Parser)
     e = sub.add_parser("export", help="write a HF-format checkpoint: a preset's random weights or a converted one")
     e.add_argument("model", help="random-weight preset (e.g. tiny-glm5) or checkpoint directory")
     e.add_argument("out", help="output directory")
@@ -187,6 +189,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
     run_bench(args)
 
 
+def cmd_fabric(args: argparse.Namespace) -> None:
+    from .fabric.cli import run
+    run(args)
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     import torch
     from .model.loader import export_model
@@ -199,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"generate": cmd_generate, "chat": cmd_chat, "models": cmd_models, "inspect": cmd_inspect,
-                    "export": cmd_export, "serve": cmd_serve, "bench": cmd_bench}
+                    "export": cmd_export, "serve": cmd_serve, "bench": cmd_bench,
+                    "fabric": cmd_fabric}
         commands[args.command](args)
     except (HyperdecodeError, ValueError, FileNotFoundError) as e:
         print(f"hyperdecode: error: {e}", file=sys.stderr)

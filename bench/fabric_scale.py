@@ -1,0 +1,41 @@
+"""Build + verify 16,384-GPU networks on one core: ZCube(128, 2) on 51.2T (256x200G) switches and a 3-tier ROFT on
+51.2T (128x400G) switches. Verify = all-pairs switch distances and path counts, diameter and path multiplicity over
+GPU pairs (exact over attachment signatures when small enough, else 200,000 sampled pairs), one switch failure.
+
+    OMP_NUM_THREADS=1 python bench/fabric_scale.py
+"""
+from __future__ import annotations
+
+import os
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+from hyperdecode.fabric import diameter, failure_impact, roft, zcube  # noqa: E402
+from hyperdecode.fabric.report import path_multiplicity  # noqa: E402
+from hyperdecode.fabric.verify import all_pairs, gpu_pairs  # noqa: E402
+
+
+def main() -> None:
+    print(f"{'topology':<22}{'build s':>9}{'verify s':>10}{'switches':>10}{'diam':>6}{'pairs':>14}"
+          f"{'paths/pairing':>15}{'fail s':>8}")
+    for name, build in (("ZCube(128,2) 51.2T", lambda: zcube(128)),
+                        ("ROFT 3-tier 51.2T", lambda: roft(16384, 128, tiers=3))):
+        t0 = time.perf_counter()
+        topo = build()
+        t1 = time.perf_counter()
+        ap, pairs = all_pairs(topo), gpu_pairs(topo)
+        d = diameter(topo, pairs, ap)
+        m = path_multiplicity(topo, pairs, ap)
+        t2 = time.perf_counter()
+        failure_impact(topo, switch=0)
+        t3 = time.perf_counter()
+        kind = "exact" if pairs.exact else "sampled"
+        print(f"{name:<22}{t1 - t0:>9.3f}{t2 - t1:>10.3f}{topo.num_switches:>10}{d['diameter']:>6}"
+              f"  {f'{pairs.total:,} {kind}':<24}{'{}-{}'.format(*m['paths_per_best_pairing']):>15}{t3 - t2:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

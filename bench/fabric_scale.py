@@ -19,7 +19,7 @@ from hyperdecode.fabric.verify import all_pairs, gpu_pairs  # noqa: E402
 
 
 def main() -> None:
-    print(f"{'topology':<22}{'build s':>9}{'verify s':>10}{'switches':>10}{'diam':>6}{'pairs':>14}"
+    print(f"{'topology':<22}{'build s':>9}{'verify s':>10}{'switches':>10}{'diam':>6}  {'GPU pairs':<24}"
           f"{'paths/pairing':>15}{'fail s':>8}")
     for name, build in (("ZCube(128,2) 51.2T", lambda: zcube(128)),
                         ("ROFT 3-tier 51.2T", lambda: roft(16384, 128, tiers=3))):

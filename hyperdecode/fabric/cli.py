@@ -45,6 +45,38 @@ def add_parser(sub: Any, parser_class: type) -> None:
     c.add_argument("--nic-gbps", type=int, default=400)
     c.add_argument("--prices", help="price table (JSON or YAML) overriding the defaults")
     c.add_argument("--json", action="store_true")
+    for name, doc in (("simulate", "replay a request trace as PD-disaggregated KV-cache traffic on a topology"),
+                      ("study", "the same workload on ZCube and ROFT across load levels: markdown table + plots")):
+        sp = fs.add_parser(name, help=doc)
+        if name == "simulate":
+            sp.add_argument("--topology", default="zcube", help="zcube, roft, fattree, or a topology .json file")
+        sp.add_argument("--gpus", type=int, default=1024)
+        sp.add_argument("--switch-tbps", type=float, default=51.2, help="switch capacity (default 51.2)")
+        sp.add_argument("--nic-gbps", type=int, default=400, help="per-GPU NIC speed (ZCube: 2 ports of half)")
+        sp.add_argument("--trace", required=True, help="Mooncake .jsonl or Azure .csv trace")
+        sp.add_argument("--synthetic", action="store_true", help="replay a Poisson/log-normal fit of the trace")
+        sp.add_argument("--max-requests", type=int, default=None)
+        sp.add_argument("--pd-ratio", default="1:1", help="prefill:decode instances (default 1:1)")
+        sp.add_argument("--placement", default="interleaved", choices=["contiguous", "interleaved", "random"])
+        sp.add_argument("--gpus-per-instance", type=int, default=8)
+        sp.add_argument("--kv-split", default="striped", choices=["striped", "single"])
+        sp.add_argument("--port-policy", default="balanced", choices=["fixed", "balanced", "hashed"])
+        sp.add_argument("--qps", type=int, default=2, help="flows (QPs) per GPU pair; ECMP hashes each, ZCube "
+                        "alternates them over its two cross-port pairings (default 2)")
+        sp.add_argument("--ttft-slo", type=float, default=2.0, help="TTFT SLO for goodput, seconds")
+        sp.add_argument("--model", default="glm-5", help="model preset whose KV bytes/token are sent")
+        sp.add_argument("--kv-dtype", default="bf16", choices=["bf16", "fp8"])
+        sp.add_argument("--prefill-tok-s", type=float, default=73_700.0, help="per prefill instance")
+        sp.add_argument("--decode-step-s", type=float, default=0.025)
+        sp.add_argument("--seed", type=int, default=0)
+        if name == "simulate":
+            sp.add_argument("--rate-scale", type=float, default=1.0, help="arrivals this many times faster")
+            sp.add_argument("--fail", default=None, help="link:ID@T or switch:ID@T (seconds)")
+            sp.add_argument("--json", help="write the summary JSON here")
+            sp.add_argument("--plot", help="write TTFT/KV CDFs and utilisation as PNG here")
+        else:
+            sp.add_argument("--scales", default="1,8,32", help="comma-separated load multipliers")
+            sp.add_argument("--out-dir", required=True, help="writes study.md, study.json and PNG plots here")
     w = fs.add_parser("draw", help="a PNG of a small topology")
     add_topology_args(w)
     w.add_argument("--out", required=True, help="PNG file")
@@ -76,8 +108,87 @@ def print_counts(t: Topology) -> None:
     print(f"  links {c['links']}: {c['copper_links']} copper + {c['fiber_links']} fiber; optics {c['optics']}")
 
 
+def named_topology(name: str, args: argparse.Namespace) -> Topology:
+    from .report import zcube_for
+    if name.endswith(".json"):
+        return Topology.load(name)
+    if name == "zcube":
+        return zcube_for(args.gpus, int(args.switch_tbps * 1000 // (args.nic_gbps // 2)), args.nic_gbps // 2)
+    if name in ("roft", "fattree"):
+        radix = int(args.switch_tbps * 1000 // args.nic_gbps)
+        tiers = 2 if args.gpus <= radix * radix // 2 else 3
+        return (roft if name == "roft" else fattree)(args.gpus, radix, nic_gbps=args.nic_gbps, tiers=tiers)
+    raise ConfigError(f"topology '{name}' is not zcube, roft, fattree or a .json file")
+
+
+def sim_inputs(args: argparse.Namespace):
+    from .simulate import SimConfig, parse_failure, parse_pd_ratio
+    from .workload import ModelProfile, load_trace, synthetic
+    work = load_trace(args.trace)
+    if args.synthetic:
+        work = synthetic(work, seed=args.seed)
+    if args.max_requests:
+        work = work.head(args.max_requests)
+    model = ModelProfile.from_model(args.model, args.kv_dtype, prefill_tok_s=args.prefill_tok_s,
+                                    decode_step_s=args.decode_step_s)
+    cfg = SimConfig(gpus_per_instance=args.gpus_per_instance, pd_ratio=parse_pd_ratio(args.pd_ratio),
+                    placement=args.placement, kv_split=args.kv_split, port_policy=args.port_policy, qps=args.qps,
+                    ttft_slo_s=args.ttft_slo, seed=args.seed,
+                    failure=parse_failure(args.fail) if getattr(args, "fail", None) else None)
+    return work, model, cfg
+
+
+def run_simulate(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+    from .simreport import plot_run, summarize
+    from .simulate import simulate
+    work, model, cfg = sim_inputs(args)
+    work = work.scaled(args.rate_scale) if args.rate_scale != 1.0 else work
+    topo = named_topology(args.topology, args)
+    with tqdm(total=len(work), unit="req", desc=f"simulating {topo.kind}", disable=None, leave=False) as bar:
+        def progress(done: int) -> None:
+            bar.update(done - bar.n)
+        r = simulate(topo, work, model, cfg, progress)
+    s = summarize(r)
+    print(json.dumps({k: s[k] for k in ("topology", "gpus", "requests_completed", "ttft_p50_s", "ttft_p99_s",
+                                        "kv_fct_p99_s", "goodput_tok_s", "max_link_util", "sim_wall_s")}, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(s, f, indent=2)
+    if args.plot:
+        plot_run({topo.kind: r}, args.plot)
+
+
+def run_study(args: argparse.Namespace) -> None:
+    from pathlib import Path
+    from .simreport import plot_run, study, study_markdown
+    try:
+        scales = [float(x) for x in args.scales.split(",")]
+    except ValueError:
+        raise ConfigError(f"--scales '{args.scales}' must be comma-separated numbers") from None
+    work, model, cfg = sim_inputs(args)
+    topologies = {"zcube": named_topology("zcube", args), "roft": named_topology("roft", args)}
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, raw = study(topologies, work, scales, model, cfg, progress=lambda m: print(f"running {m}", file=sys.stderr))
+    table = study_markdown(rows)
+    header = (f"# ZCube vs ROFT: {args.gpus} GPUs, {args.switch_tbps}T switches, {work.source}\n\n"
+              f"P:D {args.pd_ratio}, placement {args.placement}, KV split {args.kv_split}, port policy "
+              f"{args.port_policy}, model {args.model} ({model.kv_bytes_per_token:,} B/token), prefill "
+              f"{model.prefill_tok_s:,.0f} tok/s per instance, TTFT SLO {args.ttft_slo} s.\n\n")
+    (out / "study.md").write_text(header + table)
+    (out / "study.json").write_text(json.dumps(rows, indent=2, default=str))
+    for scale, runs in raw.items():
+        plot_run(runs, out / f"cdf_x{scale:g}.png")
+    print(header + table)
+
+
 def run(args: argparse.Namespace) -> None:
     cmd = args.fabric_command
+    if cmd == "simulate":
+        return run_simulate(args)
+    if cmd == "study":
+        return run_study(args)
     if cmd == "compare":
         rows = compare(args.gpus, args.switch_tbps, args.nic_gbps, prices=load_prices(args.prices))
         if args.json:

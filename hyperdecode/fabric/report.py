@@ -2,7 +2,6 @@
 ZCube, ROFT and a leaf–spine fat-tree for a GPU count and a switch capacity."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -49,15 +48,23 @@ def describe(topo: Topology, prices: dict | None = None, bisect: bool | None = N
 
 
 def zcube_for(num_gpus: int, switch_radix: int, port_gbps: int = 200) -> Topology:
-    """The ZCube with the fewest switches for `num_gpus` on radix-`switch_radix` switches: ZCube(n, 2) when
-    num_gpus = n², else the blog form with the largest k GPUs per switch (k <= m, k + m <= radix)."""
-    n = math.isqrt(num_gpus)
-    if n * n == num_gpus and 2 * n <= switch_radix:
-        return zcube(n, port_gbps=port_gbps, switch_radix=switch_radix)
-    for k in range(min(n, switch_radix), 0, -1):
+    """The non-blocking ZCube with the fewest switches for `num_gpus` on radix-`switch_radix` switches: the largest
+    k GPUs per switch (m = N / k per group) with ceil(k / m) links per switch pair such that k + m·links fits the
+    radix. At N = k² this is the paper's ZCube(k, 2); above it, the blog's variant with parallel links.
+
+    >>> zcube_for(1024, 64).params["n"], zcube_for(1024, 256).params["links_per_pair"]
+    (32, 16)
+    """
+    for k in range(min(num_gpus, switch_radix), 0, -1):
         m = num_gpus // k
-        if num_gpus % k == 0 and k + m <= switch_radix:
-            return zcube(num_gpus=num_gpus, gpus_per_switch=k, port_gbps=port_gbps, switch_radix=switch_radix)
+        if num_gpus % k or m < 1:
+            continue
+        links = -(-k // m)
+        if k + m * links <= switch_radix:
+            if k == m:
+                return zcube(k, port_gbps=port_gbps, switch_radix=switch_radix)
+            return zcube(num_gpus=num_gpus, gpus_per_switch=k, links_per_pair=links, port_gbps=port_gbps,
+                         switch_radix=switch_radix)
     raise ConfigError(f"no ZCube for {num_gpus} GPUs fits radix-{switch_radix} switches; the largest is "
                       f"ZCube({switch_radix // 2}, 2) = {(switch_radix // 2) ** 2} GPUs")
 

@@ -1,0 +1,155 @@
+"""Flow-level network model: max-min fair rates by progressive filling, recomputed only for the flows that share
+(transitively) a link with a flow that arrived or finished; plus a tiny event queue.
+
+Links are directed (a full-duplex cable is two of them); capacities in bytes per second. The network keeps the bytes
+moved on every link (utilisation) and, per bottleneck link, the flow-seconds flows spent below their line rate.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["Flow", "FlowNetwork", "EventQueue"]
+
+
+@dataclass
+class Flow:
+    id: int
+    path: list[int]
+    size: float
+    remaining: float
+    start: float
+    rate: float = 0.0
+    last: float = 0.0  # time `remaining` was last brought up to date
+    version: int = 0
+    bottleneck: int = -1
+    tag: Any = None
+
+
+class FlowNetwork:
+    def __init__(self, capacity: np.ndarray, on_rates: Callable[[Flow, float], None]):
+        """`on_rates(flow, eta)` is called whenever a flow gets a new rate, with its new completion time."""
+        self.cap = np.asarray(capacity, dtype=np.float64)
+        self.link_bytes = np.zeros_like(self.cap)
+        self.link_flows: dict[int, set[int]] = {}
+        self.flows: dict[int, Flow] = {}
+        self.throttled: dict[int, float] = {}  # bottleneck link -> flow-seconds spent below line rate
+        self.on_rates = on_rates
+        self._ids = itertools.count()
+
+    def _settle(self, f: Flow, now: float) -> None:
+        dt = now - f.last
+        if dt > 0 and f.rate > 0:
+            moved = min(f.rate * dt, f.remaining)
+            f.remaining -= moved
+            for link in f.path:
+                self.link_bytes[link] += moved
+            line = min(self.cap[link] for link in f.path)
+            if f.rate < line * (1 - 1e-9):  # held below its line rate by its bottleneck link
+                self.throttled[f.bottleneck] = self.throttled.get(f.bottleneck, 0.0) + dt
+        f.last = now
+
+    def add(self, path: list[int], size: float, now: float, tag: Any = None) -> Flow:
+        if not path:
+            raise ValueError("a flow needs a path of at least one link")
+        f = Flow(next(self._ids), list(path), float(size), float(size), now, last=now, tag=tag)
+        self.flows[f.id] = f
+        for link in f.path:
+            self.link_flows.setdefault(link, set()).add(f.id)
+        self._recompute(f.path, now)
+        return f
+
+    def remove(self, f: Flow, now: float) -> None:
+        self._settle(f, now)
+        del self.flows[f.id]
+        for link in f.path:
+            s = self.link_flows[link]
+            s.discard(f.id)
+            if not s:
+                del self.link_flows[link]
+        self._recompute(f.path, now)
+
+    def reroute(self, f: Flow, path: list[int], now: float) -> None:
+        """Moves a flow (with what it has left) onto a new path."""
+        self._settle(f, now)
+        old = f.path
+        for link in old:
+            self.link_flows[link].discard(f.id)
+            if not self.link_flows[link]:
+                del self.link_flows[link]
+        f.path = list(path)
+        for link in f.path:
+            self.link_flows.setdefault(link, set()).add(f.id)
+        self._recompute(old + f.path, now)
+
+    def throttled_by_class(self, classify: Callable[[int], str]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for link, seconds in self.throttled.items():
+            out[classify(link)] = out.get(classify(link), 0.0) + seconds
+        return out
+
+    def _component(self, links: list[int]) -> set[int]:
+        flows, seen_links, todo = set(), set(), list(links)
+        while todo:
+            link = todo.pop()
+            if link in seen_links:
+                continue
+            seen_links.add(link)
+            for fid in self.link_flows.get(link, ()):
+                if fid not in flows:
+                    flows.add(fid)
+                    todo.extend(self.flows[fid].path)
+        return flows
+
+    def _recompute(self, links: list[int], now: float) -> None:
+        ids = self._component(links)
+        if not ids:
+            return
+        flows = [self.flows[i] for i in ids]
+        for f in flows:
+            self._settle(f, now)
+        rem, count, users = {}, {}, {}
+        for f in flows:
+            for link in f.path:
+                rem[link] = self.cap[link]
+                count[link] = count.get(link, 0) + 1
+                users.setdefault(link, []).append(f)
+        rate, unfrozen = {}, set(ids)
+        while unfrozen:  # progressive filling: the tightest link fixes the rate of all its unfrozen flows
+            link = min((lk for lk in count if count[lk] > 0), key=lambda lk: rem[lk] / count[lk])
+            share = rem[link] / count[link]
+            for f in users[link]:
+                if f.id in unfrozen:
+                    unfrozen.discard(f.id)
+                    rate[f.id] = share
+                    f.bottleneck = link
+                    for lk in f.path:
+                        rem[lk] -= share
+                        count[lk] -= 1
+        for f in flows:
+            if rate[f.id] != f.rate:
+                f.rate = rate[f.id]
+                f.version += 1
+                self.on_rates(f, now + f.remaining / f.rate if f.rate > 0 else float("inf"))
+
+
+class EventQueue:
+    """A heap of (time, sequence, callback, args): ties run in the order they were scheduled."""
+
+    def __init__(self):
+        self.heap: list = []
+        self.now = 0.0
+        self._seq = itertools.count()
+
+    def at(self, time: float, fn: Callable, *args: Any) -> None:
+        heapq.heappush(self.heap, (time, next(self._seq), fn, args))
+
+    def run(self, until: float = float("inf")) -> None:
+        while self.heap and self.heap[0][0] <= until:
+            time, _, fn, args = heapq.heappop(self.heap)
+            self.now = time
+            fn(*args)

@@ -1,0 +1,123 @@
+"""Metrics of a simulation run, the ZCube-vs-ROFT study across load levels, and its plots."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .cost import network_cost
+from .routing import link_class
+from .simulate import SimConfig, simulate
+from .topology import Topology
+from .workload import ModelProfile, Workload
+
+__all__ = ["summarize", "study", "plot_run", "study_markdown"]
+
+
+def _pct(x: np.ndarray, qs=(50, 90, 99)) -> dict[str, float]:
+    x = x[np.isfinite(x)]
+    return {f"p{q}": float(np.percentile(x, q)) if len(x) else float("nan") for q in qs}
+
+
+def summarize(r: dict[str, Any]) -> dict[str, Any]:
+    """The JSON summary: TTFT and KV-transfer percentiles, goodput under the TTFT SLO, link utilisation by class,
+    hotspots, per-NIC imbalance inside servers, where flows were throttled, failure effects, and cost."""
+    topo: Topology = r["topology"]
+    work: Workload = r["workload"]
+    cfg: SimConfig = r["config"]
+    ttft, ok = r["ttft_s"], ~r["failed"] & np.isfinite(r["ttft_s"])
+    kv_fct = r["kv_done_s"] - r["prefill_end_s"]
+    span = max(r["end_s"], 1e-9)
+    good = ok & (ttft <= cfg.ttft_slo_s)
+    util = r["link_bytes"] / (np.repeat(topo.link_gbps * 1e9 / 8, 2) * span)
+    classes = np.array([link_class(topo, i) for i in range(len(util))])
+    by_class = {c: {"max": float(util[classes == c].max()), "mean": float(util[classes == c].mean())}
+                for c in ("nic_up", "nic_down", "fabric") if (classes == c).any()}
+    top = np.argsort(util)[::-1][:5]
+    sent = r["link_bytes"][0::2][topo.is_gpu_link]  # bytes each NIC port sent
+    server = topo.link_a[topo.is_gpu_link] // topo.gpus_per_server
+    per_server = [sent[server == s] for s in np.unique(server)]
+    imbalance = [float(v.max() / v.mean()) for v in per_server if v.sum() > 0]
+    throttled = r["throttled"]
+    total_throttled = sum(throttled.values())
+    flows = r["flows"]
+    out = {
+        "topology": topo.kind, "gpus": topo.num_gpus, "requests": len(work), "trace": work.source,
+        "requests_completed": int(ok.sum()), "requests_failed": int(r["failed"].sum()),
+        "ttft_p50_s": _pct(ttft[ok])["p50"], "ttft_p90_s": _pct(ttft[ok])["p90"], "ttft_p99_s": _pct(ttft[ok])["p99"],
+        "kv_fct_p50_s": _pct(kv_fct[ok])["p50"], "kv_fct_p99_s": _pct(kv_fct[ok])["p99"],
+        "flow_fct_p99_s": _pct(flows[:, 2] - flows[:, 1])["p99"] if len(flows) else float("nan"),
+        "throughput_tok_s": float(work.output_tokens[ok].sum() / span),
+        "goodput_req_s": float(good.sum() / span), "goodput_tok_s": float(work.output_tokens[good].sum() / span),
+        "ttft_slo_s": cfg.ttft_slo_s, "max_link_util": float(util.max()), "link_util": by_class,
+        "hotspots": [{"link": int(i // 2), "direction": "a->b" if i % 2 == 0 else "b->a", "class": str(classes[i]),
+                      "util": float(util[i])} for i in top],
+        "nic_imbalance_mean": float(np.mean(imbalance)) if imbalance else None,
+        "nic_imbalance_max": float(np.max(imbalance)) if imbalance else None,
+        "throttled_share": {k: v / total_throttled for k, v in throttled.items()} if total_throttled else {},
+        "throttled_flow_s": total_throttled, "rerouted_flows": r["rerouted_flows"],
+        "dropped_requests": r["dropped_requests"], "sim_end_s": float(r["end_s"]), "sim_wall_s": r["sim_wall_s"],
+        "cost_total": network_cost(topo)["total"],
+        "config": {"pd_ratio": f"{cfg.pd_ratio[0]}:{cfg.pd_ratio[1]}", "placement": cfg.placement,
+                   "kv_split": cfg.kv_split, "port_policy": cfg.port_policy, "qps": cfg.qps,
+                   "gpus_per_instance": cfg.gpus_per_instance,
+                   "failure": None if cfg.failure is None else list(cfg.failure)},
+    }
+    return out
+
+
+def study(topologies: dict[str, Topology], work: Workload, scales: list[float], model: ModelProfile | None = None,
+          cfg: SimConfig | None = None, progress: Callable[[str], None] | None = None
+          ) -> tuple[list[dict[str, Any]], dict[float, dict[str, dict]]]:
+    """The same workload at each load level on each topology: one summary row per (topology, scale), and the raw
+    runs by scale and name (for plots)."""
+    rows, raw = [], {}
+    for scale in scales:
+        for name, topo in topologies.items():
+            if progress:
+                progress(f"{name} x{scale:g}")
+            r = simulate(topo, work.scaled(scale), model, cfg)
+            raw.setdefault(scale, {})[name] = r
+            rows.append({"name": name, "rate_scale": scale, **summarize(r)})
+    return rows, raw
+
+
+def study_markdown(rows: list[dict[str, Any]]) -> str:
+    head = ("| load | topology | TTFT p50 s | TTFT p99 s | KV FCT p99 ms | goodput tok/s | max link util | "
+            "throttled (nic_down/fabric/nic_up) | cost $M |\n|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        t = r["throttled_share"]
+        lines.append(f"| x{r['rate_scale']:g} | {r['name']} | {r['ttft_p50_s']:.3f} | {r['ttft_p99_s']:.3f} | "
+                     f"{1e3 * r['kv_fct_p99_s']:.1f} | {r['goodput_tok_s']:,.0f} | {r['max_link_util']:.3f} | "
+                     f"{t.get('nic_down', 0):.2f}/{t.get('fabric', 0):.2f}/{t.get('nic_up', 0):.2f} | "
+                     f"{r['cost_total'] / 1e6:.2f} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def plot_run(results: dict[str, dict[str, Any]], out: str | Path) -> Path:
+    """TTFT and KV-transfer CDFs of one or more runs (by name), and their link-utilisation distributions."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), dpi=100)
+    for name, r in results.items():
+        topo = r["topology"]
+        ok = ~r["failed"] & np.isfinite(r["ttft_s"])
+        for ax, values in ((axes[0], r["ttft_s"][ok]), (axes[1], (r["kv_done_s"] - r["prefill_end_s"])[ok] * 1e3)):
+            v = np.sort(values)
+            ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=name)
+        util = r["link_bytes"] / (np.repeat(topo.link_gbps * 1e9 / 8, 2) * max(r["end_s"], 1e-9))
+        axes[2].plot(np.sort(util[util > 0])[::-1], label=name)
+    axes[0].set(xlabel="TTFT (s)", ylabel="CDF", xscale="log", title="TTFT")
+    axes[1].set(xlabel="KV transfer time (ms)", ylabel="CDF", xscale="log", title="KV transfer completion")
+    axes[2].set(xlabel="directed links, busiest first", ylabel="mean utilisation", yscale="log",
+                title="link utilisation")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    out = Path(out)
+    fig.savefig(out, bbox_inches="tight")
+    plt.close(fig)
+    return out

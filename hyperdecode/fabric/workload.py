@@ -1,0 +1,152 @@
+"""Inference workloads for the network simulator: request traces, a fitted synthetic generator, a model profile.
+
+Trace formats: Mooncake JSON Lines (`timestamp` ms, `input_length`, `output_length`, `hash_ids`) and the Azure LLM
+2023 CSV (`TIMESTAMP`, `ContextTokens`, `GeneratedTokens`).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+
+__all__ = ["Workload", "load_trace", "synthetic", "ModelProfile"]
+
+
+@dataclass
+class Workload:
+    arrival_s: np.ndarray  # sorted, first at 0
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+    def scaled(self, rate_scale: float) -> "Workload":
+        """The same requests arriving `rate_scale` times faster (load sweeps)."""
+        if not rate_scale > 0:
+            raise ConfigError(f"rate scale must be positive, got {rate_scale}")
+        return Workload(self.arrival_s / rate_scale, self.input_tokens, self.output_tokens,
+                        f"{self.source} x{rate_scale:g}")
+
+    def head(self, n: int) -> "Workload":
+        return Workload(self.arrival_s[:n], self.input_tokens[:n], self.output_tokens[:n], f"{self.source}[:{n}]")
+
+    @property
+    def rate(self) -> float:
+        span = float(self.arrival_s[-1] - self.arrival_s[0]) if len(self) > 1 else 0.0
+        return (len(self) - 1) / span if span > 0 else float("inf")
+
+
+def _check(arrival: list, inputs: list, outputs: list, source: str) -> Workload:
+    if not arrival:
+        raise ConfigError(f"{source}: the trace has no requests")
+    a, i, o = (np.asarray(x, dtype=np.float64) for x in (arrival, inputs, outputs))
+    for name, v in (("input length", i), ("output length", o)):
+        bad = np.nonzero(~(v >= 1))[0]
+        if len(bad):
+            raise ConfigError(f"{source}: request {int(bad[0])} has {name} {v[bad[0]]:g} (must be >= 1)")
+    if (np.diff(a) < 0).any():
+        raise ConfigError(f"{source}: timestamps go backwards at request {int(np.nonzero(np.diff(a) < 0)[0][0]) + 1}")
+    return Workload(a - a[0], i.astype(np.int64), o.astype(np.int64), source)
+
+
+def load_trace(path: str | Path) -> Workload:
+    """Reads a Mooncake .jsonl or an Azure .csv trace (by content, not by name).
+
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "t.jsonl")
+    >>> _ = open(p, "w").write('{"timestamp": 0, "input_length": 10, "output_length": 2}\\n'
+    ...                        '{"timestamp": 1500, "input_length": 20, "output_length": 3}\\n')
+    >>> w = load_trace(p); w.arrival_s.tolist(), w.input_tokens.tolist()
+    ([0.0, 1.5], [10, 20])
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: trace file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text trace") from None
+    first = text.lstrip()[:1]
+    if first == "{":
+        arrival, inputs, outputs = [], [], []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                arrival.append(float(row["timestamp"]) / 1000.0)
+                inputs.append(row["input_length"])
+                outputs.append(row["output_length"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise ConfigError(f"{path}:{n}: not a Mooncake trace row ({type(e).__name__}: {e})") from None
+        return _check(arrival, inputs, outputs, str(path))
+    rows = list(csv.reader(text.splitlines()))
+    if rows and [c.strip() for c in rows[0][:3]] == ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]:
+        arrival, inputs, outputs = [], [], []
+        for n, row in enumerate(rows[1:], 2):
+            try:
+                stamp = row[0].strip()
+                base, frac = (stamp.split(".") + ["0"])[:2]
+                t = datetime.strptime(base, "%Y-%m-%d %H:%M:%S").timestamp() + float("0." + frac)
+                arrival.append(t)
+                inputs.append(float(row[1]))
+                outputs.append(float(row[2]))
+            except (ValueError, IndexError) as e:
+                raise ConfigError(f"{path}:{n}: not an Azure trace row ({e})") from None
+        return _check(arrival, inputs, outputs, str(path))
+    raise ConfigError(f"{path}: unknown trace format (expected Mooncake JSON Lines or an Azure CSV with header "
+                      "TIMESTAMP,ContextTokens,GeneratedTokens)")
+
+
+def synthetic(like: Workload, num_requests: int | None = None, rate: float | None = None, seed: int = 0
+              ) -> Workload:
+    """Poisson arrivals at `rate` (default: the trace's), log-normal input/output lengths fitted to `like`."""
+    rng = np.random.default_rng(seed)
+    n = num_requests or len(like)
+    lam = rate or like.rate
+    arrival = np.concatenate([[0.0], np.cumsum(rng.exponential(1 / lam, n - 1))])
+
+    def draw(x: np.ndarray) -> np.ndarray:
+        logs = np.log(x)
+        v = rng.lognormal(logs.mean(), logs.std(), n)
+        return np.clip(np.round(v), x.min(), x.max()).astype(np.int64)
+    return Workload(arrival, draw(like.input_tokens), draw(like.output_tokens), f"synthetic({like.source})")
+
+
+@dataclass
+class ModelProfile:
+    """Per-instance speeds and KV size. Defaults: GLM-5 bf16 KV (89,856 B/token, `hyperdecode inspect glm-5`);
+    prefill 73,700 tok/s and decode 14,800 tok/s per 8-GPU node, DeepSeek's published H800 rates (network.md §5);
+    a decode step of 25 ms at full batch."""
+    kv_bytes_per_token: int = 89_856
+    prefill_tok_s: float = 73_700.0
+    decode_step_s: float = 0.025
+    decode_batch: int = 370  # 14,800 tok/s / 40 steps/s
+
+    @classmethod
+    def from_model(cls, name: str = "glm-5", kv_dtype: str = "bf16", **overrides: float) -> "ModelProfile":
+        from ..model.loader import preset_config
+        cfg = preset_config(name)
+        fp8 = kv_dtype == "fp8"
+        kv = cfg.kv_bytes_per_token(2, fp8=fp8) if hasattr(cfg, "index_key_bytes_per_token") else \
+            cfg.kv_bytes_per_token(1 if fp8 else 2)
+        return cls(kv_bytes_per_token=kv, **overrides)
+
+    def prefill_s(self, tokens: int) -> float:
+        return tokens / self.prefill_tok_s
+
+    def check(self) -> None:
+        for name in ("kv_bytes_per_token", "prefill_tok_s", "decode_step_s", "decode_batch"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"model profile field '{name}' must be positive")
+        if not math.isfinite(self.prefill_tok_s):
+            raise ConfigError("model profile field 'prefill_tok_s' must be finite")

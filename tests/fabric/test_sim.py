@@ -1,0 +1,207 @@
+"""The flow simulator against hand-computed answers; ECMP and ZCube load balance; PD simulation end to end."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hyperdecode.errors import ConfigError
+from hyperdecode.fabric import roft, zcube
+from hyperdecode.fabric.flowsim import EventQueue, FlowNetwork
+from hyperdecode.fabric.routing import Router
+from hyperdecode.fabric.simreport import summarize
+from hyperdecode.fabric.simulate import SimConfig, parse_failure, parse_pd_ratio, roles, simulate
+from hyperdecode.fabric.workload import ModelProfile, Workload, load_trace, synthetic
+
+TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces"
+MOONCAKE = TRACES / "mooncake_conversation_trace.jsonl"
+
+
+def run_flows(capacity, flows):
+    """flows: (start, path, size) -> finish times, with the simulator's own event loop."""
+    ev, finish = EventQueue(), {}
+    net = FlowNetwork(np.array(capacity, dtype=float), lambda f, eta: ev.at(eta, done, f, f.version))
+
+    def done(f, version):
+        if f.version == version and f.id in net.flows:
+            net.remove(f, ev.now)
+            finish[f.tag] = ev.now
+
+    for i, (start, path, size) in enumerate(flows):
+        ev.at(start, lambda p=path, s=size, i=i: net.add(p, s, ev.now, tag=i))
+    ev.run()
+    return [finish[i] for i in range(len(flows))], net
+
+
+def test_one_flow_gets_line_rate():
+    finish, net = run_flows([10.0, 5.0, 8.0], [(0.0, [0, 1, 2], 20.0)])
+    assert finish == [pytest.approx(4.0)]  # 20 bytes at the 5 B/s bottleneck
+    assert net.link_bytes.tolist() == pytest.approx([20.0, 20.0, 20.0])
+
+
+@pytest.mark.parametrize("n", [2, 3, 7])
+def test_n_flows_share_a_bottleneck_equally(n):
+    finish, _ = run_flows([12.0], [(0.0, [0], 6.0)] * n)
+    assert finish == [pytest.approx(6.0 * n / 12.0)] * n
+
+
+def test_classic_max_min_two_bottlenecks():
+    rates = {}
+    net = FlowNetwork(np.array([10.0, 4.0]), lambda f, eta: rates.__setitem__(f.tag, f.rate))
+    net.add([0], 1e9, 0.0, tag="A")
+    net.add([0, 1], 1e9, 0.0, tag="B")
+    net.add([1], 1e9, 0.0, tag="C")
+    assert (rates["A"], rates["B"], rates["C"]) == (pytest.approx(8.0), pytest.approx(2.0), pytest.approx(2.0))
+
+
+def test_staggered_flows_complete_exactly():
+    finish, _ = run_flows([10.0], [(0.0, [0], 10.0), (0.5, [0], 10.0)])
+    assert finish == [pytest.approx(1.5), pytest.approx(2.0)]
+
+
+def test_ecmp_matches_balls_in_bins():
+    t = roft(512, 32)  # leaf uplinks: 16, one to each of 16 spines
+    router = Router(t)
+    up = 16
+    expected = up * (1 - (1 - 1 / up) ** up)  # distinct uplinks used by `up` hashed flows
+    used = []
+    for trial in range(400):
+        links = {router.path(0, 128, key=trial * 1000 + k)[1] for k in range(up)}  # unit 0 -> unit 1, rail 0
+        used.append(len(links))
+    se = np.std(used) / math.sqrt(len(used))
+    assert abs(np.mean(used) - expected) < 4 * se + 0.05
+    assert 0.60 < np.mean(used) / up < 0.68  # ~63 % of the paths, the balls-in-bins anchor
+
+
+def test_zcube_cross_port_all_to_all_loads_every_inter_switch_link_equally():
+    n = 8
+    t = zcube(n)
+    router = Router(t, "balanced")
+    att = t.attachments()
+    load = np.zeros(2 * t.num_links)
+    for s in range(n * n):
+        for d in range(n * n):
+            if s != d and not set(att[s]) & set(att[d]):
+                for _ in range(2):  # the two cross-port pairings
+                    for link in router.path(s, d, key=0):
+                        load[link] += 1
+    fabric = np.concatenate([[2 * i, 2 * i + 1] for i in np.nonzero(t.link_port < 0)[0]])
+    assert load[fabric].min() == load[fabric].max() > 0
+
+
+def small_work(n=400, rate=50.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return Workload(np.cumsum(rng.exponential(1 / rate, n)) - 0, rng.integers(500, 20000, n),
+                    rng.integers(1, 500, n), "test")
+
+
+def test_pd_simulation_by_hand():
+    """One request: TTFT = prefill + KV transfer at line rate + one decode step."""
+    t = roft(64, 16)
+    w = Workload(np.array([0.0]), np.array([10_000]), np.array([5]), "one")
+    m = ModelProfile(kv_bytes_per_token=1000, prefill_tok_s=100_000.0, decode_step_s=0.02)
+    s = summarize(simulate(t, w, m, SimConfig(qps=1)))
+    per_gpu = 10_000 * 1000 / 8
+    assert s["ttft_p50_s"] == pytest.approx(0.1 + per_gpu / 50e9 + 0.02, rel=1e-9)
+
+
+def test_summary_and_failure_injection():
+    t = zcube(16)
+    w = small_work(600, rate=400.0)
+    base = simulate(t, w, cfg=SimConfig(pd_ratio=(1, 1)))
+    s = summarize(base)
+    for key in ("ttft_p50_s", "ttft_p99_s", "kv_fct_p99_s", "goodput_tok_s", "requests_completed",
+                "max_link_util", "sim_wall_s"):
+        assert key in s
+    assert s["requests_completed"] == 600 and s["ttft_p99_s"] >= s["ttft_p50_s"] > 0
+    # a block switch dies mid-run while (large) transfers cross it: its GPUs fall back to their residue port
+    heavy = ModelProfile(kv_bytes_per_token=2_000_000)
+    mid = float(w.arrival_s[300])
+    f = summarize(simulate(t, w, heavy, SimConfig(failure=("switch", 0, mid))))
+    assert f["rerouted_flows"] > 0 and f["requests_failed"] == 0 and f["requests_completed"] == 600
+    assert f["config"]["failure"] == ["switch", 0, mid]
+    r = summarize(simulate(roft(256, 32), w, heavy, SimConfig(failure=("switch", 0, mid))))
+    assert r["requests_failed"] > 0  # a ROFT leaf takes its GPUs' only NIC with it
+
+
+def test_reroute_keeps_what_was_sent():
+    etas = []
+    net = FlowNetwork(np.array([10.0, 5.0]), lambda f, eta: etas.append(eta))
+    f = net.add([0], 20.0, 0.0)
+    net.reroute(f, [1], 1.0)  # 10 bytes sent at 10 B/s, 10 left at 5 B/s
+    assert f.remaining == pytest.approx(10.0) and f.rate == 5.0 and etas == [pytest.approx(2.0), pytest.approx(3.0)]
+
+
+def test_synthetic_generator_fits_the_trace():
+    w = load_trace(MOONCAKE)
+    s = synthetic(w, num_requests=5000, seed=1)
+    assert abs(np.log(s.input_tokens).mean() - np.log(w.input_tokens).mean()) < 0.1
+    assert abs(s.rate - w.rate) / w.rate < 0.1
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_text("hello,world\n1,2\n"), "unknown trace format"),
+    (lambda p: p.write_text('{"timestamp": 0, "input_length": -5, "output_length": 3}\n'), "input length -5"),
+    (lambda p: p.write_text('{"timestamp": 0, "input_len": 5}\n'), "not a Mooncake trace row"),
+    (lambda p: p.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,x,3\n"),
+     "not an Azure trace row"),
+])
+def test_bad_traces(tmp_path, make, message):
+    p = tmp_path / "trace.txt"
+    make(p)
+    with pytest.raises(ConfigError, match=message):
+        load_trace(p)
+
+
+def test_bad_cluster_parameters():
+    with pytest.raises(ConfigError, match="does not fit 2 instances"):
+        roles(zcube(4), SimConfig(pd_ratio=(2, 1)))
+    with pytest.raises(ConfigError, match="must divide"):
+        roles(zcube(4), SimConfig(gpus_per_instance=5))
+    with pytest.raises(ConfigError, match="look like 1:2"):
+        parse_pd_ratio("one-to-two")
+    with pytest.raises(ConfigError, match="link:12@30"):
+        parse_failure("router:1")
+
+
+def test_azure_trace_reads():
+    w = load_trace(TRACES / "azure_llm_2023_code.csv")
+    assert len(w) == 8819 and w.arrival_s[0] == 0 and (np.diff(w.arrival_s) >= 0).all()
+
+
+def test_mooncake_1024_gpus_runs_to_completion_on_both(tmp_path):
+    w = load_trace(MOONCAKE)
+    rows = {}
+    for name, topo in (("zcube", zcube(32)), ("roft", roft(1024, 32, tiers=3))):
+        rows[name] = summarize(simulate(topo, w))
+        assert rows[name]["requests_completed"] == 12031 and rows[name]["requests_failed"] == 0
+    assert rows["zcube"]["cost_total"] < rows["roft"]["cost_total"]
+
+
+def test_study_cli_writes_report(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "hyperdecode.cli", "fabric", "study", "--gpus", "256",
+                        "--switch-tbps", "12.8", "--trace", str(MOONCAKE), "--max-requests", "1500",
+                        "--scales", "1,20", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "study.md").read_text()
+    assert "| x1 | zcube |" in md and "| x20 | roft |" in md
+    assert (tmp_path / "cdf_x20.png").read_bytes()[:4] == b"\x89PNG"
+    rows = json.loads((tmp_path / "study.json").read_text())
+    assert {r["name"] for r in rows} == {"zcube", "roft"} and all(r["requests_completed"] == 1500 for r in rows)
+
+
+def test_simulate_cli(tmp_path):
+    out = tmp_path / "s.json"
+    r = subprocess.run([sys.executable, "-m", "hyperdecode.cli", "fabric", "simulate", "--topology", "roft",
+                        "--gpus", "128", "--switch-tbps", "12.8", "--trace", str(MOONCAKE), "--max-requests", "300",
+                        "--fail", "switch:1@5", "--json", str(out), "--plot", str(tmp_path / "p.png")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(out.read_text())
+    assert s["requests_completed"] + s["requests_failed"] == 300
+    bad = subprocess.run([sys.executable, "-m", "hyperdecode.cli", "fabric", "simulate", "--gpus", "16",
+                          "--trace", str(MOONCAKE), "--pd-ratio", "3:1"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "does not fit" in bad.stderr and "Traceback" not in bad.stderr

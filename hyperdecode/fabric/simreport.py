@@ -22,13 +22,18 @@ def _pct(x: np.ndarray, qs=(50, 90, 99)) -> dict[str, float]:
 
 def summarize(r: dict[str, Any]) -> dict[str, Any]:
     """The JSON summary: TTFT and KV-transfer percentiles, goodput under the TTFT SLO, link utilisation by class,
-    hotspots, per-NIC imbalance inside servers, where flows were throttled, failure effects, and cost."""
+    hotspots, per-NIC imbalance inside servers, where flows were throttled, failure effects, and cost.
+
+    Throughput and goodput are per second of the request window (first arrival to the last first token), so that
+    compressing a trace (`rate_scale`) raises them; utilisation is over the whole simulated time."""
     topo: Topology = r["topology"]
     work: Workload = r["workload"]
     cfg: SimConfig = r["config"]
     ttft, ok = r["ttft_s"], ~r["failed"] & np.isfinite(r["ttft_s"])
     kv_fct = r["kv_done_s"] - r["prefill_end_s"]
     span = max(r["end_s"], 1e-9)
+    first_tokens = work.arrival_s + ttft
+    window = max(float(np.nanmax(first_tokens[ok])) if ok.any() else 0.0, 1e-9)  # first arrival to last 1st token
     good = ok & (ttft <= cfg.ttft_slo_s)
     util = r["link_bytes"] / (np.repeat(topo.link_gbps * 1e9 / 8, 2) * span)
     classes = np.array([link_class(topo, i) for i in range(len(util))])
@@ -48,8 +53,9 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         "ttft_p50_s": _pct(ttft[ok])["p50"], "ttft_p90_s": _pct(ttft[ok])["p90"], "ttft_p99_s": _pct(ttft[ok])["p99"],
         "kv_fct_p50_s": _pct(kv_fct[ok])["p50"], "kv_fct_p99_s": _pct(kv_fct[ok])["p99"],
         "flow_fct_p99_s": _pct(flows[:, 2] - flows[:, 1])["p99"] if len(flows) else float("nan"),
-        "throughput_tok_s": float(work.output_tokens[ok].sum() / span),
-        "goodput_req_s": float(good.sum() / span), "goodput_tok_s": float(work.output_tokens[good].sum() / span),
+        "throughput_tok_s": float(work.output_tokens[ok].sum() / window),
+        "goodput_req_s": float(good.sum() / window), "goodput_tok_s": float(work.output_tokens[good].sum() / window),
+        "window_s": window,
         "ttft_slo_s": cfg.ttft_slo_s, "max_link_util": float(util.max()), "link_util": by_class,
         "hotspots": [{"link": int(i // 2), "direction": "a->b" if i % 2 == 0 else "b->a", "class": str(classes[i]),
                       "util": float(util[i])} for i in top],

@@ -1,6 +1,7 @@
 """The flow simulator against hand-computed answers; ECMP and ZCube load balance; PD simulation end to end."""
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ from hyperdecode.fabric.simreport import summarize
 from hyperdecode.fabric.simulate import SimConfig, parse_failure, parse_pd_ratio, roles, simulate
 from hyperdecode.fabric.workload import ModelProfile, Workload, load_trace, synthetic
 
-TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces"
+# the project's shared/ folder sits beside the checkout (and beside CI's clone)
+TRACES = Path(os.environ.get("HYPERDECODE_TRACES", Path(__file__).resolve().parents[3] / "shared" / "traces"))
 MOONCAKE = TRACES / "mooncake_conversation_trace.jsonl"
 
 

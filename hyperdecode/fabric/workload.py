@@ -125,12 +125,11 @@ def synthetic(like: Workload, num_requests: int | None = None, rate: float | Non
 @dataclass
 class ModelProfile:
     """Per-instance speeds and KV size. Defaults: GLM-5 bf16 KV (89,856 B/token, `hyperdecode inspect glm-5`);
-    prefill 73,700 tok/s and decode 14,800 tok/s per 8-GPU node, DeepSeek's published H800 rates (network.md §5);
-    a decode step of 25 ms at full batch."""
+    prefill 73,700 tok/s per 8-GPU node, DeepSeek's published H800 rate (network.md §5); a 25 ms decode step (the
+    first token's step is part of TTFT; later steps only set how long a decode instance stays loaded)."""
     kv_bytes_per_token: int = 89_856
     prefill_tok_s: float = 73_700.0
     decode_step_s: float = 0.025
-    decode_batch: int = 370  # 14,800 tok/s / 40 steps/s
 
     @classmethod
     def from_model(cls, name: str = "glm-5", kv_dtype: str = "bf16", **overrides: float) -> "ModelProfile":
@@ -145,7 +144,7 @@ class ModelProfile:
         return tokens / self.prefill_tok_s
 
     def check(self) -> None:
-        for name in ("kv_bytes_per_token", "prefill_tok_s", "decode_step_s", "decode_batch"):
+        for name in ("kv_bytes_per_token", "prefill_tok_s", "decode_step_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"model profile field '{name}' must be positive")
         if not math.isfinite(self.prefill_tok_s):

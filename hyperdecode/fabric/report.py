@@ -10,7 +10,7 @@ from ..errors import ConfigError
 from .builders import fattree, roft, zcube
 from .cost import network_cost
 from .topology import Topology
-from .verify import _pairing_matrix, all_pairs, bisection, diameter, gpu_pairs
+from .verify import pairing_matrix, all_pairs, bisection, diameter, gpu_pairs
 
 __all__ = ["describe", "path_multiplicity", "compare", "zcube_for"]
 
@@ -22,7 +22,7 @@ def path_multiplicity(topo: Topology, pairs=None, ap=None) -> dict[str, Any]:
     shortest paths each such pairing has (1 = no ECMP choice; ROFT shows its ECMP fan-out here)."""
     pairs = pairs or gpu_pairs(topo)
     ap = ap or all_pairs(topo)
-    hops, paths = _pairing_matrix(topo, pairs, *ap)
+    hops, paths = pairing_matrix(topo, pairs, *ap)
     att = topo.attachments()
     sa, sb = att[pairs.src], att[pairs.dst]
     disjoint = ~((sa[:, :, None] == sb[:, None, :]) & (sa[:, :, None] >= 0)).any(axis=(1, 2))

@@ -15,7 +15,7 @@ import numpy as np
 
 from .topology import Topology
 
-__all__ = ["all_pairs", "PairSet", "gpu_pairs", "diameter", "path_table", "bisection", "failure_impact"]
+__all__ = ["all_pairs", "PairSet", "gpu_pairs", "pairing_matrix", "diameter", "path_table", "bisection", "failure_impact"]
 
 EXACT_LIMIT = 5_000_000
 
@@ -73,7 +73,7 @@ def gpu_pairs(topo: Topology, max_pairs: int = EXACT_LIMIT, sample: int = 200_00
     return PairSet(src, dst, np.ones(sample, dtype=np.int64), False)
 
 
-def _pairing_matrix(topo: Topology, pairs: PairSet, dist: np.ndarray, count: np.ndarray
+def pairing_matrix(topo: Topology, pairs: PairSet, dist: np.ndarray, count: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
     """[M, P, P] switch hops (inf if no path) and shortest-path counts for each (source port, destination port)."""
     att = topo.attachments()
@@ -93,7 +93,7 @@ def diameter(topo: Topology, pairs: PairSet | None = None, ap: tuple | None = No
     2
     """
     pairs = pairs or gpu_pairs(topo)
-    hops, _ = _pairing_matrix(topo, pairs, *(ap or all_pairs(topo)))
+    hops, _ = pairing_matrix(topo, pairs, *(ap or all_pairs(topo)))
     best = hops.min(axis=(1, 2))
     finite = np.isfinite(best)
     return {"diameter": int(best[finite].max()) if finite.any() else None,
@@ -110,7 +110,7 @@ def path_table(topo: Topology, pairs: PairSet | None = None, ap: tuple | None = 
     """
     pairs = pairs or gpu_pairs(topo)
     att = topo.attachments()
-    hops, paths = _pairing_matrix(topo, pairs, *(ap or all_pairs(topo)))
+    hops, paths = pairing_matrix(topo, pairs, *(ap or all_pairs(topo)))
     sa, sb = att[pairs.src], att[pairs.dst]
     shares = ((sa[:, :, None] == sb[:, None, :]) & (sa[:, :, None] >= 0)).any(axis=(1, 2))
     table = {}
@@ -192,8 +192,8 @@ def failure_impact(topo: Topology, switch: int | None = None, link: int | None =
     after = without(topo, switch, link)
     pairs = gpu_pairs(topo, seed=seed)
     ap_before, ap_after = all_pairs(topo), all_pairs(after)
-    before_best = _pairing_matrix(topo, pairs, *ap_before)[0].min(axis=(1, 2))
-    after_best = _pairing_matrix(after, pairs, *ap_after)[0].min(axis=(1, 2))
+    before_best = pairing_matrix(topo, pairs, *ap_before)[0].min(axis=(1, 2))
+    after_best = pairing_matrix(after, pairs, *ap_after)[0].min(axis=(1, 2))
     w = pairs.weight
     lost = (topo.attachments() >= 0) & (after.attachments() < 0)
     return {"removed": {"switch": switch} if switch is not None else {"link": link},

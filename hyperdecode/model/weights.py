@@ -168,7 +168,7 @@ def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int, std: float 
     g = torch.Generator().manual_seed(seed)
     sd = {}
     for k, shape in shapes.items():
-        if k.endswith("norm.weight") or k.endswith("enorm.weight"):
+        if k.endswith("norm.weight"):
             sd[k] = 1.0 + 0.1 * torch.randn(shape, generator=g)
         else:
             sd[k] = std * torch.randn(shape, generator=g)

@@ -124,11 +124,10 @@ class Engine:
     def _deliver(self, req: Request, piece: str) -> None:
         now = time.perf_counter()
         seq = req.seq
-        if req.internal:
-            pass
-        elif len(seq.output_ids) == 1 or (seq.done and req.last_token_at == 0.0):
+        first = len(seq.output_ids) == 1 or (seq.done and req.last_token_at == 0.0)
+        if not req.internal and first:
             self.metrics.ttft.observe(now - seq.start)
-        elif req.last_token_at:
+        elif not req.internal and req.last_token_at:
             self.metrics.itl.observe(now - req.last_token_at)
         req.last_token_at = now
         if piece:

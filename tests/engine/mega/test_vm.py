@@ -1,0 +1,64 @@
+"""The compiled decode step run by the Python VM against the reference forward (Llama family)."""
+import pytest
+import torch
+
+import hyperdecode as hd
+from hyperdecode.engine.mega.isa import Instr, Op
+from hyperdecode.engine.mega.program import check_program, compile_llama
+from hyperdecode.engine.mega.vm import VM, DependencyError
+from tests.conftest import rel_err
+
+
+def prefill(model, prompts, max_seq):
+    model.setup_caches(len(prompts), max_seq)
+    with torch.inference_mode():
+        for b, p in enumerate(prompts):
+            model(torch.tensor([p]), torch.arange(len(p))[None], slots=torch.tensor([b]))
+
+
+@pytest.mark.parametrize("batch, tile", [(1, 64), (3, 29)])
+def test_decode_step_equals_reference(batch, tile):
+    llm = hd.LLM("tiny-llama", device="cpu", seed=3)
+    g = torch.Generator().manual_seed(batch)
+    prompts = [torch.randint(0, 259, (n,), generator=g).tolist() for n in (5, 11, 2)[:batch]]
+    prefill(llm.model, prompts, 48)
+    prog = compile_llama(llm.model, batch, 48, tile=tile)
+    vm = VM(prog)
+    vm.load_cache(llm.model)
+    toks = torch.randint(0, 259, (batch,), generator=g).tolist()
+    pos = [len(p) for p in prompts]
+    got = vm.step(toks, pos)
+    with torch.inference_mode():
+        ref = llm.model.logits(llm.model(torch.tensor(toks)[:, None], torch.tensor(pos)[:, None]))[:, 0]
+    assert rel_err(got, ref) <= 1e-5
+    assert vm.next.tolist() == ref.argmax(-1).tolist()
+
+
+def test_greedy_tokens_equal_reference_for_16_steps():
+    llm = hd.LLM("tiny-llama", device="cpu", seed=5)
+    prompt = [3, 40, 41, 42, 43, 44]
+    expected = llm.generate(prompt, max_tokens=17, ignore_eos=True).token_ids
+    prefill(llm.model, [prompt], 64)
+    with torch.inference_mode():
+        first = llm.model.logits(llm.model(torch.tensor([prompt]), torch.arange(len(prompt))[None]))[0, -1]
+    vm = VM(compile_llama(llm.model, 1, 64))
+    vm.load_cache(llm.model)
+    tokens = [int(first.argmax())]
+    for step in range(16):
+        vm.step([tokens[-1]], [len(prompt) + step])
+        tokens.append(int(vm.next[0]))
+    assert tokens == expected
+
+
+def test_program_dependencies_are_checked():
+    llm = hd.LLM("tiny-llama", device="cpu")
+    prog = compile_llama(llm.model, 2, 16)
+    queues = check_program(prog, workers=5)
+    assert sorted(i for q in queues for i in q) == list(range(len(prog.instrs)))
+    assert {ins.op for ins in prog.instrs} == set(Op)
+    # plant a wait that no earlier instruction can satisfy
+    prog.instrs.insert(3, Instr(Op.SWIGLU, prog.instrs[-3].args, [(prog.num_counters - 1, 1)], 0))
+    with pytest.raises(ValueError, match="instruction 3 \\(SWIGLU\\) waits for counter"):
+        check_program(prog, workers=2)
+    with pytest.raises(DependencyError, match="instruction 3"):
+        VM(prog).step([1, 2], [0, 0])

@@ -7,13 +7,15 @@ import torch
 
 from ..errors import ConfigError
 from ..model.loader import load_model
+from .mega.runner import MegaRunner
+from .runner import ReferenceRunner
 from .scheduler import run
 from .sampling import SamplingParams
 from .sequence import Generation, Sequence
 
 __all__ = ["LLM"]
 
-BACKENDS = ("reference",)
+BACKENDS = ("reference", "mega", "auto")
 Prompt = str | list[int]
 
 
@@ -33,8 +35,14 @@ class LLM:
         loaded = load_model(model, device=device, dtype=dtype, seed=seed)
         self.name, self.config, self.model, self._tokenizer = loaded.name, loaded.cfg, loaded.model, loaded.tokenizer
         self.fp8_weights = loaded.fp8_weights  # raw (float8 weight, scale_inv) of an FP8 checkpoint, by HF name
-        self.backend = backend
         self.device = self.model.embed_tokens.weight.device
+        if backend == "auto":  # the megakernel only pays on a GPU; on the CPU it runs in Triton's interpreter
+            backend = "mega" if self.device.type == "cuda" and MegaRunner.supports(self.model) else "reference"
+        if backend == "mega":
+            self.runner = MegaRunner(self.model)
+        else:
+            self.runner = ReferenceRunner(self.model)
+        self.backend = backend
 
     @property
     def tokenizer(self):
@@ -75,7 +83,7 @@ class LLM:
         if not prompts:
             return []
         seqs = self._sequences(prompts, SamplingParams(**sampling))
-        for _ in run(self.model, seqs, self.max_context):
+        for _ in run(self.runner, seqs, self.max_context):
             pass
         return [s.result() for s in seqs]
 
@@ -88,7 +96,7 @@ class LLM:
     def stream(self, prompt: Prompt, **sampling: Any) -> Iterator[str]:
         """Yields text pieces as they become final; `last_generation` holds the result afterwards."""
         seq = self._sequences([prompt], SamplingParams(**sampling))[0]
-        for pieces in run(self.model, [seq], self.max_context):
+        for pieces in run(self.runner, [seq], self.max_context):
             if pieces[0]:
                 yield pieces[0]
         self.last_generation = seq.result()

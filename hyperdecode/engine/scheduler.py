@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from torch import nn
 
+from .runner import ReferenceRunner
 from .sampling import sample_rows
 from .sequence import Sequence
 
@@ -14,10 +14,10 @@ __all__ = ["Scheduler", "run"]
 
 
 class Scheduler:
-    def __init__(self, model: nn.Module, max_batch: int, max_seq: int):
-        self.model, self.max_seq = model, max_seq
-        self.device = model.embed_tokens.weight.device
-        model.setup_caches(max_batch, max_seq)
+    def __init__(self, runner: ReferenceRunner, max_batch: int, max_seq: int):
+        self.runner, self.max_seq = runner, max_seq
+        self.device = runner.model.embed_tokens.weight.device
+        runner.setup(max_batch, max_seq)
         self.free = list(range(max_batch - 1, -1, -1))
         self.running: list[Sequence] = []
 
@@ -34,9 +34,9 @@ class Scheduler:
         n = len(seq.prompt_ids)
         tokens = torch.tensor([seq.prompt_ids], device=self.device)
         pos = torch.arange(n, device=self.device)[None]
-        h = self.model(tokens, pos, slots=self._slots([seq]))[:, -1]
+        logits = self.runner.prefill(tokens, pos, self._slots([seq]))
         self.running.append(seq)
-        piece = seq.append(sample_rows(self.model.logits(h), [seq.params], [seq.generator])[0], self.max_seq)
+        piece = seq.append(sample_rows(logits, [seq.params], [seq.generator])[0], self.max_seq)
         if seq.done:
             self.remove(seq)
         return piece
@@ -49,7 +49,7 @@ class Scheduler:
         seqs = list(self.running)
         tokens = torch.tensor([[s.output_ids[-1]] for s in seqs], device=self.device)
         pos = torch.tensor([[s.next_pos] for s in seqs], device=self.device)
-        logits = self.model.logits(self.model(tokens, pos, slots=self._slots(seqs))[:, 0])
+        logits = self.runner.decode(tokens, pos, self._slots(seqs))
         next_ids = sample_rows(logits, [s.params for s in seqs], [s.generator for s in seqs])
         out = [(s, s.append(t, self.max_seq)) for s, t in zip(seqs, next_ids)]
         for s in seqs:
@@ -68,10 +68,10 @@ class Scheduler:
             self.free.append(seq.slot)
 
 
-def run(model: nn.Module, seqs: list[Sequence], context_limit: int) -> Iterator[list[str]]:
+def run(runner: ReferenceRunner, seqs: list[Sequence], context_limit: int) -> Iterator[list[str]]:
     """Generates all `seqs` together; after each step yields the new final text of every sequence."""
     longest = max(len(s.prompt_ids) + s.params.max_tokens for s in seqs)
-    scheduler = Scheduler(model, len(seqs), min(longest, context_limit))
+    scheduler = Scheduler(runner, len(seqs), min(longest, context_limit))
     yield [scheduler.add(s) for s in seqs]
     while scheduler.running:
         pieces = dict((id(s), p) for s, p in scheduler.step())

@@ -45,7 +45,7 @@ class Engine:
         self.llm = llm
         self.max_queue = max_queue
         self.max_model_len = min(max_model_len or llm.max_context, llm.max_context)
-        self.scheduler = Scheduler(llm.model, max_batch, self.max_model_len)
+        self.scheduler = Scheduler(llm.runner, max_batch, self.max_model_len)
         self.metrics = metrics or Metrics(llm.name)
         self.waiting: collections.deque[Request] = collections.deque()
         self.active: dict[int, Request] = {}  # id(seq) -> request, for running sequences

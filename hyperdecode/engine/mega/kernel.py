@@ -17,6 +17,11 @@ from .program import Program
 
 __all__ = ["run_megakernel", "encode", "ARGS", "MegakernelTimeout"]
 
+if not torch.cuda.is_available():
+    # Without a GPU the kernel can only run in Triton's interpreter, which must be chosen before Triton is first
+    # imported (torch imports it lazily, e.g. when a model is built), so it is chosen when hyperdecode is imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 ARGS = {
     Op.EMBED: ("w", "out", "n"),
     Op.RMSNORM: ("x", "w", "out", "n"),
@@ -189,9 +194,7 @@ def run_megakernel(prog: Program, A: torch.Tensor, C: torch.Tensor, tokens: torc
     """Runs one decode step of `prog` over the arenas in place. Under TRITON_INTERPRET=1 one worker is used."""
     global _KERNEL
     if A.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        if _KERNEL is not None:
-            raise RuntimeError("the megakernel was built for a GPU; CPU arenas need TRITON_INTERPRET=1 from the start")
-        os.environ["TRITON_INTERPRET"] = "1"  # no GPU: Triton's interpreter, one worker (slow, for checking only)
+        raise RuntimeError("the megakernel on the CPU needs TRITON_INTERPRET=1 set before Triton is imported")
     if _KERNEL is None:
         _KERNEL = _kernel()
     if os.environ.get("TRITON_INTERPRET") == "1":

@@ -66,3 +66,19 @@ def test_unsatisfiable_dependency_times_out_instead_of_hanging():
     with pytest.raises(MegakernelTimeout, match="instruction 2 \\(SWIGLU\\) waited 200 spins"):
         run_megakernel(prog, torch.zeros(prog.a_size), torch.zeros(prog.c_size), torch.tensor([1]),
                        torch.tensor([0]), max_spin=200)
+
+
+def test_llm_backend_mega_generates_like_reference():
+    ref = hd.LLM("tiny-llama", device="cpu", seed=4)
+    mega = hd.LLM("tiny-llama", device="cpu", seed=4, backend="mega")
+    assert mega.backend == "mega"
+    prompts = ["hello", "a longer prompt here"]
+    kw = dict(max_tokens=8, ignore_eos=True, temperature=0.9, seed=3)
+    assert [g.token_ids for g in mega.generate_batch(prompts, **kw)] == \
+        [g.token_ids for g in ref.generate_batch(prompts, **kw)]
+
+
+def test_auto_backend_and_unsupported_models():
+    assert hd.LLM("tiny-llama", device="cpu", backend="auto").backend == "reference"  # no GPU here
+    with pytest.raises(hd.ConfigError, match="backend 'mega' supports Llama-family"):
+        hd.LLM("tiny-glm5", device="cpu", backend="mega")

@@ -20,6 +20,13 @@ class Op(IntEnum):
     ATTN = 4  # one (row, kv head): softmax(q·K/sqrt(d)) V over cache positions <= pos, for its query heads
     SWIGLU = 5  # A[out] = silu(A[x][:, :n]) * A[x][:, n:2n]
     ARGMAX = 6  # A[out][b] = argmax A[x][b, :n]
+    NORM_SLICE = 7  # A[out] = norm(A[x][:, :n]) (rows `x_stride` apart), RMS or LayerNorm (bias), eps W[eps]
+    ROPE_MLA = 8  # rope the q_pe of every head and k_pe; append normed latent and k_pe to the latent cache
+    INDEX_KEY = 9  # rope the indexer key (first rope dims, its family's style) and append it to the index cache
+    INDEX_TOPK = 10  # indexer scores of one row over its cache prefix -> selection mask (top-k, lower position wins)
+    MLA_ATTN = 11  # absorbed MLA for one (row, head): q·W_UK over latents + rope part, masked softmax, ·W_UV
+    ROUTE = 12  # MoE routing of one row: sigmoid + bias, group-limited top-k, normalised scaled weights
+    EXPERT = 13  # one routed expert of one row, id read at run time: A[x] += w · down(silu(gate(h)) · up(h))
 
 
 @dataclass

@@ -4,7 +4,8 @@ loads, runs the opcode, and signals its own counter with a release atomic. A spi
 to the instruction's index + 1 and the program stops doing work, so the host raises instead of hanging.
 
 Under `TRITON_INTERPRET=1` (no GPU) programs run one after another in pid order, so only one worker is used there.
-Llama-family programs only, fp32 arenas; an early version, checked against the VM, not yet tuned for a GPU.
+Llama-family opcodes only (the GLM-family ones run in the VM so far), fp32 arenas; an early version, checked
+against the VM, not yet tuned for a GPU.
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def encode(prog: Program) -> torch.Tensor:
         if len(ins.waits) > 1:
             raise ValueError("the megakernel takes at most one wait per instruction")
         wc, wt = ins.waits[0] if ins.waits else (-1, 0)
+        if ins.op not in ARGS:
+            raise ValueError(f"the megakernel does not implement {ins.op.name} yet (the VM does)")
         args = [ins.args[name] for name in ARGS[ins.op]]
         rows.append([int(ins.op), ins.signal, wc, wt] + args + [0] * (WIDTH - 4 - len(args)))
     return torch.tensor(rows, dtype=torch.int32)

@@ -30,6 +30,8 @@ class Program:
     num_counters: int
     eps: float
     dims: dict[str, int] = field(default_factory=dict)
+    cache: dict[str, int] = field(default_factory=dict)  # MLA family: named cache arena offsets
+    scales: dict[str, float] = field(default_factory=dict)  # MLA family: softmax, rope factor, routed scaling
 
     def kv_offset(self, layer: int, which: int) -> int:
         """Cache offset of layer `layer`'s K (which=0) or V (which=1): [batch, kv_heads, max_seq, head_dim]."""

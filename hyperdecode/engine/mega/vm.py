@@ -35,11 +35,17 @@ class VM:
         return self.C[off:off + n].view(self.prog.batch, d["n_kv"], self.prog.max_seq, d["head_dim"])
 
     def load_cache(self, model) -> None:
-        """Copies a reference model's KV cache (after its prefill) into the cache arena."""
+        """Copies a reference model's cache (after its prefill) into the cache arena: K/V, or latents, roped keys
+        and indexer keys for the MLA family."""
+        B, T = self.prog.batch, self.prog.max_seq
         for i, layer in enumerate(model.layers):
             c = layer.self_attn.cache
-            for which, t in ((0, c.k), (1, c.v)):
-                self.cache(i, which).copy_(t[:self.prog.batch, :, :self.prog.max_seq].float())
+            if self.prog.cache:
+                for name, t in zip(("lat", "pe", "ik"), c.tensors):
+                    self.mla_cache(i, name, t.shape[-1]).copy_(t[:B, :T].float())
+            else:
+                for which, t in ((0, c.k), (1, c.v)):
+                    self.cache(i, which).copy_(t[:B, :, :T].float())
 
     def step(self, tokens: list[int], pos: list[int]) -> Tensor:
         """One decode step: returns logits [batch, vocab]; the greedy next tokens are in `self.next`."""
@@ -100,3 +106,102 @@ class VM:
 
     def argmax(self, x: int, out: int, n: int) -> None:
         self.rows(out, 1)[:, 0] = self.rows(x, n).argmax(-1).float()
+
+    # --- the GLM-5 / DeepSeek family ------------------------------------------------------------------------------
+
+    def mla_cache(self, layer: int, name: str, width: int) -> Tensor:
+        off = self.prog.cache[f"{layer}.{name}"]
+        return self.C[off:off + self.prog.batch * self.prog.max_seq * width].view(self.prog.batch, -1, width)
+
+    def norm_slice(self, x: int, x_stride: int, w: int, bias: int, out: int, n: int, eps: int) -> None:
+        v = self.rows(x, x_stride)[:, :n].clone()
+        e = float(self.prog.W[eps])
+        if bias < 0:
+            y = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + e) * self.prog.W[w:w + n]
+        else:
+            y = F.layer_norm(v, (n,), self.prog.W[w:w + n], self.prog.W[bias:bias + n], e)
+        self.rows(out, n).copy_(y)
+
+    def _rope(self, x: Tensor, p: int, interleaved: int) -> Tensor:
+        d = self.prog.dims
+        freqs = p * self.prog.W[d["inv_freq"]:d["inv_freq"] + x.shape[-1] // 2]
+        f = self.prog.scales["rope_factor"]
+        cos, sin = freqs.cos() * f, freqs.sin() * f
+        x1, x2 = (x[..., 0::2], x[..., 1::2]) if interleaved else x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+    def rope_mla(self, row: int, layer: int) -> None:
+        d, b = self.prog.dims, self.prog.buf
+        h, nope, r, L = d["n_head"], d["nope"], d["rope"], d["kv_lora"]
+        p = int(self.pos[row])
+        q = self.rows(b["q"], h * (nope + r))[row].view(h, nope + r)
+        q[:, nope:] = self._rope(q[:, nope:].clone(), p, d["rope_interleave"])
+        kva = self.rows(b["kva"], L + r)[row]
+        self.mla_cache(layer, "lat", L)[row, p] = self.rows(b["lat"], L)[row]
+        self.mla_cache(layer, "pe", r)[row, p] = self._rope(kva[L:].clone(), p, d["rope_interleave"])
+
+    def index_key(self, row: int, layer: int) -> None:
+        d, b = self.prog.dims, self.prog.buf
+        D, r = d["index_dim"], d["rope"]
+        k = self.rows(b["ik"], D)[row].clone()
+        k[:r] = self._rope(k[:r].clone(), int(self.pos[row]), d["index_interleave"])
+        self.mla_cache(layer, "ik", D)[row, int(self.pos[row])] = k
+
+    def index_topk(self, row: int, layer: int) -> None:
+        d, b = self.prog.dims, self.prog.buf
+        D, r, Hi = d["index_dim"], d["rope"], d["index_heads"]
+        p = int(self.pos[row])
+        q = self.rows(b["iq"], Hi * D)[row].view(Hi, D).clone()
+        q[:, :r] = self._rope(q[:, :r].clone(), p, d["index_interleave"])
+        keys = self.mla_cache(layer, "ik", D)[row, :p + 1]
+        scores = torch.relu(q @ keys.T * D ** -0.5)
+        w = self.rows(b["iw"], Hi)[row] * Hi ** -0.5
+        index = w @ scores
+        sel = self.rows(b["sel"], self.prog.max_seq)[row]
+        sel.zero_()
+        k = min(d["index_topk"], p + 1)
+        sel[torch.sort(index, descending=True, stable=True).indices[:k]] = 1.0
+
+    def mla_attn(self, row: int, head: int, layer: int, w: int, masked: int) -> None:
+        d, b = self.prog.dims, self.prog.buf
+        h, nope, r, L, v = d["n_head"], d["nope"], d["rope"], d["kv_lora"], d["v_head"]
+        p = int(self.pos[row])
+        kv_b = self.prog.W[w:w + h * (nope + v) * L].view(h, nope + v, L)[head]
+        q = self.rows(b["q"], h * (nope + r))[row].view(h, nope + r)[head]
+        lat = self.mla_cache(layer, "lat", L)[row, :p + 1]
+        pe = self.mla_cache(layer, "pe", r)[row, :p + 1]
+        scores = ((q[:nope] @ kv_b[:nope]) @ lat.T + q[nope:] @ pe.T) * self.prog.scales["softmax"]
+        if masked:
+            scores = scores.masked_fill(self.rows(b["sel"], self.prog.max_seq)[row, :p + 1] == 0, float("-inf"))
+        o = torch.softmax(scores, dim=-1) @ lat
+        self.rows(b["att"], h * v)[row].view(h, v)[head] = kv_b[nope:] @ o
+
+    def route(self, row: int, bias: int) -> None:
+        d, b = self.prog.dims, self.prog.buf
+        E, k, G = d["experts"], d["top_k"], d["n_group"]
+        scores = torch.sigmoid(self.rows(b["rlog"], E)[row])
+        choice = scores + self.prog.W[bias:bias + E]
+        if G > 1:
+            per = E // G
+            group = choice.view(G, per).topk(min(2, per), dim=-1).values.sum(-1)
+            keep = torch.zeros(G, dtype=torch.bool)
+            keep[group.topk(d["topk_group"]).indices] = True
+            choice = choice.masked_fill(~keep.repeat_interleave(per), float("-inf"))
+        ids = choice.topk(k).indices
+        weights = scores[ids]
+        if d["norm_topk"]:
+            weights = weights / (weights.sum() + 1e-20)
+        out = self.rows(b["route"], 2 * k)[row]
+        out[:k], out[k:] = ids.float(), weights * self.prog.scales["routed"]
+
+    def expert(self, row: int, slot: int, w1: int, w3: int, w2: int) -> None:
+        d, b = self.prog.dims, self.prog.buf
+        H, I, k = d["hidden"], d["moe_inter"], d["top_k"]
+        route = self.rows(b["route"], 2 * k)[row]
+        e, weight = int(route[slot]), route[k + slot]
+        size = I * H  # only this expert's weights are read
+        x = self.rows(b["h"], H)[row]
+        gate = self.prog.W[w1 + e * size:w1 + (e + 1) * size].view(I, H) @ x
+        up = self.prog.W[w3 + e * size:w3 + (e + 1) * size].view(I, H) @ x
+        y = self.prog.W[w2 + e * size:w2 + (e + 1) * size].view(H, I) @ (F.silu(gate) * up)
+        self.rows(b["x"], H)[row] += weight * y

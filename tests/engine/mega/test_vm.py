@@ -55,7 +55,8 @@ def test_program_dependencies_are_checked():
     prog = compile_llama(llm.model, 2, 16)
     queues = check_program(prog, workers=5)
     assert sorted(i for q in queues for i in q) == list(range(len(prog.instrs)))
-    assert {ins.op for ins in prog.instrs} == set(Op)
+    assert {ins.op for ins in prog.instrs} == set(Op) - {Op.NORM_SLICE, Op.ROPE_MLA, Op.INDEX_KEY, Op.INDEX_TOPK,
+                                                         Op.MLA_ATTN, Op.ROUTE, Op.EXPERT}
     # plant a wait that no earlier instruction can satisfy
     prog.instrs.insert(3, Instr(Op.SWIGLU, prog.instrs[-3].args, [(prog.num_counters - 1, 1)], 0))
     with pytest.raises(ValueError, match="instruction 3 \\(SWIGLU\\) waits for counter"):

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .isa import Op
 from .program import Program
 
 __all__ = ["VM", "DependencyError"]

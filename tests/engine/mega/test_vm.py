@@ -16,38 +16,47 @@ def prefill(model, prompts, max_seq):
             model(torch.tensor([p]), torch.arange(len(p))[None], slots=torch.tensor([b]))
 
 
-@pytest.mark.parametrize("batch, tile", [(1, 64), (3, 29)])
-def test_decode_step_equals_reference(batch, tile):
-    llm = hd.LLM("tiny-llama", device="cpu", seed=3)
-    g = torch.Generator().manual_seed(batch)
-    prompts = [torch.randint(0, 259, (n,), generator=g).tolist() for n in (5, 11, 2)[:batch]]
-    prefill(llm.model, prompts, 48)
-    prog = compile_llama(llm.model, batch, 48, tile=tile)
+def check_decode_step(llm, compile_fn, lengths, vocab, seed, max_seq=48, **kw):
+    """Prefills random prompts with the reference, then one decode step in the VM vs the reference."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
+    prefill(llm.model, prompts, max_seq)
+    prog = compile_fn(llm.model, len(prompts), max_seq, **kw)
     vm = VM(prog)
     vm.load_cache(llm.model)
-    toks = torch.randint(0, 259, (batch,), generator=g).tolist()
+    toks = torch.randint(0, vocab, (len(prompts),), generator=g).tolist()
     pos = [len(p) for p in prompts]
     got = vm.step(toks, pos)
     with torch.inference_mode():
         ref = llm.model.logits(llm.model(torch.tensor(toks)[:, None], torch.tensor(pos)[:, None]))[:, 0]
     assert rel_err(got, ref) <= 1e-5
     assert vm.next.tolist() == ref.argmax(-1).tolist()
+    return prog
 
 
-def test_greedy_tokens_equal_reference_for_16_steps():
-    llm = hd.LLM("tiny-llama", device="cpu", seed=5)
-    prompt = [3, 40, 41, 42, 43, 44]
-    expected = llm.generate(prompt, max_tokens=17, ignore_eos=True).token_ids
-    prefill(llm.model, [prompt], 64)
+def check_greedy(llm, compile_fn, prompt, steps=16, max_seq=64):
+    """Greedy tokens: reference prefill + `steps` VM decode steps == the reference's own generation."""
+    expected = llm.generate(prompt, max_tokens=steps + 1, ignore_eos=True).token_ids
+    prefill(llm.model, [prompt], max_seq)
     with torch.inference_mode():
         first = llm.model.logits(llm.model(torch.tensor([prompt]), torch.arange(len(prompt))[None]))[0, -1]
-    vm = VM(compile_llama(llm.model, 1, 64))
+    vm = VM(compile_fn(llm.model, 1, max_seq))
     vm.load_cache(llm.model)
     tokens = [int(first.argmax())]
-    for step in range(16):
+    for step in range(steps):
         vm.step([tokens[-1]], [len(prompt) + step])
         tokens.append(int(vm.next[0]))
     assert tokens == expected
+
+
+@pytest.mark.parametrize("batch, tile", [(1, 64), (3, 29)])
+def test_decode_step_equals_reference(batch, tile):
+    check_decode_step(hd.LLM("tiny-llama", device="cpu", seed=3), compile_llama, (5, 11, 2)[:batch], 259, batch,
+                      tile=tile)
+
+
+def test_greedy_tokens_equal_reference_for_16_steps():
+    check_greedy(hd.LLM("tiny-llama", device="cpu", seed=5), compile_llama, [3, 40, 41, 42, 43, 44])
 
 
 def test_program_dependencies_are_checked():

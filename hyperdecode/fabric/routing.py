@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .topology import Topology
-from .verify import all_pairs
+from .verify import all_pairs, without
 
 __all__ = ["Router", "PORT_POLICIES", "link_class"]
 
@@ -50,7 +50,7 @@ class Router:
             a, b = int(topo.link_a[i]) - N, int(topo.link_b[i]) - N
             self.adj[a].append((b, 2 * i))
             self.adj[b].append((a, 2 * i + 1))
-        live = topo if not self.failed else _without_links(topo, self.failed)
+        live = without(topo, links=self.failed) if self.failed else topo
         self.dist = all_pairs(live)[0]
         self._turn: dict[int, int] = {}
 
@@ -98,10 +98,3 @@ class Router:
         path.append(2 * int(self.port_cable[dst, q]) + 1)
         return path
 
-
-def _without_links(topo: Topology, failed: set[int]) -> Topology:
-    from .verify import without
-    out = topo
-    for i in sorted(failed, reverse=True):
-        out = without(out, link=i)
-    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -166,14 +166,13 @@ def bisection(topo: Topology, cut: str = "halves", seed: int = 0) -> dict[str, A
             "full": bool(flow >= demand * (1 - 1e-9)), "local_ratio": float(ratios.min()) if len(ratios) else None}
 
 
-def without(topo: Topology, switch: int | None = None, link: int | None = None) -> Topology:
-    """A copy with one switch's links, or one link, removed (the switch itself stays, isolated)."""
+def without(topo: Topology, switch: int | None = None, links: Iterable[int] = ()) -> Topology:
+    """A copy with a switch's links and/or the given links removed (a switch itself stays, isolated)."""
     keep = np.ones(topo.num_links, dtype=bool)
     if switch is not None:
         node = topo.num_gpus + switch
         keep &= (topo.link_a != node) & (topo.link_b != node)
-    if link is not None:
-        keep[link] = False
+    keep[list(links)] = False
     fields = {k: getattr(topo, k)[keep] for k in ("link_a", "link_b", "link_gbps", "link_medium", "link_port")}
     return Topology(topo.kind, {**topo.params}, topo.num_gpus, topo.nic_ports, topo.nic_gbps, topo.gpus_per_server,
                     topo.switch_radix, topo.switch_gbps, topo.switch_tier, tier_names=topo.tier_names, **fields)
@@ -189,7 +188,7 @@ def failure_impact(topo: Topology, switch: int | None = None, link: int | None =
         raise ValueError(f"switch {switch} is not in 0..{topo.num_switches - 1}")
     if link is not None and not 0 <= link < topo.num_links:
         raise ValueError(f"link {link} is not in 0..{topo.num_links - 1}")
-    after = without(topo, switch, link)
+    after = without(topo, switch, () if link is None else (link,))
     pairs = gpu_pairs(topo, seed=seed)
     ap_before, ap_after = all_pairs(topo), all_pairs(after)
     before_best = pairing_matrix(topo, pairs, *ap_before)[0].min(axis=(1, 2))

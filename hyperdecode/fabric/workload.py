@@ -133,10 +133,11 @@ class ModelProfile:
 
     @classmethod
     def from_model(cls, name: str = "glm-5", kv_dtype: str = "bf16", **overrides: float) -> "ModelProfile":
+        from ..model.deepseek_config import DeepseekConfig
         from ..model.loader import preset_config
         cfg = preset_config(name)
         fp8 = kv_dtype == "fp8"
-        kv = cfg.kv_bytes_per_token(2, fp8=fp8) if hasattr(cfg, "index_key_bytes_per_token") else \
+        kv = cfg.kv_bytes_per_token(2, fp8=fp8) if isinstance(cfg, DeepseekConfig) else \
             cfg.kv_bytes_per_token(1 if fp8 else 2)
         return cls(kv_bytes_per_token=kv, **overrides)
 

@@ -134,7 +134,7 @@ def read_checkpoint_dir(path: Path) -> tuple[Config, dict[str, Tensor], dict[str
 def export_model(model: str, out_dir: str | Path, fp8: bool = False, seed: int = 0,
                  dtype: torch.dtype = torch.bfloat16) -> Path:
     """Writes a HF-format checkpoint: a preset's random weights (MTP layer included) or a converted checkpoint."""
-    if model in PRESETS and "hf_config" in PRESETS[model] or model in PRESETS and "config" in PRESETS[model]:
+    if model in PRESETS and "embedded" not in PRESETS[model]:
         if PRESETS[model].get("sizing_only"):
             raise ConfigError(f"preset '{model}' is for sizing only; its weights are not built")
         cfg = preset_config(model)

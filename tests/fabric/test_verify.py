@@ -34,6 +34,9 @@ def test_zcube_pairs_sharing_a_switch_have_a_one_switch_path():
         shared = set(att[a]) & set(att[b])
         if shared:
             assert len(shared) == 1  # two GPUs never share both switches in ZCube(n, 2)
+            p, q = list(att[a]).index(*shared), list(att[b]).index(*shared)
+            sw = att[a][p]
+            assert dist[sw, att[b][q]] == 0 and count[sw, att[b][q]] == 1  # one switch, one path
 
 
 def test_path_counts_against_networkx():

@@ -1,32 +1,55 @@
-"""The instruction set: one opcode per line, with what it reads and writes. Operands are element offsets into
-three flat arenas — weights `W`, activations `A` (float) and the KV cache `C` — plus small integers (sizes).
+"""The instruction set: one opcode per line, with what it reads and writes, and its operands in encoding order.
 
-Every instruction waits until some dependency counters reach targets and then adds 1 to its own counter, so any
-worker may run any instruction whose waits hold; the VM runs them in list order.
+Operands are element offsets into the flat arenas — weights `W` (the model's dtype), fp32 weights `W32` (RoPE
+frequencies, router), activations `A` (fp32) and the cache `C` — plus small integers (rows, heads, sizes). Shapes
+that are the same for every instruction of a program (head counts and widths) are the program's `dims`.
+"Row" is a batch row; activations are [batch, width] blocks of `A`.
+
+Every instruction waits until one dependency counter reaches a target and then adds 1 to its own counter, so any
+worker may run any instruction whose wait holds; the VM runs them in list order.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-__all__ = ["Op", "Instr"]
+__all__ = ["Op", "Instr", "ARGS", "ACCUMULATE", "FP32_WEIGHTS"]
 
 
 class Op(IntEnum):
-    EMBED = 0  # A[x + b*H : +H] = W[embed + tok[b]*H : +H] for every row b
+    EMBED = 0  # A[out] = rows tok[b] of the [vocab, n] table at W[w]
     RMSNORM = 1  # A[out] = rmsnorm(A[x]) * W[w], rows of width n
-    GEMV = 2  # A[out][:, c0:c1] (+)= A[x] @ W[w][:, c0:c1]; W stored [k, n]; `accumulate` adds to A[out]
-    ROPE_APPEND = 3  # rope q and k in A[qkv] at each row's position; append k, v to layer l of the cache
+    GEMV = 2  # A[out][:, c0:c1] (+)= A[x] @ W[w][:, c0:c1]; W stored [k, n]; flags: ACCUMULATE, FP32_WEIGHTS
+    ROPE_APPEND = 3  # rope q and k in A[qkv] at each row's position; append k, v to layer l of the K/V cache
     ATTN = 4  # one (row, kv head): softmax(q·K/sqrt(d)) V over cache positions <= pos, for its query heads
     SWIGLU = 5  # A[out] = silu(A[x][:, :n]) * A[x][:, n:2n]
-    ARGMAX = 6  # A[out][b] = argmax A[x][b, :n]
-    NORM_SLICE = 7  # A[out] = norm(A[x][:, :n]) (rows `x_stride` apart), RMS or LayerNorm (bias), eps W[eps]
-    ROPE_MLA = 8  # rope the q_pe of every head and k_pe; append normed latent and k_pe to the latent cache
-    INDEX_KEY = 9  # rope the indexer key (first rope dims, its family's style) and append it to the index cache
-    INDEX_TOPK = 10  # indexer scores of one row over its cache prefix -> selection mask (top-k, lower position wins)
-    MLA_ATTN = 11  # absorbed MLA for one (row, head): q·W_UK over latents + rope part, masked softmax, ·W_UV
-    ROUTE = 12  # MoE routing of one row: sigmoid + bias, group-limited top-k, normalised scaled weights
-    EXPERT = 13  # one routed expert of one row, id read at run time: A[x] += w · down(silu(gate(h)) · up(h))
+    ARGMAX = 6  # A[out][b] = argmax A[x][b, :n] (the lowest index among equals)
+    NORM_SLICE = 7  # A[out] = norm(A[x][:, :n]) with rows x_stride apart; RMSNorm, or LayerNorm when bias >= 0
+    ROPE_MLA = 8  # rope every head's q_pe in A[q] and k_pe of A[kva]; append latent A[lat] and k_pe to the cache
+    INDEX_KEY = 9  # rope the indexer key A[ik] (first `rope` dims, its family's style), append it to C[c_ik]
+    INDEX_TOPK = 10  # one row: rope the indexer queries, score its cache prefix, A[sel] = top-k mask (lower wins ties)
+    MLA_ATTN = 11  # one (row, head): absorbed MLA over the latent cache, masked by A[sel] unless sel < 0, times W_UV
+    ROUTE = 12  # one row's MoE routing: sigmoid + W32[bias], group-limited top-k; A[route] = ids, scaled weights
+    EXPERT = 13  # one (row, slot): expert id read at run time; A[x] += weight * down(silu(gate(h)) * up(h))
+
+
+ARGS: dict[Op, tuple[str, ...]] = {
+    Op.EMBED: ("w", "out", "n"),
+    Op.RMSNORM: ("x", "w", "out", "n"),
+    Op.GEMV: ("x", "k", "w", "out", "n", "c0", "c1", "flags"),
+    Op.ROPE_APPEND: ("qkv", "row", "layer"),
+    Op.ATTN: ("qkv", "out", "row", "kv_head", "layer"),
+    Op.SWIGLU: ("x", "out", "n"),
+    Op.ARGMAX: ("x", "out", "n"),
+    Op.NORM_SLICE: ("x", "x_stride", "w", "bias", "out", "n"),
+    Op.ROPE_MLA: ("q", "kva", "lat", "row", "c_lat", "c_pe"),
+    Op.INDEX_KEY: ("ik", "row", "c_ik"),
+    Op.INDEX_TOPK: ("iq", "iw", "sel", "row", "c_ik"),
+    Op.MLA_ATTN: ("q", "att", "sel", "row", "head", "c_lat", "c_pe", "w"),
+    Op.ROUTE: ("rlog", "route", "row", "bias"),
+    Op.EXPERT: ("h", "route", "x", "row", "slot", "w13", "w2", "act"),  # w13: [experts, 2 * inter, hidden]
+}
+ACCUMULATE, FP32_WEIGHTS = 1, 2  # GEMV flags
 
 
 @dataclass
@@ -35,3 +58,7 @@ class Instr:
     args: dict[str, int]
     waits: list[tuple[int, int]] = field(default_factory=list)  # (counter, target)
     signal: int = -1  # counter this instruction adds 1 to
+
+    def __post_init__(self) -> None:
+        if set(self.args) != set(ARGS[self.op]):
+            raise ValueError(f"{self.op.name} takes operands {ARGS[self.op]}, got {tuple(self.args)}")

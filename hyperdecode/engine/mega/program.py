@@ -2,10 +2,11 @@
 
 Stages run in a chain (each waits for every instruction of the previous stage); inside a stage, instructions are
 independent tiles that any worker may take. Weights are copied once into the `W` arena in the layouts the
-reference already uses ([in, out] for projections, fused q/k/v and gate/up).
+reference already uses ([in, out] for projections, fused q/k/v and gate/up), in the model's dtype.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -13,31 +14,89 @@ from torch import Tensor
 
 from ...errors import ConfigError
 from ...model.llama import Transformer
-from .isa import Instr, Op
+from .isa import ACCUMULATE, FP32_WEIGHTS, Instr, Op
 
-__all__ = ["Program", "compile_llama", "check_program"]
+__all__ = ["Program", "Builder", "compile_llama", "check_program"]
 
 
 @dataclass
 class Program:
     instrs: list[Instr]
-    W: Tensor  # flat weights
+    W: Tensor  # flat weights, the model's dtype
+    W32: Tensor  # flat fp32 weights (RoPE frequencies, router)
     a_size: int  # activation arena elements
-    c_size: int  # KV cache arena elements
-    buf: dict[str, int]  # activation buffer offsets (x, h, qkv, att, mlp, act, logits, next)
+    c_size: int  # cache arena elements
+    buf: dict[str, int]  # activation buffer offsets (x, h, ..., logits, next)
     batch: int
     max_seq: int
     num_counters: int
     eps: float
     dims: dict[str, int] = field(default_factory=dict)
-    cache: dict[str, int] = field(default_factory=dict)  # MLA family: named cache arena offsets
+    cache: dict[str, int] = field(default_factory=dict)  # named cache arena offsets ("{layer}.k", "{layer}.lat", ...)
     scales: dict[str, float] = field(default_factory=dict)  # MLA family: softmax, rope factor, routed scaling
 
-    def kv_offset(self, layer: int, which: int) -> int:
-        """Cache offset of layer `layer`'s K (which=0) or V (which=1): [batch, kv_heads, max_seq, head_dim]."""
-        d = self.dims
-        size = self.batch * d["n_kv"] * self.max_seq * d["head_dim"]
-        return (2 * layer + which) * size
+    @property
+    def family(self) -> str:
+        return "mla" if "kv_lora" in self.dims else "llama"
+
+    def cache_views(self, C: Tensor) -> dict[str, Tensor]:
+        """Views of the cache arena by name: K/V [batch, kv_heads, max_seq, head_dim] per layer ("{i}.k", "{i}.v"),
+        or latent / roped key / indexer key [batch, max_seq, width] ("{i}.lat", "{i}.pe", "{i}.ik")."""
+        views, B, T, d = {}, self.batch, self.max_seq, self.dims
+        for name, off in self.cache.items():
+            kind = name.split(".")[1]
+            shape = (B, d["n_kv"], T, d["head_dim"]) if kind in ("k", "v") else \
+                (B, T, {"lat": d.get("kv_lora"), "pe": d.get("rope"), "ik": d.get("index_dim")}[kind])
+            views[name] = C[off:off + math.prod(shape)].view(shape)
+        return views
+
+
+class Builder:
+    """Collects the weights into arenas and the instructions into a chain of stages."""
+
+    def __init__(self, dtype: torch.dtype, tile: int):
+        self.dtype, self.tile = dtype, tile
+        self.pieces: dict[bool, list[Tensor]] = {False: [], True: []}
+        self.woff: dict[str, int] = {}
+        self.instrs: list[Instr] = []
+        self.counters, self.prev = 0, (-1, 0)
+        self.buf: dict[str, int] = {}
+        self.a_size = 0
+
+    def put(self, name: str, t: Tensor, fp32: bool = False) -> int:
+        """Appends a weight to W (or W32) and returns its offset."""
+        self.woff[name] = sum(p.numel() for p in self.pieces[fp32])
+        self.pieces[fp32].append(t.detach().reshape(-1).to(torch.float32 if fp32 else self.dtype))
+        return self.woff[name]
+
+    def arenas(self) -> tuple[Tensor, Tensor]:
+        return tuple(torch.cat(self.pieces[f]) if self.pieces[f] else torch.zeros(1) for f in (False, True))
+
+    def buffers(self, batch: int, widths: dict[str, int]) -> None:
+        for name, width in widths.items():
+            self.buf[name] = self.a_size
+            self.a_size += batch * width
+
+    def stage(self, items: list[tuple[Op, dict]]) -> None:
+        """A stage: instructions that all wait for the whole previous stage and signal one new counter."""
+        counter, waits = self.counters, [self.prev] if self.prev[0] >= 0 else []
+        self.counters += 1
+        self.instrs.extend(Instr(op, args, list(waits), counter) for op, args in items)
+        self.prev = (counter, len(items))
+
+    def gemv(self, x: str, k: int, w: str, out: str, n: int, accumulate: bool = False, fp32: bool = False) -> None:
+        flags = (ACCUMULATE if accumulate else 0) | (FP32_WEIGHTS if fp32 else 0)
+        self.stage([(Op.GEMV, dict(x=self.buf[x], k=k, w=self.woff[w], out=self.buf[out], n=n, c0=c0,
+                                   c1=min(c0 + self.tile, n), flags=flags)) for c0 in range(0, n, self.tile)])
+
+    def norm(self, x: str, w: str, out: str, n: int) -> None:
+        self.stage([(Op.RMSNORM, dict(x=self.buf[x], w=self.woff[w], out=self.buf[out], n=n))])
+
+    def head(self, hidden: int, vocab: int) -> None:
+        """Final norm, LM head and on-device greedy argmax."""
+        self.norm("x", "norm", "h", hidden)
+        self.gemv("h", hidden, "lm_head", "logits", vocab)
+        self.stage([(Op.ARGMAX, dict(x=self.buf["logits"], out=self.buf["next"], n=vocab))])
 
 
 def compile_llama(model: Transformer, batch: int, max_seq: int, tile: int = 64) -> Program:
@@ -46,67 +105,41 @@ def compile_llama(model: Transformer, batch: int, max_seq: int, tile: int = 64) 
         raise ConfigError("the mega compiler does not handle attention/MLP biases yet")
     H, hd, nh, nkv = cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
     inter, V, L = cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
-    pieces, woff = [], {}
-
-    def put(name: str, t: Tensor) -> None:
-        woff[name] = sum(p.numel() for p in pieces)
-        pieces.append(t.detach().reshape(-1).float())
-
-    put("embed", model.embed_tokens.weight)
+    b = Builder(model.embed_tokens.weight.dtype, tile)
+    b.put("embed", model.embed_tokens.weight)
     for i, layer in enumerate(model.layers):
-        put(f"{i}.in_norm", layer.input_layernorm.weight)
-        put(f"{i}.wqkv", layer.self_attn.wqkv)
-        put(f"{i}.wo", layer.self_attn.wo)
-        put(f"{i}.post_norm", layer.post_attention_layernorm.weight)
-        put(f"{i}.w13", layer.mlp.w13)
-        put(f"{i}.w2", layer.mlp.w2)
-    put("norm", model.norm.weight)
-    put("lm_head", model.lm_head)
-    put("inv_freq", model.inv_freq)
-    W = torch.cat(pieces)
+        b.put(f"{i}.in_norm", layer.input_layernorm.weight)
+        b.put(f"{i}.wqkv", layer.self_attn.wqkv)
+        b.put(f"{i}.wo", layer.self_attn.wo)
+        b.put(f"{i}.post_norm", layer.post_attention_layernorm.weight)
+        b.put(f"{i}.w13", layer.mlp.w13)
+        b.put(f"{i}.w2", layer.mlp.w2)
+    b.put("norm", model.norm.weight)
+    b.put("lm_head", model.lm_head)
+    b.put("inv_freq", model.inv_freq, fp32=True)
 
     q_width = (nh + 2 * nkv) * hd
-    sizes = {"x": H, "h": H, "qkv": q_width, "att": nh * hd, "mlp": 2 * inter, "act": inter, "logits": V, "next": 1}
-    buf, a_size = {}, 0
-    for name, width in sizes.items():
-        buf[name] = a_size
-        a_size += batch * width
-    prog = Program([], W, a_size, 2 * L * batch * nkv * max_seq * hd, buf, batch, max_seq, 0, cfg.rms_norm_eps,
-                   dict(hidden=H, head_dim=hd, n_head=nh, n_kv=nkv, inter=inter, vocab=V, layers=L, q_width=q_width,
-                        inv_freq=woff["inv_freq"]))
-    prev = {"counter": -1, "count": 0}
-
-    def stage(items: list[tuple[Op, dict]]) -> None:
-        c = prog.num_counters
-        prog.num_counters += 1
-        waits = [(prev["counter"], prev["count"])] if prev["counter"] >= 0 else []
-        for op, args in items:
-            prog.instrs.append(Instr(op, args, list(waits), c))
-        prev["counter"], prev["count"] = c, len(items)
-
-    def gemv(x: str, k: int, w: str, out: str, n: int, accumulate: bool) -> None:
-        stage([(Op.GEMV, dict(x=buf[x], k=k, w=woff[w], out=buf[out], n=n, c0=c0, c1=min(c0 + tile, n),
-                               accumulate=int(accumulate))) for c0 in range(0, n, tile)])
-
-    def norm(w: str) -> None:
-        stage([(Op.RMSNORM, dict(x=buf["x"], w=woff[w], out=buf["h"], n=H))])
-
-    stage([(Op.EMBED, dict(w=woff["embed"], out=buf["x"], n=H))])
+    b.buffers(batch, {"x": H, "h": H, "qkv": q_width, "att": nh * hd, "mlp": 2 * inter, "act": inter,
+                      "logits": V, "next": 1})
+    b.stage([(Op.EMBED, dict(w=b.woff["embed"], out=b.buf["x"], n=H))])
     for i in range(L):
-        norm(f"{i}.in_norm")
-        gemv("h", H, f"{i}.wqkv", "qkv", q_width, accumulate=False)
-        stage([(Op.ROPE_APPEND, dict(qkv=buf["qkv"], row=b, layer=i)) for b in range(batch)])
-        stage([(Op.ATTN, dict(qkv=buf["qkv"], out=buf["att"], row=b, kv_head=g, layer=i))
-               for b in range(batch) for g in range(nkv)])
-        gemv("att", nh * hd, f"{i}.wo", "x", H, accumulate=True)
-        norm(f"{i}.post_norm")
-        gemv("h", H, f"{i}.w13", "mlp", 2 * inter, accumulate=False)
-        stage([(Op.SWIGLU, dict(x=buf["mlp"], out=buf["act"], n=inter))])
-        gemv("act", inter, f"{i}.w2", "x", H, accumulate=True)
-    norm("norm")
-    gemv("h", H, "lm_head", "logits", V, accumulate=False)
-    stage([(Op.ARGMAX, dict(x=buf["logits"], out=buf["next"], n=V))])
-    return prog
+        b.norm("x", f"{i}.in_norm", "h", H)
+        b.gemv("h", H, f"{i}.wqkv", "qkv", q_width)
+        b.stage([(Op.ROPE_APPEND, dict(qkv=b.buf["qkv"], row=r, layer=i)) for r in range(batch)])
+        b.stage([(Op.ATTN, dict(qkv=b.buf["qkv"], out=b.buf["att"], row=r, kv_head=g, layer=i))
+                 for r in range(batch) for g in range(nkv)])
+        b.gemv("att", nh * hd, f"{i}.wo", "x", H, accumulate=True)
+        b.norm("x", f"{i}.post_norm", "h", H)
+        b.gemv("h", H, f"{i}.w13", "mlp", 2 * inter)
+        b.stage([(Op.SWIGLU, dict(x=b.buf["mlp"], out=b.buf["act"], n=inter))])
+        b.gemv("act", inter, f"{i}.w2", "x", H, accumulate=True)
+    b.head(H, V)
+    layer_size = batch * nkv * max_seq * hd
+    cache = {f"{i}.{kv}": (2 * i + j) * layer_size for i in range(L) for j, kv in enumerate("kv")}
+    W, W32 = b.arenas()
+    return Program(b.instrs, W, W32, b.a_size, 2 * L * layer_size, b.buf, batch, max_seq, b.counters,
+                   cfg.rms_norm_eps, dict(hidden=H, head_dim=hd, n_head=nh, n_kv=nkv, inter=inter, vocab=V, layers=L,
+                                          q_width=q_width, inv_freq=b.woff["inv_freq"], tile=tile), cache)
 
 
 def check_program(prog: Program, workers: int) -> list[list[int]]:

@@ -3,139 +3,122 @@ cache, DSA indexer, sigmoid-routed MoE) into the same kind of instruction list a
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from ...model.deepseek import DeepseekTransformer
-from .isa import Instr, Op
-from .program import Program
+from .isa import Op
+from .program import Builder, Program
 
 __all__ = ["compile_deepseek"]
+
+SLICE_EPS = 1e-6  # q_a / kv_a RMSNorms and the indexer's key LayerNorm (as the reference model)
+
+
+def _weights(b: Builder, model: DeepseekTransformer) -> None:
+    c = model.cfg
+    b.put("embed", model.embed_tokens.weight)
+    for i, layer in enumerate(model.layers):
+        a, m = layer.self_attn, layer.mlp
+        b.put(f"{i}.in_norm", layer.input_layernorm.weight)
+        b.put(f"{i}.post_norm", layer.post_attention_layernorm.weight)
+        if c.q_lora_rank:
+            b.put(f"{i}.q_a", a.q_a_proj.weight.T)
+            b.put(f"{i}.q_a_norm", a.q_a_layernorm.weight)
+            b.put(f"{i}.q_b", a.q_b_proj.weight.T)
+        else:
+            b.put(f"{i}.q_b", a.q_proj.weight.T)
+        b.put(f"{i}.kv_a", a.kv_a_proj_with_mqa.weight.T)
+        b.put(f"{i}.kv_a_norm", a.kv_a_layernorm.weight)
+        b.put(f"{i}.kv_b", a.kv_b_proj.weight)  # [h*(nope+v), L]: each head's W_UK rows, then its W_UV rows
+        b.put(f"{i}.o", a.o_proj.weight.T)
+        if a.indexer is not None:
+            b.put(f"{i}.wq_b", a.indexer.wq_b.weight.T)
+            b.put(f"{i}.wk", a.indexer.wk.weight.T)
+            b.put(f"{i}.k_norm_w", a.indexer.k_norm.weight)
+            b.put(f"{i}.k_norm_b", a.indexer.k_norm.bias)
+            b.put(f"{i}.weights_proj", a.indexer.weights_proj.weight.T, fp32=True)
+        if hasattr(m, "gate"):
+            b.put(f"{i}.router", m.gate.weight.T, fp32=True)
+            b.put(f"{i}.router_bias", m.gate.e_score_correction_bias, fp32=True)
+            b.put(f"{i}.w13_experts", torch.cat([m.w1, m.w3], dim=1))  # [E, 2I, H]
+            b.put(f"{i}.w2_experts", m.w2)  # [E, H, I]
+            m = m.shared_experts
+        b.put(f"{i}.w13", torch.cat([m.gate_proj.weight, m.up_proj.weight]).T)
+        b.put(f"{i}.w2", m.down_proj.weight.T)
+    b.put("norm", model.norm.weight)
+    b.put("lm_head", (model.embed_tokens if model.lm_head is None else model.lm_head).weight.T)
+    b.put("inv_freq", model.inv_freq, fp32=True)
 
 
 def compile_deepseek(model: DeepseekTransformer, batch: int, max_seq: int, tile: int = 64) -> Program:
     c = model.cfg
     H, h, L, r = c.hidden_size, c.num_attention_heads, c.kv_lora_rank, c.qk_rope_head_dim
     qk, v, V, D, Hi = c.qk_head_dim, c.v_head_dim, c.vocab_size, c.index_head_dim, c.index_n_heads
-    E, k_top, I_moe = c.n_routed_experts, c.num_experts_per_tok, c.moe_intermediate_size
-    pieces, woff = [], {}
-
-    def put(name: str, t: Tensor) -> int:
-        woff[name] = sum(p.numel() for p in pieces)
-        pieces.append(t.detach().reshape(-1).float())
-        return woff[name]
-
-    put("embed", model.embed_tokens.weight)
-    put("eps6", torch.tensor([1e-6]))
-    for i, layer in enumerate(model.layers):
-        a = layer.self_attn
-        put(f"{i}.in_norm", layer.input_layernorm.weight)
-        put(f"{i}.post_norm", layer.post_attention_layernorm.weight)
-        if c.q_lora_rank:
-            put(f"{i}.q_a", a.q_a_proj.weight.T)
-            put(f"{i}.q_a_norm", a.q_a_layernorm.weight)
-            put(f"{i}.q_b", a.q_b_proj.weight.T)
-        else:
-            put(f"{i}.q_b", a.q_proj.weight.T)
-        put(f"{i}.kv_a", a.kv_a_proj_with_mqa.weight.T)
-        put(f"{i}.kv_a_norm", a.kv_a_layernorm.weight)
-        put(f"{i}.kv_b", a.kv_b_proj.weight)  # [h*(nope+v), L]: W_UK and W_UV rows
-        put(f"{i}.o", a.o_proj.weight.T)
-        if a.indexer is not None:
-            put(f"{i}.wq_b", a.indexer.wq_b.weight.T)
-            put(f"{i}.wk", a.indexer.wk.weight.T)
-            put(f"{i}.k_norm_w", a.indexer.k_norm.weight)
-            put(f"{i}.k_norm_b", a.indexer.k_norm.bias)
-            put(f"{i}.weights_proj", a.indexer.weights_proj.weight.T)
-        m = layer.mlp
-        if hasattr(m, "gate"):
-            put(f"{i}.router", m.gate.weight.T)
-            put(f"{i}.router_bias", m.gate.e_score_correction_bias)
-            put(f"{i}.w1", m.w1)  # [E, I, H]
-            put(f"{i}.w3", m.w3)
-            put(f"{i}.w2", m.w2)  # [E, H, I]
-            sh = m.shared_experts
-        else:
-            sh = m
-        put(f"{i}.w13", torch.cat([sh.gate_proj.weight, sh.up_proj.weight]).T)
-        put(f"{i}.w2_dense", sh.down_proj.weight.T)
-    put("norm", model.norm.weight)
-    put("lm_head", (model.embed_tokens if model.lm_head is None else model.lm_head).weight.T)
-    put("inv_freq", model.inv_freq * 1.0)
-    W = torch.cat(pieces)
-
+    E, k_top, I_moe, ql = c.n_routed_experts, c.num_experts_per_tok, c.moe_intermediate_size, c.q_lora_rank
+    b = Builder(model.embed_tokens.weight.dtype, tile)
+    _weights(b, model)
     inter_dense = max(c.intermediate_size, I_moe * c.n_shared_experts)
-    sizes = {"x": H, "h": H, "qa": c.q_lora_rank or 1, "qlat": c.q_lora_rank or 1, "q": h * qk, "kva": L + r,
-             "lat": L, "iq": Hi * D, "ik": D, "iw": Hi, "sel": max_seq, "att": h * v, "rlog": E,
-             "route": 2 * k_top, "mlp": 2 * inter_dense, "act": inter_dense, "logits": V, "next": 1}
-    buf, a_size = {}, 0
-    for name, width in sizes.items():
-        buf[name] = a_size
-        a_size += batch * width
+    b.buffers(batch, {"x": H, "h": H, "qa": ql or 1, "qlat": ql or 1, "q": h * qk, "kva": L + r, "lat": L,
+                      "iq": Hi * D, "ik": D, "iw": Hi, "sel": max_seq, "att": h * v, "rlog": E, "route": 2 * k_top,
+                      "eact": k_top * I_moe, "mlp": 2 * inter_dense, "act": inter_dense, "logits": V, "next": 1})
     cache, c_size = {}, 0
-    for i in range(c.num_hidden_layers):
-        for name, width in (("lat", L), ("pe", r), ("ik", D)):
+    for i, layer in enumerate(model.layers):
+        for name, width in (("lat", L), ("pe", r)) + ((("ik", D),) if layer.self_attn.indexer else ()):
             cache[f"{i}.{name}"] = c_size
             c_size += batch * max_seq * width
-    prog = Program([], W, a_size, c_size, buf, batch, max_seq, 0, c.rms_norm_eps,
+    buf, woff = b.buf, b.woff
+
+    def rows(op: Op, **args: int) -> None:
+        b.stage([(op, dict(args, row=row)) for row in range(batch)])
+
+    def norm_slice(x: str, stride: int, w: str, bias: str | None, out: str, n: int) -> None:
+        b.stage([(Op.NORM_SLICE, dict(x=buf[x], x_stride=stride, w=woff[w], bias=woff[bias] if bias else -1,
+                                      out=buf[out], n=n))])
+
+    b.stage([(Op.EMBED, dict(w=woff["embed"], out=buf["x"], n=H))])
+    for i, layer in enumerate(model.layers):
+        b.norm("x", f"{i}.in_norm", "h", H)
+        if ql:
+            b.gemv("h", H, f"{i}.q_a", "qa", ql)
+            norm_slice("qa", ql, f"{i}.q_a_norm", None, "qlat", ql)
+            b.gemv("qlat", ql, f"{i}.q_b", "q", h * qk)
+        else:
+            b.gemv("h", H, f"{i}.q_b", "q", h * qk)
+        b.gemv("h", H, f"{i}.kv_a", "kva", L + r)
+        norm_slice("kva", L + r, f"{i}.kv_a_norm", None, "lat", L)
+        rows(Op.ROPE_MLA, q=buf["q"], kva=buf["kva"], lat=buf["lat"], c_lat=cache[f"{i}.lat"], c_pe=cache[f"{i}.pe"])
+        if layer.self_attn.indexer is not None:
+            b.gemv("qlat", ql, f"{i}.wq_b", "iq", Hi * D)
+            b.gemv("h", H, f"{i}.wk", "ik", D)
+            b.gemv("h", H, f"{i}.weights_proj", "iw", Hi, fp32=True)
+            norm_slice("ik", D, f"{i}.k_norm_w", f"{i}.k_norm_b", "ik", D)
+            rows(Op.INDEX_KEY, ik=buf["ik"], c_ik=cache[f"{i}.ik"])
+            rows(Op.INDEX_TOPK, iq=buf["iq"], iw=buf["iw"], sel=buf["sel"], c_ik=cache[f"{i}.ik"])
+        # IndexShare layers (no indexer of their own) reuse the selection the previous indexer left in A[sel]
+        b.stage([(Op.MLA_ATTN, dict(q=buf["q"], att=buf["att"], sel=buf["sel"] if c.has_indexer else -1, row=row,
+                                    head=hh, c_lat=cache[f"{i}.lat"], c_pe=cache[f"{i}.pe"], w=woff[f"{i}.kv_b"]))
+                 for row in range(batch) for hh in range(h)])
+        b.gemv("att", h * v, f"{i}.o", "x", H, accumulate=True)
+        b.norm("x", f"{i}.post_norm", "h", H)
+        moe = hasattr(layer.mlp, "gate")
+        if moe:
+            b.gemv("h", H, f"{i}.router", "rlog", E, fp32=True)
+            rows(Op.ROUTE, rlog=buf["rlog"], route=buf["route"], bias=woff[f"{i}.router_bias"])
+            b.stage([(Op.EXPERT, dict(h=buf["h"], route=buf["route"], x=buf["x"], row=row, slot=j,
+                                      w13=woff[f"{i}.w13_experts"], w2=woff[f"{i}.w2_experts"], act=buf["eact"]))
+                     for row in range(batch) for j in range(k_top)])
+        inter = I_moe * c.n_shared_experts if moe else c.intermediate_size
+        b.gemv("h", H, f"{i}.w13", "mlp", 2 * inter)
+        b.stage([(Op.SWIGLU, dict(x=buf["mlp"], out=buf["act"], n=inter))])
+        b.gemv("act", inter, f"{i}.w2", "x", H, accumulate=True)
+    b.head(H, V)
+    W, W32 = b.arenas()
+    prog = Program(b.instrs, W, W32, b.a_size, c_size, buf, batch, max_seq, b.counters, c.rms_norm_eps,
                    dict(hidden=H, n_head=h, kv_lora=L, rope=r, nope=c.qk_nope_head_dim, v_head=v, vocab=V,
                         index_dim=D, index_heads=Hi, index_topk=c.index_topk, experts=E, top_k=k_top,
                         moe_inter=I_moe, n_group=c.n_group, topk_group=c.topk_group, layers=c.num_hidden_layers,
                         inv_freq=woff["inv_freq"], rope_interleave=int(c.rope_interleave),
-                        index_interleave=int(c.indexer_rope_interleave), norm_topk=int(c.norm_topk_prob)))
-    prog.cache.update(cache)
-    prog.scales.update(softmax=c.softmax_scale, rope_factor=model.rope_factor, routed=c.routed_scaling_factor)
-    prev = {"counter": -1, "count": 0}
-
-    def stage(items: list[tuple[Op, dict]]) -> None:
-        cnt = prog.num_counters
-        prog.num_counters += 1
-        waits = [(prev["counter"], prev["count"])] if prev["counter"] >= 0 else []
-        prog.instrs.extend(Instr(op, args, list(waits), cnt) for op, args in items)
-        prev["counter"], prev["count"] = cnt, len(items)
-
-    def gemv(x: str, k: int, w: str, out: str, n: int, accumulate: bool = False) -> None:
-        stage([(Op.GEMV, dict(x=buf[x], k=k, w=woff[w], out=buf[out], n=n, c0=c0, c1=min(c0 + tile, n),
-                               accumulate=int(accumulate))) for c0 in range(0, n, tile)])
-
-    def rows(op: Op, **args: int) -> None:
-        stage([(op, dict(args, row=b)) for b in range(batch)])
-
-    stage([(Op.EMBED, dict(w=woff["embed"], out=buf["x"], n=H))])
-    for i, layer in enumerate(model.layers):
-        stage([(Op.RMSNORM, dict(x=buf["x"], w=woff[f"{i}.in_norm"], out=buf["h"], n=H))])
-        if c.q_lora_rank:
-            gemv("h", H, f"{i}.q_a", "qa", c.q_lora_rank)
-            stage([(Op.NORM_SLICE, dict(x=buf["qa"], x_stride=c.q_lora_rank, w=woff[f"{i}.q_a_norm"], bias=-1,
-                                        out=buf["qlat"], n=c.q_lora_rank, eps=woff["eps6"]))])
-            gemv("qlat", c.q_lora_rank, f"{i}.q_b", "q", h * qk)
-        else:
-            gemv("h", H, f"{i}.q_b", "q", h * qk)
-        gemv("h", H, f"{i}.kv_a", "kva", L + r)
-        stage([(Op.NORM_SLICE, dict(x=buf["kva"], x_stride=L + r, w=woff[f"{i}.kv_a_norm"], bias=-1,
-                                    out=buf["lat"], n=L, eps=woff["eps6"]))])
-        rows(Op.ROPE_MLA, layer=i)
-        if layer.self_attn.indexer is not None:
-            gemv("qlat", c.q_lora_rank, f"{i}.wq_b", "iq", Hi * D)
-            gemv("h", H, f"{i}.wk", "ik", D)
-            gemv("h", H, f"{i}.weights_proj", "iw", Hi)
-            stage([(Op.NORM_SLICE, dict(x=buf["ik"], x_stride=D, w=woff[f"{i}.k_norm_w"], bias=woff[f"{i}.k_norm_b"],
-                                        out=buf["ik"], n=D, eps=woff["eps6"]))])
-            rows(Op.INDEX_KEY, layer=i)
-            rows(Op.INDEX_TOPK, layer=i)
-        stage([(Op.MLA_ATTN, dict(row=b, head=hh, layer=i, w=woff[f"{i}.kv_b"], masked=int(c.has_indexer)))
-               for b in range(batch) for hh in range(h)])
-        gemv("att", h * v, f"{i}.o", "x", H, accumulate=True)
-        stage([(Op.RMSNORM, dict(x=buf["x"], w=woff[f"{i}.post_norm"], out=buf["h"], n=H))])
-        inter = I_moe * c.n_shared_experts if hasattr(layer.mlp, "gate") else c.intermediate_size
-        if hasattr(layer.mlp, "gate"):
-            gemv("h", H, f"{i}.router", "rlog", E)
-            rows(Op.ROUTE, bias=woff[f"{i}.router_bias"])
-            stage([(Op.EXPERT, dict(row=b, slot=j, w1=woff[f"{i}.w1"], w3=woff[f"{i}.w3"], w2=woff[f"{i}.w2"]))
-                   for b in range(batch) for j in range(k_top)])
-        gemv("h", H, f"{i}.w13", "mlp", 2 * inter)
-        stage([(Op.SWIGLU, dict(x=buf["mlp"], out=buf["act"], n=inter))])
-        gemv("act", inter, f"{i}.w2_dense", "x", H, accumulate=True)
-    stage([(Op.RMSNORM, dict(x=buf["x"], w=woff["norm"], out=buf["h"], n=H))])
-    gemv("h", H, "lm_head", "logits", V)
-    stage([(Op.ARGMAX, dict(x=buf["logits"], out=buf["next"], n=V))])
+                        index_interleave=int(c.indexer_rope_interleave), norm_topk=int(c.norm_topk_prob), tile=tile),
+                   cache)
+    prog.scales.update(softmax=c.softmax_scale, rope_factor=model.rope_factor, routed=c.routed_scaling_factor,
+                       slice_eps=SLICE_EPS)
     return prog

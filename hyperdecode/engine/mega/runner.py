@@ -2,60 +2,90 @@
 compiled program's arenas (one program for all cache slots; rows that are not decoding are computed and ignored)."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
 from ...errors import ConfigError
+from ...model.deepseek import DeepseekTransformer
 from ...model.llama import Transformer
 from ..runner import ReferenceRunner
-from .kernel import run_megakernel
-from .program import compile_llama
+from .kernel import encode, interpreted, run_megakernel
+from .program import Program, compile_llama
+from .program_mla import compile_deepseek
+from .vm import load_cache
 
-__all__ = ["MegaRunner"]
+__all__ = ["MegaRunner", "compile_model"]
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def unsupported(model: nn.Module) -> str | None:
+    """Why the megakernel cannot run `model`, or None."""
+    cfg = model.cfg
+    if isinstance(model, Transformer):
+        if cfg.attention_bias or cfg.mlp_bias:
+            return "attention/MLP biases are not compiled"
+        return None if _pow2(cfg.head_dim) else f"head_dim {cfg.head_dim} is not a power of two"
+    if isinstance(model, DeepseekTransformer):
+        sizes = {"kv_lora_rank": cfg.kv_lora_rank, "qk_rope_head_dim": cfg.qk_rope_head_dim}
+        if cfg.has_indexer:
+            sizes["index_head_dim"] = cfg.index_head_dim
+        odd = [f"{k}={v}" for k, v in sizes.items() if not _pow2(v)]
+        return f"{', '.join(odd)} must be powers of two" if odd else None
+    return f"{type(model).__name__} is not a model family the compiler knows"
+
+
+def compile_model(model: nn.Module, batch: int, max_seq: int, tile: int | None = None) -> Program:
+    """The decode-step program of either family (wide tiles under the interpreter, 64 columns on a GPU)."""
+    why = unsupported(model)
+    if why:
+        raise ConfigError(f"backend 'mega' cannot compile this model: {why}; use backend='reference' or 'graph'")
+    tile = tile or (256 if interpreted() else 64)
+    compile_fn = compile_llama if isinstance(model, Transformer) else compile_deepseek
+    return compile_fn(model, batch, max_seq, tile=tile)
 
 
 class MegaRunner(ReferenceRunner):
     @staticmethod
     def supports(model: nn.Module) -> bool:
-        cfg = model.cfg
-        return isinstance(model, Transformer) and not (cfg.attention_bias or cfg.mlp_bias) \
-            and cfg.head_dim & (cfg.head_dim - 1) == 0
+        return unsupported(model) is None
 
     def __init__(self, model: nn.Module):
-        if not self.supports(model):
-            raise ConfigError("backend 'mega' supports Llama-family models without biases and with a power-of-two "
-                              "head_dim so far (the GLM-5 family is not compiled yet); use backend='reference'")
+        why = unsupported(model)
+        if why:
+            raise ConfigError(f"backend 'mega' cannot run this model: {why}; use backend='reference' or 'graph'")
         super().__init__(model)
-        self.prog = None
+        self.device = model.embed_tokens.weight.device
+        if self.device.type != "cuda":
+            warnings.warn("backend 'mega' without a GPU runs the megakernel in Triton's interpreter with one worker: "
+                          "correct but slow, for checking only", stacklevel=3)
+        self.prog: Program | None = None
 
     def setup(self, max_batch: int, max_seq: int) -> None:
         super().setup(max_batch, max_seq)
-        if self.prog is None or self.prog.batch < max_batch or self.prog.max_seq < max_seq:
-            dev = self.model.embed_tokens.weight.device
-            self.prog = compile_llama(self.model, max_batch, max_seq)
-            self.prog.W = self.prog.W.to(dev)
-            self.A = torch.zeros(self.prog.a_size, device=dev)
-            self.C = torch.zeros(self.prog.c_size, device=dev)
+        if self.prog is None or self.prog.batch < max_batch or self.prog.max_seq <= max_seq:
+            # one spare position per row: rows that are not decoding write there, never over a live sequence
+            self.prog = compile_model(self.model, max_batch, max_seq + 1)
+            self.prog.W, self.prog.W32 = self.prog.W.to(self.device), self.prog.W32.to(self.device)
+            self.table = encode(self.prog).to(self.device)
+            self.A = torch.zeros(self.prog.a_size, device=self.device)
+            self.C = torch.zeros(self.prog.c_size, device=self.device)
 
     def prefill(self, tokens: Tensor, pos: Tensor, slots: Tensor | None) -> Tensor:
         logits = super().prefill(tokens, pos, slots)
-        row = 0 if slots is None else int(slots[0])
-        n = tokens.shape[1]
-        d, B, T = self.prog.dims, self.prog.batch, self.prog.max_seq
-        for i, layer in enumerate(self.model.layers):
-            cache = layer.self_attn.cache
-            for which, src in ((0, cache.k), (1, cache.v)):
-                off = self.prog.kv_offset(i, which)
-                arena = self.C[off:off + B * d["n_kv"] * T * d["head_dim"]].view(B, d["n_kv"], T, d["head_dim"])
-                arena[row, :, :n] = src[row, :, :n].float()
+        load_cache(self.prog, self.C, self.model, row=0 if slots is None else int(slots[0]), length=tokens.shape[1])
         return logits
 
     def decode(self, tokens: Tensor, pos: Tensor, slots: Tensor | None) -> Tensor:
         B = self.prog.batch
         rows = torch.arange(tokens.shape[0], device=tokens.device) if slots is None else slots
         all_tokens = torch.zeros(B, dtype=torch.long, device=tokens.device)
-        all_pos = torch.zeros(B, dtype=torch.long, device=tokens.device)
+        all_pos = torch.full((B,), self.prog.max_seq - 1, dtype=torch.long, device=tokens.device)
         all_tokens[rows], all_pos[rows] = tokens[:, 0], pos[:, 0]
-        run_megakernel(self.prog, self.A, self.C, all_tokens, all_pos)
+        run_megakernel(self.prog, self.A, self.C, all_tokens, all_pos, table=self.table)
         V = self.prog.dims["vocab"]
         return self.A[self.prog.buf["logits"]:self.prog.buf["logits"] + B * V].view(B, V)[rows].clone()

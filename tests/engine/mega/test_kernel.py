@@ -1,4 +1,4 @@
-"""The Triton megakernel under the interpreter (one worker) against the VM and the reference."""
+"""The Triton megakernel under the interpreter (one worker) against the VM and the reference, for both families."""
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"  # no GPU here: Triton's interpreter runs the kernel's programs in order
@@ -7,71 +7,66 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import hyperdecode as hd  # noqa: E402
-from hyperdecode.engine.mega.isa import Instr, Op  # noqa: E402
 from hyperdecode.engine.mega.kernel import MegakernelTimeout, run_megakernel  # noqa: E402
-from hyperdecode.engine.mega.program import compile_llama  # noqa: E402
+from hyperdecode.engine.mega.program import check_program, compile_llama  # noqa: E402
+from hyperdecode.engine.mega.runner import compile_model  # noqa: E402
 from hyperdecode.engine.mega.vm import VM  # noqa: E402
 from tests.conftest import rel_err  # noqa: E402
-from tests.engine.mega.test_vm import prefill  # noqa: E402
+from tests.engine.mega.test_vm import plant_unsatisfiable_wait, prefill  # noqa: E402
+
+MODELS = ["tiny-llama", "tiny-glm5", "tiny-dsv32"]
+pytestmark = pytest.mark.filterwarnings("ignore:backend 'mega' without a GPU")
 
 
-def kernel_step(prog, A, C, toks, pos):
-    run_megakernel(prog, A, C, torch.tensor(toks), torch.tensor(pos))
-    d = prog.dims
-    B = prog.batch
-    logits = A[prog.buf["logits"]:prog.buf["logits"] + B * d["vocab"]].view(B, -1).clone()
-    return logits, A[prog.buf["next"]:prog.buf["next"] + B].long().tolist()
-
-
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("batch", [1, 3])
-def test_megakernel_equals_vm(batch):
-    llm = hd.LLM("tiny-llama", device="cpu", seed=7)
+def test_megakernel_equals_vm(name, batch):
+    llm = hd.LLM(name, device="cpu", seed=7)
+    vocab, max_seq = llm.config.vocab_size, 40
     g = torch.Generator().manual_seed(10 + batch)
-    prompts = [torch.randint(0, 259, (n,), generator=g).tolist() for n in (4, 9, 1)[:batch]]
-    prefill(llm.model, prompts, 32)
-    prog = compile_llama(llm.model, batch, 32, tile=32)
+    prompts = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (21, 6, 33)[:batch]]  # past top-16
+    prefill(llm.model, prompts, max_seq)
+    prog = compile_model(llm.model, batch, max_seq)
+    check_program(prog, workers=132)
     vm = VM(prog)
     vm.load_cache(llm.model)
     C = vm.C.clone()
-    toks, pos = torch.randint(0, 259, (batch,), generator=g).tolist(), [len(p) for p in prompts]
-    expected = vm.step(toks, pos)
+    toks, pos = torch.randint(0, vocab, (batch,), generator=g), torch.tensor([len(p) for p in prompts])
+    expected = vm.step(toks.tolist(), pos.tolist())
     A = torch.zeros(prog.a_size)
-    logits, nxt = kernel_step(prog, A, C, toks, pos)
+    run_megakernel(prog, A, C, toks, pos)
+    logits = A[prog.buf["logits"]:prog.buf["logits"] + batch * vocab].view(batch, vocab)
     assert rel_err(logits, expected) <= 1e-4
-    assert torch.allclose(C, vm.C, atol=1e-6)
-    assert nxt == vm.next.tolist()
+    assert torch.allclose(C, vm.C, atol=1e-5)
+    assert A[prog.buf["next"]:prog.buf["next"] + batch].long().tolist() == vm.next.tolist()
 
 
-def test_megakernel_greedy_16_steps_equal_reference():
-    llm = hd.LLM("tiny-llama", device="cpu", seed=2)
-    prompt = [7, 70, 71, 72]
-    expected = llm.generate(prompt, max_tokens=17, ignore_eos=True).token_ids
-    prefill(llm.model, [prompt], 32)
-    with torch.inference_mode():
-        first = llm.model.logits(llm.model(torch.tensor([prompt]), torch.arange(len(prompt))[None]))[0, -1]
-    prog = compile_llama(llm.model, 1, 32)
-    vm = VM(prog)
-    vm.load_cache(llm.model)
-    A, C = torch.zeros(prog.a_size), vm.C.clone()
-    tokens = [int(first.argmax())]
-    for step in range(16):
-        tokens.append(kernel_step(prog, A, C, [tokens[-1]], [len(prompt) + step])[1][0])
-    assert tokens == expected
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_mega_backend_greedy_16_steps_equal_reference(name, batch):
+    """Prefill on the reference, then 16 decode steps in the megakernel: the same greedy tokens."""
+    ref = hd.LLM(name, device="cpu", seed=4)
+    mega = hd.LLM(name, device="cpu", seed=4, backend="mega")
+    assert mega.backend == "mega"
+    g = torch.Generator().manual_seed(batch)
+    prompts = [torch.randint(0, ref.config.vocab_size, (n,), generator=g).tolist() for n in (9, 3, 14)[:batch]]
+    kw = dict(max_tokens=17, ignore_eos=True)  # crosses index_topk = 16 while decoding
+    assert [r.token_ids for r in mega.generate_batch(prompts, **kw)] == \
+        [r.token_ids for r in ref.generate_batch(prompts, **kw)]
 
 
 def test_unsatisfiable_dependency_times_out_instead_of_hanging():
     llm = hd.LLM("tiny-llama", device="cpu")
     prog = compile_llama(llm.model, 1, 8)
-    prog.instrs.insert(2, Instr(Op.SWIGLU, prog.instrs[-3].args, [(prog.num_counters - 1, 1)], 0))
+    plant_unsatisfiable_wait(prog, 2)
     with pytest.raises(MegakernelTimeout, match="instruction 2 \\(SWIGLU\\) waited 200 spins"):
         run_megakernel(prog, torch.zeros(prog.a_size), torch.zeros(prog.c_size), torch.tensor([1]),
                        torch.tensor([0]), max_spin=200)
 
 
-def test_llm_backend_mega_generates_like_reference():
+def test_mega_backend_samples_like_reference():
     ref = hd.LLM("tiny-llama", device="cpu", seed=4)
     mega = hd.LLM("tiny-llama", device="cpu", seed=4, backend="mega")
-    assert mega.backend == "mega"
     prompts = ["hello", "a longer prompt here"]
     kw = dict(max_tokens=8, ignore_eos=True, temperature=0.9, seed=3)
     assert [g.token_ids for g in mega.generate_batch(prompts, **kw)] == \
@@ -80,5 +75,7 @@ def test_llm_backend_mega_generates_like_reference():
 
 def test_auto_backend_and_unsupported_models():
     assert hd.LLM("tiny-llama", device="cpu", backend="auto").backend == "reference"  # no GPU here
-    with pytest.raises(hd.ConfigError, match="backend 'mega' supports Llama-family"):
-        hd.LLM("tiny-glm5", device="cpu", backend="mega")
+    llm = hd.LLM("tiny-glm5", device="cpu")
+    llm.model.cfg.kv_lora_rank = 96
+    with pytest.raises(hd.ConfigError, match="kv_lora_rank=96 must be powers of two; use backend='reference'"):
+        compile_model(llm.model, 1, 8)

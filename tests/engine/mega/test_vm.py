@@ -16,6 +16,12 @@ def prefill(model, prompts, max_seq):
             model(torch.tensor([p]), torch.arange(len(p))[None], slots=torch.tensor([b]))
 
 
+def plant_unsatisfiable_wait(prog, at):
+    """Inserts a copy of a SWIGLU instruction at `at` that waits for the last stage, which only later ones signal."""
+    swiglu = next(ins for ins in prog.instrs if ins.op == Op.SWIGLU)
+    prog.instrs.insert(at, Instr(Op.SWIGLU, swiglu.args, [(prog.num_counters - 1, 1)], 0))
+
+
 def check_decode_step(llm, compile_fn, lengths, vocab, seed, max_seq=48, **kw):
     """Prefills random prompts with the reference, then one decode step in the VM vs the reference."""
     g = torch.Generator().manual_seed(seed)
@@ -66,8 +72,7 @@ def test_program_dependencies_are_checked():
     assert sorted(i for q in queues for i in q) == list(range(len(prog.instrs)))
     assert {ins.op for ins in prog.instrs} == set(Op) - {Op.NORM_SLICE, Op.ROPE_MLA, Op.INDEX_KEY, Op.INDEX_TOPK,
                                                          Op.MLA_ATTN, Op.ROUTE, Op.EXPERT}
-    # plant a wait that no earlier instruction can satisfy
-    prog.instrs.insert(3, Instr(Op.SWIGLU, prog.instrs[-3].args, [(prog.num_counters - 1, 1)], 0))
+    plant_unsatisfiable_wait(prog, 3)
     with pytest.raises(ValueError, match="instruction 3 \\(SWIGLU\\) waits for counter"):
         check_program(prog, workers=2)
     with pytest.raises(DependencyError, match="instruction 3"):

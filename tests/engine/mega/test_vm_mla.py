@@ -3,7 +3,6 @@ import pytest
 
 import hyperdecode as hd
 from hyperdecode.engine.mega.isa import Op
-from hyperdecode.engine.mega.kernel import encode
 from hyperdecode.engine.mega.program import check_program
 from hyperdecode.engine.mega.program_mla import compile_deepseek
 from tests.engine.mega.test_vm import check_decode_step, check_greedy
@@ -20,9 +19,3 @@ def test_decode_step_equals_reference(name, lengths):
 
 def test_greedy_16_steps_equal_reference():  # crosses index_topk = 16 while decoding
     check_greedy(hd.LLM("tiny-glm5", device="cpu", seed=9), compile_deepseek, list(range(30, 44)), max_seq=40)
-
-
-def test_kernel_names_what_it_cannot_run_yet():
-    llm = hd.LLM("tiny-glm5", device="cpu")
-    with pytest.raises(ValueError, match="does not implement NORM_SLICE yet"):
-        encode(compile_deepseek(llm.model, 1, 8))

@@ -1,0 +1,139 @@
+"""Device functions of the megakernel for the opcodes every family uses (and the Llama attention pair). Each is a
+`@triton.jit` function the persistent kernel calls inline; operands are as in `isa.ARGS`, arenas are passed as
+pointers. Weights may be any float dtype and are widened to fp32; activations and the cache are fp32.
+
+Imported only when the kernel is first built (Triton must see TRITON_INTERPRET before any function is decorated).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def embed(W, A, tok, w, out, n, B: tl.constexpr, BLOCK: tl.constexpr):
+    for b in tl.static_range(B):
+        row = tl.load(tok + b).to(tl.int64)
+        for k0 in range(0, n, BLOCK):
+            o = k0 + tl.arange(0, BLOCK)
+            m = o < n
+            tl.store(A + out + b * n + o, tl.load(W + w + row * n + o, mask=m).to(tl.float32), mask=m)
+
+
+@triton.jit
+def norm_rows(W, A, x, x_stride, w, bias, out, n, eps, B: tl.constexpr, BLOCK: tl.constexpr):
+    """RMSNorm of rows x_stride apart, or LayerNorm (mean removed, plus bias) when bias >= 0. In place is fine."""
+    layer_norm = bias >= 0
+    for b in tl.static_range(B):
+        src = A + x + b * x_stride
+        total = 0.0
+        for k0 in range(0, n, BLOCK):
+            o = k0 + tl.arange(0, BLOCK)
+            total += tl.sum(tl.load(src + o, mask=o < n, other=0.0), axis=0)
+        mean = tl.where(layer_norm, total / n, 0.0)
+        ss = 0.0
+        for k0 in range(0, n, BLOCK):
+            o = k0 + tl.arange(0, BLOCK)
+            v = tl.load(src + o, mask=o < n, other=0.0) - mean
+            ss += tl.sum(tl.where(o < n, v * v, 0.0), axis=0)
+        inv = 1.0 / tl.sqrt(ss / n + eps)
+        for k0 in range(0, n, BLOCK):
+            o = k0 + tl.arange(0, BLOCK)
+            m = o < n
+            v = tl.load(src + o, mask=m, other=0.0)
+            g = tl.load(W + w + o, mask=m, other=0.0).to(tl.float32)
+            beta = tl.load(W + bias + o, mask=m & layer_norm, other=0.0).to(tl.float32)
+            tl.store(A + out + b * n + o, (v - mean) * inv * g + beta, mask=m)
+
+
+@triton.jit
+def gemv(Wp, A, x, k, w, out, n, c0, c1, accumulate, B: tl.constexpr, BLOCK: tl.constexpr, TILE: tl.constexpr):
+    cols = c0 + tl.arange(0, TILE)
+    cm = cols < c1
+    for b in tl.static_range(B):
+        acc = tl.zeros((TILE,), dtype=tl.float32)
+        for k0 in range(0, k, BLOCK):
+            ks = k0 + tl.arange(0, BLOCK)
+            km = ks < k
+            xv = tl.load(A + x + b * k + ks, mask=km, other=0.0)
+            wv = tl.load(Wp + w + ks[:, None] * n + cols[None, :], mask=km[:, None] & cm[None, :], other=0.0)
+            acc += tl.sum(xv[:, None] * wv.to(tl.float32), axis=0)
+        if accumulate:
+            acc += tl.load(A + out + b * n + cols, mask=cm, other=0.0)
+        tl.store(A + out + b * n + cols, acc, mask=cm)
+
+
+@triton.jit
+def rope_append(W32, A, C, pos, inv_freq, qkv, row, cache_k, cache_v, NH: tl.constexpr, NKV: tl.constexpr,
+                HD: tl.constexpr, MAX_SEQ: tl.constexpr):
+    d = tl.arange(0, HD)
+    half = tl.arange(0, HD // 2)
+    p = tl.load(pos + row)
+    ang = p.to(tl.float32) * tl.load(W32 + inv_freq + half)
+    c = tl.cos(ang)
+    s = tl.sin(ang)
+    base = A + qkv + row * (NH + 2 * NKV) * HD
+    for h in tl.static_range(NH + NKV):
+        x1 = tl.load(base + h * HD + half)
+        x2 = tl.load(base + h * HD + HD // 2 + half)
+        tl.debug_barrier()
+        tl.store(base + h * HD + half, x1 * c - x2 * s)
+        tl.store(base + h * HD + HD // 2 + half, x2 * c + x1 * s)
+    tl.debug_barrier()
+    for g in tl.static_range(NKV):
+        slot = ((row * NKV + g) * MAX_SEQ + p) * HD
+        tl.store(C + cache_k + slot + d, tl.load(base + (NH + g) * HD + d))
+        tl.store(C + cache_v + slot + d, tl.load(base + (NH + NKV + g) * HD + d))
+
+
+@triton.jit
+def attn(A, C, pos, qkv, out, row, kv_head, cache_k, cache_v, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr,
+         MAX_SEQ: tl.constexpr, BLOCK: tl.constexpr):
+    """Online-softmax decode attention of one (row, kv head) for the query heads of its group."""
+    d = tl.arange(0, HD)
+    n = tl.load(pos + row) + 1
+    kbase = C + cache_k + (row * NKV + kv_head) * MAX_SEQ * HD
+    vbase = C + cache_v + (row * NKV + kv_head) * MAX_SEQ * HD
+    for j in tl.static_range(NH // NKV):
+        h = kv_head * (NH // NKV) + j
+        q = tl.load(A + qkv + row * (NH + 2 * NKV) * HD + h * HD + d) / tl.sqrt(HD * 1.0)
+        m_i = float("-inf")
+        l_i = 0.0
+        acc = tl.zeros((HD,), dtype=tl.float32)
+        for p0 in range(0, n, BLOCK):
+            ps = p0 + tl.arange(0, BLOCK)
+            pm = ps < n
+            k = tl.load(kbase + ps[:, None] * HD + d[None, :], mask=pm[:, None], other=0.0)
+            sc = tl.where(pm, tl.sum(k * q[None, :], axis=1), float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(sc, axis=0))
+            alpha = tl.exp(m_i - m_new)
+            e = tl.exp(sc - m_new)
+            v = tl.load(vbase + ps[:, None] * HD + d[None, :], mask=pm[:, None], other=0.0)
+            l_i = l_i * alpha + tl.sum(e, axis=0)
+            acc = acc * alpha + tl.sum(e[:, None] * v, axis=0)
+            m_i = m_new
+        tl.store(A + out + row * NH * HD + h * HD + d, acc / l_i)
+
+
+@triton.jit
+def swiglu(A, x, out, n, B: tl.constexpr, BLOCK: tl.constexpr):
+    for b in tl.static_range(B):
+        for k0 in range(0, n, BLOCK):
+            o = k0 + tl.arange(0, BLOCK)
+            m = o < n
+            g = tl.load(A + x + b * 2 * n + o, mask=m, other=0.0)
+            u = tl.load(A + x + b * 2 * n + n + o, mask=m, other=0.0)
+            tl.store(A + out + b * n + o, g / (1.0 + tl.exp(-g)) * u, mask=m)
+
+
+@triton.jit
+def argmax(A, x, out, n, B: tl.constexpr, BLOCK: tl.constexpr):
+    for b in tl.static_range(B):
+        best = float("-inf")
+        idx = 0
+        for k0 in range(0, n, BLOCK):
+            o = k0 + tl.arange(0, BLOCK)
+            v = tl.load(A + x + b * n + o, mask=o < n, other=float("-inf"))
+            bm = tl.max(v, axis=0)
+            if bm > best:
+                best = bm
+                idx = k0 + tl.argmax(v, axis=0)
+        tl.store(A + out + b, idx.to(tl.float32))

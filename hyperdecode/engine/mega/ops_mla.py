@@ -1,0 +1,247 @@
+"""Device functions of the megakernel for the GLM-5 / DeepSeek-V3.2 family: RoPE of the decoupled key, the DSA
+indexer (key append, scores, exact top-k), absorbed MLA over the latent cache, MoE routing and routed experts.
+Operands are as in `isa.ARGS`; sizes that are the same for the whole program are constexprs.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def rope_halves(ptr, p, W32, inv_freq, factor, R: tl.constexpr, INTERLEAVED: tl.constexpr):
+    """Rotates R values at ptr by position p; interleaved pairs (x0, x1), (x2, x3)... or halves; returns the two
+    output halves (both styles come out as halves, as in the reference)."""
+    j = tl.arange(0, R // 2)
+    if INTERLEAVED:
+        x1 = tl.load(ptr + 2 * j)
+        x2 = tl.load(ptr + 2 * j + 1)
+    else:
+        x1 = tl.load(ptr + j)
+        x2 = tl.load(ptr + R // 2 + j)
+    ang = p.to(tl.float32) * tl.load(W32 + inv_freq + j)
+    c = tl.cos(ang) * factor
+    s = tl.sin(ang) * factor
+    return x1 * c - x2 * s, x2 * c + x1 * s
+
+
+@triton.jit
+def rope_in_place(ptr, p, W32, inv_freq, factor, R: tl.constexpr, INTERLEAVED: tl.constexpr):
+    j = tl.arange(0, R // 2)
+    y1, y2 = rope_halves(ptr, p, W32, inv_freq, factor, R, INTERLEAVED)
+    tl.debug_barrier()  # every thread has read before any writes (interleaved pairs move)
+    tl.store(ptr + j, y1)
+    tl.store(ptr + R // 2 + j, y2)
+    tl.debug_barrier()
+
+
+@triton.jit
+def rope_mla(W32, A, C, pos, inv_freq, factor, q, kva, lat, row, c_lat, c_pe, NH: tl.constexpr, NOPE: tl.constexpr,
+             R: tl.constexpr, L: tl.constexpr, MAX_SEQ: tl.constexpr, INTERLEAVED: tl.constexpr, BLOCK: tl.constexpr):
+    p = tl.load(pos + row)
+    for h in range(NH):
+        rope_in_place(A + q + (row * NH + h) * (NOPE + R) + NOPE, p, W32, inv_freq, factor, R, INTERLEAVED)
+    y1, y2 = rope_halves(A + kva + row * (L + R) + L, p, W32, inv_freq, factor, R, INTERLEAVED)
+    j = tl.arange(0, R // 2)
+    dst = C + c_pe + (row * MAX_SEQ + p) * R
+    tl.store(dst + j, y1)
+    tl.store(dst + R // 2 + j, y2)
+    for k0 in range(0, L, BLOCK):
+        o = k0 + tl.arange(0, BLOCK)
+        m = o < L
+        tl.store(C + c_lat + (row * MAX_SEQ + p) * L + o, tl.load(A + lat + row * L + o, mask=m), mask=m)
+
+
+@triton.jit
+def index_key(W32, A, C, pos, inv_freq, factor, ik, row, c_ik, D: tl.constexpr, R: tl.constexpr,
+              MAX_SEQ: tl.constexpr, INTERLEAVED: tl.constexpr):
+    p = tl.load(pos + row)
+    src = A + ik + row * D
+    dst = C + c_ik + (row * MAX_SEQ + p) * D
+    y1, y2 = rope_halves(src, p, W32, inv_freq, factor, R, INTERLEAVED)
+    j = tl.arange(0, R // 2)
+    tl.store(dst + j, y1)
+    tl.store(dst + R // 2 + j, y2)
+    d = tl.arange(0, D)
+    tl.store(dst + d, tl.load(src + d, mask=d >= R), mask=d >= R)
+
+
+@triton.jit
+def order_key(v):
+    """An int64 that orders like the float v (-0.0 counts as 0.0)."""
+    bits = tl.where(v == 0.0, 0.0, v).to(tl.int32, bitcast=True)
+    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
+
+
+@triton.jit
+def index_topk(W32, A, C, pos, inv_freq, factor, iq, iw, sel, row, c_ik, HI: tl.constexpr, HI_P: tl.constexpr,
+               D: tl.constexpr, R: tl.constexpr, TOPK: tl.constexpr, MAX_SEQ: tl.constexpr,
+               INTERLEAVED: tl.constexpr, PB: tl.constexpr, BLOCK: tl.constexpr):
+    """A[sel][row] = 1 at the TOPK highest indexer scores (exact: a threshold found by bisection on the scores'
+    order keys, ties at the threshold taken in position order), else 0. The scores are staged in A[sel] itself."""
+    p = tl.load(pos + row)
+    n = p + 1
+    out = A + sel + row * MAX_SEQ
+    if n <= TOPK:
+        for p0 in range(0, MAX_SEQ, BLOCK):
+            ps = p0 + tl.arange(0, BLOCK)
+            tl.store(out + ps, tl.where(ps < n, 1.0, 0.0), mask=ps < MAX_SEQ)
+    else:
+        qb = A + iq + row * HI * D
+        for h in range(HI):
+            rope_in_place(qb + h * D, p, W32, inv_freq, factor, R, INTERLEAVED)
+        hs = tl.arange(0, HI_P)
+        d = tl.arange(0, D)
+        q = tl.load(qb + hs[:, None] * D + d[None, :], mask=hs[:, None] < HI, other=0.0)
+        w = tl.load(A + iw + row * HI + hs, mask=hs < HI, other=0.0) / tl.sqrt(HI * 1.0)
+        keys = C + c_ik + row * MAX_SEQ * D
+        for p0 in range(0, n, PB):
+            ps = p0 + tl.arange(0, PB)
+            k = tl.load(keys + ps[:, None] * D + d[None, :], mask=(ps < n)[:, None], other=0.0)
+            s = tl.maximum(tl.dot(q, tl.trans(k), input_precision="ieee") / tl.sqrt(D * 1.0), 0.0)
+            tl.store(out + ps, tl.sum(w[:, None] * s, axis=0), mask=ps < n)
+        tl.debug_barrier()
+        lo = tl.full((), -(2 ** 31), tl.int64)
+        hi = tl.full((), 2 ** 31 - 1, tl.int64)
+        for _ in range(32):  # the largest t with at least TOPK keys >= t: the TOPK-th largest key
+            mid = lo + (hi - lo + 1) // 2
+            count = 0
+            for p0 in range(0, n, BLOCK):
+                ps = p0 + tl.arange(0, BLOCK)
+                key = order_key(tl.load(out + ps, mask=ps < n, other=0.0))
+                count += tl.sum(((key >= mid) & (ps < n)).to(tl.int32), axis=0)
+            lo = tl.where(count >= TOPK, mid, lo)
+            hi = tl.where(count >= TOPK, hi, mid - 1)
+        above = 0
+        for p0 in range(0, n, BLOCK):
+            ps = p0 + tl.arange(0, BLOCK)
+            key = order_key(tl.load(out + ps, mask=ps < n, other=0.0))
+            above += tl.sum(((key > lo) & (ps < n)).to(tl.int32), axis=0)
+        ties_left = TOPK - above
+        seen = 0
+        for p0 in range(0, MAX_SEQ, BLOCK):
+            ps = p0 + tl.arange(0, BLOCK)
+            key = order_key(tl.load(out + ps, mask=ps < n, other=0.0))
+            tie = (key == lo) & (ps < n)
+            rank = seen + tl.cumsum(tie.to(tl.int32), axis=0)
+            take = (ps < n) & ((key > lo) | (tie & (rank <= ties_left)))
+            seen += tl.sum(tie.to(tl.int32), axis=0)
+            tl.debug_barrier()
+            tl.store(out + ps, tl.where(take, 1.0, 0.0), mask=ps < MAX_SEQ)
+
+
+@triton.jit
+def mla_attn(W, A, C, pos, scale, q, att, sel, row, head, c_lat, c_pe, w, NH: tl.constexpr, NOPE: tl.constexpr,
+             R: tl.constexpr, L: tl.constexpr, VH: tl.constexpr, MAX_SEQ: tl.constexpr, LB: tl.constexpr):
+    """Absorbed MLA of one (row, head): q_nope·W_UK against the latents plus q_pe against the roped keys, online
+    softmax over the positions A[sel] keeps (all when sel < 0), then the latent mix times W_UV."""
+    n = tl.load(pos + row) + 1
+    lidx = tl.arange(0, L)
+    qb = A + q + (row * NH + head) * (NOPE + R)
+    wb = W + w + head * (NOPE + VH) * L
+    q_lat = tl.zeros((L,), dtype=tl.float32)
+    for d0 in range(0, NOPE, LB):
+        ds = d0 + tl.arange(0, LB)
+        qv = tl.load(qb + ds, mask=ds < NOPE, other=0.0)
+        wv = tl.load(wb + ds[:, None] * L + lidx[None, :], mask=(ds < NOPE)[:, None], other=0.0).to(tl.float32)
+        q_lat += tl.sum(qv[:, None] * wv, axis=0)
+    rr = tl.arange(0, R)
+    q_pe = tl.load(qb + NOPE + rr)
+    m_i = float("-inf")
+    l_i = 0.0
+    acc = tl.zeros((L,), dtype=tl.float32)
+    for p0 in range(0, n, LB):
+        ps = p0 + tl.arange(0, LB)
+        pm = ps < n
+        keep = tl.load(A + sel + row * MAX_SEQ + ps, mask=pm & (sel >= 0), other=1.0) != 0.0
+        lat = tl.load(C + c_lat + (row * MAX_SEQ + ps[:, None]) * L + lidx[None, :], mask=pm[:, None], other=0.0)
+        pe = tl.load(C + c_pe + (row * MAX_SEQ + ps[:, None]) * R + rr[None, :], mask=pm[:, None], other=0.0)
+        s = (tl.sum(lat * q_lat[None, :], axis=1) + tl.sum(pe * q_pe[None, :], axis=1)) * scale
+        s = tl.where(pm & keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=0))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a block with nothing kept adds nothing
+        alpha = tl.exp(m_i - m_use)
+        e = tl.exp(s - m_use)
+        l_i = l_i * alpha + tl.sum(e, axis=0)
+        acc = acc * alpha + tl.sum(e[:, None] * lat, axis=0)
+        m_i = m_new
+    o = acc / l_i
+    for v0 in range(0, VH, LB):
+        vs = v0 + tl.arange(0, LB)
+        wv = tl.load(wb + (NOPE + vs[:, None]) * L + lidx[None, :], mask=(vs < VH)[:, None], other=0.0)
+        tl.store(A + att + (row * NH + head) * VH + vs, tl.sum(wv.to(tl.float32) * o[None, :], axis=1), mask=vs < VH)
+
+
+@triton.jit
+def route(W32, A, rlog, out, row, bias, scale, E: tl.constexpr, E_P: tl.constexpr, K: tl.constexpr,
+          K_P: tl.constexpr, G: tl.constexpr, G_P: tl.constexpr, TG: tl.constexpr, NORM: tl.constexpr):
+    """Sigmoid scores; selection on score + bias within the TG best groups (a group's score: its two best);
+    weights are the chosen scores, normalised when NORM, times `scale`. Ties go to the lower index."""
+    es = tl.arange(0, E_P)
+    me = es < E
+    score = 1.0 / (1.0 + tl.exp(-tl.load(A + rlog + row * E + es, mask=me, other=0.0)))
+    choice = tl.where(me, score + tl.load(W32 + bias + es, mask=me, other=0.0), float("-inf"))
+    if G > 1:
+        PER: tl.constexpr = E // G
+        gs = tl.arange(0, G_P)
+        group_score = tl.full((G_P,), float("-inf"), tl.float32)
+        for g in tl.static_range(G):
+            c_g = tl.where(es // PER == g, choice, float("-inf"))
+            best = tl.max(c_g, axis=0)
+            if PER > 1:
+                best += tl.max(tl.where(es == tl.argmax(c_g, axis=0), float("-inf"), c_g), axis=0)
+            group_score = tl.where(gs == g, best, group_score)
+        kept = es < 0
+        for _ in tl.static_range(TG):
+            g = tl.argmax(group_score, axis=0)
+            kept = kept | (es // PER == g)
+            group_score = tl.where(gs == g, float("-inf"), group_score)
+        choice = tl.where(kept, choice, float("-inf"))
+    ks = tl.arange(0, K_P)
+    ids = tl.zeros((K_P,), dtype=tl.float32)
+    weights = tl.zeros((K_P,), dtype=tl.float32)
+    for j in tl.static_range(K):
+        e = tl.argmax(choice, axis=0)
+        ids = tl.where(ks == j, e.to(tl.float32), ids)
+        weights = tl.where(ks == j, tl.sum(tl.where(es == e, score, 0.0), axis=0), weights)
+        choice = tl.where(es == e, float("-inf"), choice)
+    if NORM:
+        weights = weights / (tl.sum(weights, axis=0) + 1e-20)
+    tl.store(A + out + row * 2 * K + ks, ids, mask=ks < K)
+    tl.store(A + out + row * 2 * K + K + ks, weights * scale, mask=ks < K)
+
+
+@triton.jit
+def expert(W, A, h, route, x, row, slot, w13, w2, act, H: tl.constexpr, I: tl.constexpr, K: tl.constexpr,
+           BLOCK: tl.constexpr):
+    """One routed expert of one row: only that expert's weights are read. The down projection is added to A[x]
+    with atomics, since the row's other experts add to it at the same time."""
+    e = tl.load(A + route + row * 2 * K + slot).to(tl.int64)
+    weight = tl.load(A + route + row * 2 * K + K + slot)
+    gate_up = W + w13 + e * (2 * I * H)
+    a = A + act + (row * K + slot) * I
+    for i0 in range(0, I, BLOCK):
+        ri = i0 + tl.arange(0, BLOCK)
+        mi = ri < I
+        g = tl.zeros((BLOCK,), dtype=tl.float32)
+        u = tl.zeros((BLOCK,), dtype=tl.float32)
+        for k0 in range(0, H, BLOCK):
+            ks = k0 + tl.arange(0, BLOCK)
+            mk = ks < H
+            hv = tl.load(A + h + row * H + ks, mask=mk, other=0.0)
+            m2 = mi[:, None] & mk[None, :]
+            g += tl.sum(tl.load(gate_up + ri[:, None] * H + ks[None, :], mask=m2, other=0.0).to(tl.float32)
+                        * hv[None, :], axis=1)
+            u += tl.sum(tl.load(gate_up + (I + ri[:, None]) * H + ks[None, :], mask=m2, other=0.0).to(tl.float32)
+                        * hv[None, :], axis=1)
+        tl.store(a + ri, g / (1.0 + tl.exp(-g)) * u, mask=mi)
+    tl.debug_barrier()
+    down = W + w2 + e * (H * I)
+    for k0 in range(0, H, BLOCK):
+        ks = k0 + tl.arange(0, BLOCK)
+        mk = ks < H
+        y = tl.zeros((BLOCK,), dtype=tl.float32)
+        for i0 in range(0, I, BLOCK):
+            ri = i0 + tl.arange(0, BLOCK)
+            av = tl.load(a + ri, mask=ri < I, other=0.0)
+            wv = tl.load(down + ks[:, None] * I + ri[None, :], mask=mk[:, None] & (ri < I)[None, :], other=0.0)
+            y += tl.sum(wv.to(tl.float32) * av[None, :], axis=1)
+        tl.atomic_add(A + x + row * H + ks, weight * y, mask=mk)

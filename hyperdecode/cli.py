@@ -5,6 +5,8 @@ import argparse
 import sys
 from typing import Any, NoReturn
 
+from .engine.llm import BACKENDS
+
 __all__ = ["main"]
 
 
@@ -21,12 +23,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                                                       "(default: smollm2, the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    add_backend_arg(p)
     p.add_argument("--seed", type=int, default=None, help="sampling seed (same seed, same text)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+
+def add_backend_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="reference", choices=list(BACKENDS),
+                   help="reference (PyTorch), graph (CUDA graphs), mega (the megakernel; without a GPU it runs in "
+                        "Triton's interpreter, for checking only), auto (the fastest here)")
 
 
 def sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -61,7 +70,7 @@ def build_parser() -> Parser:
     v.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
     v.add_argument("--max-model-len", type=int, default=4096, help="context per sequence (cache rows)")
     v.add_argument("--request-timeout", type=float, default=600.0, help="default per-request deadline, seconds")
-    v.add_argument("--backend", default="reference", choices=["reference"])
+    add_backend_arg(v)
     v.add_argument("--device", default="auto")
     v.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     b = sub.add_parser("bench", help="benchmarks against a running server")
@@ -105,13 +114,13 @@ def stream_to_stdout(llm: Any, prompt: Any, params: dict[str, Any]) -> Any:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from .engine.llm import LLM
-    llm = LLM(args.model, device=args.device, dtype=args.dtype)
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
     print_stats(stream_to_stdout(llm, args.prompt, sampling(args)))
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
     from .engine.llm import LLM
-    llm = LLM(args.model, device=args.device, dtype=args.dtype)
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
     interactive = sys.stdin.isatty()
@@ -176,7 +185,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     config = ServerConfig(model=args.model, served_model_name=args.served_model_name, device=args.device,
-                          dtype=args.dtype, api_key=args.api_key, max_batch=args.max_batch,
+                          dtype=args.dtype, backend=args.backend, api_key=args.api_key, max_batch=args.max_batch,
                           max_queue=args.max_queue, max_model_len=args.max_model_len,
                           request_timeout=args.request_timeout)
     print(f"hyperdecode: serving {config.name} on http://{args.host}:{args.port} (/health is 503 while loading)",

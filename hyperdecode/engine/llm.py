@@ -7,6 +7,7 @@ import torch
 
 from ..errors import ConfigError
 from ..model.loader import load_model
+from .graph import GraphRunner
 from .mega.runner import MegaRunner
 from .runner import ReferenceRunner
 from .scheduler import run
@@ -15,7 +16,7 @@ from .sequence import Generation, Sequence
 
 __all__ = ["LLM"]
 
-BACKENDS = ("reference", "mega", "auto")
+BACKENDS = ("reference", "graph", "mega", "auto")
 Prompt = str | list[int]
 
 
@@ -36,12 +37,11 @@ class LLM:
         self.name, self.config, self.model, self._tokenizer = loaded.name, loaded.cfg, loaded.model, loaded.tokenizer
         self.fp8_weights = loaded.fp8_weights  # raw (float8 weight, scale_inv) of an FP8 checkpoint, by HF name
         self.device = self.model.embed_tokens.weight.device
-        if backend == "auto":  # the megakernel only pays on a GPU; on the CPU it runs in Triton's interpreter
-            backend = "mega" if self.device.type == "cuda" and MegaRunner.supports(self.model) else "reference"
-        if backend == "mega":
-            self.runner = MegaRunner(self.model)
-        else:
-            self.runner = ReferenceRunner(self.model)
+        if backend == "auto":  # the megakernel and CUDA graphs only pay on a GPU; on the CPU the reference is fastest
+            backend = "reference" if self.device.type != "cuda" else "mega" if MegaRunner.supports(self.model) \
+                else "graph"
+        runners = {"reference": ReferenceRunner, "graph": GraphRunner, "mega": MegaRunner}
+        self.runner = runners[backend](self.model)
         self.backend = backend
 
     @property

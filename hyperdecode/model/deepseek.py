@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .deepseek_config import DeepseekConfig
 from .llama import CacheView, RMSNorm, cache_view
+from .static import is_static
 
 __all__ = ["DeepseekTransformer"]
 
@@ -171,6 +172,11 @@ class MoE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, x.shape[-1])
         weights, ids = self.gate(flat)
+        if is_static():  # gather each row's chosen experts: no host sync, fixed shapes
+            gate = torch.einsum("nkih,nh->nki", self.w1[ids], flat)
+            up = torch.einsum("nkih,nh->nki", self.w3[ids], flat)
+            y = torch.einsum("nkhi,nki->nkh", self.w2[ids], F.silu(gate) * up)
+            return (y * weights[..., None].to(y.dtype)).sum(1).view_as(x) + self.shared_experts(x)
         out = torch.zeros_like(flat)
         for e in ids.unique().tolist():  # only the chosen experts' weights are read
             tok, slot = (ids == e).nonzero(as_tuple=True)

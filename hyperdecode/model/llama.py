@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig, rope_inv_freq
+from .static import is_static
 
 __all__ = ["Transformer", "KVCache", "CacheView", "cache_view", "hf_shapes", "from_hf"]
 
@@ -155,7 +156,7 @@ class Transformer(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
         cache, key_pos = cache_view(self, tokens, pos, use_cache, slots)
-        if cache is not None and B == 1 and S == 1:
+        if cache is not None and B == 1 and S == 1 and not is_static():
             key_pos = None  # one query at the newest position attends to the whole prefix
         mask = None if key_pos is None else (key_pos[:, None, :] <= pos[:, :, None])[:, None]
         for layer in self.layers:
@@ -177,6 +178,8 @@ def cache_view(model: nn.Module, tokens: Tensor, pos: Tensor, use_cache: bool,
     """The cache view of a forward and the positions of its keys ([B, T]): cache rows, or the input itself."""
     if not use_cache:
         return None, pos
+    if is_static():  # the caller checked the bounds; every cache position is read, masked by position
+        return CacheView(model.max_seq, slots), torch.arange(model.max_seq, device=pos.device).expand(pos.shape[0], -1)
     rows = tokens.shape[0] if slots is None else int(slots.max()) + 1
     if rows > model.max_batch or int(pos.max()) >= model.max_seq:
         raise ValueError(f"the cache holds {model.max_batch}x{model.max_seq}; call setup_caches first")

@@ -33,6 +33,7 @@ class ServerConfig:
     served_model_name: str | None = None
     device: str = "auto"
     dtype: str = "float32"
+    backend: str = "reference"
     api_key: str | None = None
     max_batch: int = 8
     max_queue: int = 64
@@ -58,7 +59,7 @@ class State:
     def _load(self) -> None:
         try:
             c = self.config
-            self._start(LLM(c.model, device=c.device, dtype=c.dtype))
+            self._start(LLM(c.model, device=c.device, dtype=c.dtype, backend=c.backend))
         except Exception as e:  # reported by /health and every request
             self.error = f"{type(e).__name__}: {e}"
 

@@ -40,10 +40,11 @@ class GraphRunner(ReferenceRunner):
         self.pool = None
 
     def setup(self, max_batch: int, max_seq: int) -> None:
-        caches = (self.model.max_batch, self.model.max_seq)
         super().setup(max_batch + 1, max_seq)  # + the spare row that padded rows write to
-        if (self.model.max_batch, self.model.max_seq) != caches:
+        caches = [id(layer.self_attn.cache) for layer in self.model.layers]
+        if caches != getattr(self, "captured_with", None):
             self.steps, self.pool = {}, None  # graphs hold the old caches' addresses: capture again
+            self.captured_with = caches
         self.spare = self.model.max_batch - 1
         self.buckets = buckets(max_batch)
 

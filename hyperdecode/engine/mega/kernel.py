@@ -56,8 +56,8 @@ def _pow2(n: int, at_least: int = 1) -> int:
 def constexprs(prog: Program, block: int) -> dict[str, int]:
     """The kernel's compile-time sizes for a program (unused ones are 1)."""
     d = prog.dims
-    out = dict(B=prog.batch, MAX_SEQ=prog.max_seq, BLOCK=block, MLA=prog.family == "mla", NH=d["n_head"],
-               HID=d["hidden"], NKV=d.get("n_kv", 1), HD=d.get("head_dim", 1))
+    out = dict(B=prog.batch, B_P=_pow2(prog.batch, 16), MAX_SEQ=prog.max_seq, BLOCK=block, MLA=prog.family == "mla",
+               NH=d["n_head"], HID=d["hidden"], NKV=d.get("n_kv", 1), HD=d.get("head_dim", 1))
     if prog.family == "mla":
         L = d["kv_lora"]
         out.update(NOPE=d["nope"], R=d["rope"], L=L, VH=d["v_head"], D=d["index_dim"], HI=d["index_heads"],
@@ -93,10 +93,12 @@ def run_megakernel(prog: Program, A: torch.Tensor, C: torch.Tensor, tokens: torc
     n = len(prog.instrs)
     s = prog.scales
     block = block or 64
+    # all workers must be resident at once (they wait on each other): ask the driver for a cooperative launch
+    launch = {} if interpreted() else dict(launch_cooperative_grid=True)
     _KERNEL[(workers,)](table, n, -(-n // workers), workers, prog.W, prog.W32, A, C, tokens.to(torch.int32),
                         pos.to(torch.int32), counters, err, prog.dims["inv_freq"], prog.eps, s.get("slice_eps", 0.0),
                         s.get("rope_factor", 1.0), s.get("softmax", 1.0), s.get("routed", 1.0),
-                        TILE=_pow2(prog.dims["tile"]), MAX_SPIN=max_spin, **constexprs(prog, block))
+                        TILE=_pow2(prog.dims["tile"]), MAX_SPIN=max_spin, **constexprs(prog, block), **launch)
     if int(err.item()):
         i = int(err.item()) - 1
         ins = prog.instrs[i]

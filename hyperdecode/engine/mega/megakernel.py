@@ -17,7 +17,7 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, A, C, tok, pos, coun
                HI: tl.constexpr, HI_P: tl.constexpr, TOPK: tl.constexpr, E: tl.constexpr, E_P: tl.constexpr,
                K: tl.constexpr, K_P: tl.constexpr, I_MOE: tl.constexpr, G: tl.constexpr, G_P: tl.constexpr,
                TG: tl.constexpr, NORM_TOPK: tl.constexpr, RI: tl.constexpr, II: tl.constexpr, LB: tl.constexpr,
-               PB: tl.constexpr, HID: tl.constexpr):
+               PB: tl.constexpr, HID: tl.constexpr, B_P: tl.constexpr):
     pid = tl.program_id(0)
     KV_LAYER: tl.constexpr = B * NKV * MAX_SEQ * HD
     for t in range(0, n_rounds):
@@ -51,9 +51,9 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, A, C, tok, pos, coun
                     ops.norm_rows(W, A, a0, a3, a1, -1, a2, a3, eps, B, BLOCK)
                 elif op == 2:
                     if (a7 & 2) != 0:
-                        ops.gemv(W32, A, a0, a1, a2, a3, a4, a5, a6, (a7 & 1) != 0, B, BLOCK, TILE)
+                        ops.gemv(W32, A, a0, a1, a2, a3, a4, a5, a6, (a7 & 1) != 0, B, B_P, BLOCK, TILE)
                     else:
-                        ops.gemv(W, A, a0, a1, a2, a3, a4, a5, a6, (a7 & 1) != 0, B, BLOCK, TILE)
+                        ops.gemv(W, A, a0, a1, a2, a3, a4, a5, a6, (a7 & 1) != 0, B, B_P, BLOCK, TILE)
                 elif op == 5:
                     ops.swiglu(A, a0, a1, a2, B, BLOCK)
                 elif op == 6:

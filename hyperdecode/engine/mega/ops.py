@@ -45,20 +45,25 @@ def norm_rows(W, A, x, x_stride, w, bias, out, n, eps, B: tl.constexpr, BLOCK: t
 
 
 @triton.jit
-def gemv(Wp, A, x, k, w, out, n, c0, c1, accumulate, B: tl.constexpr, BLOCK: tl.constexpr, TILE: tl.constexpr):
+def gemv(Wp, A, x, k, w, out, n, c0, c1, accumulate, B: tl.constexpr, B_P: tl.constexpr,
+         BLOCK: tl.constexpr, TILE: tl.constexpr):
+    """Columns c0:c1 of A[x] @ W for all B rows at once: each weight tile is read once per step, whatever B is
+    (rows padded to B_P >= 16 for tl.dot; fp32 "ieee" products, so bf16 weights are widened, not x narrowed)."""
     cols = c0 + tl.arange(0, TILE)
     cm = cols < c1
-    for b in tl.static_range(B):
-        acc = tl.zeros((TILE,), dtype=tl.float32)
-        for k0 in range(0, k, BLOCK):
-            ks = k0 + tl.arange(0, BLOCK)
-            km = ks < k
-            xv = tl.load(A + x + b * k + ks, mask=km, other=0.0)
-            wv = tl.load(Wp + w + ks[:, None] * n + cols[None, :], mask=km[:, None] & cm[None, :], other=0.0)
-            acc += tl.sum(xv[:, None] * wv.to(tl.float32), axis=0)
-        if accumulate:
-            acc += tl.load(A + out + b * n + cols, mask=cm, other=0.0)
-        tl.store(A + out + b * n + cols, acc, mask=cm)
+    rows = tl.arange(0, B_P)
+    rm = rows < B
+    acc = tl.zeros((B_P, TILE), dtype=tl.float32)
+    for k0 in range(0, k, BLOCK):
+        ks = k0 + tl.arange(0, BLOCK)
+        km = ks < k
+        xv = tl.load(A + x + rows[:, None] * k + ks[None, :], mask=rm[:, None] & km[None, :], other=0.0)
+        wv = tl.load(Wp + w + ks[:, None] * n + cols[None, :], mask=km[:, None] & cm[None, :], other=0.0)
+        acc += tl.dot(xv, wv.to(tl.float32), input_precision="ieee")
+    dst = A + out + rows[:, None] * n + cols[None, :]
+    if accumulate:
+        acc += tl.load(dst, mask=rm[:, None] & cm[None, :], other=0.0)
+    tl.store(dst, acc, mask=rm[:, None] & cm[None, :])
 
 
 @triton.jit

@@ -60,6 +60,7 @@ def bytes_per_step(cfg, batch: int, context: int, weight_bytes: int) -> float:
     return weights + batch * s.cache_bytes_per_token
 
 
+@torch.inference_mode()
 def decode(runner, prompts: torch.Tensor, steps: int, warm: int, forced: torch.Tensor | None = None):
     """Prefills `prompts` [B, P] row by row, then `warm + steps` greedy decode steps (fed `forced` tokens when
     given). Returns (tokens [B, warm + steps], logits [warm + steps, B, V], seconds per timed step)."""
@@ -179,7 +180,7 @@ def main() -> None:
                 rows.append(row)
                 out.write_text(json.dumps(rows, indent=1))
                 print(format_row(row), flush=True)
-        del llm
+        llm = runners = None  # free the weights before the next model
         if device.type == "cuda":
             torch.cuda.empty_cache()
     print(f"\nwrote {out}")

@@ -1,11 +1,13 @@
 """The Python VM: runs a `Program` instruction by instruction with plain torch ops — the megakernel's oracle."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .isa import ACCUMULATE, FP32_WEIGHTS
+from .isa import ACCUMULATE, FP32_WEIGHTS, Instr
 from .program import Program
 
 __all__ = ["VM", "DependencyError", "load_cache"]
@@ -51,8 +53,9 @@ class VM:
     def load_cache(self, model: nn.Module) -> None:
         load_cache(self.prog, self.C, model)
 
-    def step(self, tokens: list[int], pos: list[int]) -> Tensor:
-        """One decode step: returns logits [batch, vocab]; the greedy next tokens are in `self.next`."""
+    def step(self, tokens: list[int], pos: list[int], before: Callable[[Instr], None] | None = None) -> Tensor:
+        """One decode step: returns logits [batch, vocab]; the greedy next tokens are in `self.next`. `before`, if
+        given, is called with each instruction before it runs (to look at the arenas in between)."""
         self.tokens[:] = torch.tensor(tokens)
         self.pos[:] = torch.tensor(pos)
         counters = [0] * self.prog.num_counters
@@ -61,6 +64,8 @@ class VM:
                 if counters[c] < target:
                     raise DependencyError(f"instruction {i} ({ins.op.name}) waits for counter {c} to reach {target}; "
                                           f"it is {counters[c]} and nothing earlier can raise it")
+            if before is not None:
+                before(ins)
             getattr(self, ins.op.name.lower())(**ins.args)
             counters[ins.signal] += 1
         d = self.prog.dims

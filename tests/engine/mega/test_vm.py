@@ -40,6 +40,32 @@ def check_decode_step(llm, compile_fn, lengths, vocab, seed, max_seq=48, **kw):
     return prog
 
 
+def check_residual_stream(llm, compile_fn, lengths, vocab, seed, max_seq=48):
+    """Through the layers: the residual stream before every RMSNorm of the VM (after the embedding, each attention
+    and each MLP) equals the reference's at the same point, caught by pre-hooks on the reference's norms."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
+    prefill(llm.model, prompts, max_seq)
+    vm = VM(compile_fn(llm.model, len(prompts), max_seq))
+    vm.load_cache(llm.model)
+    toks, pos = torch.randint(0, vocab, (len(prompts),), generator=g), torch.tensor([len(p) for p in prompts])
+    seen = []
+    x = vm.prog.buf["x"]
+    vm.step(toks.tolist(), pos.tolist(), before=lambda ins: seen.append(vm.rows(x, vm.prog.dims["hidden"]).clone())
+            if ins.op == Op.RMSNORM else None)
+    expected = []
+    norms = [n for layer in llm.model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+    hooks = [n.register_forward_pre_hook(lambda m, i: expected.append(i[0][:, 0].float()))
+             for n in norms + [llm.model.norm]]
+    with torch.inference_mode():
+        llm.model(toks[:, None], pos[:, None])
+    for h in hooks:
+        h.remove()
+    assert len(seen) == len(expected) == 2 * len(llm.model.layers) + 1
+    for got, ref in zip(seen, expected):
+        assert rel_err(got, ref) <= 1e-5
+
+
 def check_greedy(llm, compile_fn, prompt, steps=16, max_seq=64):
     """Greedy tokens: reference prefill + `steps` VM decode steps == the reference's own generation."""
     expected = llm.generate(prompt, max_tokens=steps + 1, ignore_eos=True).token_ids
@@ -53,6 +79,10 @@ def check_greedy(llm, compile_fn, prompt, steps=16, max_seq=64):
         vm.step([tokens[-1]], [len(prompt) + step])
         tokens.append(int(vm.next[0]))
     assert tokens == expected
+
+
+def test_residual_stream_equals_reference_op_by_op():
+    check_residual_stream(hd.LLM("tiny-llama", device="cpu", seed=8), compile_llama, (4, 13), 259, 2)
 
 
 @pytest.mark.parametrize("batch, tile", [(1, 64), (3, 29)])

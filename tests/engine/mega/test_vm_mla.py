@@ -5,7 +5,7 @@ import hyperdecode as hd
 from hyperdecode.engine.mega.isa import Op
 from hyperdecode.engine.mega.program import check_program
 from hyperdecode.engine.mega.program_mla import compile_deepseek
-from tests.engine.mega.test_vm import check_decode_step, check_greedy
+from tests.engine.mega.test_vm import check_decode_step, check_greedy, check_residual_stream
 
 
 @pytest.mark.parametrize("name", ["tiny-glm5", "tiny-dsv32"])
@@ -19,3 +19,8 @@ def test_decode_step_equals_reference(name, lengths):
 
 def test_greedy_16_steps_equal_reference():  # crosses index_topk = 16 while decoding
     check_greedy(hd.LLM("tiny-glm5", device="cpu", seed=9), compile_deepseek, list(range(30, 44)), max_seq=40)
+
+
+@pytest.mark.parametrize("name", ["tiny-glm5", "tiny-dsv32"])
+def test_residual_stream_equals_reference_op_by_op(name):
+    check_residual_stream(hd.LLM(name, device="cpu", seed=3), compile_deepseek, (25, 7), 512, 4)

@@ -130,6 +130,10 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=None, help="prompt tokens (default 128; smoke 20)")
     ap.add_argument("--steps", type=int, default=None, help="timed decode steps (default 48; smoke 4)")
     ap.add_argument("--warm", type=int, default=None, help="untimed first steps (default 16; smoke 1)")
+    ap.add_argument("--mega-configs", default=None,
+                    help="extra megakernel configurations timed at batch 1, TILExKBLOCKxWARPSxPER_SM (GEMV output "
+                         "rows, GEMV k-chunk, warps per program, programs per SM); default "
+                         "32x256x4x1,16x512x8x1,16x256x4x2 (smoke: 16x128x4x1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="directory for decode_gpu.json ($OUT)")
     a = ap.parse_args()
@@ -140,6 +144,8 @@ def main() -> None:
     device = torch.device("cpu" if smoke else "cuda")
     dtype = "float32" if smoke else "bfloat16"
     backends = a.backends.split(",")
+    sweep = (a.mega_configs or ("16x128x4x1" if smoke else "32x256x4x1,16x512x8x1,16x256x4x2")).split(",")
+    sweep = [c for c in sweep if c]
     bw = copy_bandwidth(device, (64 if smoke else 1024) * 2**20)
     print(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, copy bandwidth "
           f"{bw / 1e9:.0f} GB/s, prompt {P}, {warm} untimed + {steps} timed steps, {dtype}", flush=True)
@@ -151,13 +157,18 @@ def main() -> None:
         runners = {"reference": lambda: ReferenceRunner(llm.model),
                    "graph": lambda: GraphRunner(llm.model, capture=device.type == "cuda"),
                    "mega": lambda: MegaRunner(llm.model)}
+        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+        for c in sweep:
+            tile, k_block, warps, per_sm = (int(v) for v in c.split("x"))
+            runners[f"mega[{c}]"] = lambda t=tile, k=k_block, w=warps, p=per_sm: MegaRunner(
+                llm.model, tile=t, k_block=k, num_warps=w, workers=p * sms)
         for B in batches:
             g = torch.Generator().manual_seed(a.seed + B)
             prompts = torch.randint(0, llm.config.vocab_size, (B, P), generator=g).to(device)
             ref_tokens, ref_logits, ref_s = decode(ReferenceRunner(llm.model), prompts, steps, warm)
             context = P + warm + steps // 2
             step_bytes = bytes_per_step(llm.config, B, context, 2 if dtype == "bfloat16" else 4)
-            for backend in backends:
+            for backend in backends + ([f"mega[{c}]" for c in sweep] if B == 1 and "mega" in backends else []):
                 t = time.perf_counter()
                 row = dict(model=name, backend=backend, batch=B, dtype=dtype, context=context)
                 try:
@@ -188,10 +199,10 @@ def main() -> None:
 
 def format_row(r: dict) -> str:
     if "error" in r and "tok_s" not in r:
-        return f"{r['model']:14} {r['backend']:12} B={r['batch']:<2} ERROR {r['error']}"
+        return f"{r['model']:14} {r['backend']:22} B={r['batch']:<2} ERROR {r['error']}"
     check = "" if "greedy_agree" not in r else \
         f"  greedy {r['greedy_agree']:.3f} rel.err {r['max_rel_err']:.1e} {'ok' if r['ok'] else 'FAIL'}"
-    return (f"{r['model']:14} {r['backend']:12} B={r['batch']:<2} {r['tok_s']:9.1f} tok/s {r['ms_per_step']:8.2f} ms "
+    return (f"{r['model']:14} {r['backend']:22} B={r['batch']:<2} {r['tok_s']:9.1f} tok/s {r['ms_per_step']:8.2f} ms "
             f"{r['bytes_per_step'] / 1e9:6.3f} GB/step  MBU {100 * r['mbu']:5.1f}%  roofline "
             f"{r['roofline_tok_s']:8.0f} tok/s{check}")
 

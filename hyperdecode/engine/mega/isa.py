@@ -19,7 +19,7 @@ __all__ = ["Op", "Instr", "ARGS", "ACCUMULATE", "FP32_WEIGHTS"]
 class Op(IntEnum):
     EMBED = 0  # A[out] = rows tok[b] of the [vocab, n] table at W[w]
     RMSNORM = 1  # A[out] = rmsnorm(A[x]) * W[w], rows of width n
-    GEMV = 2  # A[out][:, c0:c1] (+)= A[x] @ W[w][:, c0:c1]; W stored [k, n]; flags: ACCUMULATE, FP32_WEIGHTS
+    GEMV = 2  # A[out][:, c0:c1] (+)= A[x] @ W[w][c0:c1].T; W stored [n, k]; flags: ACCUMULATE, FP32_WEIGHTS
     ROPE_APPEND = 3  # rope q and k in A[qkv] at each row's position; append k, v to layer l of the K/V cache
     ATTN = 4  # one (row, kv head): softmax(q·K/sqrt(d)) V over cache positions <= pos, for its query heads
     SWIGLU = 5  # A[out] = silu(A[x][:, :n]) * A[x][:, n:2n]

@@ -73,9 +73,10 @@ def constexprs(prog: Program, block: int) -> dict[str, int]:
 
 def run_megakernel(prog: Program, A: torch.Tensor, C: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor,
                    workers: int | None = None, max_spin: int = 1_000_000, block: int | None = None,
-                   table: torch.Tensor | None = None) -> None:
+                   k_block: int | None = None, num_warps: int = 4, table: torch.Tensor | None = None) -> None:
     """Runs one decode step of `prog` over the arenas in place (`prog.W`/`W32` must be on A's device). Under
-    TRITON_INTERPRET=1 one worker is used (and wide blocks: the interpreter pays per block, not per element).
+    TRITON_INTERPRET=1 one worker is used (and wide blocks: the interpreter pays per block, not per element);
+    on a GPU the default is one worker per SM, `block` the width of vector ops, `k_block` the k-chunk of GEMV tiles.
     Raises MegakernelTimeout if a wait ran out of spins."""
     global _KERNEL
     if A.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -84,7 +85,7 @@ def run_megakernel(prog: Program, A: torch.Tensor, C: torch.Tensor, tokens: torc
         from .megakernel import megakernel
         _KERNEL = megakernel
     if interpreted():
-        workers, block = 1, block or 256
+        workers, block, k_block = 1, block or 256, k_block or 256
     elif workers is None:
         workers = torch.cuda.get_device_properties(A.device).multi_processor_count
     table = encode(prog).to(A.device) if table is None else table
@@ -92,13 +93,14 @@ def run_megakernel(prog: Program, A: torch.Tensor, C: torch.Tensor, tokens: torc
     err = torch.zeros(1, dtype=torch.int32, device=A.device)
     n = len(prog.instrs)
     s = prog.scales
-    block = block or 64
+    block, k_block = block or 64, k_block or 256
     # all workers must be resident at once (they wait on each other): ask the driver for a cooperative launch
-    launch = {} if interpreted() else dict(launch_cooperative_grid=True)
+    launch = {} if interpreted() else dict(launch_cooperative_grid=True, num_warps=num_warps)
     _KERNEL[(workers,)](table, n, -(-n // workers), workers, prog.W, prog.W32, A, C, tokens.to(torch.int32),
                         pos.to(torch.int32), counters, err, prog.dims["inv_freq"], prog.eps, s.get("slice_eps", 0.0),
                         s.get("rope_factor", 1.0), s.get("softmax", 1.0), s.get("routed", 1.0),
-                        TILE=_pow2(prog.dims["tile"]), MAX_SPIN=max_spin, **constexprs(prog, block), **launch)
+                        TILE=_pow2(prog.dims["tile"], 16), KB=k_block, MAX_SPIN=max_spin, **constexprs(prog, block),
+                        **launch)
     if int(err.item()):
         i = int(err.item()) - 1
         ins = prog.instrs[i]

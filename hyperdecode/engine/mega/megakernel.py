@@ -17,9 +17,11 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, A, C, tok, pos, coun
                HI: tl.constexpr, HI_P: tl.constexpr, TOPK: tl.constexpr, E: tl.constexpr, E_P: tl.constexpr,
                K: tl.constexpr, K_P: tl.constexpr, I_MOE: tl.constexpr, G: tl.constexpr, G_P: tl.constexpr,
                TG: tl.constexpr, NORM_TOPK: tl.constexpr, RI: tl.constexpr, II: tl.constexpr, LB: tl.constexpr,
-               PB: tl.constexpr, HID: tl.constexpr, B_P: tl.constexpr):
+               PB: tl.constexpr, HID: tl.constexpr, B_P: tl.constexpr, KB: tl.constexpr):
     pid = tl.program_id(0)
     KV_LAYER: tl.constexpr = B * NKV * MAX_SEQ * HD
+    ready_c = tl.full((), -1, tl.int64)  # the last counter this worker saw reach ready_t
+    ready_t = tl.full((), 0, tl.int32)
     for t in range(0, n_rounds):
         i = pid + t * n_workers
         if i < n_instr:
@@ -35,7 +37,8 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, A, C, tok, pos, coun
             a5 = tl.load(row_ptr + 9)
             a6 = tl.load(row_ptr + 10)
             a7 = tl.load(row_ptr + 11)
-            if wc >= 0:
+            # a worker's next instructions usually wait for the same stage: skip the round trip once it is known done
+            if (wc >= 0) & ((wc != ready_c) | (wt > ready_t)):
                 seen = tl.atomic_add(counters + wc, 0, sem="acquire")
                 spins = 0
                 while (seen < wt) & (spins < MAX_SPIN):
@@ -43,6 +46,8 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, A, C, tok, pos, coun
                     spins += 1
                 if seen < wt:
                     tl.atomic_max(err, i + 1)
+                ready_c = wc
+                ready_t = seen
             tl.debug_barrier()
             if tl.load(err) == 0:
                 if op == 0:
@@ -51,9 +56,9 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, A, C, tok, pos, coun
                     ops.norm_rows(W, A, a0, a3, a1, -1, a2, a3, eps, B, BLOCK)
                 elif op == 2:
                     if (a7 & 2) != 0:
-                        ops.gemv(W32, A, a0, a1, a2, a3, a4, a5, a6, (a7 & 1) != 0, B, B_P, BLOCK, TILE)
+                        ops.gemv(W32, A, a0, a1, a2, a3, a4, a5, a6, (a7 & 1) != 0, B, B_P, KB, TILE)
                     else:
-                        ops.gemv(W, A, a0, a1, a2, a3, a4, a5, a6, (a7 & 1) != 0, B, B_P, BLOCK, TILE)
+                        ops.gemv(W, A, a0, a1, a2, a3, a4, a5, a6, (a7 & 1) != 0, B, B_P, KB, TILE)
                 elif op == 5:
                     ops.swiglu(A, a0, a1, a2, B, BLOCK)
                 elif op == 6:

@@ -47,8 +47,9 @@ def norm_rows(W, A, x, x_stride, w, bias, out, n, eps, B: tl.constexpr, BLOCK: t
 @triton.jit
 def gemv(Wp, A, x, k, w, out, n, c0, c1, accumulate, B: tl.constexpr, B_P: tl.constexpr,
          BLOCK: tl.constexpr, TILE: tl.constexpr):
-    """Columns c0:c1 of A[x] @ W for all B rows at once: each weight tile is read once per step, whatever B is
-    (rows padded to B_P >= 16 for tl.dot; fp32 "ieee" products, so bf16 weights are widened, not x narrowed)."""
+    """Output rows c0:c1 of A[x] @ W.T (W stored [n, k]) for all B batch rows at once: each weight tile is read
+    contiguously along k, once per step whatever B is (batch rows padded to B_P >= 16 for tl.dot; fp32 "ieee"
+    products, so bf16 weights are widened, not the activations narrowed)."""
     cols = c0 + tl.arange(0, TILE)
     cm = cols < c1
     rows = tl.arange(0, B_P)
@@ -58,8 +59,8 @@ def gemv(Wp, A, x, k, w, out, n, c0, c1, accumulate, B: tl.constexpr, B_P: tl.co
         ks = k0 + tl.arange(0, BLOCK)
         km = ks < k
         xv = tl.load(A + x + rows[:, None] * k + ks[None, :], mask=rm[:, None] & km[None, :], other=0.0)
-        wv = tl.load(Wp + w + ks[:, None] * n + cols[None, :], mask=km[:, None] & cm[None, :], other=0.0)
-        acc += tl.dot(xv, wv.to(tl.float32), input_precision="ieee")
+        wv = tl.load(Wp + w + cols[:, None] * k + ks[None, :], mask=cm[:, None] & km[None, :], other=0.0)
+        acc += tl.dot(xv, tl.trans(wv.to(tl.float32)), input_precision="ieee")
     dst = A + out + rows[:, None] * n + cols[None, :]
     if accumulate:
         acc += tl.load(dst, mask=rm[:, None] & cm[None, :], other=0.0)

@@ -2,7 +2,8 @@
 
 Stages run in a chain (each waits for every instruction of the previous stage); inside a stage, instructions are
 independent tiles that any worker may take. Weights are copied once into the `W` arena in the layouts the
-reference already uses ([in, out] for projections, fused q/k/v and gate/up), in the model's dtype.
+reference uses (fused q/k/v and gate/up), in the model's dtype; projections are stored [out, in], so a GEMV
+tile is a few output rows read contiguously along k.
 """
 from __future__ import annotations
 
@@ -109,13 +110,13 @@ def compile_llama(model: Transformer, batch: int, max_seq: int, tile: int = 64) 
     b.put("embed", model.embed_tokens.weight)
     for i, layer in enumerate(model.layers):
         b.put(f"{i}.in_norm", layer.input_layernorm.weight)
-        b.put(f"{i}.wqkv", layer.self_attn.wqkv)
-        b.put(f"{i}.wo", layer.self_attn.wo)
+        b.put(f"{i}.wqkv", layer.self_attn.wqkv.T)
+        b.put(f"{i}.wo", layer.self_attn.wo.T)
         b.put(f"{i}.post_norm", layer.post_attention_layernorm.weight)
-        b.put(f"{i}.w13", layer.mlp.w13)
-        b.put(f"{i}.w2", layer.mlp.w2)
+        b.put(f"{i}.w13", layer.mlp.w13.T)
+        b.put(f"{i}.w2", layer.mlp.w2.T)
     b.put("norm", model.norm.weight)
-    b.put("lm_head", model.lm_head)
+    b.put("lm_head", model.lm_head.T)
     b.put("inv_freq", model.inv_freq, fp32=True)
 
     q_width = (nh + 2 * nkv) * hd

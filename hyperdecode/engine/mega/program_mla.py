@@ -21,31 +21,31 @@ def _weights(b: Builder, model: DeepseekTransformer) -> None:
         b.put(f"{i}.in_norm", layer.input_layernorm.weight)
         b.put(f"{i}.post_norm", layer.post_attention_layernorm.weight)
         if c.q_lora_rank:
-            b.put(f"{i}.q_a", a.q_a_proj.weight.T)
+            b.put(f"{i}.q_a", a.q_a_proj.weight)
             b.put(f"{i}.q_a_norm", a.q_a_layernorm.weight)
-            b.put(f"{i}.q_b", a.q_b_proj.weight.T)
+            b.put(f"{i}.q_b", a.q_b_proj.weight)
         else:
-            b.put(f"{i}.q_b", a.q_proj.weight.T)
-        b.put(f"{i}.kv_a", a.kv_a_proj_with_mqa.weight.T)
+            b.put(f"{i}.q_b", a.q_proj.weight)
+        b.put(f"{i}.kv_a", a.kv_a_proj_with_mqa.weight)
         b.put(f"{i}.kv_a_norm", a.kv_a_layernorm.weight)
         b.put(f"{i}.kv_b", a.kv_b_proj.weight)  # [h*(nope+v), L]: each head's W_UK rows, then its W_UV rows
-        b.put(f"{i}.o", a.o_proj.weight.T)
+        b.put(f"{i}.o", a.o_proj.weight)
         if a.indexer is not None:
-            b.put(f"{i}.wq_b", a.indexer.wq_b.weight.T)
-            b.put(f"{i}.wk", a.indexer.wk.weight.T)
+            b.put(f"{i}.wq_b", a.indexer.wq_b.weight)
+            b.put(f"{i}.wk", a.indexer.wk.weight)
             b.put(f"{i}.k_norm_w", a.indexer.k_norm.weight)
             b.put(f"{i}.k_norm_b", a.indexer.k_norm.bias)
-            b.put(f"{i}.weights_proj", a.indexer.weights_proj.weight.T, fp32=True)
+            b.put(f"{i}.weights_proj", a.indexer.weights_proj.weight, fp32=True)
         if hasattr(m, "gate"):
-            b.put(f"{i}.router", m.gate.weight.T, fp32=True)
+            b.put(f"{i}.router", m.gate.weight, fp32=True)
             b.put(f"{i}.router_bias", m.gate.e_score_correction_bias, fp32=True)
             b.put(f"{i}.w13_experts", torch.cat([m.w1, m.w3], dim=1))  # [E, 2I, H]
             b.put(f"{i}.w2_experts", m.w2)  # [E, H, I]
             m = m.shared_experts
-        b.put(f"{i}.w13", torch.cat([m.gate_proj.weight, m.up_proj.weight]).T)
-        b.put(f"{i}.w2", m.down_proj.weight.T)
+        b.put(f"{i}.w13", torch.cat([m.gate_proj.weight, m.up_proj.weight]))
+        b.put(f"{i}.w2", m.down_proj.weight)
     b.put("norm", model.norm.weight)
-    b.put("lm_head", (model.embed_tokens if model.lm_head is None else model.lm_head).weight.T)
+    b.put("lm_head", (model.embed_tokens if model.lm_head is None else model.lm_head).weight)
     b.put("inv_freq", model.inv_freq, fp32=True)
 
 

@@ -40,11 +40,11 @@ def unsupported(model: nn.Module) -> str | None:
 
 
 def compile_model(model: nn.Module, batch: int, max_seq: int, tile: int | None = None) -> Program:
-    """The decode-step program of either family (wide tiles under the interpreter, 64 columns on a GPU)."""
+    """The decode-step program of either family (wide tiles under the interpreter, 16 output rows on a GPU)."""
     why = unsupported(model)
     if why:
         raise ConfigError(f"backend 'mega' cannot compile this model: {why}; use backend='reference' or 'graph'")
-    tile = tile or (256 if interpreted() else 64)
+    tile = tile or (256 if interpreted() else 16)
     compile_fn = compile_llama if isinstance(model, Transformer) else compile_deepseek
     return compile_fn(model, batch, max_seq, tile=tile)
 
@@ -54,7 +54,11 @@ class MegaRunner(ReferenceRunner):
     def supports(model: nn.Module) -> bool:
         return unsupported(model) is None
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, tile: int | None = None, k_block: int | None = None,
+                 workers: int | None = None, num_warps: int = 4):
+        """tile: output rows per GEMV instruction; k_block: its k-chunk; workers: persistent programs (default one
+        per SM); num_warps: per program. The GPU benchmark sweeps them."""
+        self.tile, self.launch = tile, dict(k_block=k_block, workers=workers, num_warps=num_warps)
         why = unsupported(model)
         if why:
             raise ConfigError(f"backend 'mega' cannot run this model: {why}; use backend='reference' or 'graph'")
@@ -69,7 +73,7 @@ class MegaRunner(ReferenceRunner):
         super().setup(max_batch, max_seq)
         if self.prog is None or self.prog.batch < max_batch or self.prog.max_seq <= max_seq:
             # one spare position per row: rows that are not decoding write there, never over a live sequence
-            self.prog = compile_model(self.model, max_batch, max_seq + 1)
+            self.prog = compile_model(self.model, max_batch, max_seq + 1, tile=self.tile)
             self.prog.W, self.prog.W32 = self.prog.W.to(self.device), self.prog.W32.to(self.device)
             self.table = encode(self.prog).to(self.device)
             self.A = torch.zeros(self.prog.a_size, device=self.device)
@@ -86,6 +90,6 @@ class MegaRunner(ReferenceRunner):
         all_tokens = torch.zeros(B, dtype=torch.long, device=tokens.device)
         all_pos = torch.full((B,), self.prog.max_seq - 1, dtype=torch.long, device=tokens.device)
         all_tokens[rows], all_pos[rows] = tokens[:, 0], pos[:, 0]
-        run_megakernel(self.prog, self.A, self.C, all_tokens, all_pos, table=self.table)
+        run_megakernel(self.prog, self.A, self.C, all_tokens, all_pos, table=self.table, **self.launch)
         V = self.prog.dims["vocab"]
         return self.A[self.prog.buf["logits"]:self.prog.buf["logits"] + B * V].view(B, V)[rows].clone()

@@ -82,7 +82,7 @@ class VM:
 
     def gemv(self, x: int, k: int, w: int, out: int, n: int, c0: int, c1: int, flags: int) -> None:
         weights = self.W32 if flags & FP32_WEIGHTS else self.W
-        y = self.rows(x, k) @ weights[w:w + k * n].view(k, n)[:, c0:c1]
+        y = self.rows(x, k) @ weights[w:w + k * n].view(n, k)[c0:c1].T
         dst = self.rows(out, n)[:, c0:c1]
         dst.add_(y) if flags & ACCUMULATE else dst.copy_(y)
 

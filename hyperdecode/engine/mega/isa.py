@@ -30,7 +30,8 @@ class Op(IntEnum):
     INDEX_TOPK = 10  # one row: rope the indexer queries, score its cache prefix, A[sel] = top-k mask (lower wins ties)
     MLA_ATTN = 11  # one (row, head): absorbed MLA over the latent cache, masked by A[sel] unless sel < 0, times W_UV
     ROUTE = 12  # one row's MoE routing: sigmoid + W32[bias], group-limited top-k; A[route] = ids, scaled weights
-    EXPERT = 13  # one (row, slot): expert id read at run time; A[x] += weight * down(silu(gate(h)) * up(h))
+    EXPERT_UP = 13  # (row, slot, rows c0:c1 of the expert read at run time): A[act] = silu(gate(h)) * up(h)
+    EXPERT_DOWN = 14  # (row, slot, rows c0:c1 of hidden): A[x] += weight * down(A[act]), atomically
 
 
 ARGS: dict[Op, tuple[str, ...]] = {
@@ -47,7 +48,8 @@ ARGS: dict[Op, tuple[str, ...]] = {
     Op.INDEX_TOPK: ("iq", "iw", "sel", "row", "c_ik"),
     Op.MLA_ATTN: ("q", "att", "sel", "row", "head", "c_lat", "c_pe", "w"),
     Op.ROUTE: ("rlog", "route", "row", "bias"),
-    Op.EXPERT: ("h", "route", "x", "row", "slot", "w13", "w2", "act"),  # w13: [experts, 2 * inter, hidden]
+    Op.EXPERT_UP: ("h", "route", "act", "row", "slot", "w13", "c0", "c1"),  # w13: [experts, 2 * inter, hidden]
+    Op.EXPERT_DOWN: ("route", "act", "x", "row", "slot", "w2", "c0", "c1"),  # w2: [experts, hidden, inter]
 }
 ACCUMULATE, FP32_WEIGHTS = 1, 2  # GEMV flags
 

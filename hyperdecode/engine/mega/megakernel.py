@@ -81,7 +81,9 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, A, C, tok, pos, coun
                         ops_mla.route(W32, A, a0, a1, a2, a3, routed_scale, E, E_P, K, K_P, G, G_P, TG,
                                       NORM_TOPK)
                     elif op == 13:
-                        ops_mla.expert(W, A, a0, a1, a2, a3, a4, a5, a6, a7, HID, I_MOE, K, BLOCK)
+                        ops_mla.expert_up(W, A, a0, a1, a2, a3, a4, a5, a6, a7, HID, I_MOE, K, KB, TILE)
+                    elif op == 14:
+                        ops_mla.expert_down(W, A, a0, a1, a2, a3, a4, a5, a6, a7, HID, I_MOE, K, KB, TILE)
                 else:
                     if op == 3:
                         ops.rope_append(W32, A, C, pos, inv_freq, a0, a1, 2 * a2 * KV_LAYER,

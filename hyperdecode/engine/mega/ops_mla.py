@@ -210,38 +210,40 @@ def route(W32, A, rlog, out, row, bias, scale, E: tl.constexpr, E_P: tl.constexp
 
 
 @triton.jit
-def expert(W, A, h, route, x, row, slot, w13, w2, act, H: tl.constexpr, I: tl.constexpr, K: tl.constexpr,
-           BLOCK: tl.constexpr):
-    """One routed expert of one row: only that expert's weights are read. The down projection is added to A[x]
-    with atomics, since the row's other experts add to it at the same time."""
+def expert_up(W, A, h, route, act, row, slot, w13, c0, c1, H: tl.constexpr, I: tl.constexpr, K: tl.constexpr,
+              KB: tl.constexpr, TILE: tl.constexpr):
+    """Rows c0:c1 of one routed expert's gate and up projections (the expert id is read here, so only the chosen
+    experts' weights are ever read) -> A[act][row, slot, c0:c1] = silu(gate) * up."""
+    e = tl.load(A + route + row * 2 * K + slot).to(tl.int64)
+    gate_up = W + w13 + e * (2 * I * H)
+    rows = c0 + tl.arange(0, TILE)
+    rm = rows < c1
+    g = tl.zeros((TILE,), dtype=tl.float32)
+    u = tl.zeros((TILE,), dtype=tl.float32)
+    for k0 in range(0, H, KB):
+        ks = k0 + tl.arange(0, KB)
+        m = rm[:, None] & (ks < H)[None, :]
+        x = tl.load(A + h + row * H + ks, mask=ks < H, other=0.0)[None, :]
+        g += tl.sum(tl.load(gate_up + rows[:, None] * H + ks[None, :], mask=m, other=0.0).to(tl.float32) * x, axis=1)
+        u += tl.sum(tl.load(gate_up + (I + rows[:, None]) * H + ks[None, :], mask=m, other=0.0).to(tl.float32) * x,
+                    axis=1)
+    tl.store(A + act + (row * K + slot) * I + rows, g / (1.0 + tl.exp(-g)) * u, mask=rm)
+
+
+@triton.jit
+def expert_down(W, A, route, act, x, row, slot, w2, c0, c1, H: tl.constexpr, I: tl.constexpr, K: tl.constexpr,
+                KB: tl.constexpr, TILE: tl.constexpr):
+    """Rows c0:c1 of one routed expert's down projection, scaled by its routing weight and added to A[x] with
+    atomics (the row's other experts add to the same values at the same time)."""
     e = tl.load(A + route + row * 2 * K + slot).to(tl.int64)
     weight = tl.load(A + route + row * 2 * K + K + slot)
-    gate_up = W + w13 + e * (2 * I * H)
-    a = A + act + (row * K + slot) * I
-    for i0 in range(0, I, BLOCK):
-        ri = i0 + tl.arange(0, BLOCK)
-        mi = ri < I
-        g = tl.zeros((BLOCK,), dtype=tl.float32)
-        u = tl.zeros((BLOCK,), dtype=tl.float32)
-        for k0 in range(0, H, BLOCK):
-            ks = k0 + tl.arange(0, BLOCK)
-            mk = ks < H
-            hv = tl.load(A + h + row * H + ks, mask=mk, other=0.0)
-            m2 = mi[:, None] & mk[None, :]
-            g += tl.sum(tl.load(gate_up + ri[:, None] * H + ks[None, :], mask=m2, other=0.0).to(tl.float32)
-                        * hv[None, :], axis=1)
-            u += tl.sum(tl.load(gate_up + (I + ri[:, None]) * H + ks[None, :], mask=m2, other=0.0).to(tl.float32)
-                        * hv[None, :], axis=1)
-        tl.store(a + ri, g / (1.0 + tl.exp(-g)) * u, mask=mi)
-    tl.debug_barrier()
     down = W + w2 + e * (H * I)
-    for k0 in range(0, H, BLOCK):
-        ks = k0 + tl.arange(0, BLOCK)
-        mk = ks < H
-        y = tl.zeros((BLOCK,), dtype=tl.float32)
-        for i0 in range(0, I, BLOCK):
-            ri = i0 + tl.arange(0, BLOCK)
-            av = tl.load(a + ri, mask=ri < I, other=0.0)
-            wv = tl.load(down + ks[:, None] * I + ri[None, :], mask=mk[:, None] & (ri < I)[None, :], other=0.0)
-            y += tl.sum(wv.to(tl.float32) * av[None, :], axis=1)
-        tl.atomic_add(A + x + row * H + ks, weight * y, mask=mk)
+    rows = c0 + tl.arange(0, TILE)
+    rm = rows < c1
+    acc = tl.zeros((TILE,), dtype=tl.float32)
+    for k0 in range(0, I, KB):
+        ks = k0 + tl.arange(0, KB)
+        a = tl.load(A + act + (row * K + slot) * I + ks, mask=ks < I, other=0.0)
+        w = tl.load(down + rows[:, None] * I + ks[None, :], mask=rm[:, None] & (ks < I)[None, :], other=0.0)
+        acc += tl.sum(w.to(tl.float32) * a[None, :], axis=1)
+    tl.atomic_add(A + x + row * H + rows, weight * acc, mask=rm)

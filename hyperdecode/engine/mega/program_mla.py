@@ -103,9 +103,13 @@ def compile_deepseek(model: DeepseekTransformer, batch: int, max_seq: int, tile:
         if moe:
             b.gemv("h", H, f"{i}.router", "rlog", E, fp32=True)
             rows(Op.ROUTE, rlog=buf["rlog"], route=buf["route"], bias=woff[f"{i}.router_bias"])
-            b.stage([(Op.EXPERT, dict(h=buf["h"], route=buf["route"], x=buf["x"], row=row, slot=j,
-                                      w13=woff[f"{i}.w13_experts"], w2=woff[f"{i}.w2_experts"], act=buf["eact"]))
-                     for row in range(batch) for j in range(k_top)])
+            routed = [(row, j) for row in range(batch) for j in range(k_top)]  # every chosen expert, in tiles
+            b.stage([(Op.EXPERT_UP, dict(h=buf["h"], route=buf["route"], act=buf["eact"], row=row, slot=j,
+                                         w13=woff[f"{i}.w13_experts"], c0=c0, c1=min(c0 + tile, I_moe)))
+                     for row, j in routed for c0 in range(0, I_moe, tile)])
+            b.stage([(Op.EXPERT_DOWN, dict(route=buf["route"], act=buf["eact"], x=buf["x"], row=row, slot=j,
+                                           w2=woff[f"{i}.w2_experts"], c0=c0, c1=min(c0 + tile, H)))
+                     for row, j in routed for c0 in range(0, H, tile)])
         inter = I_moe * c.n_shared_experts if moe else c.intermediate_size
         b.gemv("h", H, f"{i}.w13", "mlp", 2 * inter)
         b.stage([(Op.SWIGLU, dict(x=buf["mlp"], out=buf["act"], n=inter))])

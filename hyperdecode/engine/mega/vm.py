@@ -202,12 +202,22 @@ class VM:
         out = self.rows(route, 2 * k)[row]
         out[:k], out[k:] = ids.float(), weights * self.prog.scales["routed"]
 
-    def expert(self, h: int, route: int, x: int, row: int, slot: int, w13: int, w2: int, act: int) -> None:
-        d = self.prog.dims
-        H, I, k = d["hidden"], d["moe_inter"], d["top_k"]
+    def _expert(self, route: int, row: int, slot: int) -> tuple[int, Tensor]:
+        k = self.prog.dims["top_k"]
         chosen = self.rows(route, 2 * k)[row]
-        e, weight = int(chosen[slot]), chosen[k + slot]
-        gate_up = self.W[w13 + e * 2 * I * H:w13 + (e + 1) * 2 * I * H].view(2 * I, H) @ self.rows(h, H)[row]
-        a = self.rows(act, k * I)[row].view(k, I)[slot]  # only this expert's weights are read
-        a.copy_(F.silu(gate_up[:I]) * gate_up[I:])
-        self.rows(x, H)[row] += weight * (self.W[w2 + e * H * I:w2 + (e + 1) * H * I].view(H, I) @ a)
+        return int(chosen[slot]), chosen[k + slot]
+
+    def expert_up(self, h: int, route: int, act: int, row: int, slot: int, w13: int, c0: int, c1: int) -> None:
+        d = self.prog.dims
+        H, I = d["hidden"], d["moe_inter"]
+        e, _ = self._expert(route, row, slot)
+        gate_up = self.W[w13 + e * 2 * I * H:w13 + (e + 1) * 2 * I * H].view(2, I, H)[:, c0:c1]  # only this expert
+        x = self.rows(h, H)[row]
+        self.rows(act, d["top_k"] * I)[row].view(-1, I)[slot, c0:c1] = F.silu(gate_up[0] @ x) * (gate_up[1] @ x)
+
+    def expert_down(self, route: int, act: int, x: int, row: int, slot: int, w2: int, c0: int, c1: int) -> None:
+        d = self.prog.dims
+        H, I = d["hidden"], d["moe_inter"]
+        e, weight = self._expert(route, row, slot)
+        down = self.W[w2 + e * H * I:w2 + (e + 1) * H * I].view(H, I)[c0:c1]
+        self.rows(x, H)[row, c0:c1] += weight * (down @ self.rows(act, d["top_k"] * I)[row].view(-1, I)[slot])

@@ -26,7 +26,7 @@ def test_megakernel_equals_vm(name, batch):
     g = torch.Generator().manual_seed(10 + batch)
     prompts = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (21, 6, 33)[:batch]]  # past top-16
     prefill(llm.model, prompts, max_seq)
-    prog = compile_model(llm.model, batch, max_seq)
+    prog = compile_model(llm.model, batch, max_seq, tile=64)  # several tiles per projection and expert
     check_program(prog, workers=132)
     vm = VM(prog)
     vm.load_cache(llm.model)

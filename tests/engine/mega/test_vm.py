@@ -101,7 +101,7 @@ def test_program_dependencies_are_checked():
     queues = check_program(prog, workers=5)
     assert sorted(i for q in queues for i in q) == list(range(len(prog.instrs)))
     assert {ins.op for ins in prog.instrs} == set(Op) - {Op.NORM_SLICE, Op.ROPE_MLA, Op.INDEX_KEY, Op.INDEX_TOPK,
-                                                         Op.MLA_ATTN, Op.ROUTE, Op.EXPERT}
+                                                         Op.MLA_ATTN, Op.ROUTE, Op.EXPERT_UP, Op.EXPERT_DOWN}
     plant_unsatisfiable_wait(prog, 3)
     with pytest.raises(ValueError, match="instruction 3 \\(SWIGLU\\) waits for counter"):
         check_program(prog, workers=2)

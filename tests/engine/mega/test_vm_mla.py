@@ -14,7 +14,7 @@ def test_decode_step_equals_reference(name, lengths):
     llm = hd.LLM(name, device="cpu", seed=len(lengths))
     prog = check_decode_step(llm, compile_deepseek, lengths, 512, sum(lengths), tile=48)
     check_program(prog, workers=7)
-    assert {Op.MLA_ATTN, Op.INDEX_TOPK, Op.ROUTE, Op.EXPERT} <= {i.op for i in prog.instrs}
+    assert {Op.MLA_ATTN, Op.INDEX_TOPK, Op.ROUTE, Op.EXPERT_UP, Op.EXPERT_DOWN} <= {i.op for i in prog.instrs}
 
 
 def test_greedy_16_steps_equal_reference():  # crosses index_topk = 16 while decoding

@@ -6,41 +6,41 @@ that are the same for every instruction of a program (head counts and widths) ar
 "Row" is a batch row; activations are [batch, width] blocks of `A`.
 
 Every instruction waits until one dependency counter reaches a target and then adds 1 to its own counter, so any
-worker may run any instruction whose wait holds; the VM runs them in list order.
+worker may run any instruction whose wait holds; the VM runs them in list order. RMSNorm, SwiGLU and RoPE are
+fused into the instructions that consume them (each GEMV tile re-normalises its input vector, each attention
+instruction ropes its own heads), which saves a dependency stage each.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-__all__ = ["Op", "Instr", "ARGS", "ACCUMULATE", "FP32_WEIGHTS"]
+__all__ = ["Op", "Instr", "ARGS", "ACCUMULATE", "FP32_WEIGHTS", "NORM_INPUT", "SWIGLU_INPUT"]
 
 
 class Op(IntEnum):
     EMBED = 0  # A[out] = rows tok[b] of the [vocab, n] table at W[w]
-    RMSNORM = 1  # A[out] = rmsnorm(A[x]) * W[w], rows of width n
-    GEMV = 2  # A[out][:, c0:c1] (+)= A[x] @ W[w][c0:c1].T; W stored [n, k]; flags: ACCUMULATE, FP32_WEIGHTS
-    ROPE_APPEND = 3  # rope q and k in A[qkv] at each row's position; append k, v to layer l of the K/V cache
-    ATTN = 4  # one (row, kv head): softmax(q·K/sqrt(d)) V over cache positions <= pos, for its query heads
-    SWIGLU = 5  # A[out] = silu(A[x][:, :n]) * A[x][:, n:2n]
-    ARGMAX = 6  # A[out][b] = argmax A[x][b, :n] (the lowest index among equals)
-    NORM_SLICE = 7  # A[out] = norm(A[x][:, :n]) with rows x_stride apart; RMSNorm, or LayerNorm when bias >= 0
-    ROPE_MLA = 8  # rope every head's q_pe in A[q] and k_pe of A[kva]; append latent A[lat] and k_pe to the cache
-    INDEX_KEY = 9  # rope the indexer key A[ik] (first `rope` dims, its family's style), append it to C[c_ik]
-    INDEX_TOPK = 10  # one row: rope the indexer queries, score its cache prefix, A[sel] = top-k mask (lower wins ties)
-    MLA_ATTN = 11  # one (row, head): absorbed MLA over the latent cache, masked by A[sel] unless sel < 0, times W_UV
-    ROUTE = 12  # one row's MoE routing: sigmoid + W32[bias], group-limited top-k; A[route] = ids, scaled weights
-    EXPERT_UP = 13  # (row, slot, rows c0:c1 of the expert read at run time): A[act] = silu(gate(h)) * up(h)
-    EXPERT_DOWN = 14  # (row, slot, rows c0:c1 of hidden): A[x] += weight * down(A[act]), atomically
+    GEMV = 1  # A[out][:, c0:c1] (+)= f(A[x]) @ W[w][c0:c1].T, W stored [n, k]; f per flags: identity, RMSNorm with
+    #           weight W[norm] (NORM_INPUT), silu(x[:, :k]) * x[:, k:] (SWIGLU_INPUT); ACCUMULATE, FP32_WEIGHTS
+    ATTN = 2  # one (row, kv head): rope its q heads and k at pos, append k, v to the cache, attend over <= pos
+    ARGMAX = 3  # A[out][b] = argmax A[x][b, :n] (the lowest index among equals)
+    NORM_SLICE = 4  # A[out] = norm(A[x][:, :n]) with rows x_stride apart; RMSNorm, or LayerNorm when bias >= 0
+    ROPE_MLA = 5  # rope every head's q_pe in A[q] and k_pe of A[kva]; append latent A[lat] and k_pe to the cache
+    INDEX_KEY = 6  # rope the indexer key A[ik] (first `rope` dims, its family's style), append it to C[c_ik]
+    INDEX_TOPK = 7  # one row: rope the indexer queries, score its cache prefix, A[sel] = top-k mask (lower wins ties)
+    MLA_ATTN = 8  # one (row, head): absorbed MLA over the latent cache, masked by A[sel] unless sel < 0, times W_UV
+    ROUTE = 9  # one row's MoE routing: sigmoid + W32[bias], group-limited top-k; A[route] = ids, scaled weights
+    EXPERT_UP = 10  # (row, slot, rows c0:c1 of the expert read at run time): h = rmsnorm(A[x]) * W[norm];
+    #                 A[act] = silu(gate(h)) * up(h)
+    EXPERT_DOWN = 11  # (row, slot, rows c0:c1 of hidden): A[x] += weight * down(A[act]), atomically
+# Every add into the residual stream A[x] (GEMV with ACCUMULATE, EXPERT_DOWN) is atomic, so such instructions may
+# share a stage.
 
 
 ARGS: dict[Op, tuple[str, ...]] = {
     Op.EMBED: ("w", "out", "n"),
-    Op.RMSNORM: ("x", "w", "out", "n"),
-    Op.GEMV: ("x", "k", "w", "out", "n", "c0", "c1", "flags"),
-    Op.ROPE_APPEND: ("qkv", "row", "layer"),
+    Op.GEMV: ("x", "k", "w", "out", "n", "c0", "c1", "flags", "norm"),
     Op.ATTN: ("qkv", "out", "row", "kv_head", "layer"),
-    Op.SWIGLU: ("x", "out", "n"),
     Op.ARGMAX: ("x", "out", "n"),
     Op.NORM_SLICE: ("x", "x_stride", "w", "bias", "out", "n"),
     Op.ROPE_MLA: ("q", "kva", "lat", "row", "c_lat", "c_pe"),
@@ -48,10 +48,10 @@ ARGS: dict[Op, tuple[str, ...]] = {
     Op.INDEX_TOPK: ("iq", "iw", "sel", "row", "c_ik"),
     Op.MLA_ATTN: ("q", "att", "sel", "row", "head", "c_lat", "c_pe", "w"),
     Op.ROUTE: ("rlog", "route", "row", "bias"),
-    Op.EXPERT_UP: ("h", "route", "act", "row", "slot", "w13", "c0", "c1"),  # w13: [experts, 2 * inter, hidden]
+    Op.EXPERT_UP: ("x", "route", "act", "row", "slot", "w13", "c0", "c1", "norm"),  # w13: [experts, 2 * inter, hidden]
     Op.EXPERT_DOWN: ("route", "act", "x", "row", "slot", "w2", "c0", "c1"),  # w2: [experts, hidden, inter]
 }
-ACCUMULATE, FP32_WEIGHTS = 1, 2  # GEMV flags
+ACCUMULATE, FP32_WEIGHTS, NORM_INPUT, SWIGLU_INPUT = 1, 2, 4, 8  # GEMV flags
 
 
 @dataclass

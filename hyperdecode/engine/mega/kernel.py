@@ -23,7 +23,7 @@ if not torch.cuda.is_available():
     # the kernel's functions, so it is chosen when this module is imported.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-WIDTH = 12  # op, signal, wait counter, wait target, 8 operands
+WIDTH = 13  # op, signal, wait counter, wait target, up to 9 operands
 
 
 class MegakernelTimeout(RuntimeError):
@@ -99,7 +99,8 @@ def run_megakernel(prog: Program, A: torch.Tensor, C: torch.Tensor, tokens: torc
     _KERNEL[(workers,)](table, n, -(-n // workers), workers, prog.W, prog.W32, A, C, tokens.to(torch.int32),
                         pos.to(torch.int32), counters, err, prog.dims["inv_freq"], prog.eps, s.get("slice_eps", 0.0),
                         s.get("rope_factor", 1.0), s.get("softmax", 1.0), s.get("routed", 1.0),
-                        TILE=_pow2(prog.dims["tile"], 16), KB=k_block, MAX_SPIN=max_spin, **constexprs(prog, block),
+                        TILE=_pow2(prog.dims["tile"], 16), KB=k_block, WIDTH=WIDTH, MAX_SPIN=max_spin,
+                        **constexprs(prog, block),
                         **launch)
     if int(err.item()):
         i = int(err.item()) - 1

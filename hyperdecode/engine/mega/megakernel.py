@@ -17,7 +17,8 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, A, C, tok, pos, coun
                HI: tl.constexpr, HI_P: tl.constexpr, TOPK: tl.constexpr, E: tl.constexpr, E_P: tl.constexpr,
                K: tl.constexpr, K_P: tl.constexpr, I_MOE: tl.constexpr, G: tl.constexpr, G_P: tl.constexpr,
                TG: tl.constexpr, NORM_TOPK: tl.constexpr, RI: tl.constexpr, II: tl.constexpr, LB: tl.constexpr,
-               PB: tl.constexpr, HID: tl.constexpr, B_P: tl.constexpr, KB: tl.constexpr):
+               PB: tl.constexpr, HID: tl.constexpr, B_P: tl.constexpr, KB: tl.constexpr,
+               WIDTH: tl.constexpr):
     pid = tl.program_id(0)
     KV_LAYER: tl.constexpr = B * NKV * MAX_SEQ * HD
     ready_c = tl.full((), -1, tl.int64)  # the last counter this worker saw reach ready_t
@@ -25,7 +26,7 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, A, C, tok, pos, coun
     for t in range(0, n_rounds):
         i = pid + t * n_workers
         if i < n_instr:
-            row_ptr = table + i * 12
+            row_ptr = table + i * WIDTH
             op = tl.load(row_ptr)
             wc = tl.load(row_ptr + 2)
             wt = tl.load(row_ptr + 3)
@@ -37,6 +38,7 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, A, C, tok, pos, coun
             a5 = tl.load(row_ptr + 9)
             a6 = tl.load(row_ptr + 10)
             a7 = tl.load(row_ptr + 11)
+            a8 = tl.load(row_ptr + 12)
             # a worker's next instructions usually wait for the same stage: skip the round trip once it is known done
             if (wc >= 0) & ((wc != ready_c) | (wt > ready_t)):
                 seen = tl.atomic_add(counters + wc, 0, sem="acquire")
@@ -49,47 +51,39 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, A, C, tok, pos, coun
                 ready_c = wc
                 ready_t = seen
             tl.debug_barrier()
-            if tl.load(err) == 0:
+            if tl.load(err) == 0:  # opcodes as in isa.Op
                 if op == 0:
                     ops.embed(W, A, tok, a0, a1, a2, B, BLOCK)
                 elif op == 1:
-                    ops.norm_rows(W, A, a0, a3, a1, -1, a2, a3, eps, B, BLOCK)
-                elif op == 2:
                     if (a7 & 2) != 0:
-                        ops.gemv(W32, A, a0, a1, a2, a3, a4, a5, a6, (a7 & 1) != 0, B, B_P, KB, TILE)
+                        ops.gemv(W32, W, A, a0, a1, a2, a3, a4, a5, a6, a7, a8, eps, B, B_P, KB, TILE)
                     else:
-                        ops.gemv(W, A, a0, a1, a2, a3, a4, a5, a6, (a7 & 1) != 0, B, B_P, KB, TILE)
-                elif op == 5:
-                    ops.swiglu(A, a0, a1, a2, B, BLOCK)
-                elif op == 6:
+                        ops.gemv(W, W, A, a0, a1, a2, a3, a4, a5, a6, a7, a8, eps, B, B_P, KB, TILE)
+                elif op == 3:
                     ops.argmax(A, a0, a1, a2, B, BLOCK)
                 if MLA:
-                    if op == 7:
+                    if op == 4:
                         ops.norm_rows(W, A, a0, a1, a2, a3, a4, a5, slice_eps, B, BLOCK)
-                    elif op == 8:
+                    elif op == 5:
                         ops_mla.rope_mla(W32, A, C, pos, inv_freq, rope_factor, a0, a1, a2, a3, a4, a5, NH, NOPE,
                                          R, L, MAX_SEQ, RI, BLOCK)
-                    elif op == 9:
+                    elif op == 6:
                         ops_mla.index_key(W32, A, C, pos, inv_freq, rope_factor, a0, a1, a2, D, R, MAX_SEQ, II)
-                    elif op == 10:
+                    elif op == 7:
                         ops_mla.index_topk(W32, A, C, pos, inv_freq, rope_factor, a0, a1, a2, a3, a4, HI, HI_P,
                                            D, R, TOPK, MAX_SEQ, II, PB, BLOCK)
-                    elif op == 11:
+                    elif op == 8:
                         ops_mla.mla_attn(W, A, C, pos, softmax_scale, a0, a1, a2, a3, a4, a5, a6, a7, NH, NOPE,
                                          R, L, VH, MAX_SEQ, LB)
-                    elif op == 12:
+                    elif op == 9:
                         ops_mla.route(W32, A, a0, a1, a2, a3, routed_scale, E, E_P, K, K_P, G, G_P, TG,
                                       NORM_TOPK)
-                    elif op == 13:
-                        ops_mla.expert_up(W, A, a0, a1, a2, a3, a4, a5, a6, a7, HID, I_MOE, K, KB, TILE)
-                    elif op == 14:
+                    elif op == 10:
+                        ops_mla.expert_up(W, A, a0, a1, a2, a3, a4, a5, a6, a7, a8, eps, HID, I_MOE, K, KB, TILE)
+                    elif op == 11:
                         ops_mla.expert_down(W, A, a0, a1, a2, a3, a4, a5, a6, a7, HID, I_MOE, K, KB, TILE)
-                else:
-                    if op == 3:
-                        ops.rope_append(W32, A, C, pos, inv_freq, a0, a1, 2 * a2 * KV_LAYER,
-                                        (2 * a2 + 1) * KV_LAYER, NH, NKV, HD, MAX_SEQ)
-                    elif op == 4:
-                        ops.attn(A, C, pos, a0, a1, a2, a3, 2 * a4 * KV_LAYER, (2 * a4 + 1) * KV_LAYER, NH, NKV,
-                                 HD, MAX_SEQ, BLOCK)
+                elif op == 2:
+                    ops.attn(W32, A, C, pos, inv_freq, a0, a1, a2, a3, 2 * a4 * KV_LAYER, (2 * a4 + 1) * KV_LAYER,
+                             NH, NKV, HD, MAX_SEQ, BLOCK)
             tl.debug_barrier()
             tl.atomic_add(counters + tl.load(row_ptr + 1), 1, sem="release")

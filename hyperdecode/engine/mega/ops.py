@@ -45,31 +45,59 @@ def norm_rows(W, A, x, x_stride, w, bias, out, n, eps, B: tl.constexpr, BLOCK: t
 
 
 @triton.jit
-def gemv(Wp, A, x, k, w, out, n, c0, c1, accumulate, B: tl.constexpr, B_P: tl.constexpr,
-         BLOCK: tl.constexpr, TILE: tl.constexpr):
-    """Output rows c0:c1 of A[x] @ W.T (W stored [n, k]) for all B batch rows at once: each weight tile is read
-    contiguously along k, once per step whatever B is (batch rows padded to B_P >= 16 for tl.dot; fp32 "ieee"
-    products, so bf16 weights are widened, not the activations narrowed)."""
+def row_rms(A, x, k, eps, B: tl.constexpr, B_P: tl.constexpr, KB: tl.constexpr):
+    """1 / rms of each of the B rows (width k) at A[x], as a [B_P] vector."""
+    rows = tl.arange(0, B_P)
+    ss = tl.zeros((B_P,), dtype=tl.float32)
+    for k0 in range(0, k, KB):
+        ks = k0 + tl.arange(0, KB)
+        v = tl.load(A + x + rows[:, None] * k + ks[None, :], mask=(rows < B)[:, None] & (ks < k)[None, :], other=0.0)
+        ss += tl.sum(v * v, axis=1)
+    return 1.0 / tl.sqrt(ss / k + eps)
+
+
+@triton.jit
+def gemv(Wp, W, A, x, k, w, out, n, c0, c1, flags, norm, eps, B: tl.constexpr, B_P: tl.constexpr,
+         KB: tl.constexpr, TILE: tl.constexpr):
+    """Output rows c0:c1 of f(A[x]) @ W.T (W stored [n, k]) for all B batch rows at once, f per `flags` (see isa):
+    each weight tile is read contiguously along k, once per step whatever B is (batch rows padded to B_P >= 16 for
+    tl.dot; fp32 "ieee" products, so bf16 weights are widened, not the activations narrowed). Accumulation into
+    A[out] is atomic, so several accumulating instructions may share a stage."""
     cols = c0 + tl.arange(0, TILE)
     cm = cols < c1
     rows = tl.arange(0, B_P)
     rm = rows < B
+    swiglu_in = (flags & 8) != 0
+    norm_in = (flags & 4) != 0
+    inv = tl.full((B_P,), 1.0, tl.float32)
+    if norm_in:
+        inv = row_rms(A, x, k, eps, B, B_P, KB)
+    width = tl.where(swiglu_in, 2 * k, k)
     acc = tl.zeros((B_P, TILE), dtype=tl.float32)
-    for k0 in range(0, k, BLOCK):
-        ks = k0 + tl.arange(0, BLOCK)
+    for k0 in range(0, k, KB):
+        ks = k0 + tl.arange(0, KB)
         km = ks < k
-        xv = tl.load(A + x + rows[:, None] * k + ks[None, :], mask=rm[:, None] & km[None, :], other=0.0)
+        xm = rm[:, None] & km[None, :]
+        xv = tl.load(A + x + rows[:, None] * width + ks[None, :], mask=xm, other=0.0)
+        if swiglu_in:
+            up = tl.load(A + x + rows[:, None] * width + k + ks[None, :], mask=xm, other=0.0)
+            xv = xv / (1.0 + tl.exp(-xv)) * up
+        if norm_in:
+            xv = xv * inv[:, None] * tl.load(W + norm + ks, mask=km, other=0.0).to(tl.float32)[None, :]
         wv = tl.load(Wp + w + cols[:, None] * k + ks[None, :], mask=cm[:, None] & km[None, :], other=0.0)
         acc += tl.dot(xv, tl.trans(wv.to(tl.float32)), input_precision="ieee")
     dst = A + out + rows[:, None] * n + cols[None, :]
-    if accumulate:
-        acc += tl.load(dst, mask=rm[:, None] & cm[None, :], other=0.0)
-    tl.store(dst, acc, mask=rm[:, None] & cm[None, :])
+    if (flags & 1) != 0:
+        tl.atomic_add(dst, acc, mask=rm[:, None] & cm[None, :])
+    else:
+        tl.store(dst, acc, mask=rm[:, None] & cm[None, :])
 
 
 @triton.jit
-def rope_append(W32, A, C, pos, inv_freq, qkv, row, cache_k, cache_v, NH: tl.constexpr, NKV: tl.constexpr,
-                HD: tl.constexpr, MAX_SEQ: tl.constexpr):
+def attn(W32, A, C, pos, inv_freq, qkv, out, row, kv_head, cache_k, cache_v, NH: tl.constexpr, NKV: tl.constexpr,
+         HD: tl.constexpr, MAX_SEQ: tl.constexpr, BLOCK: tl.constexpr):
+    """One (row, kv head): rope its query heads and its key at the row's position, append k and v to the cache,
+    then online-softmax attention of its query heads over positions <= pos."""
     d = tl.arange(0, HD)
     half = tl.arange(0, HD // 2)
     p = tl.load(pos + row)
@@ -77,30 +105,24 @@ def rope_append(W32, A, C, pos, inv_freq, qkv, row, cache_k, cache_v, NH: tl.con
     c = tl.cos(ang)
     s = tl.sin(ang)
     base = A + qkv + row * (NH + 2 * NKV) * HD
-    for h in tl.static_range(NH + NKV):
+    GROUP: tl.constexpr = NH // NKV
+    for j in tl.static_range(GROUP + 1):  # the group's query heads, then its key head
+        h = tl.where(j < GROUP, kv_head * GROUP + j, NH + kv_head)
         x1 = tl.load(base + h * HD + half)
         x2 = tl.load(base + h * HD + HD // 2 + half)
         tl.debug_barrier()
         tl.store(base + h * HD + half, x1 * c - x2 * s)
         tl.store(base + h * HD + HD // 2 + half, x2 * c + x1 * s)
     tl.debug_barrier()
-    for g in tl.static_range(NKV):
-        slot = ((row * NKV + g) * MAX_SEQ + p) * HD
-        tl.store(C + cache_k + slot + d, tl.load(base + (NH + g) * HD + d))
-        tl.store(C + cache_v + slot + d, tl.load(base + (NH + NKV + g) * HD + d))
-
-
-@triton.jit
-def attn(A, C, pos, qkv, out, row, kv_head, cache_k, cache_v, NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr,
-         MAX_SEQ: tl.constexpr, BLOCK: tl.constexpr):
-    """Online-softmax decode attention of one (row, kv head) for the query heads of its group."""
-    d = tl.arange(0, HD)
-    n = tl.load(pos + row) + 1
     kbase = C + cache_k + (row * NKV + kv_head) * MAX_SEQ * HD
     vbase = C + cache_v + (row * NKV + kv_head) * MAX_SEQ * HD
-    for j in tl.static_range(NH // NKV):
-        h = kv_head * (NH // NKV) + j
-        q = tl.load(A + qkv + row * (NH + 2 * NKV) * HD + h * HD + d) / tl.sqrt(HD * 1.0)
+    tl.store(kbase + p * HD + d, tl.load(base + (NH + kv_head) * HD + d))
+    tl.store(vbase + p * HD + d, tl.load(base + (NH + NKV + kv_head) * HD + d))
+    tl.debug_barrier()
+    n = p + 1
+    for j in tl.static_range(GROUP):
+        h = kv_head * GROUP + j
+        q = tl.load(base + h * HD + d) / tl.sqrt(HD * 1.0)
         m_i = float("-inf")
         l_i = 0.0
         acc = tl.zeros((HD,), dtype=tl.float32)
@@ -117,17 +139,6 @@ def attn(A, C, pos, qkv, out, row, kv_head, cache_k, cache_v, NH: tl.constexpr, 
             acc = acc * alpha + tl.sum(e[:, None] * v, axis=0)
             m_i = m_new
         tl.store(A + out + row * NH * HD + h * HD + d, acc / l_i)
-
-
-@triton.jit
-def swiglu(A, x, out, n, B: tl.constexpr, BLOCK: tl.constexpr):
-    for b in tl.static_range(B):
-        for k0 in range(0, n, BLOCK):
-            o = k0 + tl.arange(0, BLOCK)
-            m = o < n
-            g = tl.load(A + x + b * 2 * n + o, mask=m, other=0.0)
-            u = tl.load(A + x + b * 2 * n + n + o, mask=m, other=0.0)
-            tl.store(A + out + b * n + o, g / (1.0 + tl.exp(-g)) * u, mask=m)
 
 
 @triton.jit

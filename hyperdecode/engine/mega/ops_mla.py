@@ -210,12 +210,18 @@ def route(W32, A, rlog, out, row, bias, scale, E: tl.constexpr, E_P: tl.constexp
 
 
 @triton.jit
-def expert_up(W, A, h, route, act, row, slot, w13, c0, c1, H: tl.constexpr, I: tl.constexpr, K: tl.constexpr,
-              KB: tl.constexpr, TILE: tl.constexpr):
-    """Rows c0:c1 of one routed expert's gate and up projections (the expert id is read here, so only the chosen
-    experts' weights are ever read) -> A[act][row, slot, c0:c1] = silu(gate) * up."""
+def expert_up(W, A, x, route, act, row, slot, w13, c0, c1, norm, eps, H: tl.constexpr, I: tl.constexpr,
+              K: tl.constexpr, KB: tl.constexpr, TILE: tl.constexpr):
+    """Rows c0:c1 of one routed expert's gate and up projections of h = rmsnorm(A[x][row]) * W[norm] (the expert
+    id is read here, so only the chosen experts' weights are ever read) -> A[act][row, slot, c0:c1]."""
     e = tl.load(A + route + row * 2 * K + slot).to(tl.int64)
     gate_up = W + w13 + e * (2 * I * H)
+    ss = 0.0
+    for k0 in range(0, H, KB):
+        ks = k0 + tl.arange(0, KB)
+        v = tl.load(A + x + row * H + ks, mask=ks < H, other=0.0)
+        ss += tl.sum(v * v, axis=0)
+    inv = 1.0 / tl.sqrt(ss / H + eps)
     rows = c0 + tl.arange(0, TILE)
     rm = rows < c1
     g = tl.zeros((TILE,), dtype=tl.float32)
@@ -223,10 +229,12 @@ def expert_up(W, A, h, route, act, row, slot, w13, c0, c1, H: tl.constexpr, I: t
     for k0 in range(0, H, KB):
         ks = k0 + tl.arange(0, KB)
         m = rm[:, None] & (ks < H)[None, :]
-        x = tl.load(A + h + row * H + ks, mask=ks < H, other=0.0)[None, :]
-        g += tl.sum(tl.load(gate_up + rows[:, None] * H + ks[None, :], mask=m, other=0.0).to(tl.float32) * x, axis=1)
-        u += tl.sum(tl.load(gate_up + (I + rows[:, None]) * H + ks[None, :], mask=m, other=0.0).to(tl.float32) * x,
-                    axis=1)
+        h = tl.load(A + x + row * H + ks, mask=ks < H, other=0.0) * inv \
+            * tl.load(W + norm + ks, mask=ks < H, other=0.0).to(tl.float32)
+        g += tl.sum(tl.load(gate_up + rows[:, None] * H + ks[None, :], mask=m, other=0.0).to(tl.float32)
+                    * h[None, :], axis=1)
+        u += tl.sum(tl.load(gate_up + (I + rows[:, None]) * H + ks[None, :], mask=m, other=0.0).to(tl.float32)
+                    * h[None, :], axis=1)
     tl.store(A + act + (row * K + slot) * I + rows, g / (1.0 + tl.exp(-g)) * u, mask=rm)
 
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ...errors import ConfigError
 from ...model.llama import Transformer
-from .isa import ACCUMULATE, FP32_WEIGHTS, Instr, Op
+from .isa import ACCUMULATE, FP32_WEIGHTS, NORM_INPUT, SWIGLU_INPUT, Instr, Op
 
 __all__ = ["Program", "Builder", "compile_llama", "check_program"]
 
@@ -85,18 +85,19 @@ class Builder:
         self.instrs.extend(Instr(op, args, list(waits), counter) for op, args in items)
         self.prev = (counter, len(items))
 
-    def gemv(self, x: str, k: int, w: str, out: str, n: int, accumulate: bool = False, fp32: bool = False) -> None:
-        flags = (ACCUMULATE if accumulate else 0) | (FP32_WEIGHTS if fp32 else 0)
-        self.stage([(Op.GEMV, dict(x=self.buf[x], k=k, w=self.woff[w], out=self.buf[out], n=n, c0=c0,
-                                   c1=min(c0 + self.tile, n), flags=flags)) for c0 in range(0, n, self.tile)])
-
-    def norm(self, x: str, w: str, out: str, n: int) -> None:
-        self.stage([(Op.RMSNORM, dict(x=self.buf[x], w=self.woff[w], out=self.buf[out], n=n))])
+    def gemv(self, x: str, k: int, w: str, out: str, n: int, accumulate: bool = False, fp32: bool = False,
+             norm: str | None = None, swiglu: bool = False) -> list[tuple[Op, dict]]:
+        """The tiles of one GEMV (a stage of its own, or part of one: see `stage`). `norm`: RMSNorm the input with
+        that weight first; `swiglu`: the input is silu(x[:, :k]) * x[:, k:]."""
+        flags = (ACCUMULATE if accumulate else 0) | (FP32_WEIGHTS if fp32 else 0) | (NORM_INPUT if norm else 0) | \
+            (SWIGLU_INPUT if swiglu else 0)
+        return [(Op.GEMV, dict(x=self.buf[x], k=k, w=self.woff[w], out=self.buf[out], n=n, c0=c0,
+                               c1=min(c0 + self.tile, n), flags=flags, norm=self.woff[norm] if norm else -1))
+                for c0 in range(0, n, self.tile)]
 
     def head(self, hidden: int, vocab: int) -> None:
-        """Final norm, LM head and on-device greedy argmax."""
-        self.norm("x", "norm", "h", hidden)
-        self.gemv("h", hidden, "lm_head", "logits", vocab)
+        """Final norm fused into the LM head, then on-device greedy argmax."""
+        self.stage(self.gemv("x", hidden, "lm_head", "logits", vocab, norm="norm"))
         self.stage([(Op.ARGMAX, dict(x=self.buf["logits"], out=self.buf["next"], n=vocab))])
 
 
@@ -120,20 +121,15 @@ def compile_llama(model: Transformer, batch: int, max_seq: int, tile: int = 64) 
     b.put("inv_freq", model.inv_freq, fp32=True)
 
     q_width = (nh + 2 * nkv) * hd
-    b.buffers(batch, {"x": H, "h": H, "qkv": q_width, "att": nh * hd, "mlp": 2 * inter, "act": inter,
-                      "logits": V, "next": 1})
+    b.buffers(batch, {"x": H, "qkv": q_width, "att": nh * hd, "mlp": 2 * inter, "logits": V, "next": 1})
     b.stage([(Op.EMBED, dict(w=b.woff["embed"], out=b.buf["x"], n=H))])
     for i in range(L):
-        b.norm("x", f"{i}.in_norm", "h", H)
-        b.gemv("h", H, f"{i}.wqkv", "qkv", q_width)
-        b.stage([(Op.ROPE_APPEND, dict(qkv=b.buf["qkv"], row=r, layer=i)) for r in range(batch)])
+        b.stage(b.gemv("x", H, f"{i}.wqkv", "qkv", q_width, norm=f"{i}.in_norm"))
         b.stage([(Op.ATTN, dict(qkv=b.buf["qkv"], out=b.buf["att"], row=r, kv_head=g, layer=i))
                  for r in range(batch) for g in range(nkv)])
-        b.gemv("att", nh * hd, f"{i}.wo", "x", H, accumulate=True)
-        b.norm("x", f"{i}.post_norm", "h", H)
-        b.gemv("h", H, f"{i}.w13", "mlp", 2 * inter)
-        b.stage([(Op.SWIGLU, dict(x=b.buf["mlp"], out=b.buf["act"], n=inter))])
-        b.gemv("act", inter, f"{i}.w2", "x", H, accumulate=True)
+        b.stage(b.gemv("att", nh * hd, f"{i}.wo", "x", H, accumulate=True))
+        b.stage(b.gemv("x", H, f"{i}.w13", "mlp", 2 * inter, norm=f"{i}.post_norm"))
+        b.stage(b.gemv("mlp", inter, f"{i}.w2", "x", H, accumulate=True, swiglu=True))
     b.head(H, V)
     layer_size = batch * nkv * max_seq * hd
     cache = {f"{i}.{kv}": (2 * i + j) * layer_size for i in range(L) for j, kv in enumerate("kv")}

@@ -57,9 +57,9 @@ def compile_deepseek(model: DeepseekTransformer, batch: int, max_seq: int, tile:
     b = Builder(model.embed_tokens.weight.dtype, tile)
     _weights(b, model)
     inter_dense = max(c.intermediate_size, I_moe * c.n_shared_experts)
-    b.buffers(batch, {"x": H, "h": H, "qa": ql or 1, "qlat": ql or 1, "q": h * qk, "kva": L + r, "lat": L,
-                      "iq": Hi * D, "ik": D, "iw": Hi, "sel": max_seq, "att": h * v, "rlog": E, "route": 2 * k_top,
-                      "eact": k_top * I_moe, "mlp": 2 * inter_dense, "act": inter_dense, "logits": V, "next": 1})
+    b.buffers(batch, {"x": H, "qa": ql or 1, "qlat": ql or 1, "q": h * qk, "kva": L + r, "lat": L, "iq": Hi * D,
+                      "ik": D, "iw": Hi, "sel": max_seq, "att": h * v, "rlog": E, "route": 2 * k_top,
+                      "eact": k_top * I_moe, "mlp": 2 * inter_dense, "logits": V, "next": 1})
     cache, c_size = {}, 0
     for i, layer in enumerate(model.layers):
         for name, width in (("lat", L), ("pe", r)) + ((("ik", D),) if layer.self_attn.indexer else ()):
@@ -67,53 +67,58 @@ def compile_deepseek(model: DeepseekTransformer, batch: int, max_seq: int, tile:
             c_size += batch * max_seq * width
     buf, woff = b.buf, b.woff
 
-    def rows(op: Op, **args: int) -> None:
-        b.stage([(op, dict(args, row=row)) for row in range(batch)])
+    def rows(op: Op, **args: int) -> list[tuple[Op, dict]]:
+        return [(op, dict(args, row=row)) for row in range(batch)]
 
-    def norm_slice(x: str, stride: int, w: str, bias: str | None, out: str, n: int) -> None:
-        b.stage([(Op.NORM_SLICE, dict(x=buf[x], x_stride=stride, w=woff[w], bias=woff[bias] if bias else -1,
-                                      out=buf[out], n=n))])
+    def norm_slice(x: str, stride: int, w: str, bias: str | None, out: str, n: int) -> list[tuple[Op, dict]]:
+        return [(Op.NORM_SLICE, dict(x=buf[x], x_stride=stride, w=woff[w], bias=woff[bias] if bias else -1,
+                                     out=buf[out], n=n))]
 
+    # Independent instructions share a stage: a MoE layer is 11 stages (the indexer's projections ride along with
+    # the attention's, the shared expert with the router and the routed experts).
     b.stage([(Op.EMBED, dict(w=woff["embed"], out=buf["x"], n=H))])
     for i, layer in enumerate(model.layers):
-        b.norm("x", f"{i}.in_norm", "h", H)
+        indexer, moe, pre = layer.self_attn.indexer is not None, hasattr(layer.mlp, "gate"), f"{i}.in_norm"
+        first = b.gemv("x", H, f"{i}.kv_a", "kva", L + r, norm=pre)
+        first += b.gemv("x", H, f"{i}.q_a", "qa", ql, norm=pre) if ql else b.gemv("x", H, f"{i}.q_b", "q", h * qk,
+                                                                                    norm=pre)
+        if indexer:
+            first += b.gemv("x", H, f"{i}.wk", "ik", D, norm=pre)
+            first += b.gemv("x", H, f"{i}.weights_proj", "iw", Hi, fp32=True, norm=pre)
+        b.stage(first)
+        b.stage(norm_slice("kva", L + r, f"{i}.kv_a_norm", None, "lat", L)
+                + (norm_slice("qa", ql, f"{i}.q_a_norm", None, "qlat", ql) if ql else [])
+                + (norm_slice("ik", D, f"{i}.k_norm_w", f"{i}.k_norm_b", "ik", D) if indexer else []))
         if ql:
-            b.gemv("h", H, f"{i}.q_a", "qa", ql)
-            norm_slice("qa", ql, f"{i}.q_a_norm", None, "qlat", ql)
-            b.gemv("qlat", ql, f"{i}.q_b", "q", h * qk)
-        else:
-            b.gemv("h", H, f"{i}.q_b", "q", h * qk)
-        b.gemv("h", H, f"{i}.kv_a", "kva", L + r)
-        norm_slice("kva", L + r, f"{i}.kv_a_norm", None, "lat", L)
-        rows(Op.ROPE_MLA, q=buf["q"], kva=buf["kva"], lat=buf["lat"], c_lat=cache[f"{i}.lat"], c_pe=cache[f"{i}.pe"])
-        if layer.self_attn.indexer is not None:
-            b.gemv("qlat", ql, f"{i}.wq_b", "iq", Hi * D)
-            b.gemv("h", H, f"{i}.wk", "ik", D)
-            b.gemv("h", H, f"{i}.weights_proj", "iw", Hi, fp32=True)
-            norm_slice("ik", D, f"{i}.k_norm_w", f"{i}.k_norm_b", "ik", D)
-            rows(Op.INDEX_KEY, ik=buf["ik"], c_ik=cache[f"{i}.ik"])
-            rows(Op.INDEX_TOPK, iq=buf["iq"], iw=buf["iw"], sel=buf["sel"], c_ik=cache[f"{i}.ik"])
+            b.stage(b.gemv("qlat", ql, f"{i}.q_b", "q", h * qk)
+                    + (b.gemv("qlat", ql, f"{i}.wq_b", "iq", Hi * D) if indexer else []))
+        index_key = rows(Op.INDEX_KEY, ik=buf["ik"], c_ik=cache[f"{i}.ik"]) if indexer else []
+        b.stage(rows(Op.ROPE_MLA, q=buf["q"], kva=buf["kva"], lat=buf["lat"], c_lat=cache[f"{i}.lat"],
+                     c_pe=cache[f"{i}.pe"]) + index_key)
+        if indexer:
+            b.stage(rows(Op.INDEX_TOPK, iq=buf["iq"], iw=buf["iw"], sel=buf["sel"], c_ik=cache[f"{i}.ik"]))
         # IndexShare layers (no indexer of their own) reuse the selection the previous indexer left in A[sel]
         b.stage([(Op.MLA_ATTN, dict(q=buf["q"], att=buf["att"], sel=buf["sel"] if c.has_indexer else -1, row=row,
                                     head=hh, c_lat=cache[f"{i}.lat"], c_pe=cache[f"{i}.pe"], w=woff[f"{i}.kv_b"]))
                  for row in range(batch) for hh in range(h)])
-        b.gemv("att", h * v, f"{i}.o", "x", H, accumulate=True)
-        b.norm("x", f"{i}.post_norm", "h", H)
-        moe = hasattr(layer.mlp, "gate")
-        if moe:
-            b.gemv("h", H, f"{i}.router", "rlog", E, fp32=True)
-            rows(Op.ROUTE, rlog=buf["rlog"], route=buf["route"], bias=woff[f"{i}.router_bias"])
-            routed = [(row, j) for row in range(batch) for j in range(k_top)]  # every chosen expert, in tiles
-            b.stage([(Op.EXPERT_UP, dict(h=buf["h"], route=buf["route"], act=buf["eact"], row=row, slot=j,
-                                         w13=woff[f"{i}.w13_experts"], c0=c0, c1=min(c0 + tile, I_moe)))
-                     for row, j in routed for c0 in range(0, I_moe, tile)])
-            b.stage([(Op.EXPERT_DOWN, dict(route=buf["route"], act=buf["eact"], x=buf["x"], row=row, slot=j,
-                                           w2=woff[f"{i}.w2_experts"], c0=c0, c1=min(c0 + tile, H)))
-                     for row, j in routed for c0 in range(0, H, tile)])
+        b.stage(b.gemv("att", h * v, f"{i}.o", "x", H, accumulate=True))
+        post = f"{i}.post_norm"
         inter = I_moe * c.n_shared_experts if moe else c.intermediate_size
-        b.gemv("h", H, f"{i}.w13", "mlp", 2 * inter)
-        b.stage([(Op.SWIGLU, dict(x=buf["mlp"], out=buf["act"], n=inter))])
-        b.gemv("act", inter, f"{i}.w2", "x", H, accumulate=True)
+        shared_up = b.gemv("x", H, f"{i}.w13", "mlp", 2 * inter, norm=post)
+        shared_down = b.gemv("mlp", inter, f"{i}.w2", "x", H, accumulate=True, swiglu=True)
+        if not moe:
+            b.stage(shared_up)
+            b.stage(shared_down)
+            continue
+        b.stage(b.gemv("x", H, f"{i}.router", "rlog", E, fp32=True, norm=post) + shared_up)
+        b.stage(rows(Op.ROUTE, rlog=buf["rlog"], route=buf["route"], bias=woff[f"{i}.router_bias"]))
+        routed = [(row, j) for row in range(batch) for j in range(k_top)]  # every chosen expert, in tiles
+        b.stage([(Op.EXPERT_UP, dict(x=buf["x"], route=buf["route"], act=buf["eact"], row=row, slot=j,
+                                     w13=woff[f"{i}.w13_experts"], c0=c0, c1=min(c0 + tile, I_moe), norm=woff[post]))
+                 for row, j in routed for c0 in range(0, I_moe, tile)])
+        b.stage([(Op.EXPERT_DOWN, dict(route=buf["route"], act=buf["eact"], x=buf["x"], row=row, slot=j,
+                                       w2=woff[f"{i}.w2_experts"], c0=c0, c1=min(c0 + tile, H)))
+                 for row, j in routed for c0 in range(0, H, tile)] + shared_down)
     b.head(H, V)
     W, W32 = b.arenas()
     prog = Program(b.instrs, W, W32, b.a_size, c_size, buf, batch, max_seq, b.counters, c.rms_norm_eps,

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .isa import ACCUMULATE, FP32_WEIGHTS, Instr
+from .isa import ACCUMULATE, FP32_WEIGHTS, NORM_INPUT, SWIGLU_INPUT, Instr
 from .program import Program
 
 __all__ = ["VM", "DependencyError", "load_cache"]
@@ -23,7 +23,10 @@ def load_cache(prog: Program, C: Tensor, model: nn.Module, row: int | None = Non
     views = prog.cache_views(C)
     for i, layer in enumerate(model.layers):
         cache = layer.self_attn.cache
-        sources = (("k", cache.k), ("v", cache.v)) if prog.family == "llama" else zip(("lat", "pe", "ik"), cache.tensors)
+        if prog.family == "llama":
+            sources = (("k", cache.k), ("v", cache.v))
+        else:
+            sources = zip(("lat", "pe", "ik"), cache.tensors)
         for name, src in sources:
             pos_dim = 2 if prog.family == "llama" else 1
             rows = slice(None, prog.batch) if row is None else slice(row, row + 1)
@@ -76,43 +79,40 @@ class VM:
         table = self.W[w:w + self.prog.dims["vocab"] * n].view(-1, n)
         self.rows(out, n).copy_(table[self.tokens])
 
-    def rmsnorm(self, x: int, w: int, out: int, n: int) -> None:
-        v = self.rows(x, n)
-        self.rows(out, n).copy_(v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + self.prog.eps) * self.W[w:w + n])
+    def _rmsnorm(self, v: Tensor, w: int) -> Tensor:
+        return v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + self.prog.eps) * self.W[w:w + v.shape[-1]]
 
-    def gemv(self, x: int, k: int, w: int, out: int, n: int, c0: int, c1: int, flags: int) -> None:
+    def gemv(self, x: int, k: int, w: int, out: int, n: int, c0: int, c1: int, flags: int, norm: int) -> None:
+        if flags & SWIGLU_INPUT:
+            gate_up = self.rows(x, 2 * k)
+            v = F.silu(gate_up[:, :k]) * gate_up[:, k:]
+        else:
+            v = self.rows(x, k)
+        if flags & NORM_INPUT:
+            v = self._rmsnorm(v, norm)
         weights = self.W32 if flags & FP32_WEIGHTS else self.W
-        y = self.rows(x, k) @ weights[w:w + k * n].view(n, k)[c0:c1].T
+        y = v @ weights[w:w + k * n].view(n, k)[c0:c1].T
         dst = self.rows(out, n)[:, c0:c1]
         dst.add_(y) if flags & ACCUMULATE else dst.copy_(y)
-
-    def rope_append(self, qkv: int, row: int, layer: int) -> None:
-        d = self.prog.dims
-        hd, nh, nkv = d["head_dim"], d["n_head"], d["n_kv"]
-        v = self.rows(qkv, d["q_width"])[row].view(nh + 2 * nkv, hd)
-        p = int(self.pos[row])
-        freqs = p * self.W32[d["inv_freq"]:d["inv_freq"] + hd // 2]
-        cos, sin = torch.cat((freqs, freqs)).cos(), torch.cat((freqs, freqs)).sin()
-        qk = v[:nh + nkv]
-        x1, x2 = qk.chunk(2, dim=-1)
-        qk.copy_(qk * cos + torch.cat((-x2, x1), dim=-1) * sin)
-        self.views[f"{layer}.k"][row, :, p] = v[nh:nh + nkv]
-        self.views[f"{layer}.v"][row, :, p] = v[nh + nkv:]
 
     def attn(self, qkv: int, out: int, row: int, kv_head: int, layer: int) -> None:
         d = self.prog.dims
         hd, nh, nkv = d["head_dim"], d["n_head"], d["n_kv"]
         group = nh // nkv
-        q = self.rows(qkv, d["q_width"])[row].view(nh + 2 * nkv, hd)[kv_head * group:(kv_head + 1) * group]
-        n = int(self.pos[row]) + 1
-        k = self.views[f"{layer}.k"][row, kv_head, :n]
-        v = self.views[f"{layer}.v"][row, kv_head, :n]
-        p = torch.softmax(q @ k.T / hd ** 0.5, dim=-1)
-        self.rows(out, nh * hd)[row].view(nh, hd)[kv_head * group:(kv_head + 1) * group] = p @ v
-
-    def swiglu(self, x: int, out: int, n: int) -> None:
-        g = self.rows(x, 2 * n)
-        self.rows(out, n).copy_(F.silu(g[:, :n]) * g[:, n:])
+        heads = self.rows(qkv, d["q_width"])[row].view(nh + 2 * nkv, hd)
+        p = int(self.pos[row])
+        freqs = p * self.W32[d["inv_freq"]:d["inv_freq"] + hd // 2]
+        cos, sin = torch.cat((freqs, freqs)).cos(), torch.cat((freqs, freqs)).sin()
+        q = heads[kv_head * group:(kv_head + 1) * group]
+        for t in (q, heads[nh + kv_head:nh + kv_head + 1]):  # its query heads and its key, in place
+            x1, x2 = t.chunk(2, dim=-1)
+            t.copy_(t * cos + torch.cat((-x2, x1), dim=-1) * sin)
+        self.views[f"{layer}.k"][row, kv_head, p] = heads[nh + kv_head]
+        self.views[f"{layer}.v"][row, kv_head, p] = heads[nh + nkv + kv_head]
+        k = self.views[f"{layer}.k"][row, kv_head, :p + 1]
+        v = self.views[f"{layer}.v"][row, kv_head, :p + 1]
+        attn = torch.softmax(q @ k.T / hd ** 0.5, dim=-1)
+        self.rows(out, nh * hd)[row].view(nh, hd)[kv_head * group:(kv_head + 1) * group] = attn @ v
 
     def argmax(self, x: int, out: int, n: int) -> None:
         self.rows(out, 1)[:, 0] = self.rows(x, n).argmax(-1).float()
@@ -207,13 +207,14 @@ class VM:
         chosen = self.rows(route, 2 * k)[row]
         return int(chosen[slot]), chosen[k + slot]
 
-    def expert_up(self, h: int, route: int, act: int, row: int, slot: int, w13: int, c0: int, c1: int) -> None:
+    def expert_up(self, x: int, route: int, act: int, row: int, slot: int, w13: int, c0: int, c1: int,
+                  norm: int) -> None:
         d = self.prog.dims
         H, I = d["hidden"], d["moe_inter"]
         e, _ = self._expert(route, row, slot)
         gate_up = self.W[w13 + e * 2 * I * H:w13 + (e + 1) * 2 * I * H].view(2, I, H)[:, c0:c1]  # only this expert
-        x = self.rows(h, H)[row]
-        self.rows(act, d["top_k"] * I)[row].view(-1, I)[slot, c0:c1] = F.silu(gate_up[0] @ x) * (gate_up[1] @ x)
+        h = self._rmsnorm(self.rows(x, H)[row], norm)
+        self.rows(act, d["top_k"] * I)[row].view(-1, I)[slot, c0:c1] = F.silu(gate_up[0] @ h) * (gate_up[1] @ h)
 
     def expert_down(self, route: int, act: int, x: int, row: int, slot: int, w2: int, c0: int, c1: int) -> None:
         d = self.prog.dims

@@ -59,7 +59,7 @@ def test_unsatisfiable_dependency_times_out_instead_of_hanging():
     llm = hd.LLM("tiny-llama", device="cpu")
     prog = compile_llama(llm.model, 1, 8)
     plant_unsatisfiable_wait(prog, 2)
-    with pytest.raises(MegakernelTimeout, match="instruction 2 \\(SWIGLU\\) waited 200 spins"):
+    with pytest.raises(MegakernelTimeout, match="instruction 2 \\(ARGMAX\\) waited 200 spins"):
         run_megakernel(prog, torch.zeros(prog.a_size), torch.zeros(prog.c_size), torch.tensor([1]),
                        torch.tensor([0]), max_spin=200)
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import hyperdecode as hd
-from hyperdecode.engine.mega.isa import Instr, Op
+from hyperdecode.engine.mega.isa import NORM_INPUT, Instr, Op
 from hyperdecode.engine.mega.program import check_program, compile_llama
 from hyperdecode.engine.mega.vm import VM, DependencyError
 from tests.conftest import rel_err
@@ -17,9 +17,10 @@ def prefill(model, prompts, max_seq):
 
 
 def plant_unsatisfiable_wait(prog, at):
-    """Inserts a copy of a SWIGLU instruction at `at` that waits for the last stage, which only later ones signal."""
-    swiglu = next(ins for ins in prog.instrs if ins.op == Op.SWIGLU)
-    prog.instrs.insert(at, Instr(Op.SWIGLU, swiglu.args, [(prog.num_counters - 1, 1)], 0))
+    """Inserts a copy of the ARGMAX instruction at `at` that waits for the last stage, which only later ones
+    signal."""
+    argmax = next(ins for ins in prog.instrs if ins.op == Op.ARGMAX)
+    prog.instrs.insert(at, Instr(Op.ARGMAX, argmax.args, [(prog.num_counters - 1, 1)], 0))
 
 
 def check_decode_step(llm, compile_fn, lengths, vocab, seed, max_seq=48, **kw):
@@ -41,18 +42,22 @@ def check_decode_step(llm, compile_fn, lengths, vocab, seed, max_seq=48, **kw):
 
 
 def check_residual_stream(llm, compile_fn, lengths, vocab, seed, max_seq=48):
-    """Through the layers: the residual stream before every RMSNorm of the VM (after the embedding, each attention
-    and each MLP) equals the reference's at the same point, caught by pre-hooks on the reference's norms."""
+    """Through the layers: the residual stream where the VM normalises it (after the embedding, each attention and
+    each MLP) equals the reference's at the same point, caught by pre-hooks on the reference's norms."""
     g = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
     prefill(llm.model, prompts, max_seq)
     vm = VM(compile_fn(llm.model, len(prompts), max_seq))
     vm.load_cache(llm.model)
     toks, pos = torch.randint(0, vocab, (len(prompts),), generator=g), torch.tensor([len(p) for p in prompts])
-    seen = []
-    x = vm.prog.buf["x"]
-    vm.step(toks.tolist(), pos.tolist(), before=lambda ins: seen.append(vm.rows(x, vm.prog.dims["hidden"]).clone())
-            if ins.op == Op.RMSNORM else None)
+    seen, stages = [], set()
+
+    def before(ins):  # the first GEMV of each stage that normalises the residual stream
+        if ins.op == Op.GEMV and ins.args["flags"] & NORM_INPUT and ins.signal not in stages:
+            stages.add(ins.signal)
+            seen.append(vm.rows(vm.prog.buf["x"], vm.prog.dims["hidden"]).clone())
+
+    vm.step(toks.tolist(), pos.tolist(), before=before)
     expected = []
     norms = [n for layer in llm.model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
     hooks = [n.register_forward_pre_hook(lambda m, i: expected.append(i[0][:, 0].float()))
@@ -100,10 +105,9 @@ def test_program_dependencies_are_checked():
     prog = compile_llama(llm.model, 2, 16)
     queues = check_program(prog, workers=5)
     assert sorted(i for q in queues for i in q) == list(range(len(prog.instrs)))
-    assert {ins.op for ins in prog.instrs} == set(Op) - {Op.NORM_SLICE, Op.ROPE_MLA, Op.INDEX_KEY, Op.INDEX_TOPK,
-                                                         Op.MLA_ATTN, Op.ROUTE, Op.EXPERT_UP, Op.EXPERT_DOWN}
+    assert {ins.op for ins in prog.instrs} == {Op.EMBED, Op.GEMV, Op.ATTN, Op.ARGMAX}
     plant_unsatisfiable_wait(prog, 3)
-    with pytest.raises(ValueError, match="instruction 3 \\(SWIGLU\\) waits for counter"):
+    with pytest.raises(ValueError, match="instruction 3 \\(ARGMAX\\) waits for counter"):
         check_program(prog, workers=2)
     with pytest.raises(DependencyError, match="instruction 3"):
         VM(prog).step([1, 2], [0, 0])

@@ -131,9 +131,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="timed decode steps (default 48; smoke 4)")
     ap.add_argument("--warm", type=int, default=None, help="untimed first steps (default 16; smoke 1)")
     ap.add_argument("--mega-configs", default=None,
-                    help="extra megakernel configurations timed at batch 1, TILExKBLOCKxWARPSxPER_SM (GEMV output "
-                         "rows, GEMV k-chunk, warps per program, programs per SM); default "
-                         "32x256x4x1,16x512x8x1,16x256x4x2 (smoke: 16x128x4x1)")
+                    help="extra megakernel configurations timed at batch 1, TILExKBLOCKxWARPSxPER_SM[p] (GEMV output "
+                         "rows, GEMV k-chunk, warps per program, programs per SM; p: L2 prefetch before waits); "
+                         "default 32x256x4x1,16x512x8x1,16x256x4x2,16x256x4x1p (smoke: 16x128x4x1); 'none' for none")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="directory for decode_gpu.json ($OUT)")
     a = ap.parse_args()
@@ -144,8 +144,8 @@ def main() -> None:
     device = torch.device("cpu" if smoke else "cuda")
     dtype = "float32" if smoke else "bfloat16"
     backends = a.backends.split(",")
-    sweep = (a.mega_configs or ("16x128x4x1" if smoke else "32x256x4x1,16x512x8x1,16x256x4x2")).split(",")
-    sweep = [c for c in sweep if c]
+    sweep = (a.mega_configs or ("16x128x4x1" if smoke else "32x256x4x1,16x512x8x1,16x256x4x2,16x256x4x1p")).split(",")
+    sweep = [c for c in sweep if c and c != "none"]
     bw = copy_bandwidth(device, (64 if smoke else 1024) * 2**20)
     print(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, copy bandwidth "
           f"{bw / 1e9:.0f} GB/s, prompt {P}, {warm} untimed + {steps} timed steps, {dtype}", flush=True)
@@ -159,38 +159,43 @@ def main() -> None:
                    "mega": lambda: MegaRunner(llm.model)}
         sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         for c in sweep:
-            tile, k_block, warps, per_sm = (int(v) for v in c.split("x"))
-            runners[f"mega[{c}]"] = lambda t=tile, k=k_block, w=warps, p=per_sm: MegaRunner(
-                llm.model, tile=t, k_block=k, num_warps=w, workers=p * sms)
-        for B in batches:
-            g = torch.Generator().manual_seed(a.seed + B)
-            prompts = torch.randint(0, llm.config.vocab_size, (B, P), generator=g).to(device)
-            ref_tokens, ref_logits, ref_s = decode(ReferenceRunner(llm.model), prompts, steps, warm)
+            tile, k_block, warps, per_sm = (int(v) for v in c.rstrip("p").split("x"))
+            runners[f"mega[{c}]"] = lambda t=tile, k=k_block, w=warps, n=per_sm * sms, p=c.endswith("p"): MegaRunner(
+                llm.model, tile=t, k_block=k, num_warps=w, workers=n, prefetch=p)
+        # every backend at every batch first, then the megakernel sweep at batch 1 (the essential rows come first)
+        plan = [(B, b) for B in batches for b in backends]
+        plan += [(1, f"mega[{c}]") for c in sweep if "mega" in backends and 1 in batches]
+        refs = {}
+        for B, backend in plan:
+            if B not in refs:
+                g = torch.Generator().manual_seed(a.seed + B)
+                prompts = torch.randint(0, llm.config.vocab_size, (B, P), generator=g).to(device)
+                refs[B] = (prompts, *decode(ReferenceRunner(llm.model), prompts, steps, warm))
+            prompts, ref_tokens, ref_logits, ref_s = refs[B]
+            t = time.perf_counter()
             context = P + warm + steps // 2
-            step_bytes = bytes_per_step(llm.config, B, context, 2 if dtype == "bfloat16" else 4)
-            for backend in backends + ([f"mega[{c}]" for c in sweep] if B == 1 and "mega" in backends else []):
-                t = time.perf_counter()
-                row = dict(model=name, backend=backend, batch=B, dtype=dtype, context=context)
-                try:
-                    if backend == "reference":
-                        s = ref_s
-                    elif backend == "transformers":
-                        s = time_hf(hf_model(name, device, getattr(torch, dtype)), prompts, steps)
-                    else:
-                        tokens, logits, s = decode(runners[backend](), prompts, steps, warm, forced=ref_tokens)
-                        agree = (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item()
-                        err = ((logits - ref_logits).norm(dim=-1) / ref_logits.norm(dim=-1)).max().item()
-                        row.update(greedy_agree=agree, max_rel_err=err, ok=agree == 1.0 and err <= 2e-2)
-                except Exception as e:  # one backend failing must not lose the others' numbers
-                    row.update(error=f"{type(e).__name__}: {e}"[:300])
-                    s = None
-                if s:
-                    row.update(ms_per_step=1e3 * s, tok_s=B / s, bytes_per_step=step_bytes, copy_gbs=bw / 1e9,
-                               mbu=step_bytes / bw / s, roofline_tok_s=B * bw / step_bytes)
-                row["wall_s"] = time.perf_counter() - t
-                rows.append(row)
-                out.write_text(json.dumps(rows, indent=1))
-                print(format_row(row), flush=True)
+            row = dict(model=name, backend=backend, batch=B, dtype=dtype, context=context)
+            try:
+                if backend == "reference":
+                    s = ref_s
+                elif backend == "transformers":
+                    s = time_hf(hf_model(name, device, getattr(torch, dtype)), prompts, steps)
+                else:
+                    _, logits, s = decode(runners[backend](), prompts, steps, warm, forced=ref_tokens)
+                    agree = (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item()
+                    err = ((logits - ref_logits).norm(dim=-1) / ref_logits.norm(dim=-1)).max().item()
+                    row.update(greedy_agree=agree, max_rel_err=err, ok=agree == 1.0 and err <= 2e-2)
+            except Exception as e:  # one backend failing must not lose the others' numbers
+                row.update(error=f"{type(e).__name__}: {e}"[:300])
+                s = None
+            if s:
+                step_bytes = bytes_per_step(llm.config, B, context, 2 if dtype == "bfloat16" else 4)
+                row.update(ms_per_step=1e3 * s, tok_s=B / s, bytes_per_step=step_bytes, copy_gbs=bw / 1e9,
+                           mbu=step_bytes / bw / s, roofline_tok_s=B * bw / step_bytes)
+            row["wall_s"] = time.perf_counter() - t
+            rows.append(row)
+            out.write_text(json.dumps(rows, indent=1))
+            print(format_row(row), flush=True)
         llm = runners = None  # free the weights before the next model
         if device.type == "cuda":
             torch.cuda.empty_cache()

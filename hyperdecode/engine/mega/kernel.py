@@ -73,10 +73,12 @@ def constexprs(prog: Program, block: int) -> dict[str, int]:
 
 def run_megakernel(prog: Program, A: torch.Tensor, C: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor,
                    workers: int | None = None, max_spin: int = 1_000_000, block: int | None = None,
-                   k_block: int | None = None, num_warps: int = 4, table: torch.Tensor | None = None) -> None:
+                   k_block: int | None = None, num_warps: int = 4, prefetch: bool = False,
+                   table: torch.Tensor | None = None) -> None:
     """Runs one decode step of `prog` over the arenas in place (`prog.W`/`W32` must be on A's device). Under
     TRITON_INTERPRET=1 one worker is used (and wide blocks: the interpreter pays per block, not per element);
-    on a GPU the default is one worker per SM, `block` the width of vector ops, `k_block` the k-chunk of GEMV tiles.
+    on a GPU the default is one worker per SM, `block` the width of vector ops, `k_block` the k-chunk of GEMV tiles,
+    and `prefetch` has workers ask L2 for their next GEMV tile's weights before they wait (inline PTX: GPU only).
     Raises MegakernelTimeout if a wait ran out of spins."""
     global _KERNEL
     if A.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -85,7 +87,7 @@ def run_megakernel(prog: Program, A: torch.Tensor, C: torch.Tensor, tokens: torc
         from .megakernel import megakernel
         _KERNEL = megakernel
     if interpreted():
-        workers, block, k_block = 1, block or 256, k_block or 256
+        workers, block, k_block, prefetch = 1, block or 256, k_block or 256, False
     elif workers is None:
         workers = torch.cuda.get_device_properties(A.device).multi_processor_count
     table = encode(prog).to(A.device) if table is None else table
@@ -100,6 +102,7 @@ def run_megakernel(prog: Program, A: torch.Tensor, C: torch.Tensor, tokens: torc
                         pos.to(torch.int32), counters, err, prog.dims["inv_freq"], prog.eps, s.get("slice_eps", 0.0),
                         s.get("rope_factor", 1.0), s.get("softmax", 1.0), s.get("routed", 1.0),
                         TILE=_pow2(prog.dims["tile"], 16), KB=k_block, WIDTH=WIDTH, MAX_SPIN=max_spin,
+                        PREFETCH=prefetch, LINE=128 // prog.W.element_size(),
                         **constexprs(prog, block),
                         **launch)
     if int(err.item()):

@@ -18,7 +18,7 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, A, C, tok, pos, coun
                K: tl.constexpr, K_P: tl.constexpr, I_MOE: tl.constexpr, G: tl.constexpr, G_P: tl.constexpr,
                TG: tl.constexpr, NORM_TOPK: tl.constexpr, RI: tl.constexpr, II: tl.constexpr, LB: tl.constexpr,
                PB: tl.constexpr, HID: tl.constexpr, B_P: tl.constexpr, KB: tl.constexpr,
-               WIDTH: tl.constexpr):
+               WIDTH: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr):
     pid = tl.program_id(0)
     KV_LAYER: tl.constexpr = B * NKV * MAX_SEQ * HD
     ready_c = tl.full((), -1, tl.int64)  # the last counter this worker saw reach ready_t
@@ -41,6 +41,9 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, A, C, tok, pos, coun
             a8 = tl.load(row_ptr + 12)
             # a worker's next instructions usually wait for the same stage: skip the round trip once it is known done
             if (wc >= 0) & ((wc != ready_c) | (wt > ready_t)):
+                if PREFETCH:
+                    if (op == 1) & ((a7 & 2) == 0):
+                        ops.prefetch_rows(W, a2, a1, a5, a6, TILE, LINE)
                 seen = tl.atomic_add(counters + wc, 0, sem="acquire")
                 spins = 0
                 while (seen < wt) & (spins < MAX_SPIN):

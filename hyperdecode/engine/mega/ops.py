@@ -45,6 +45,20 @@ def norm_rows(W, A, x, x_stride, w, bias, out, n, eps, B: tl.constexpr, BLOCK: t
 
 
 @triton.jit
+def prefetch_rows(Wp, w, k, c0, c1, TILE: tl.constexpr, LINE: tl.constexpr):
+    """Asks L2 for rows c0:c1 (width k) of the weights at Wp + w, one request per 128-byte line of LINE elements.
+    GPU only (inline PTX): a worker issues it for its next GEMV tile before waiting, since weights never depend on
+    the stage it waits for."""
+    rows = c0 + tl.arange(0, TILE)
+    rows = tl.where(rows < c1, rows, c0)
+    for k0 in range(0, k, 32 * LINE):
+        ks = k0 + tl.arange(0, 32) * LINE
+        ks = tl.where(ks < k, ks, k0)
+        tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1]; mov.u32 $0, 0;", "=r,l",
+                                  [Wp + w + rows[:, None] * k + ks[None, :]], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def row_rms(A, x, k, eps, B: tl.constexpr, B_P: tl.constexpr, KB: tl.constexpr):
     """1 / rms of each of the B rows (width k) at A[x], as a [B_P] vector."""
     rows = tl.arange(0, B_P)

@@ -55,10 +55,12 @@ class MegaRunner(ReferenceRunner):
         return unsupported(model) is None
 
     def __init__(self, model: nn.Module, tile: int | None = None, k_block: int | None = None,
-                 workers: int | None = None, num_warps: int = 4):
+                 workers: int | None = None, num_warps: int = 4, prefetch: bool = False):
         """tile: output rows per GEMV instruction; k_block: its k-chunk; workers: persistent programs (default one
-        per SM); num_warps: per program. The GPU benchmark sweeps them."""
-        self.tile, self.launch = tile, dict(k_block=k_block, workers=workers, num_warps=num_warps)
+        per SM); num_warps: per program; prefetch: L2 prefetch of the next GEMV tile before each wait. The GPU
+        benchmark sweeps them."""
+        self.tile = tile
+        self.launch = dict(k_block=k_block, workers=workers, num_warps=num_warps, prefetch=prefetch)
         why = unsupported(model)
         if why:
             raise ConfigError(f"backend 'mega' cannot run this model: {why}; use backend='reference' or 'graph'")

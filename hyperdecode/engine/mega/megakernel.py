@@ -63,7 +63,7 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, A, C, tok, pos, coun
                     else:
                         ops.gemv(W, W, A, a0, a1, a2, a3, a4, a5, a6, a7, a8, eps, B, B_P, KB, TILE)
                 elif op == 3:
-                    ops.argmax(A, a0, a1, a2, B, BLOCK)
+                    ops.argmax(A, a0, a1, a2, B, 1024)  # one program scans the vocabulary: wide loads
                 if MLA:
                     if op == 4:
                         ops.norm_rows(W, A, a0, a1, a2, a3, a4, a5, slice_eps, B, BLOCK)

@@ -7,7 +7,7 @@ so one near-tie cannot derail the rest) and must pick the same greedy token at e
 2e-2 relative. Then one table: backend, batch, tok/s, ms/step, bytes read per step, measured copy bandwidth and
 MBU = (bytes per step / bandwidth) / step time. Rows are also written to $OUT/decode_gpu.json as they are measured.
 
-    python bench/decode_gpu.py             # on the GPU (about 6 minutes)
+    PYTHONPATH=. python3 bench/decode_gpu.py --out $OUT    # on the GPU (about 6 minutes, JIT compiles included)
     python bench/decode_gpu.py --smoke     # on the CPU: tiny models, fp32, mega in Triton's interpreter
 """
 from __future__ import annotations

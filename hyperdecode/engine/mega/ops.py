@@ -166,5 +166,5 @@ def argmax(A, x, out, n, B: tl.constexpr, BLOCK: tl.constexpr):
             bm = tl.max(v, axis=0)
             if bm > best:
                 best = bm
-                idx = k0 + tl.argmax(v, axis=0)
+                idx = (k0 + tl.argmax(v, axis=0)).to(tl.int32)
         tl.store(A + out + b, idx.to(tl.float32))

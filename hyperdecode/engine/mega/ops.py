@@ -108,6 +108,17 @@ def gemv(Wp, W, A, x, k, w, out, n, c0, c1, flags, norm, eps, B: tl.constexpr, B
 
 
 @triton.jit
+def softmax_update(m_i, l_i, acc, s, v):
+    """One block of online softmax: scores s [N] (-inf where skipped) and values v [N, D] folded into the running
+    max m_i, normaliser l_i and weighted sum acc [D]. A block with nothing kept changes nothing."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=0))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m_i - m_use)
+    e = tl.exp(s - m_use)
+    return m_new, l_i * alpha + tl.sum(e, axis=0), acc * alpha + tl.sum(e[:, None] * v, axis=0)
+
+
+@triton.jit
 def attn(W32, A, C, pos, inv_freq, qkv, out, row, kv_head, cache_k, cache_v, NH: tl.constexpr, NKV: tl.constexpr,
          HD: tl.constexpr, MAX_SEQ: tl.constexpr, BLOCK: tl.constexpr):
     """One (row, kv head): rope its query heads and its key at the row's position, append k and v to the cache,
@@ -145,13 +156,8 @@ def attn(W32, A, C, pos, inv_freq, qkv, out, row, kv_head, cache_k, cache_v, NH:
             pm = ps < n
             k = tl.load(kbase + ps[:, None] * HD + d[None, :], mask=pm[:, None], other=0.0)
             sc = tl.where(pm, tl.sum(k * q[None, :], axis=1), float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(sc, axis=0))
-            alpha = tl.exp(m_i - m_new)
-            e = tl.exp(sc - m_new)
             v = tl.load(vbase + ps[:, None] * HD + d[None, :], mask=pm[:, None], other=0.0)
-            l_i = l_i * alpha + tl.sum(e, axis=0)
-            acc = acc * alpha + tl.sum(e[:, None] * v, axis=0)
-            m_i = m_new
+            m_i, l_i, acc = softmax_update(m_i, l_i, acc, sc, v)
         tl.store(A + out + row * NH * HD + h * HD + d, acc / l_i)
 
 

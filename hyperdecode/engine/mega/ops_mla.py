@@ -5,6 +5,8 @@ Operands are as in `isa.ARGS`; sizes that are the same for the whole program are
 import triton
 import triton.language as tl
 
+from .ops import softmax_update
+
 
 @triton.jit
 def rope_halves(ptr, p, W32, inv_freq, factor, R: tl.constexpr, INTERLEAVED: tl.constexpr):
@@ -156,13 +158,7 @@ def mla_attn(W, A, C, pos, scale, q, att, sel, row, head, c_lat, c_pe, w, NH: tl
         pe = tl.load(C + c_pe + (row * MAX_SEQ + ps[:, None]) * R + rr[None, :], mask=pm[:, None], other=0.0)
         s = (tl.sum(lat * q_lat[None, :], axis=1) + tl.sum(pe * q_pe[None, :], axis=1)) * scale
         s = tl.where(pm & keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=0))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a block with nothing kept adds nothing
-        alpha = tl.exp(m_i - m_use)
-        e = tl.exp(s - m_use)
-        l_i = l_i * alpha + tl.sum(e, axis=0)
-        acc = acc * alpha + tl.sum(e[:, None] * lat, axis=0)
-        m_i = m_new
+        m_i, l_i, acc = softmax_update(m_i, l_i, acc, s, lat)
     o = acc / l_i
     for v0 in range(0, VH, LB):
         vs = v0 + tl.arange(0, LB)

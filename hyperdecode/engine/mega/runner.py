@@ -19,7 +19,7 @@ from .vm import load_cache
 __all__ = ["MegaRunner", "compile_model"]
 
 
-def _pow2(n: int) -> bool:
+def _is_pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
@@ -29,12 +29,12 @@ def unsupported(model: nn.Module) -> str | None:
     if isinstance(model, Transformer):
         if cfg.attention_bias or cfg.mlp_bias:
             return "attention/MLP biases are not compiled"
-        return None if _pow2(cfg.head_dim) else f"head_dim {cfg.head_dim} is not a power of two"
+        return None if _is_pow2(cfg.head_dim) else f"head_dim {cfg.head_dim} is not a power of two"
     if isinstance(model, DeepseekTransformer):
         sizes = {"kv_lora_rank": cfg.kv_lora_rank, "qk_rope_head_dim": cfg.qk_rope_head_dim}
         if cfg.has_indexer:
             sizes["index_head_dim"] = cfg.index_head_dim
-        odd = [f"{k}={v}" for k, v in sizes.items() if not _pow2(v)]
+        odd = [f"{k}={v}" for k, v in sizes.items() if not _is_pow2(v)]
         return f"{', '.join(odd)} must be powers of two" if odd else None
     return f"{type(model).__name__} is not a model family the compiler knows"
 

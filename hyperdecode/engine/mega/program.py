@@ -27,7 +27,7 @@ class Program:
     W32: Tensor  # flat fp32 weights (RoPE frequencies, router)
     a_size: int  # activation arena elements
     c_size: int  # cache arena elements
-    buf: dict[str, int]  # activation buffer offsets (x, h, ..., logits, next)
+    buf: dict[str, int]  # activation buffer offsets by name (x, qkv, ..., logits, next)
     batch: int
     max_seq: int
     num_counters: int

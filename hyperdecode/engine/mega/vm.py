@@ -21,16 +21,14 @@ def load_cache(prog: Program, C: Tensor, model: nn.Module, row: int | None = Non
     """Copies a reference model's cache (after its prefill) into the cache arena `C`: every row, or one `row`'s
     first `length` positions."""
     views = prog.cache_views(C)
+    llama = prog.family == "llama"
+    pos_dim = 2 if llama else 1  # [batch, kv_heads, seq, dim] or [batch, seq, width]
+    rows = slice(None, prog.batch) if row is None else slice(row, row + 1)
+    n = prog.max_seq if length is None else length
     for i, layer in enumerate(model.layers):
         cache = layer.self_attn.cache
-        if prog.family == "llama":
-            sources = (("k", cache.k), ("v", cache.v))
-        else:
-            sources = zip(("lat", "pe", "ik"), cache.tensors)
+        sources = (("k", cache.k), ("v", cache.v)) if llama else zip(("lat", "pe", "ik"), cache.tensors)
         for name, src in sources:
-            pos_dim = 2 if prog.family == "llama" else 1
-            rows = slice(None, prog.batch) if row is None else slice(row, row + 1)
-            n = prog.max_seq if length is None else length
             views[f"{i}.{name}"][rows].narrow(pos_dim, 0, n).copy_(src[rows].narrow(pos_dim, 0, n))
 
 

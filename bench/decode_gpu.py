@@ -25,8 +25,8 @@ import hyperdecode as hd
 from hyperdecode.engine.graph import GraphRunner
 from hyperdecode.engine.mega.runner import MegaRunner
 from hyperdecode.engine.runner import ReferenceRunner
-from hyperdecode.model.config import PRESETS
 from hyperdecode.model.loader import expected_shapes
+from hyperdecode.model.presets import PRESETS
 from hyperdecode.model.sizing import size_model
 
 
@@ -67,8 +67,11 @@ def decode(runner, prompts: torch.Tensor, steps: int, warm: int, forced: torch.T
     B, P = prompts.shape
     device = prompts.device
     runner.setup(B, P + warm + steps + 1)
-    first = torch.cat([runner.prefill(prompts[b:b + 1], torch.arange(P, device=device)[None],
-                                      torch.tensor([b], device=device)) for b in range(B)])
+    last = torch.zeros(1, P, dtype=torch.bool, device=device)
+    last[0, -1] = True
+    every_row = torch.ones(B, 1, dtype=torch.bool, device=device)
+    first = torch.cat([runner.forward(prompts[b:b + 1], torch.arange(P, device=device)[None],
+                                      torch.tensor([b], device=device), last) for b in range(B)])
     tok = first.argmax(-1)[:, None]
     tokens, logits = [], []
     for i in range(warm + steps):
@@ -77,7 +80,7 @@ def decode(runner, prompts: torch.Tensor, steps: int, warm: int, forced: torch.T
             t0 = time.perf_counter()
         if forced is not None and i > 0:
             tok = forced[:, i - 1:i]  # what the reference fed itself
-        out = runner.decode(tok, torch.full((B, 1), P + i, device=device), None)
+        out = runner.forward(tok, torch.full((B, 1), P + i, device=device), None, every_row)
         logits.append(out.float())
         tok = out.argmax(-1)[:, None]
         tokens.append(tok)
@@ -87,20 +90,15 @@ def decode(runner, prompts: torch.Tensor, steps: int, warm: int, forced: torch.T
 
 def hf_model(name: str, device: torch.device, dtype: torch.dtype):
     import transformers
-    spec = PRESETS[name]
+    spec = PRESETS[name].hf_config
     torch.manual_seed(0)
-    if "hf_config" in spec:
-        cfg = {k: v for k, v in spec["hf_config"].items() if k != "model_type"}
-        kinds = {"glm_moe_dsa": "GlmMoeDsa", "deepseek_v32": "DeepseekV32"}
-        kind = kinds[spec["hf_config"]["model_type"]]
-        conf = getattr(transformers, f"{kind}Config")(**cfg, bos_token_id=None, eos_token_id=None, pad_token_id=0)
-        cls = getattr(transformers, f"{kind}ForCausalLM")
-    else:
-        c = dict(spec["config"])
-        rope = {"rope_theta": c.pop("rope_theta"), **(c.pop("rope_scaling", None) or {"rope_type": "default"})}
-        conf = transformers.LlamaConfig(**c, rope_parameters=rope, bos_token_id=None, eos_token_id=None,
-                                        pad_token_id=0)
-        cls = transformers.LlamaForCausalLM
+    cfg = {k: v for k, v in spec.items() if k not in ("model_type", "rope_theta")}
+    if "rope_parameters" not in cfg:
+        cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": spec.get("rope_theta", 10000.0)}
+    kinds = {"glm_moe_dsa": "GlmMoeDsa", "deepseek_v32": "DeepseekV32", "llama": "Llama", "qwen3": "Qwen3"}
+    kind = kinds[spec["model_type"]]
+    conf = getattr(transformers, f"{kind}Config")(**cfg, bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    cls = getattr(transformers, f"{kind}ForCausalLM")
     with torch.device(device):
         return cls(conf).to(dtype).eval()
 

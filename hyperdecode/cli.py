@@ -144,11 +144,11 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    from .model.config import PRESETS
     from .model.embedded import cache_dir, cached_models
+    from .model.presets import PRESETS
     print("presets:")
-    for name, spec in PRESETS.items():
-        print(f"  {name:<12} {spec['doc']}")
+    for name, preset in PRESETS.items():
+        print(f"  {name:<12} {preset.doc}")
     print(f"cached models ({cache_dir()}):")
     for path in cached_models():
         print(f"  {path.name}  {path.stat().st_size / 2**20:.1f} MiB")

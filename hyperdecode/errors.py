@@ -1,6 +1,6 @@
 """Exceptions raised for bad input. Each message names the file, tensor, field or parameter at fault."""
 
-__all__ = ["HyperdecodeError", "ConfigError", "WeightsError", "ModelNotFoundError", "FetchError"]
+__all__ = ["HyperdecodeError", "ConfigError", "WeightsError", "ModelNotFoundError", "FetchError", "RequestError"]
 
 
 class HyperdecodeError(Exception):
@@ -21,3 +21,12 @@ class ModelNotFoundError(HyperdecodeError, FileNotFoundError):
 
 class FetchError(HyperdecodeError, RuntimeError):
     """The embedded default model could not be fetched or failed its checksum."""
+
+
+class RequestError(HyperdecodeError, ValueError):
+    """A generation request (prompt, messages or sampling parameters) is invalid; `param` names the field. The
+    server answers it with a 400 naming the same field."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param

@@ -2,6 +2,7 @@
 (1, 2, 4, ... up to the batch limit), replayed with the step's tokens, positions and cache rows copied into the
 graph's static inputs. Prefill runs eagerly. Padded rows of a bucket write to a spare cache row, never a live one.
 It is the baseline the megakernel must beat, and the fallback for models the megakernel cannot compile.
+Shapes: S = 1 steps (decode rows, one-token prompt chunks) replay a graph; longer chunks run on the reference.
 
 Without a GPU the same static step runs eagerly (`capture=False`): that checks everything but the capture.
 """
@@ -30,9 +31,10 @@ def buckets(max_batch: int) -> list[int]:
 
 
 class GraphRunner(ReferenceRunner):
+    FAST_SHAPES = "[B, 1]"
+
     def __init__(self, model: nn.Module, capture: bool = True):
         super().__init__(model)
-        self.device = model.embed_tokens.weight.device
         self.capture = capture
         if capture and self.device.type != "cuda":
             raise ConfigError("backend 'graph' captures CUDA graphs and needs a CUDA device; use 'reference' here")
@@ -41,7 +43,7 @@ class GraphRunner(ReferenceRunner):
 
     def setup(self, max_batch: int, max_seq: int) -> None:
         super().setup(max_batch + 1, max_seq)  # + the spare row that padded rows write to
-        caches = [id(layer.self_attn.cache) for layer in self.model.layers]
+        caches = [id(t) for t in self.model.cache_tensors().values()]
         if caches != getattr(self, "captured_with", None):
             self.steps, self.pool = {}, None  # graphs hold the old caches' addresses: capture again
             self.captured_with = caches
@@ -78,7 +80,13 @@ class GraphRunner(ReferenceRunner):
         step.inputs = (tokens, pos, slots)
         return step
 
+    def forward(self, tokens: Tensor, pos: Tensor, slots: Tensor | None, want: Tensor) -> Tensor:
+        if tokens.shape[1] != 1:
+            return self.reference(tokens, pos, slots, want)
+        return self.decode(tokens, pos, slots)[want[:, 0]]
+
     def decode(self, tokens: Tensor, pos: Tensor, slots: Tensor | None) -> Tensor:
+        """The captured step for tokens, pos [B, 1] -> logits [B, vocab]."""
         B = tokens.shape[0]
         bucket = next(b for b in self.buckets if b >= B)
         if bucket not in self.steps:

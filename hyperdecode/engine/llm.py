@@ -7,42 +7,57 @@ import torch
 
 from ..errors import ConfigError
 from ..model.loader import load_model
+from .core import EngineCore
 from .graph import GraphRunner
 from .mega.runner import MegaRunner
+from .output import Generation, OutputStream
+from .request import InputProcessor, Prompt
 from .runner import ReferenceRunner
-from .scheduler import run
 from .sampling import SamplingParams
-from .sequence import Generation, Sequence
+from .sequence import Sequence
 
-__all__ = ["LLM"]
+__all__ = ["LLM", "BACKENDS"]
 
 BACKENDS = ("reference", "graph", "mega", "auto")
-Prompt = str | list[int]
+DEFAULT_MAX_TOKENS = 64
 
 
 class LLM:
-    """A loaded model.
+    """A loaded model and its engine core (caches allocated on first use, grown when a call needs more).
 
     >>> llm = LLM("tiny-llama", device="cpu", seed=0)
     >>> g = llm.generate("hello", max_tokens=4)
     >>> len(g.token_ids) <= 4 and g.stats.prompt_tokens == 5
     True
+
+    max_num_batched_tokens: tokens one step may feed (decode rows plus prompt chunks): prompts longer than what
+    is left are fed in chunks over several steps (chunked prefill); None feeds whole prompts.
     """
 
     def __init__(self, model: str = "smollm2", device: str = "auto", dtype: str = "float32",
-                 backend: str = "reference", seed: int = 0):
+                 backend: str = "reference", seed: int = 0, max_num_batched_tokens: int | None = None):
         if backend not in BACKENDS:
             raise ConfigError(f"backend '{backend}' is not available (available: {', '.join(BACKENDS)})")
         loaded = load_model(model, device=device, dtype=dtype, seed=seed)
-        self.name, self.config, self.model, self._tokenizer = loaded.name, loaded.cfg, loaded.model, loaded.tokenizer
+        self.name = loaded.name
+        self.config = loaded.cfg
+        self.model = loaded.model
+        self._tokenizer = loaded.tokenizer
         self.fp8_weights = loaded.fp8_weights  # raw (float8 weight, scale_inv) of an FP8 checkpoint, by HF name
-        self.device = self.model.embed_tokens.weight.device
+        self.device = self.model.device
         if backend == "auto":  # the megakernel and CUDA graphs only pay on a GPU; on the CPU the reference is fastest
-            backend = "reference" if self.device.type != "cuda" else "mega" if MegaRunner.supports(self.model) \
-                else "graph"
+            backend = self._fastest_backend()
         runners = {"reference": ReferenceRunner, "graph": GraphRunner, "mega": MegaRunner}
         self.runner = runners[backend](self.model)
         self.backend = backend
+        self.core = EngineCore(self.runner, max_num_batched_tokens)
+        self.inputs = InputProcessor(self._tokenizer, self.config.vocab_size, self.config.eos_token_ids,
+                                     self.max_context)
+
+    def _fastest_backend(self) -> str:
+        if self.device.type != "cuda":
+            return "reference"
+        return "mega" if MegaRunner.supports(self.model) else "graph"
 
     @property
     def tokenizer(self):
@@ -54,56 +69,71 @@ class LLM:
     def max_context(self) -> int:
         return self.config.max_position_embeddings
 
-    def encode(self, prompt: Prompt) -> list[int]:
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        if not ids:
-            raise ValueError("prompt is empty")
-        vocab = self.config.vocab_size
-        if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
-            raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
-        if len(ids) >= self.max_context:
-            raise ValueError(f"This model's maximum context length is {self.max_context} tokens; "
-                             f"the prompt has {len(ids)} tokens")
-        return ids
-
     @torch.inference_mode()
     def logits(self, token_ids: list[int]) -> torch.Tensor:
         """[len, vocab] float32 logits of one full causal forward, without the KV cache."""
-        ids = self.encode(list(token_ids))
+        ids = self.inputs.prompt_ids(list(token_ids))
         tokens = torch.tensor([ids], device=self.device)
         pos = torch.arange(len(ids), device=self.device)[None]
         return self.model.logits(self.model(tokens, pos, use_cache=False))[0]
 
-    def _sequences(self, prompts: list[Prompt], params: SamplingParams) -> list[Sequence]:
-        eos = frozenset(self.config.eos_token_ids)
-        return [Sequence(self.encode(p), params, self._tokenizer, eos) for p in prompts]
+    def _requests(self, prompts: list[Prompt], params: SamplingParams,
+                  messages: list[Any] | None = None) -> list[tuple[Sequence, OutputStream]]:
+        if messages is not None:
+            return [self.inputs.process(params=params, messages=m, default_max_tokens=DEFAULT_MAX_TOKENS)
+                    for m in messages]
+        return [self.inputs.process(p, params, default_max_tokens=DEFAULT_MAX_TOKENS) for p in prompts]
+
+    def _run(self, requests: list[tuple[Sequence, OutputStream]]) -> Iterator[dict[Sequence, str]]:
+        """Runs the requests together on the engine core; after each step yields the new final text by sequence."""
+        longest = max(seq.num_tokens + seq.params.max_tokens for seq, _ in requests)
+        self.core.reserve(len(requests), min(longest, self.max_context))
+        streams = dict(requests)
+        for seq, _ in requests:
+            self.core.add(seq)
+        try:
+            while self.core.has_unfinished:
+                pieces = {}
+                for seq in self.core.step():
+                    stream = streams[seq]
+                    pieces[seq] = stream.update()
+                    if stream.stop_at is not None:
+                        self.core.finish(seq, "stop", num_output=stream.stop_at)
+                yield pieces
+        finally:  # an abandoned stream frees its slots
+            for seq, _ in requests:
+                self.core.finish(seq, "abort")
 
     def generate_batch(self, prompts: list[Prompt], **sampling: Any) -> list[Generation]:
         """Generates for several prompts of any lengths in one batch; results equal one-by-one generation."""
         if not prompts:
             return []
-        seqs = self._sequences(prompts, SamplingParams(**sampling))
-        for _ in run(self.runner, seqs, self.max_context):
+        requests = self._requests(prompts, SamplingParams(**sampling))
+        for _ in self._run(requests):
             pass
-        return [s.result() for s in seqs]
+        return [stream.result() for _, stream in requests]
 
-    def generate(self, prompt: Prompt, max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+    def generate(self, prompt: Prompt, max_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0,
                  top_k: int = 0, seed: int | None = None, stop: list[str] | str | None = None,
                  ignore_eos: bool = False) -> Generation:
+        """max_tokens None: 64, or what the context has room for."""
         return self.generate_batch([prompt], max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                    top_k=top_k, seed=seed, stop=stop, ignore_eos=ignore_eos)[0]
 
     def stream(self, prompt: Prompt, **sampling: Any) -> Iterator[str]:
         """Yields text pieces as they become final; `last_generation` holds the result afterwards."""
-        seq = self._sequences([prompt], SamplingParams(**sampling))[0]
-        for pieces in run(self.runner, [seq], self.max_context):
-            if pieces[0]:
-                yield pieces[0]
-        self.last_generation = seq.result()
+        requests = self._requests([prompt], SamplingParams(**sampling))
+        seq, stream = requests[0]
+        for pieces in self._run(requests):
+            if pieces.get(seq):
+                yield pieces[seq]
+        self.last_generation = stream.result()
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.inputs.chat_prompt(messages)
 
     def chat(self, messages: list[dict[str, Any]], **sampling: Any) -> Generation:
-        return self.generate(self.chat_prompt(messages), **sampling)
+        requests = self._requests([], SamplingParams(**sampling), messages=[messages])
+        for _ in self._run(requests):
+            pass
+        return requests[0][1].result()

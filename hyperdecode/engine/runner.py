@@ -1,23 +1,34 @@
-"""Model runners: how the scheduler gets logits for a prefill or a batched decode step. The reference runner calls
-the PyTorch model; the mega runner (engine/mega/runner.py) runs decode steps in the megakernel."""
+"""Model runners: run one step's shape on the model and return the logits the scheduler wants. Every runner has
+one entry, `forward(tokens [B, S], pos [B, S], slots, want) -> logits [wanted, vocab]`, used for prefill chunks,
+decode (S = 1) and, later, verification (S = k + 1). The reference runner runs any shape; `graph` and `mega` run
+S = 1 themselves and hand other shapes to the reference (`FAST_SHAPES` says which)."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 __all__ = ["ReferenceRunner"]
 
 
 class ReferenceRunner:
+    FAST_SHAPES = "any [B, S]"
+
     def __init__(self, model: nn.Module):
         self.model = model
 
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
     def setup(self, max_batch: int, max_seq: int) -> None:
+        """Caches for `max_batch` rows of `max_seq` positions (kept when already large enough)."""
         self.model.setup_caches(max_batch, max_seq)
 
-    def prefill(self, tokens: Tensor, pos: Tensor, slots: Tensor | None) -> Tensor:
-        """tokens, pos: [1, S] into cache row `slots` -> logits of the last position [1, vocab]."""
-        return self.model.logits(self.model(tokens, pos, slots=slots)[:, -1])
+    def forward(self, tokens: Tensor, pos: Tensor, slots: Tensor | None, want: Tensor) -> Tensor:
+        """tokens, pos [B, S] into cache rows `slots` (None: rows 0..B-1) -> float32 logits of the positions where
+        `want` [B, S] is true, in row-major order."""
+        return self.reference(tokens, pos, slots, want)
 
-    def decode(self, tokens: Tensor, pos: Tensor, slots: Tensor | None) -> Tensor:
-        """tokens, pos: [B, 1] -> logits [B, vocab]."""
-        return self.model.logits(self.model(tokens, pos, slots=slots)[:, 0])
+    def reference(self, tokens: Tensor, pos: Tensor, slots: Tensor | None, want: Tensor) -> Tensor:
+        hidden = self.model(tokens, pos, slots=slots)
+        return self.model.logits(hidden[want])

@@ -1,17 +1,36 @@
-"""Sampling parameters and the token sampler (greedy, temperature, top-k, top-p, per-sequence seeds)."""
+"""Sampling parameters (one set of validation rules for `hd.LLM` and the server) and the token sampler (greedy,
+temperature, top-k, top-p, per-sequence seeds)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["SamplingParams", "sample", "sample_rows"]
+from ..errors import RequestError
+
+__all__ = ["SamplingParams", "sample", "sample_rows", "GREEDY_BELOW"]
+
+GREEDY_BELOW = 1e-5  # a temperature below this is greedy (vLLM's _SAMPLING_EPS): 1/t would overflow
+MAX_STOP_STRINGS = 16
+SEED_RANGE = (-(2 ** 63), 2 ** 64)  # what torch.Generator.manual_seed takes
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass
 class SamplingParams:
-    max_tokens: int = 64
+    """max_tokens None: the API's default (`hd.LLM`: 64, chat completions: the rest of the context, completions:
+    16), never more than the context allows. temperature 0 (or below 1e-5) is greedy; top_k 0 or -1 is off."""
+    max_tokens: int | None = None
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
@@ -23,19 +42,28 @@ class SamplingParams:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         checks = [
-            ("max_tokens", isinstance(self.max_tokens, int) and self.max_tokens >= 1, "an integer >= 1"),
-            ("temperature", self.temperature >= 0, ">= 0"),
-            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
-            ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "an integer >= 0 (0 = off)"),
-            ("stop", self.stop is None or all(isinstance(s, str) and s for s in self.stop), "non-empty strings"),
+            ("max_tokens", self.max_tokens is None or (_is_int(self.max_tokens) and self.max_tokens >= 1),
+             "an integer, at least 1"),
+            ("temperature", _is_number(self.temperature) and 0 <= self.temperature <= 2, "a number in [0, 2]"),
+            ("top_p", _is_number(self.top_p) and 0 < self.top_p <= 1, "a number in (0, 1]"),
+            ("top_k", _is_int(self.top_k) and self.top_k >= -1, "an integer: -1 or 0 (off) or positive"),
+            ("seed", self.seed is None or (_is_int(self.seed) and SEED_RANGE[0] <= self.seed < SEED_RANGE[1]),
+             "an integer in [-2**63, 2**64)"),
+            ("stop", self.stop is None or (isinstance(self.stop, list) and len(self.stop) <= MAX_STOP_STRINGS
+                                           and all(isinstance(s, str) and s for s in self.stop)),
+             f"a non-empty string or a list of at most {MAX_STOP_STRINGS} non-empty strings"),
+            ("ignore_eos", isinstance(self.ignore_eos, bool), "a boolean"),
         ]
         for name, ok, want in checks:
             if not ok:
-                raise ValueError(f"sampling parameter '{name}' must be {want}, got {getattr(self, name)!r}")
+                raise RequestError(f"'{name}' must be {want}, got {getattr(self, name)!r}", param=name)
+        self.temperature = float(self.temperature)
+        self.top_p = float(self.top_p)
+        self.top_k = max(self.top_k, 0)
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
+        return self.temperature < GREEDY_BELOW or self.top_k == 1
 
 
 def sample(logits: Tensor, params: SamplingParams, generators: list[torch.Generator]) -> Tensor:

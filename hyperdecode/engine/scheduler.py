@@ -1,78 +1,104 @@
-"""Continuous batching over cache slots: a sequence is prefilled into a free slot, then joins the shared decode
-steps until it finishes. The offline `LLM` calls and the server both run on it."""
+"""Continuous batching over cache slots, as a step plan: each step, every running sequence is told how many of its
+tokens to feed (vLLM v1's shape). A decoding sequence feeds its newest token; a sequence still prefilling feeds
+the next chunk of its prompt, within the step's token budget, next to the decoding rows (chunked prefill); a
+waiting sequence is admitted into a free slot while the budget lasts. Without a budget whole prompts are fed.
+
+>>> from hyperdecode.engine.sampling import SamplingParams
+>>> s = Scheduler(max_batch=2, max_seq=64, max_num_batched_tokens=8)
+>>> a, b = Sequence(list(range(6)), SamplingParams()), Sequence(list(range(5)), SamplingParams())
+>>> s.add(a); s.add(b)
+>>> [(seq is a, n) for seq, n in s.schedule()]
+[(True, 6), (False, 2)]
+"""
 from __future__ import annotations
 
-from typing import Iterator
+import collections
 
-import torch
+from ..errors import ConfigError
+from .sequence import Sequence, Status
 
-from .runner import ReferenceRunner
-from .sampling import sample_rows
-from .sequence import Sequence
+__all__ = ["Scheduler", "StepPlan"]
 
-__all__ = ["Scheduler", "run"]
+StepPlan = list[tuple[Sequence, int]]  # (sequence, tokens it feeds this step), in the order they were admitted
 
 
 class Scheduler:
-    def __init__(self, runner: ReferenceRunner, max_batch: int, max_seq: int):
-        self.runner, self.max_seq = runner, max_seq
-        self.device = runner.model.embed_tokens.weight.device
-        runner.setup(max_batch, max_seq)
-        self.free = list(range(max_batch - 1, -1, -1))
+    def __init__(self, max_batch: int, max_seq: int, max_num_batched_tokens: int | None = None):
+        self.waiting: collections.deque[Sequence] = collections.deque()
         self.running: list[Sequence] = []
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_batch = 0
+        self.max_seq = 0
+        self.free: list[int] = []
+        self.resize(max_batch, max_seq)
+
+    def resize(self, max_batch: int, max_seq: int) -> None:
+        """New limits: only while no sequence holds a slot (the caches behind the slots are reallocated)."""
+        if self.running:
+            raise RuntimeError("the scheduler can only be resized while no sequence is running")
+        budget = self.max_num_batched_tokens
+        if budget is not None and budget < max_batch:
+            raise ConfigError(f"max_num_batched_tokens ({budget}) must be at least the batch size ({max_batch}): "
+                              "every decoding sequence feeds one token per step")
+        self.max_batch = max_batch
+        self.max_seq = max_seq
+        self.free = list(range(max_batch - 1, -1, -1))
 
     @property
-    def has_room(self) -> bool:
-        return bool(self.free)
+    def num_free(self) -> int:
+        """Slots not taken by a running sequence nor promised to a waiting one."""
+        return len(self.free) - len(self.waiting)
 
-    @torch.inference_mode()
-    def add(self, seq: Sequence) -> str:
-        """Prefills `seq` into a free slot and samples its first token; returns the text that became final."""
-        seq.slot = self.free.pop()
-        seq.generator = torch.Generator(device=self.device)
-        seq.generator.manual_seed(seq.params.seed) if seq.params.seed is not None else seq.generator.seed()
-        n = len(seq.prompt_ids)
-        tokens = torch.tensor([seq.prompt_ids], device=self.device)
-        pos = torch.arange(n, device=self.device)[None]
-        logits = self.runner.prefill(tokens, pos, self._slots([seq]))
-        self.running.append(seq)
-        piece = seq.append(sample_rows(logits, [seq.params], [seq.generator])[0], self.max_seq)
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = Status.WAITING
+        self.waiting.append(seq)
+
+    def schedule(self) -> StepPlan:
+        """This step's plan: decoding rows one token each, then prompt chunks in admission order."""
+        budget = self.max_num_batched_tokens
+        left = float("inf") if budget is None else budget
+        plan: StepPlan = []
+        for seq in self.running:
+            if not seq.prefilling:
+                plan.append((seq, 1))
+                left -= 1
+        for seq in self.running:
+            if seq.prefilling and left > 0:
+                n = int(min(seq.remaining, left))
+                plan.append((seq, n))
+                left -= n
+        while self.waiting and self.free and left > 0:
+            seq = self.waiting.popleft()
+            seq.slot = self.free.pop()
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            n = int(min(seq.remaining, left))
+            plan.append((seq, n))
+            left -= n
+        return plan
+
+    def append(self, seq: Sequence, token: int) -> None:
+        """Adds a sampled token; finishes the sequence on EOS, at max_tokens or at the end of its cache row."""
+        if token in seq.eos_ids and not seq.params.ignore_eos:
+            self.finish(seq, "stop")
+            return
+        seq.token_ids.append(token)
+        limit = seq.params.max_tokens
+        if (limit is not None and seq.num_output >= limit) or seq.num_tokens >= self.max_seq:
+            self.finish(seq, "length")
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """Ends a sequence (any reason: EOS, length, a stop string, abort) and frees its slot. Idempotent."""
         if seq.done:
-            self.remove(seq)
-        return piece
-
-    @torch.inference_mode()
-    def step(self) -> list[tuple[Sequence, str]]:
-        """One decode step for every running sequence; finished ones leave the batch."""
-        if not self.running:
-            return []
-        seqs = list(self.running)
-        tokens = torch.tensor([[s.output_ids[-1]] for s in seqs], device=self.device)
-        pos = torch.tensor([[s.next_pos] for s in seqs], device=self.device)
-        logits = self.runner.decode(tokens, pos, self._slots(seqs))
-        next_ids = sample_rows(logits, [s.params for s in seqs], [s.generator for s in seqs])
-        out = [(s, s.append(t, self.max_seq)) for s, t in zip(seqs, next_ids)]
-        for s in seqs:
-            if s.done:
-                self.remove(s)
-        return out
-
-    def _slots(self, seqs: list[Sequence]) -> torch.Tensor | None:
-        """Cache rows of a batch; None when they are rows 0..B-1 in order (then the cache is sliced, not gathered)."""
-        slots = [s.slot for s in seqs]
-        return None if slots == list(range(len(slots))) else torch.tensor(slots, device=self.device)
-
-    def remove(self, seq: Sequence) -> None:
+            return
+        seq.status = Status.FINISHED
+        seq.finish_reason = reason
+        if seq in self.waiting:
+            self.waiting.remove(seq)
         if seq in self.running:
             self.running.remove(seq)
             self.free.append(seq.slot)
-
-
-def run(runner: ReferenceRunner, seqs: list[Sequence], context_limit: int) -> Iterator[list[str]]:
-    """Generates all `seqs` together; after each step yields the new final text of every sequence."""
-    longest = max(len(s.prompt_ids) + s.params.max_tokens for s in seqs)
-    scheduler = Scheduler(runner, len(seqs), min(longest, context_limit))
-    yield [scheduler.add(s) for s in seqs]
-    while scheduler.running:
-        pieces = dict((id(s), p) for s, p in scheduler.step())
-        yield [pieces.get(id(s), "") for s in seqs]

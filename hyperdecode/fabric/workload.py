@@ -133,12 +133,8 @@ class ModelProfile:
 
     @classmethod
     def from_model(cls, name: str = "glm-5", kv_dtype: str = "bf16", **overrides: float) -> "ModelProfile":
-        from ..model.deepseek_config import DeepseekConfig
         from ..model.loader import preset_config
-        cfg = preset_config(name)
-        fp8 = kv_dtype == "fp8"
-        kv = cfg.kv_bytes_per_token(2, fp8=fp8) if isinstance(cfg, DeepseekConfig) else \
-            cfg.kv_bytes_per_token(1 if fp8 else 2)
+        kv = preset_config(name).kv_bytes_per_token(2, fp8=kv_dtype == "fp8")
         return cls(kv_bytes_per_token=kv, **overrides)
 
     def prefill_s(self, tokens: int) -> float:

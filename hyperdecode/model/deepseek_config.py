@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .config import require_positive
+from .config import hf_eos, hf_rope, known_fields, require_fields, require_positive
 
 __all__ = ["DeepseekConfig", "MODEL_TYPES"]
 
@@ -78,11 +78,11 @@ class DeepseekConfig:
             if self.index_n_heads <= 0 or self.index_head_dim < self.qk_rope_head_dim:
                 raise ConfigError(f"{self.source}: the DSA indexer needs 'index_n_heads' > 0 and "
                                   f"'index_head_dim' >= 'qk_rope_head_dim'")
-            self.indexer_types = self.indexer_types or ["full"] * n
+            self.indexer_types = self.layer_indexers
             if self.indexer_types[0] != "full":
                 raise ConfigError(f"{self.source}: 'indexer_types' must start with 'full'")
         for name, values, allowed in (("mlp_layer_types", self.mlp_layer_types, {"dense", "sparse"}),
-                                      ("indexer_types", self.indexer_types or ["full"] * n, {"full", "shared"})):
+                                      ("indexer_types", self.layer_indexers, {"full", "shared"})):
             if len(values) != n or not set(values) <= allowed:
                 raise ConfigError(f"{self.source}: '{name}' must list {n} values from {sorted(allowed)}")
         kind = (self.rope_scaling or {}).get("rope_type", "default")
@@ -93,6 +93,11 @@ class DeepseekConfig:
     @property
     def has_indexer(self) -> bool:
         return self.model_type != "deepseek_v3"
+
+    @property
+    def layer_indexers(self) -> list[str]:
+        """Per layer: "full" (an indexer of its own) or "shared" (reuses the previous one's selection)."""
+        return self.indexer_types or ["full"] * self.num_hidden_layers
 
     @property
     def indexer_rope_interleave(self) -> bool:
@@ -150,21 +155,23 @@ class DeepseekConfig:
         """Indexer key cache per token over all layers: FP8 values plus one fp32 scale (0 without an indexer)."""
         return self.num_hidden_layers * (self.index_head_dim + 4) if self.has_indexer else 0
 
+    def cache_bytes_read(self, context: int, value_bytes: int = 2) -> int:
+        """Cache bytes one decoded token reads at `context` tokens: the latents DSA keeps (at most index_topk per
+        layer) plus every past indexer key of the layers with an indexer of their own."""
+        per_layer = self.kv_bytes_per_token(value_bytes, fp8=value_bytes == 1) // self.num_hidden_layers
+        attended = min(context, self.index_topk) if self.has_indexer else context
+        full_indexers = self.layer_indexers.count("full") if self.has_indexer else 0
+        return self.num_hidden_layers * attended * per_layer + full_indexers * context * (self.index_head_dim + 4)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "DeepseekConfig":
         """Builds a config from HF config.json fields (`rope_scaling` or transformers 5 `rope_parameters`)."""
-        for name in REQUIRED:
-            if name not in d:
-                raise ConfigError(f"{source}: required field '{name}' is missing")
+        require_fields(d, REQUIRED, source)
         if d.get("hidden_act", "silu") != "silu" or d.get("scoring_func", "sigmoid") != "sigmoid":
             raise ConfigError(f"{source}: only silu experts with sigmoid routing are supported")
         if d.get("num_key_value_heads", d["num_attention_heads"]) != d["num_attention_heads"]:
             raise ConfigError(f"{source}: MLA needs 'num_key_value_heads' == 'num_attention_heads'")
-        rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
-        theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
-        if "type" in rope and "rope_type" not in rope:
-            rope["rope_type"] = rope.pop("type")
-        eos = d.get("eos_token_id")
+        theta, scaling = hf_rope(d)
         indexer_types = d.get("indexer_types")
         if indexer_types is None and d.get("model_type") == "glm_moe_dsa" and "index_topk_freq" in d:
             freq, offset = max(d["index_topk_freq"], 1), d.get("index_skip_topk_offset", 2)
@@ -174,14 +181,11 @@ class DeepseekConfig:
         if q and q.get("quant_method") != "fp8":
             raise ConfigError(f"{source}: quantization_config.quant_method '{q.get('quant_method')}' "
                               "is not supported (only fp8)")
-        known = {f.name for f in dataclasses.fields(cls)} - {"eos_token_ids", "rope_scaling", "rope_theta",
-                                                             "source", "indexer_types", "fp8_block"}
-        kwargs = {k: v for k, v in d.items() if k in known and v is not None}
+        kwargs = known_fields(cls, d, {"eos_token_ids", "rope_scaling", "rope_theta", "source", "indexer_types",
+                                       "fp8_block"})
         kwargs.setdefault("model_type", "deepseek_v3")
-        return cls(**kwargs, rope_theta=float(theta), indexer_types=indexer_types,
-                   rope_scaling=rope if rope.get("rope_type", "default") != "default" else None,
-                   eos_token_ids=[] if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
-                   fp8_block=tuple(q.get("weight_block_size", (128, 128))) if q else None, source=source)
+        return cls(**kwargs, rope_theta=theta, indexer_types=indexer_types, rope_scaling=scaling,
+                   eos_token_ids=hf_eos(d), fp8_block=tuple(q.get("weight_block_size", (128, 128))) if q else None, source=source)
 
     def to_hf_dict(self) -> dict[str, Any]:
         """config.json fields that transformers' classes for this model_type read back."""

@@ -1,122 +1,205 @@
-"""Reference Llama-family forward: RMSNorm, RoPE, GQA attention, SwiGLU MLP, static KV cache.
+"""The Llama family: its config (HF config.json, GGUF metadata or a preset) and its reference forward — RMSNorm,
+RoPE (default, linear, Llama-3 scaling), GQA attention, SwiGLU MLP, static KV cache.
 
 Checkpoints are read in HF layout and converted once by `from_hf` (q/k/v and gate/up fused, weights [in, out]).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig, rope_inv_freq
+from ..errors import ConfigError
+from .config import hf_eos, hf_rope, known_fields, require_fields, require_positive
+from .layers import MLP, CausalLM, CacheView, Linear, RMSNorm, cache_view, fuse, rope, rope_tables, to_in_out
 from .static import is_static
 
-__all__ = ["Transformer", "KVCache", "CacheView", "cache_view", "hf_shapes", "from_hf"]
+__all__ = ["LlamaConfig", "LlamaForCausalLM", "hf_shapes"]
 
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+ROPE_TYPES = ("default", "linear", "llama3")
+REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 
 
 @dataclass
-class CacheView:
-    """Where one forward reads and writes the cache: rows `slots` (default 0..B-1), positions below `length`."""
-    length: int
-    slots: Tensor | None = None
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+    model_type: str = "llama"
+    source: str = "config"
 
-    def rows(self, batch: int, device: torch.device) -> Tensor:
-        return self.slots if self.slots is not None else torch.arange(batch, device=device)
+    num_nextn_predict_layers = 0  # no MTP layer in this family
 
-    def read(self, buf: Tensor, batch: int) -> Tensor:
-        return buf[:batch, :, :self.length] if self.slots is None else buf[self.slots, :, :self.length]
+    def __post_init__(self) -> None:
+        require_positive(self, REQUIRED + ("max_position_embeddings",))
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(f"{self.source}: 'num_attention_heads' ({self.num_attention_heads}) is not a "
+                              f"multiple of 'num_key_value_heads' ({self.num_key_value_heads})")
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ConfigError(f"{self.source}: 'hidden_size' ({self.hidden_size}) is not a multiple of "
+                                  f"'num_attention_heads' ({self.num_attention_heads}) and no 'head_dim' is given")
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.head_dim % 2:
+            raise ConfigError(f"{self.source}: 'head_dim' must be even for RoPE, got {self.head_dim}")
+        if not (self.rope_theta > 0 and self.rms_norm_eps > 0):
+            raise ConfigError(f"{self.source}: 'rope_theta' and 'rms_norm_eps' must be positive")
+        rope_type = (self.rope_scaling or {}).get("rope_type", "default")
+        if rope_type not in ROPE_TYPES:
+            raise ConfigError(f"{self.source}: rope type '{rope_type}' is not supported (supported: {ROPE_TYPES})")
+
+    def kv_bytes_per_token(self, dtype_bytes: int = 2, fp8: bool = False) -> int:
+        """K and V of every layer for one token (`fp8`: one byte per value)."""
+        value_bytes = 1 if fp8 else dtype_bytes
+        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * value_bytes
+
+    def index_key_bytes_per_token(self) -> int:
+        return 0
+
+    def cache_bytes_read(self, context: int, value_bytes: int = 2) -> int:
+        """Cache bytes one decoded token reads at `context` tokens: every past K and V."""
+        return context * self.kv_bytes_per_token(value_bytes)
+
+    def rope_inv_freq(self) -> tuple[Tensor, float]:
+        """Per-pair RoPE inverse frequencies (linear or Llama-3 scaling applied) and the cos/sin factor (1)."""
+        dim = self.head_dim
+        inv = [self.rope_theta ** (-2 * i / dim) for i in range(dim // 2)]
+        rs = self.rope_scaling or {}
+        kind = rs.get("rope_type", "default")
+        if kind == "linear":
+            inv = [f / rs["factor"] for f in inv]
+        elif kind == "llama3":
+            inv = [llama3_scaled(f, rs) for f in inv]
+        return torch.tensor(inv, dtype=torch.float32), 1.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "LlamaConfig":
+        """Builds a config from HF config.json fields (transformers 4 `rope_scaling` or 5 `rope_parameters`)."""
+        if d.get("hidden_act", "silu") != "silu":
+            raise ConfigError(f"{source}: field 'hidden_act' must be 'silu', got {d.get('hidden_act')!r}")
+        require_fields(d, REQUIRED, source)
+        theta, scaling = hf_rope(d)
+        kwargs = known_fields(cls, d, {"eos_token_ids", "rope_scaling", "rope_theta", "source"})
+        return cls(**kwargs, rope_theta=theta, rope_scaling=scaling, eos_token_ids=hf_eos(d), source=source)
+
+    @classmethod
+    def from_gguf_metadata(cls, meta: dict[str, Any], source: str = "gguf") -> "LlamaConfig":
+        """Builds a config from GGUF key/values (`llama.*` architecture keys)."""
+        arch = meta.get("general.architecture")
+        if arch != "llama":
+            raise ConfigError(f"{source}: general.architecture '{arch}' is not supported (expected 'llama')")
+
+        def get(key: str, default: Any = ...) -> Any:
+            if f"llama.{key}" in meta:
+                return meta[f"llama.{key}"]
+            if default is ...:
+                raise ConfigError(f"{source}: required metadata key 'llama.{key}' is missing")
+            return default
+
+        heads = int(get("attention.head_count"))
+        hidden = int(get("embedding_length"))
+        vocab = get("vocab_size", None)
+        if vocab is None:
+            vocab = len(meta.get("tokenizer.ggml.tokens", []))
+        scaling = None
+        if get("rope.scaling.type", "none") == "linear":
+            scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
+        eos = meta.get("tokenizer.ggml.eos_token_id")
+        return cls(vocab_size=int(vocab), hidden_size=hidden, intermediate_size=int(get("feed_forward_length")),
+                   num_hidden_layers=int(get("block_count")), num_attention_heads=heads,
+                   num_key_value_heads=int(get("attention.head_count_kv", heads)),
+                   head_dim=int(get("attention.key_length", hidden // heads)),
+                   rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+                   rope_theta=float(get("rope.freq_base", 10000.0)), rope_scaling=scaling,
+                   max_position_embeddings=int(get("context_length", 2048)),
+                   bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+                   eos_token_ids=[] if eos is None else [int(eos)], source=source)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """config.json fields that transformers' config class for this model_type reads back."""
+        d = dataclasses.asdict(self)
+        for k in ("source", "eos_token_ids", "rope_scaling", "rope_theta"):
+            d.pop(k)
+        architecture = {"qwen3": "Qwen3ForCausalLM"}.get(self.model_type, "LlamaForCausalLM")
+        d.update(architectures=[architecture], hidden_act="silu", eos_token_id=self.eos_token_ids or None,
+                 rope_parameters={"rope_type": "default", **(self.rope_scaling or {}), "rope_theta": self.rope_theta})
+        return d
 
 
-class KVCache(nn.Module):
-    """Preallocated [batch, kv_heads, max_seq, head_dim] keys and values, written at each sequence's positions."""
+def llama3_scaled(f: float, rs: dict[str, Any]) -> float:
+    """One inverse frequency under Llama-3's scaling: low frequencies divided by `factor`, high ones kept."""
+    factor = rs["factor"]
+    lo = rs.get("low_freq_factor", 1.0)
+    hi = rs.get("high_freq_factor", 4.0)
+    old_len = rs["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / f
+    if wavelen < old_len / hi:
+        return f
+    if wavelen > old_len / lo:
+        return f / factor
+    smooth = (old_len / wavelen - lo) / (hi - lo)
+    return (1 - smooth) * f / factor + smooth * f
 
-    def __init__(self, batch: int, kv_heads: int, max_seq: int, head_dim: int, dtype: torch.dtype, device):
+
+class LlamaAttention(nn.Module):
+    """q, k and v share one [hidden, (heads + 2 kv_heads) * head_dim] projection; the cache holds k and v
+    [rows, max_seq, kv_heads, head_dim]."""
+
+    def __init__(self, cfg: LlamaConfig):
         super().__init__()
-        shape = (batch, kv_heads, max_seq, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.n_head = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        self.qkv_proj = Linear(cfg.hidden_size, (self.n_head + 2 * self.n_kv) * self.head_dim, cfg.attention_bias)
+        self.o_proj = Linear(self.n_head * self.head_dim, cfg.hidden_size, cfg.attention_bias)
+        self.cache = None
 
-    def update(self, pos: Tensor, k: Tensor, v: Tensor, view: CacheView) -> tuple[Tensor, Tensor]:
-        # pos: [B, S]; k, v: [B, kv_heads, S, head_dim]
-        B = pos.shape[0]
-        rows = view.rows(B, pos.device)[:, None]
-        self.k[rows, :, pos] = k.transpose(1, 2)
-        self.v[rows, :, pos] = v.transpose(1, 2)
-        return view.read(self.k, B), view.read(self.v, B)
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def proj(d_in: int, d_out: int, bias: bool) -> tuple[nn.Parameter, nn.Parameter | None]:
-    """Weights stored [in, out] so that decode's GEMV is `x @ w` (faster on CPU BLAS than x @ W.T)."""
-    return nn.Parameter(torch.empty(d_in, d_out)), nn.Parameter(torch.empty(d_out)) if bias else None
-
-
-def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    return x @ w if b is None else torch.addmm(b, x.flatten(0, -2), w).view(*x.shape[:-1], -1)
-
-
-class Attention(nn.Module):
-    """q, k and v share one [hidden, (heads + 2 kv_heads) * head_dim] projection."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.n_head, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.wqkv, self.bqkv = proj(cfg.hidden_size, (self.n_head + 2 * self.n_kv) * self.head_dim,
-                                    cfg.attention_bias)
-        self.wo, self.bo = proj(self.n_head * self.head_dim, cfg.hidden_size, cfg.attention_bias)
-        self.cache: KVCache | None = None
+    def normalize(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-head normalisation of q and k before RoPE: none in Llama (Qwen3 overrides it)."""
+        return q, k
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, mask: Tensor | None,
                 cache: CacheView | None) -> Tensor:
         B, S, _ = x.shape
-        qkv = linear(x, self.wqkv, self.bqkv).view(B, S, self.n_head + 2 * self.n_kv, self.head_dim).transpose(1, 2)
-        q, k, v = qkv.split([self.n_head, self.n_kv, self.n_kv], dim=1)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        qkv = self.qkv_proj(x).view(B, S, self.n_head + 2 * self.n_kv, self.head_dim)
+        q, k, v = qkv.split([self.n_head, self.n_kv, self.n_kv], dim=2)
+        q, k = self.normalize(q, k)
+        q = rope(q, cos[:, :, None], sin[:, :, None])
+        k = rope(k, cos[:, :, None], sin[:, :, None])
         if cache is not None:
-            k, v = self.cache.update(pos, k, v, cache)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_head)
-        return linear(y.transpose(1, 2).reshape(B, S, -1), self.wo, self.bo)
+            k, v = self.cache.update(pos, [k, v], cache)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                           enable_gqa=self.n_kv != self.n_head)
+        return self.o_proj(y.transpose(1, 2).reshape(B, S, -1))
 
 
-class MLP(nn.Module):
-    """SwiGLU; gate and up share one [hidden, 2 * intermediate] projection."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.w13, self.b13 = proj(cfg.hidden_size, 2 * cfg.intermediate_size, cfg.mlp_bias)
-        self.w2, self.b2 = proj(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        gate, up = linear(x, self.w13, self.b13).chunk(2, dim=-1)
-        return linear(F.silu(gate) * up, self.w2, self.b2)
-
-
-class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+class LlamaBlock(nn.Module):
+    def __init__(self, cfg: LlamaConfig, attention: type[LlamaAttention]):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg)
+        self.self_attn = attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, mask: Tensor | None,
                 cache: CacheView | None) -> Tensor:
@@ -124,70 +207,60 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class Transformer(nn.Module):
-    FP32_PARAMS = None
+class LlamaForCausalLM(CausalLM):
+    attention = LlamaAttention  # a variant family swaps its attention here (qwen3.py)
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: LlamaConfig, mtp: bool = False):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(LlamaBlock(cfg, self.attention) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Parameter(torch.empty(cfg.hidden_size, cfg.vocab_size))  # [in, out]; a copy when tied
-        self.register_buffer("inv_freq", torch.tensor(rope_inv_freq(cfg), dtype=torch.float32), persistent=False)
-        self.max_batch = self.max_seq = 0
+        self.register_buffer("inv_freq", torch.zeros(cfg.head_dim // 2), persistent=False)
+        self.init_buffers()
 
-    def setup_caches(self, max_batch: int, max_seq: int) -> None:
-        """Allocates static KV caches; keeps the current ones when they are already large enough."""
-        if max_batch <= self.max_batch and max_seq <= self.max_seq:
-            return
-        self.max_batch, self.max_seq = max(max_batch, self.max_batch), max(max_seq, self.max_seq)
-        p = self.embed_tokens.weight
-        for layer in self.layers:
-            layer.self_attn.cache = KVCache(self.max_batch, self.cfg.num_key_value_heads, self.max_seq,
-                                            self.cfg.head_dim, p.dtype, p.device)
+    def init_buffers(self) -> None:
+        """Fills the non-persistent buffers (RoPE frequencies), e.g. after `to_empty`."""
+        if self.inv_freq.device.type != "meta":
+            self.inv_freq.copy_(self.cfg.rope_inv_freq()[0])
 
-    def forward(self, tokens: Tensor, pos: Tensor, use_cache: bool = True, slots: Tensor | None = None) -> Tensor:
+    def cache_shapes(self, layer: int) -> dict[str, tuple[int, ...]]:
+        kv = (self.cfg.num_key_value_heads, self.cfg.head_dim)
+        return {"k": kv, "v": kv}
+
+    def forward(self, tokens: Tensor, pos: Tensor, slots: Tensor | None = None, use_cache: bool = True) -> Tensor:
         """tokens, pos: [B, S] -> final-norm hidden states [B, S, hidden]. Each row has its own positions and,
         with `slots`, its own cache row (continuous batching); without the cache it is one causal forward."""
         B, S = tokens.shape
         x = self.embed_tokens(tokens)
-        freqs = pos[..., None].float() * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        cos, sin = rope_tables(pos, self.inv_freq, x.dtype)
         cache, key_pos = cache_view(self, tokens, pos, use_cache, slots)
+        mask = (key_pos[:, None, :] <= pos[:, :, None])[:, None]
         if cache is not None and B == 1 and S == 1 and not is_static():
-            key_pos = None  # one query at the newest position attends to the whole prefix
-        mask = None if key_pos is None else (key_pos[:, None, :] <= pos[:, :, None])[:, None]
+            mask = None  # one query at the newest position attends to the whole prefix
         for layer in self.layers:
             x = layer(x, cos, sin, pos, mask, cache)
         return self.norm(x)
 
-    def logits(self, h: Tensor) -> Tensor:
-        return (h @ self.lm_head).float()
+    def logits(self, hidden: Tensor) -> Tensor:
+        return (hidden @ self.lm_head).float()
 
     def hf_shapes(self) -> dict[str, tuple[int, ...]]:
         return hf_shapes(self.cfg)
 
     def from_hf(self, sd: dict[str, Tensor]) -> dict[str, Tensor]:
-        return from_hf(sd, self.cfg)
+        """HF-named tensors (already checked against `hf_shapes`) -> this module's state dict."""
+        out = to_in_out(sd)
+        head = out.pop("lm_head.weight", None)
+        out["lm_head"] = sd["embed_tokens.weight"].t() if self.cfg.tie_word_embeddings else head
+        for i in range(self.cfg.num_hidden_layers):
+            fuse(out, f"layers.{i}.self_attn.", ("q_proj", "k_proj", "v_proj"), "qkv_proj")
+            fuse(out, f"layers.{i}.mlp.", ("gate_proj", "up_proj"), "gate_up_proj")
+        return out
 
 
-def cache_view(model: nn.Module, tokens: Tensor, pos: Tensor, use_cache: bool,
-               slots: Tensor | None) -> tuple[CacheView | None, Tensor]:
-    """The cache view of a forward and the positions of its keys ([B, T]): cache rows, or the input itself."""
-    if not use_cache:
-        return None, pos
-    if is_static():  # the caller checked the bounds; every cache position is read, masked by position
-        return CacheView(model.max_seq, slots), torch.arange(model.max_seq, device=pos.device).expand(pos.shape[0], -1)
-    rows = tokens.shape[0] if slots is None else int(slots.max()) + 1
-    if rows > model.max_batch or int(pos.max()) >= model.max_seq:
-        raise ValueError(f"the cache holds {model.max_batch}x{model.max_seq}; call setup_caches first")
-    length = int(pos.max()) + 1
-    return CacheView(length, slots), torch.arange(length, device=pos.device).expand(tokens.shape[0], -1)
-
-
-def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+def hf_shapes(cfg: LlamaConfig, mtp: bool = False) -> dict[str, tuple[int, ...]]:
     """Names (HF, without "model.") and shapes of every tensor a checkpoint for `cfg` must hold."""
     H, I, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     shapes = {"embed_tokens.weight": (cfg.vocab_size, H), "norm.weight": (H,)}
@@ -198,32 +271,11 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     mlp = {"gate_proj": (I, H), "up_proj": (I, H), "down_proj": (H, I)}
     for i in range(cfg.num_hidden_layers):
         p = f"layers.{i}."
-        shapes[p + "input_layernorm.weight"] = shapes[p + "post_attention_layernorm.weight"] = (H,)
+        shapes[p + "input_layernorm.weight"] = (H,)
+        shapes[p + "post_attention_layernorm.weight"] = (H,)
         for group, table, bias in (("self_attn", attn, cfg.attention_bias), ("mlp", mlp, cfg.mlp_bias)):
             for name, shape in table.items():
                 shapes[f"{p}{group}.{name}.weight"] = shape
                 if bias:
                     shapes[f"{p}{group}.{name}.bias"] = shape[:1]
     return shapes
-
-
-def from_hf(sd: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
-    """HF-named tensors (already checked against `hf_shapes`) -> this module's state dict."""
-    out = {"embed_tokens.weight": sd["embed_tokens.weight"], "norm.weight": sd["norm.weight"],
-           "lm_head": sd["embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"].t()}
-    for i in range(cfg.num_hidden_layers):
-        p = f"layers.{i}."
-        a, m = p + "self_attn.", p + "mlp."
-        out[p + "input_layernorm.weight"] = sd[p + "input_layernorm.weight"]
-        out[p + "post_attention_layernorm.weight"] = sd[p + "post_attention_layernorm.weight"]
-        out[a + "wqkv"] = torch.cat([sd[a + f"{n}_proj.weight"] for n in "qkv"]).t()
-        out[a + "wo"] = sd[a + "o_proj.weight"].t()
-        out[m + "w13"] = torch.cat([sd[m + "gate_proj.weight"], sd[m + "up_proj.weight"]]).t()
-        out[m + "w2"] = sd[m + "down_proj.weight"].t()
-        if cfg.attention_bias:
-            out[a + "bqkv"] = torch.cat([sd[a + f"{n}_proj.bias"] for n in "qkv"])
-            out[a + "bo"] = sd[a + "o_proj.bias"]
-        if cfg.mlp_bias:
-            out[m + "b13"] = torch.cat([sd[m + "gate_proj.bias"], sd[m + "up_proj.bias"]])
-            out[m + "b2"] = sd[m + "down_proj.bias"]
-    return out

@@ -11,26 +11,23 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, ModelNotFoundError
 from .checkpoint import FP8, dequantize_state_dict, write_checkpoint
-from .config import PRESETS, ModelConfig, rope_inv_freq
-from .deepseek import DeepseekTransformer, hf_shapes as deepseek_shapes
-from .deepseek_config import MODEL_TYPES, DeepseekConfig
 from .embedded import smollm2_path
-from .llama import Transformer, hf_shapes as llama_shapes
+from .presets import PRESETS, get_preset
+from .registry import ModelConfig, config_from_dict, family_for_gguf, family_of
 from .tokenizer import Tokenizer
 from .weights import gguf_metadata, load_state_dict, open_gguf, random_state_dict, read_gguf, read_safetensors
 
-__all__ = ["LoadedModel", "load_model", "read_config", "export_model", "config_from_dict", "preset_config",
+__all__ = ["LoadedModel", "load_model", "read_config", "export_model", "preset_config", "expected_shapes", "build",
            "resolve_device", "resolve_dtype"]
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
-Config = ModelConfig | DeepseekConfig
 
 
 @dataclass
 class LoadedModel:
     name: str
-    cfg: Config
+    cfg: ModelConfig
     model: nn.Module
     tokenizer: Tokenizer | None
     fp8_weights: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # raw (fp8, scale_inv) by name
@@ -56,49 +53,34 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def config_from_dict(d: dict[str, Any], source: str) -> Config:
-    """The config class follows `model_type`: the GLM-5/DeepSeek family or the Llama family."""
-    if d.get("model_type") in MODEL_TYPES:
-        return DeepseekConfig.from_dict(d, source)
-    return ModelConfig.from_dict(d, source)
-
-
-def preset_config(name: str) -> Config:
-    if name not in PRESETS:
-        raise ModelNotFoundError(f"model '{name}' is neither a preset ({', '.join(PRESETS)}) nor an existing path")
-    spec = PRESETS[name]
-    if "embedded" in spec:
+def preset_config(name: str) -> ModelConfig:
+    preset = get_preset(name)
+    if preset.embedded:
         return gguf_config(open_gguf(smollm2_path()), name)[0]
-    if "hf_config" in spec:
-        return DeepseekConfig.from_dict(spec["hf_config"], source=f"preset '{name}'")
-    return ModelConfig(**spec["config"], source=f"preset '{name}'")
+    return config_from_dict(preset.hf_config, source=f"preset '{name}'")
 
 
-def expected_shapes(cfg: Config, mtp: bool) -> dict[str, tuple[int, ...]]:
-    return deepseek_shapes(cfg, mtp) if isinstance(cfg, DeepseekConfig) else llama_shapes(cfg)
+def expected_shapes(cfg: ModelConfig, mtp: bool) -> dict[str, tuple[int, ...]]:
+    """HF names (without "model.") and shapes of every tensor a checkpoint for `cfg` holds."""
+    return family_of(cfg).shapes(cfg, mtp)
 
 
-def has_mtp(cfg: Config, sd: dict[str, Tensor]) -> bool:
-    """HF's save_pretrained drops the MTP layer; it is built only when its tensors are in the checkpoint."""
-    if not isinstance(cfg, DeepseekConfig) or cfg.num_nextn_predict_layers < 1:
-        return False
-    return any(k.startswith(f"layers.{cfg.num_hidden_layers}.") for k in sd)
-
-
-def build(cfg: Config, sd: dict[str, Tensor], source: str, device: torch.device, dtype: torch.dtype) -> nn.Module:
+def build(cfg: ModelConfig, sd: dict[str, Tensor], source: str, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """The family's module for `cfg` with the HF-named tensors `sd` loaded (checked, converted, cast)."""
+    family = family_of(cfg)
     with torch.device("meta"):
-        model = DeepseekTransformer(cfg, has_mtp(cfg, sd)) if isinstance(cfg, DeepseekConfig) else Transformer(cfg)
+        model = family.model(cfg, family.has_mtp(cfg, sd))
     model = model.to_empty(device=device).to(dtype)
     for name, p in model.named_parameters():
         if model.FP32_PARAMS and model.FP32_PARAMS.match(name):
             p.data = p.data.float()
-    inv_freq = cfg.rope_inv_freq()[0] if isinstance(cfg, DeepseekConfig) else torch.tensor(rope_inv_freq(cfg))
-    model.inv_freq = inv_freq.to(device=device, dtype=torch.float32)
+    model.inv_freq = model.inv_freq.float()
+    model.init_buffers()
     load_state_dict(model, sd, source)
     return model.eval()
 
 
-def read_config(model: str) -> Config:
+def read_config(model: str) -> ModelConfig:
     """The config of a preset, a checkpoint directory or a .gguf file, without loading weights."""
     path = Path(model)
     if model in PRESETS:
@@ -122,7 +104,7 @@ def read_json(path: Path) -> dict[str, Any]:
     return d
 
 
-def read_checkpoint_dir(path: Path) -> tuple[Config, dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:
+def read_checkpoint_dir(path: Path) -> tuple[ModelConfig, dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:
     """Config and HF-named tensors of a safetensors checkpoint, FP8 weights dequantized (raw pairs kept)."""
     cfg = config_from_dict(read_json(path / "config.json"), str(path / "config.json"))
     sd, raw = read_safetensors(path), {}
@@ -131,14 +113,21 @@ def read_checkpoint_dir(path: Path) -> tuple[Config, dict[str, Tensor], dict[str
     return cfg, sd, raw
 
 
+def random_preset(name: str, seed: int) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """A random-weight preset's config and HF-named tensors (MTP layer included when the config has one)."""
+    preset = get_preset(name)
+    if preset.sizing_only:
+        raise ConfigError(f"preset '{name}' is for sizing only (try `hyperdecode inspect {name}`); "
+                          "its weights are not built")
+    cfg = preset_config(name)
+    return cfg, random_state_dict(expected_shapes(cfg, mtp=cfg.num_nextn_predict_layers > 0), seed)
+
+
 def export_model(model: str, out_dir: str | Path, fp8: bool = False, seed: int = 0,
                  dtype: torch.dtype = torch.bfloat16) -> Path:
     """Writes a HF-format checkpoint: a preset's random weights (MTP layer included) or a converted checkpoint."""
-    if model in PRESETS and "embedded" not in PRESETS[model]:
-        if PRESETS[model].get("sizing_only"):
-            raise ConfigError(f"preset '{model}' is for sizing only; its weights are not built")
-        cfg = preset_config(model)
-        sd = random_state_dict(expected_shapes(cfg, mtp=getattr(cfg, "num_nextn_predict_layers", 0) > 0), seed)
+    if model in PRESETS and not PRESETS[model].embedded:
+        cfg, sd = random_preset(model, seed)
     elif Path(model).is_dir():
         cfg, sd, _ = read_checkpoint_dir(Path(model))
     else:
@@ -153,16 +142,11 @@ def load_model(model: str, device: str | torch.device = "auto", dtype: str | tor
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     path = Path(model)
     if model in PRESETS:
-        spec = PRESETS[model]
-        if "embedded" in spec:
+        if PRESETS[model].embedded:
             return load_gguf(smollm2_path(), dev, dt, name=model)
-        if spec.get("sizing_only"):
-            raise ConfigError(f"preset '{model}' is for sizing only (try `hyperdecode inspect {model}`); "
-                              "its weights are not built")
-        cfg = preset_config(model)
+        cfg, sd = random_preset(model, seed)
         tok = Tokenizer.byte_level()
         cfg.eos_token_ids = tok.eos_token_ids
-        sd = random_state_dict(expected_shapes(cfg, mtp=getattr(cfg, "num_nextn_predict_layers", 0) > 0), seed)
         return LoadedModel(model, cfg, build(cfg, sd, model, dev, dt), tok)
     if path.is_dir():
         cfg, sd, raw = read_checkpoint_dir(path)
@@ -178,7 +162,8 @@ def load_model(model: str, device: str | torch.device = "auto", dtype: str | tor
 def gguf_config(reader: Any, source: str) -> tuple[ModelConfig, Tokenizer]:
     """Config and tokenizer from GGUF metadata; embeddings are tied when the file has no output.weight."""
     meta = gguf_metadata(reader)
-    cfg = ModelConfig.from_gguf_metadata(meta, source=source)
+    family = family_for_gguf(meta.get("general.architecture"), source)
+    cfg = family.config.from_gguf_metadata(meta, source=source)
     cfg.tie_word_embeddings = not any(t.name == "output.weight" for t in reader.tensors)
     tok = Tokenizer.from_gguf_metadata(meta, source=source)
     cfg.eos_token_ids = tok.eos_token_ids

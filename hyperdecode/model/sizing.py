@@ -4,10 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from .config import ModelConfig
-from .deepseek import hf_shapes as deepseek_shapes
-from .deepseek_config import DeepseekConfig
-from .llama import hf_shapes as llama_shapes
+from .registry import ModelConfig, family_of
 
 __all__ = ["Sizing", "size_model"]
 
@@ -37,8 +34,8 @@ class Sizing:
         return {**asdict(self), "bytes_per_token": self.bytes_per_token, "roofline_tok_s": self.roofline_tok_s}
 
 
-def size_model(cfg: ModelConfig | DeepseekConfig, context: int = 4096, weight_bytes: float = 2.0,
-               hbm_tbps: float = 4.1, kv_bytes: int = 2) -> Sizing:
+def size_model(cfg: ModelConfig, context: int = 4096, weight_bytes: float = 2.0, hbm_tbps: float = 4.1,
+               kv_bytes: int = 2) -> Sizing:
     """Batch-1 decode sizing at `context` tokens, weights of `weight_bytes` each (2 = bf16, 1 = FP8) and a cache
     of `kv_bytes` per value (1 = FP8: for MLA the packed 656 B/layer layout when the dims are GLM/DeepSeek's).
 
@@ -46,28 +43,18 @@ def size_model(cfg: ModelConfig | DeepseekConfig, context: int = 4096, weight_by
     >>> size_model(preset_config("glm-5")).total_params
     753864139008
     """
-    if isinstance(cfg, DeepseekConfig):
-        total = deepseek_shapes(cfg, mtp=cfg.num_nextn_predict_layers > 0)
-        main = deepseek_shapes(cfg, mtp=False)
-    else:
-        total = main = llama_shapes(cfg)
+    family = family_of(cfg)
+    total = family.shapes(cfg, cfg.num_nextn_predict_layers > 0)
+    main = family.shapes(cfg, False)
     count = {k: math.prod(v) for k, v in total.items()}
-    n_total, n_main = sum(count.values()), sum(count[k] for k in main)
+    n_total = sum(count.values())
+    n_main = sum(count[k] for k in main)
     active = 0.0
     for k in main:
         if k == "embed_tokens.weight" and not cfg.tie_word_embeddings:
             continue
         share = cfg.num_experts_per_tok / cfg.n_routed_experts if ".mlp.experts." in k else 1.0
         active += count[k] * share
-    if isinstance(cfg, DeepseekConfig):
-        kv, index_key = cfg.kv_bytes_per_token(kv_bytes, fp8=kv_bytes == 1), cfg.index_key_bytes_per_token()
-        per_layer_kv = kv // cfg.num_hidden_layers
-        attended = min(context, cfg.index_topk) if cfg.has_indexer else context
-        full_indexers = (cfg.indexer_types or []).count("full") if cfg.has_indexer else 0
-        cache = (cfg.num_hidden_layers * attended * per_layer_kv
-                 + full_indexers * context * (cfg.index_head_dim + 4))
-    else:
-        kv, index_key = cfg.kv_bytes_per_token(kv_bytes), 0
-        cache = context * kv
-    return Sizing(n_total, n_main, n_total - n_main, int(active), kv, index_key, context,
-                  int(active * weight_bytes), cache, hbm_tbps)
+    kv = cfg.kv_bytes_per_token(kv_bytes, fp8=kv_bytes == 1)
+    return Sizing(n_total, n_main, n_total - n_main, int(active), kv, cfg.index_key_bytes_per_token(), context,
+                  int(active * weight_bytes), cfg.cache_bytes_read(context, kv_bytes), hbm_tbps)

@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from ..errors import WeightsError
-from .config import ModelConfig
 
 __all__ = ["read_safetensors", "read_gguf", "gguf_metadata", "check_hf_tensors", "load_state_dict",
            "random_state_dict"]
@@ -109,7 +108,7 @@ def unpermute_rope(w: Tensor, n_head: int) -> Tensor:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def read_gguf(path: str | Path, cfg: ModelConfig, reader: Any = None) -> dict[str, Tensor]:
+def read_gguf(path: str | Path, cfg: Any, reader: Any = None) -> dict[str, Tensor]:
     """Dequantizes every tensor with gguf's own dequantizer and names it like the HF checkpoint."""
     import gguf
     path = Path(path)

@@ -15,8 +15,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import __version__
 from ..engine.llm import LLM
+from ..engine.output import OutputStream
 from ..engine.sampling import SamplingParams
 from ..engine.sequence import Sequence
+from ..errors import RequestError
 from .engine import Engine, Request
 from .metrics import Metrics
 from .protocol import APIError, GenerateRequest, chunk, completion_body, error_body, new_id, parse_chat, \
@@ -25,6 +27,7 @@ from .protocol import APIError, GenerateRequest, chunk, completion_body, error_b
 __all__ = ["ServerConfig", "create_app"]
 
 DISCONNECT_POLL_S = 0.05
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
 @dataclass
@@ -84,6 +87,10 @@ def create_app(config: ServerConfig, llm: LLM | None = None) -> FastAPI:
     async def api_error(_: HTTPRequest, e: APIError) -> JSONResponse:
         return JSONResponse(error_body(e), status_code=e.status, headers=e.headers)
 
+    @app.exception_handler(RequestError)
+    async def request_error(_: HTTPRequest, e: RequestError) -> JSONResponse:
+        return JSONResponse(error_body(APIError(400, str(e), param=e.param)), status_code=400)
+
     @app.exception_handler(Exception)
     async def server_fault(_: HTTPRequest, e: Exception) -> JSONResponse:
         return JSONResponse(error_body(APIError(500, f"internal error: {type(e).__name__}: {e}",
@@ -107,9 +114,12 @@ def create_app(config: ServerConfig, llm: LLM | None = None) -> FastAPI:
     @app.get("/health")
     async def health() -> Response:
         engine = state.ready_engine()
-        seq = Sequence([engine.llm.encode("ok")[0]], SamplingParams(max_tokens=1, ignore_eos=True), None)
-        req = engine.submit(seq, config.health_timeout, internal=True)
-        kind, _ = await _next_event(req, config.health_timeout + 1)
+        seq, stream = engine.inputs.process([0], SamplingParams(max_tokens=1, ignore_eos=True))
+        req = engine.submit(seq, stream, config.health_timeout, internal=True)
+        deadline = time.monotonic() + config.health_timeout + 1
+        kind = "text"
+        while kind == "text":  # its one token's text, then done
+            kind, _ = await _next_event(req, max(deadline - time.monotonic(), 0.001))
         engine.cancel(req)
         if kind != "done":
             raise APIError(503, "the engine did not complete a one-token generation in time", type="server_error")
@@ -133,11 +143,10 @@ def create_app(config: ServerConfig, llm: LLM | None = None) -> FastAPI:
     @app.post("/tokenize")
     async def tokenize(request: HTTPRequest) -> dict:
         engine, body = state.ready_engine(), await body_of(request)
-        tok = engine.llm.tokenizer
         if isinstance(body, dict) and isinstance(body.get("prompt"), str):
-            ids = tok.encode(body["prompt"])
+            ids = engine.inputs.require_tokenizer().encode(body["prompt"])
         elif isinstance(body, dict) and "messages" in body:
-            ids = engine.llm.chat_prompt(parse_chat({"model": config.name, **body}).prompt)
+            ids = engine.inputs.chat_prompt(parse_chat({"model": config.name, **body}).prompt)
         else:
             raise APIError(400, "'prompt' (a string) or 'messages' is required", param="prompt")
         return {"tokens": ids, "count": len(ids), "max_model_len": engine.max_model_len}
@@ -164,9 +173,9 @@ def create_app(config: ServerConfig, llm: LLM | None = None) -> FastAPI:
         if g.model != config.name:
             raise APIError(404, f"the model '{g.model}' does not exist (serving '{config.name}')", param="model",
                            type="not_found_error", code="model_not_found")
-        seq = make_sequence(engine, g)
+        seq, stream = make_sequence(engine, g)
         rid = new_id(g.kind, request.headers.get("x-request-id"))
-        req = engine.submit(seq, g.timeout_s or config.request_timeout)
+        req = engine.submit(seq, stream, g.timeout_s or config.request_timeout)
         headers = {"x-request-id": rid}
         if g.stream:
             return StreamingResponse(sse(engine, req, g, rid), media_type="text/event-stream", headers=headers)
@@ -210,23 +219,11 @@ def create_app(config: ServerConfig, llm: LLM | None = None) -> FastAPI:
     return app
 
 
-def make_sequence(engine: Engine, g: GenerateRequest) -> Sequence:
-    llm = engine.llm
-    ids = llm.chat_prompt(g.prompt) if g.kind == "chat" else \
-        (llm.tokenizer.encode(g.prompt) if isinstance(g.prompt, str) else list(g.prompt))
-    limit = engine.max_model_len
-    vocab = llm.config.vocab_size
-    if any(not 0 <= t < vocab for t in ids):
-        raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
-    room = limit - len(ids)
-    if not g.max_tokens_given:
-        g.params.max_tokens = max(room, 1) if g.kind == "chat" else min(16, max(room, 1))
-    if room < 1 or g.params.max_tokens > room:
-        raise APIError(400, f"This model's maximum context length is {limit} tokens. However, you requested "
-                            f"{len(ids) + g.params.max_tokens} tokens ({len(ids)} in the messages, "
-                            f"{g.params.max_tokens} in the completion). Please reduce the length of the messages "
-                            "or completion.", param="messages" if g.kind == "chat" else "prompt")
-    return Sequence(ids, g.params, llm.tokenizer, frozenset(llm.config.eos_token_ids))
+def make_sequence(engine: Engine, g: GenerateRequest) -> tuple[Sequence, OutputStream]:
+    """The request path `hd.LLM` uses too; OpenAI's default length: chat to the end of the context, completions 16."""
+    if g.kind == "chat":
+        return engine.inputs.process(params=g.params, messages=g.prompt)
+    return engine.inputs.process(g.prompt, g.params, default_max_tokens=COMPLETION_DEFAULT_MAX_TOKENS)
 
 
 def event(obj: dict) -> str:

@@ -1,7 +1,9 @@
-"""The serving engine: one thread runs the scheduler; asyncio handlers submit requests and read their events.
+"""The serving engine: one thread drives the `LLM`'s engine core; asyncio handlers submit requests and read their
+events. This module adds only what serving needs around the core: a bounded admission queue, cancellation,
+deadlines, events to the handlers and metrics.
 
-Between two decode steps the thread drops cancelled requests (client gone) and requests past their deadline, then
-admits waiting requests into free cache slots. So a disconnect stops generation within one decode step.
+Between two steps the thread drops cancelled requests (client gone) and requests past their deadline, then hands
+waiting requests to the core while it has free slots. So a disconnect stops generation within one step.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.llm import LLM
-from ..engine.scheduler import Scheduler
+from ..engine.output import OutputStream
+from ..engine.request import InputProcessor
 from ..engine.sequence import Sequence
 from .metrics import Metrics
 from .protocol import APIError
@@ -21,10 +24,12 @@ from .protocol import APIError
 __all__ = ["Engine", "Request"]
 
 
-@dataclass
+@dataclass(eq=False)
 class Request:
-    """A submitted sequence plus how to reach its handler: events go to `queue` on the handler's `loop`."""
+    """A submitted sequence and its output stream, plus how to reach its handler: events go to `queue` on the
+    handler's `loop`."""
     seq: Sequence
+    stream: OutputStream
     deadline: float | None
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
@@ -43,20 +48,25 @@ class Engine:
     def __init__(self, llm: LLM, max_batch: int = 8, max_queue: int = 64, max_model_len: int | None = None,
                  metrics: Metrics | None = None):
         self.llm = llm
+        self.core = llm.core
         self.max_queue = max_queue
         self.max_model_len = min(max_model_len or llm.max_context, llm.max_context)
-        self.scheduler = Scheduler(llm.runner, max_batch, self.max_model_len)
+        self.inputs: InputProcessor = llm.inputs.with_limit(self.max_model_len)
+        self.core.reserve(max_batch, self.max_model_len)
         self.metrics = metrics or Metrics(llm.name)
         self.waiting: collections.deque[Request] = collections.deque()
-        self.active: dict[int, Request] = {}  # id(seq) -> request, for running sequences
+        self.active: dict[Sequence, Request] = {}  # sequences the core holds
         self.wake = threading.Condition()
         self.stopping = False
-        self.steps = 0
         self.thread = threading.Thread(target=self._loop, name="hyperdecode-engine", daemon=True)
         self.thread.start()
 
-    def submit(self, seq: Sequence, timeout_s: float | None, internal: bool = False) -> Request:
-        req = Request(seq, None if timeout_s is None else time.monotonic() + timeout_s,
+    @property
+    def steps(self) -> int:
+        return self.core.steps
+
+    def submit(self, seq: Sequence, stream: OutputStream, timeout_s: float | None, internal: bool = False) -> Request:
+        req = Request(seq, stream, None if timeout_s is None else time.monotonic() + timeout_s,
                       asyncio.get_running_loop(), internal=internal)
         with self.wake:
             if len(self.waiting) >= self.max_queue:
@@ -88,9 +98,8 @@ class Engine:
             try:
                 self._expire()
                 self._admit()
-                for seq, piece in self.scheduler.step():
-                    self._deliver(self.active[id(seq)], piece)
-                self.steps += 1
+                for seq in self.core.step():
+                    self._deliver(self.active[seq])
             except Exception as e:  # a real server fault: fail the requests in flight, keep serving
                 for req in list(self.active.values()):
                     self._finish(req, "error", APIError(500, f"engine error: {type(e).__name__}: {e}",
@@ -107,28 +116,32 @@ class Engine:
                 self._finish(req, "abort", None)
             elif req.deadline is not None and now > req.deadline:
                 self._finish(req, "abort", APIError(504, "the request exceeded its deadline "
-                                                         f"after {len(req.seq.output_ids)} tokens",
+                                                         f"after {req.seq.num_output} tokens",
                                                     type="timeout_error", code="deadline_exceeded"))
 
     def _admit(self) -> None:
-        while self.scheduler.has_room:
+        while self.core.scheduler.num_free > 0:
             with self.wake:
                 if not self.waiting:
                     return
                 req = self.waiting.popleft()
-            self.active[id(req.seq)] = req
+            self.active[req.seq] = req
             if not req.internal:
                 self.metrics.prompt_tokens.inc(len(req.seq.prompt_ids))
-            self._deliver(req, self.scheduler.add(req.seq))
+            self.core.add(req.seq)
 
-    def _deliver(self, req: Request, piece: str) -> None:
+    def _deliver(self, req: Request) -> None:
+        """After a step in which the request's sequence sampled: its new text, metrics, and its end."""
         now = time.perf_counter()
         seq = req.seq
-        first = len(seq.output_ids) == 1 or (seq.done and req.last_token_at == 0.0)
-        if not req.internal and first:
-            self.metrics.ttft.observe(now - seq.start)
-        elif not req.internal and req.last_token_at:
-            self.metrics.itl.observe(now - req.last_token_at)
+        piece = req.stream.update()
+        if req.stream.stop_at is not None:
+            self.core.finish(seq, "stop", num_output=req.stream.stop_at)
+        if not req.internal:
+            if req.last_token_at == 0.0:
+                self.metrics.ttft.observe(now - req.stream.start)
+            else:
+                self.metrics.itl.observe(now - req.last_token_at)
         req.last_token_at = now
         if piece:
             req.emit("text", piece)
@@ -140,15 +153,17 @@ class Engine:
         with self.wake:
             if req in self.waiting:
                 self.waiting.remove(req)
-        self.scheduler.remove(seq)
-        self.active.pop(id(seq), None)
-        if not seq.done:
-            seq.finish(time.perf_counter(), reason)
-        result = seq.result()
+        self.core.finish(seq, reason)
+        self.active.pop(seq, None)
+        req.stream.finish()
+        result = req.stream.result()
         if not req.internal:
             self.metrics.finished(reason)
-            self.metrics.generation_tokens.inc(len(seq.output_ids))
+            self.metrics.generation_tokens.inc(seq.num_output)
             self.metrics.e2e.observe(result.stats.e2e_s)
             if result.stats.output_tokens > 1:
                 self.metrics.tpot.observe(result.stats.tpot_s)
-        req.emit("error", error) if error else req.emit("done", result)
+        if error:
+            req.emit("error", error)
+        else:
+            req.emit("done", result)

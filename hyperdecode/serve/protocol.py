@@ -6,12 +6,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine.request import normalize_messages
 from ..engine.sampling import SamplingParams
+from ..errors import RequestError
 
 __all__ = ["APIError", "GenerateRequest", "parse_chat", "parse_completion", "chunk", "completion_body",
            "usage", "error_body"]
 
-ROLES = ("system", "user", "assistant", "developer", "tool")
 COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "stream", "stream_options",
           "ignore_eos", "user", "request_timeout", "frequency_penalty", "presence_penalty", "logprobs",
           "skip_special_tokens"}
@@ -38,7 +39,6 @@ class GenerateRequest:
     model: str
     prompt: Any  # chat: the messages; completion: a string or token ids
     params: SamplingParams
-    max_tokens_given: bool
     stream: bool
     include_usage: bool
     continuous_usage: bool
@@ -56,7 +56,15 @@ def check_type(body: dict, name: str, types: tuple, what: str) -> Any:
     return value
 
 
+def given(body: dict, name: str, default: Any = None) -> Any:
+    """A field's value; JSON null counts as not given."""
+    value = body.get(name)
+    return default if value is None else value
+
+
 def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, SamplingParams]:
+    """The fields chat and completions share. Sampling parameters are checked by `SamplingParams` (the same rules
+    as `hd.LLM`); a `RequestError` from there becomes a 400 naming the field (app.py)."""
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     unknown = sorted(set(body) - allowed)
@@ -77,28 +85,7 @@ def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, Samplin
         raise bad("logprobs", "logprobs are not supported")
     if body.get("echo") not in (None, False):
         raise bad("echo", "echo is not supported")
-    max_tokens = check_type(body, "max_tokens", (int,), "an integer")
-    if kind == "chat":
-        max_tokens = check_type(body, "max_completion_tokens", (int,), "an integer") or max_tokens
-    if max_tokens is not None and max_tokens < 1:
-        raise bad("max_tokens", f"'max_tokens' must be at least 1, got {max_tokens}")
-    temperature = check_type(body, "temperature", (int, float), "a number")
-    if temperature is not None and not 0 <= temperature <= 2:
-        raise bad("temperature", f"'temperature' must be in [0, 2], got {temperature}")
-    top_p = check_type(body, "top_p", (int, float), "a number")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise bad("top_p", f"'top_p' must be in (0, 1], got {top_p}")
-    top_k = check_type(body, "top_k", (int,), "an integer")
-    if top_k is not None and top_k < -1:
-        raise bad("top_k", f"'top_k' must be -1 or 0 (off) or positive, got {top_k}")
-    seed = check_type(body, "seed", (int,), "an integer")
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop)
-                             or len(stop) > 16):
-        raise bad("stop", "'stop' must be a non-empty string or a list of at most 16 non-empty strings")
-    for name in ("stream", "ignore_eos", "skip_special_tokens"):
+    for name in ("stream", "skip_special_tokens"):
         check_type(body, name, (bool,), "a boolean")
     options = check_type(body, "stream_options", (dict,), "an object") or {}
     if set(options) - {"include_usage", "continuous_usage_stats"}:
@@ -108,34 +95,26 @@ def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, Samplin
     timeout = check_type(body, "request_timeout", (int, float), "a number of seconds")
     if timeout is not None and timeout <= 0:
         raise bad("request_timeout", "'request_timeout' must be positive")
-    params = SamplingParams(max_tokens=max_tokens or 1, temperature=float(1.0 if temperature is None else temperature),
-                            top_p=float(top_p or 1.0), top_k=max(top_k or 0, 0), seed=seed, stop=stop,
-                            ignore_eos=bool(body.get("ignore_eos", False)))
-    meta = {"model": model, "max_tokens_given": max_tokens is not None, "stream": bool(body.get("stream", False)),
-            "include_usage": bool(options.get("include_usage")),
+    max_tokens_field = "max_tokens"
+    if kind == "chat" and body.get("max_completion_tokens") is not None:
+        max_tokens_field = "max_completion_tokens"
+    try:
+        params = SamplingParams(max_tokens=body.get(max_tokens_field), temperature=given(body, "temperature", 1.0),
+                                top_p=given(body, "top_p", 1.0), top_k=given(body, "top_k", 0),
+                                seed=body.get("seed"), stop=body.get("stop"),
+                                ignore_eos=given(body, "ignore_eos", False))
+    except RequestError as e:
+        if e.param == "max_tokens":
+            e.param = max_tokens_field
+        raise
+    meta = {"model": model, "stream": bool(body.get("stream", False)), "include_usage": bool(options.get("include_usage")),
             "continuous_usage": bool(options.get("continuous_usage_stats")), "timeout_s": timeout}
     return meta, params
 
 
 def parse_chat(body: Any) -> GenerateRequest:
     meta, params = parse_common(body, CHAT, "chat")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad("messages", "'messages' must be a non-empty list")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise bad(f"messages[{i}].role", f"messages[{i}] needs a 'role' in {ROLES}")
-        content = m.get("content")
-        if isinstance(content, list):  # text parts only
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise bad(f"messages[{i}].content", "only text content parts are supported")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise bad(f"messages[{i}].content", f"messages[{i}].content must be a string")
-        out.append({"role": m["role"], "content": content})
-    return GenerateRequest("chat", prompt=out, params=params, **meta)
+    return GenerateRequest("chat", prompt=normalize_messages(body.get("messages")), params=params, **meta)
 
 
 def parse_completion(body: Any) -> GenerateRequest:
@@ -143,10 +122,6 @@ def parse_completion(body: Any) -> GenerateRequest:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
-    ok = (isinstance(prompt, str) and prompt) or (isinstance(prompt, list) and prompt and all(
-        isinstance(t, int) and not isinstance(t, bool) for t in prompt))
-    if not ok:
-        raise bad("prompt", "'prompt' must be a non-empty string or a non-empty list of token ids")
     return GenerateRequest("completion", prompt=prompt, params=params, **meta)
 
 

@@ -3,20 +3,24 @@ import pytest
 import torch
 
 import hyperdecode as hd
+from hyperdecode.engine.core import EngineCore
 from hyperdecode.engine.graph import GraphRunner
 from hyperdecode.engine.runner import ReferenceRunner
 from hyperdecode.engine.sampling import SamplingParams
-from hyperdecode.engine.scheduler import run
 from hyperdecode.engine.sequence import Sequence
 from hyperdecode.model.static import static_shapes
 
 
 def generate(runner, prompts, max_tokens):
     """Sequences of different lengths, so the decode batch shrinks 5, 4, 3, 2, 1 as they finish."""
-    seqs = [Sequence(p, SamplingParams(max_tokens=m, temperature=0.8, seed=i, ignore_eos=True), None)
+    seqs = [Sequence(p, SamplingParams(max_tokens=m, temperature=0.8, seed=i, ignore_eos=True))
             for i, (p, m) in enumerate(zip(prompts, max_tokens))]
-    for _ in run(runner, seqs, 4096):
-        pass
+    core = EngineCore(runner)
+    core.reserve(len(seqs), 4096)
+    for s in seqs:
+        core.add(s)
+    while core.has_unfinished:
+        core.step()
     return [s.output_ids for s in seqs]
 
 

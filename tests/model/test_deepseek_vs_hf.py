@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import hyperdecode as hd
-from hyperdecode.model.config import PRESETS
+from hyperdecode.model.presets import PRESETS
 from tests.conftest import incremental_logits, rel_err
 
 SEQ = 40  # longer than index_topk (16): the indexer really selects
@@ -11,7 +11,7 @@ SEQ = 40  # longer than index_topk (16): the indexer really selects
 
 def hf_model(kind: str, seed: int):
     import transformers
-    cfg = dict(PRESETS["tiny-glm5" if kind != "deepseek_v32" else "tiny-dsv32"]["hf_config"])
+    cfg = dict(PRESETS["tiny-glm5" if kind != "deepseek_v32" else "tiny-dsv32"].hf_config)
     cfg.update(initializer_range=0.1, bos_token_id=None, eos_token_id=None, pad_token_id=None)
     if kind == "deepseek_v3":  # no indexer; q without LoRA; group-limited routing
         for k in ("index_n_heads", "index_head_dim", "index_topk", "model_type"):

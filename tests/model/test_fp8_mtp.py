@@ -48,7 +48,8 @@ def test_fp8_checkpoint_loads_dequantized_and_keeps_raw(fp8_glm):
     assert llm.config.fp8_block == (128, 128)
     q, s = llm.fp8_weights["layers.1.self_attn.kv_b_proj.weight"]
     assert q.dtype == FP8 and torch.equal(q.view(torch.uint8), raw[name].view(torch.uint8))
-    assert torch.equal(llm.model.layers[1].self_attn.kv_b_proj.weight, dequantize_fp8(q, s))
+    # the module stores projections [in, out] (model/layers.py): the dequantized [out, in] weight, transposed
+    assert torch.equal(llm.model.layers[1].self_attn.kv_b_proj.weight.T, dequantize_fp8(q, s))
     assert llm.model.mtp is not None
 
 

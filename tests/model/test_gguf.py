@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import hyperdecode as hd
-from hyperdecode.model.config import ModelConfig
+from hyperdecode.model.llama import LlamaConfig
 from hyperdecode.model.weights import gguf_metadata, open_gguf, read_gguf
 from tests.conftest import make_hf_model, rel_err
 from tests.model.gguf_util import write_gguf
@@ -45,7 +45,7 @@ def test_dequantization_equals_gguf_dequantizer(tmp_path, qtype):
     ref = make_hf_model("gqa-untied", seed=22)
     path = write_gguf(tmp_path / "m.gguf", ref, default=qtype)
     reader = open_gguf(path)
-    cfg = ModelConfig.from_gguf_metadata(gguf_metadata(reader))
+    cfg = LlamaConfig.from_gguf_metadata(gguf_metadata(reader))
     ours = read_gguf(path, cfg, reader)
     t = next(t for t in reader.tensors if t.name == "blk.1.ffn_up.weight")
     assert t.tensor_type == qtype

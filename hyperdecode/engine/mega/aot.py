@@ -42,19 +42,17 @@ def main(argv: list[str] | None = None) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from ...model.deepseek import DeepseekTransformer
-    from ...model.deepseek_config import DeepseekConfig
-    from ...model.llama import Transformer
     from ...model.loader import preset_config
-    from .kernel import WIDTH, constexprs
-    from .megakernel import megakernel
+    from ...model.registry import family_of
+    from .kernel import WIDTH, constexprs, load_kernel
     from .runner import compile_model
 
     cfg = preset_config(a.model)
     with torch.device("meta"):
-        model = (DeepseekTransformer(cfg) if isinstance(cfg, DeepseekConfig) else Transformer(cfg)).to(torch.bfloat16)
+        model = family_of(cfg).model(cfg).to(torch.bfloat16)
     prog = compile_model(model, a.batch, a.max_seq, tile=a.tile)
-    consts = dict(constexprs(prog, 64), TILE=max(16, a.tile), KB=a.k_block, WIDTH=WIDTH, MAX_SPIN=1_000_000,
+    megakernel = load_kernel()
+    consts = dict(constexprs(prog, 64), TILE=max(16, a.tile), K_BLOCK=a.k_block, WIDTH=WIDTH, MAX_SPIN=1_000_000,
                   PREFETCH=a.prefetch, LINE=64)
     src = ASTSource(fn=megakernel, signature={**SIGNATURE, **{k: "constexpr" for k in consts}}, constexprs=consts)
     t = time.perf_counter()

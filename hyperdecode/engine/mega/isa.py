@@ -22,7 +22,9 @@ class Op(IntEnum):
     EMBED = 0  # A[out] = rows tok[b] of the [vocab, n] table at W[w]
     GEMV = 1  # A[out][:, c0:c1] (+)= f(A[x]) @ W[w][c0:c1].T, W stored [n, k]; f per flags: identity, RMSNorm with
     #           weight W[norm] (NORM_INPUT), silu(x[:, :k]) * x[:, k:] (SWIGLU_INPUT); ACCUMULATE, FP32_WEIGHTS
-    ATTN = 2  # one (row, kv head): rope its q heads and k at pos, append k, v to the cache, attend over <= pos
+    ATTN = 2  # one (row, kv head): RMSNorm its q heads and k by W[q_norm], W[k_norm] (when >= 0, Qwen3), rope them
+    #           at pos, append k, v to the cache tensors C[c_k], C[c_v] ([batch, max_seq, kv_heads, head_dim]),
+    #           attend over positions <= pos
     ARGMAX = 3  # A[out][b] = argmax A[x][b, :n] (the lowest index among equals)
     NORM_SLICE = 4  # A[out] = norm(A[x][:, :n]) with rows x_stride apart; RMSNorm, or LayerNorm when bias >= 0
     ROPE_MLA = 5  # rope every head's q_pe in A[q] and k_pe of A[kva]; append latent A[lat] and k_pe to the cache
@@ -40,7 +42,7 @@ class Op(IntEnum):
 ARGS: dict[Op, tuple[str, ...]] = {
     Op.EMBED: ("w", "out", "n"),
     Op.GEMV: ("x", "k", "w", "out", "n", "c0", "c1", "flags", "norm"),
-    Op.ATTN: ("qkv", "out", "row", "kv_head", "layer"),
+    Op.ATTN: ("qkv", "out", "row", "kv_head", "c_k", "c_v", "q_norm", "k_norm"),
     Op.ARGMAX: ("x", "out", "n"),
     Op.NORM_SLICE: ("x", "x_stride", "w", "bias", "out", "n"),
     Op.ROPE_MLA: ("q", "kva", "lat", "row", "c_lat", "c_pe"),

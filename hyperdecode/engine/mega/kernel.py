@@ -16,7 +16,7 @@ import torch
 from .isa import ARGS
 from .program import Program
 
-__all__ = ["run_megakernel", "encode", "interpreted", "MegakernelTimeout", "WIDTH"]
+__all__ = ["run_megakernel", "encode", "interpreted", "load_kernel", "MegakernelTimeout", "WIDTH"]
 
 if not torch.cuda.is_available():
     # Without a GPU the kernel can only run in Triton's interpreter, which must be chosen before Triton decorates
@@ -54,21 +54,39 @@ def _pow2(n: int, at_least: int = 1) -> int:
 
 
 def constexprs(prog: Program, block: int) -> dict[str, int]:
-    """The kernel's compile-time sizes for a program (unused ones are 1)."""
+    """The kernel's compile-time sizes for a program (those its family does not use are 1)."""
     d = prog.dims
     out = dict(B=prog.batch, B_P=_pow2(prog.batch, 16), MAX_SEQ=prog.max_seq, BLOCK=block, MLA=prog.family == "mla",
-               NH=d["n_head"], HID=d["hidden"], NKV=d.get("n_kv", 1), HD=d.get("head_dim", 1))
-    if prog.family == "mla":
-        L = d["kv_lora"]
-        out.update(NOPE=d["nope"], R=d["rope"], L=L, VH=d["v_head"], D=d["index_dim"], HI=d["index_heads"],
-                   HI_P=_pow2(d["index_heads"], 16), TOPK=d["index_topk"], E=d["experts"], E_P=_pow2(d["experts"]),
-                   K=d["top_k"], K_P=_pow2(d["top_k"]), I_MOE=d["moe_inter"], G=d["n_group"],
-                   G_P=_pow2(d["n_group"]), TG=d["topk_group"], NORM_TOPK=d["norm_topk"], RI=d["rope_interleave"],
-                   II=d["index_interleave"], LB=max(2, min(32, 4096 // L)), PB=16)
+               N_HEAD=d.n_head, HIDDEN=d.hidden)
+    unused = dict.fromkeys(("N_KV", "HEAD_DIM", "NOPE", "ROPE", "KV_LORA", "V_HEAD", "INDEX_DIM", "INDEX_HEADS",
+                            "INDEX_HEADS_P", "INDEX_TOPK", "EXPERTS", "EXPERTS_P", "TOP_K", "TOP_K_P", "MOE_INTER",
+                            "N_GROUP", "N_GROUP_P", "TOPK_GROUP", "NORM_TOPK", "ROPE_INTERLEAVE", "INDEX_INTERLEAVE",
+                            "LATENT_BLOCK", "POS_BLOCK"), 1)
+    out.update(unused)
+    if prog.family == "llama":
+        out.update(N_KV=d.n_kv, HEAD_DIM=d.head_dim)
     else:
-        out.update({k: 1 for k in ("NOPE", "R", "L", "VH", "D", "HI", "HI_P", "TOPK", "E", "E_P", "K", "K_P", "I_MOE",
-                                   "G", "G_P", "TG", "NORM_TOPK", "RI", "II", "LB", "PB")})
+        out.update(NOPE=d.nope, ROPE=d.rope, KV_LORA=d.kv_lora, V_HEAD=d.v_head, INDEX_DIM=d.index_dim,
+                   INDEX_HEADS=d.index_heads, INDEX_HEADS_P=_pow2(d.index_heads, 16), INDEX_TOPK=d.index_topk,
+                   EXPERTS=d.experts, EXPERTS_P=_pow2(d.experts), TOP_K=d.top_k, TOP_K_P=_pow2(d.top_k),
+                   MOE_INTER=d.moe_inter, N_GROUP=d.n_group, N_GROUP_P=_pow2(d.n_group), TOPK_GROUP=d.topk_group,
+                   NORM_TOPK=int(d.norm_topk), ROPE_INTERLEAVE=int(d.rope_interleave),
+                   INDEX_INTERLEAVE=int(d.index_interleave), LATENT_BLOCK=max(2, min(32, 4096 // d.kv_lora)),
+                   POS_BLOCK=16)
     return out
+
+
+def load_kernel():
+    """The megakernel (imported on first use), after checking its opcode constants against isa.py."""
+    global _KERNEL
+    if _KERNEL is None:
+        from . import constants
+        wrong = constants.mismatches()
+        if wrong:
+            raise RuntimeError("megakernel constants do not match isa.py: " + "; ".join(wrong))
+        from .megakernel import megakernel
+        _KERNEL = megakernel
+    return _KERNEL
 
 
 def run_megakernel(prog: Program, A: torch.Tensor, C: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor,
@@ -80,12 +98,9 @@ def run_megakernel(prog: Program, A: torch.Tensor, C: torch.Tensor, tokens: torc
     on a GPU the default is one worker per SM, `block` the width of vector ops, `k_block` the k-chunk of GEMV tiles,
     and `prefetch` has workers ask L2 for their next GEMV tile's weights before they wait (inline PTX: GPU only).
     Raises MegakernelTimeout if a wait ran out of spins."""
-    global _KERNEL
     if A.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("the megakernel on the CPU needs TRITON_INTERPRET=1 set before Triton is imported")
-    if _KERNEL is None:
-        from .megakernel import megakernel
-        _KERNEL = megakernel
+    kernel = load_kernel()
     if interpreted():
         workers, block, k_block, prefetch = 1, block or 256, k_block or 256, False
     elif workers is None:
@@ -98,13 +113,13 @@ def run_megakernel(prog: Program, A: torch.Tensor, C: torch.Tensor, tokens: torc
     block, k_block = block or 64, k_block or 256
     # all workers must be resident at once (they wait on each other): ask the driver for a cooperative launch
     launch = {} if interpreted() else dict(launch_cooperative_grid=True, num_warps=num_warps)
-    _KERNEL[(workers,)](table, n, -(-n // workers), workers, prog.W, prog.W32, A, C, tokens.to(torch.int32),
-                        pos.to(torch.int32), counters, err, prog.dims["inv_freq"], prog.eps, s.get("slice_eps", 0.0),
-                        s.get("rope_factor", 1.0), s.get("softmax", 1.0), s.get("routed", 1.0),
-                        TILE=_pow2(prog.dims["tile"], 16), KB=k_block, WIDTH=WIDTH, MAX_SPIN=max_spin,
-                        PREFETCH=prefetch, LINE=128 // prog.W.element_size(),
-                        **constexprs(prog, block),
-                        **launch)
+    kernel[(workers,)](table, n, -(-n // workers), workers, prog.W, prog.W32, A, C, tokens.to(torch.int32),
+                       pos.to(torch.int32), counters, err, prog.dims.inv_freq, prog.eps, s.get("slice_eps", 0.0),
+                       s.get("rope_factor", 1.0), s.get("softmax", 1.0), s.get("routed", 1.0),
+                       TILE=_pow2(prog.dims.tile, 16), K_BLOCK=k_block, WIDTH=WIDTH, MAX_SPIN=max_spin,
+                       PREFETCH=prefetch, LINE=128 // prog.W.element_size(),
+                       **constexprs(prog, block),
+                       **launch)
     if int(err.item()):
         i = int(err.item()) - 1
         ins = prog.instrs[i]

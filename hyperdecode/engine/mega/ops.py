@@ -7,6 +7,8 @@ Imported only when the kernel is first built (Triton must see TRITON_INTERPRET b
 import triton
 import triton.language as tl
 
+from .constants import FLAG_ACCUMULATE, FLAG_NORM_INPUT, FLAG_SWIGLU_INPUT
+
 
 @triton.jit
 def embed(W, A, tok, w, out, n, B: tl.constexpr, BLOCK: tl.constexpr):
@@ -59,12 +61,12 @@ def prefetch_rows(Wp, w, k, c0, c1, TILE: tl.constexpr, LINE: tl.constexpr):
 
 
 @triton.jit
-def row_rms(A, x, k, eps, B: tl.constexpr, B_P: tl.constexpr, KB: tl.constexpr):
+def row_rms(A, x, k, eps, B: tl.constexpr, B_P: tl.constexpr, K_BLOCK: tl.constexpr):
     """1 / rms of each of the B rows (width k) at A[x], as a [B_P] vector."""
     rows = tl.arange(0, B_P)
     ss = tl.zeros((B_P,), dtype=tl.float32)
-    for k0 in range(0, k, KB):
-        ks = k0 + tl.arange(0, KB)
+    for k0 in range(0, k, K_BLOCK):
+        ks = k0 + tl.arange(0, K_BLOCK)
         v = tl.load(A + x + rows[:, None] * k + ks[None, :], mask=(rows < B)[:, None] & (ks < k)[None, :], other=0.0)
         ss += tl.sum(v * v, axis=1)
     return 1.0 / tl.sqrt(ss / k + eps)
@@ -72,7 +74,7 @@ def row_rms(A, x, k, eps, B: tl.constexpr, B_P: tl.constexpr, KB: tl.constexpr):
 
 @triton.jit
 def gemv(Wp, W, A, x, k, w, out, n, c0, c1, flags, norm, eps, B: tl.constexpr, B_P: tl.constexpr,
-         KB: tl.constexpr, TILE: tl.constexpr):
+         K_BLOCK: tl.constexpr, TILE: tl.constexpr):
     """Output rows c0:c1 of f(A[x]) @ W.T (W stored [n, k]) for all B batch rows at once, f per `flags` (see isa):
     each weight tile is read contiguously along k, once per step whatever B is (batch rows padded to B_P >= 16 for
     tl.dot; fp32 "ieee" products, so bf16 weights are widened, not the activations narrowed). Accumulation into
@@ -81,15 +83,15 @@ def gemv(Wp, W, A, x, k, w, out, n, c0, c1, flags, norm, eps, B: tl.constexpr, B
     cm = cols < c1
     rows = tl.arange(0, B_P)
     rm = rows < B
-    swiglu_in = (flags & 8) != 0
-    norm_in = (flags & 4) != 0
+    swiglu_in = (flags & FLAG_SWIGLU_INPUT) != 0
+    norm_in = (flags & FLAG_NORM_INPUT) != 0
     inv = tl.full((B_P,), 1.0, tl.float32)
     if norm_in:
-        inv = row_rms(A, x, k, eps, B, B_P, KB)
+        inv = row_rms(A, x, k, eps, B, B_P, K_BLOCK)
     width = tl.where(swiglu_in, 2 * k, k)
     acc = tl.zeros((B_P, TILE), dtype=tl.float32)
-    for k0 in range(0, k, KB):
-        ks = k0 + tl.arange(0, KB)
+    for k0 in range(0, k, K_BLOCK):
+        ks = k0 + tl.arange(0, K_BLOCK)
         km = ks < k
         xm = rm[:, None] & km[None, :]
         xv = tl.load(A + x + rows[:, None] * width + ks[None, :], mask=xm, other=0.0)
@@ -101,7 +103,7 @@ def gemv(Wp, W, A, x, k, w, out, n, c0, c1, flags, norm, eps, B: tl.constexpr, B
         wv = tl.load(Wp + w + cols[:, None] * k + ks[None, :], mask=cm[:, None] & km[None, :], other=0.0)
         acc += tl.dot(xv, tl.trans(wv.to(tl.float32)), input_precision="ieee")
     dst = A + out + rows[:, None] * n + cols[None, :]
-    if (flags & 1) != 0:
+    if (flags & FLAG_ACCUMULATE) != 0:
         tl.atomic_add(dst, acc, mask=rm[:, None] & cm[None, :])
     else:
         tl.store(dst, acc, mask=rm[:, None] & cm[None, :])
@@ -119,10 +121,11 @@ def softmax_update(m_i, l_i, acc, s, v):
 
 
 @triton.jit
-def attn(W32, A, C, pos, inv_freq, qkv, out, row, kv_head, cache_k, cache_v, NH: tl.constexpr, NKV: tl.constexpr,
-         HD: tl.constexpr, MAX_SEQ: tl.constexpr, BLOCK: tl.constexpr):
-    """One (row, kv head): rope its query heads and its key at the row's position, append k and v to the cache,
-    then online-softmax attention of its query heads over positions <= pos."""
+def attn(W, W32, A, C, pos, inv_freq, eps, qkv, out, row, kv_head, c_k, c_v, q_norm, k_norm, NH: tl.constexpr,
+         NKV: tl.constexpr, HD: tl.constexpr, MAX_SEQ: tl.constexpr, BLOCK: tl.constexpr):
+    """One (row, kv head): RMSNorm (when q_norm / k_norm >= 0) and rope its query heads and its key at the row's
+    position, append k and v to the cache ([batch, max_seq, kv_heads, head_dim]), then online-softmax attention
+    of its query heads over positions <= pos."""
     d = tl.arange(0, HD)
     half = tl.arange(0, HD // 2)
     p = tl.load(pos + row)
@@ -133,16 +136,24 @@ def attn(W32, A, C, pos, inv_freq, qkv, out, row, kv_head, cache_k, cache_v, NH:
     GROUP: tl.constexpr = NH // NKV
     for j in tl.static_range(GROUP + 1):  # the group's query heads, then its key head
         h = tl.where(j < GROUP, kv_head * GROUP + j, NH + kv_head)
+        norm = tl.where(j < GROUP, q_norm, k_norm)
+        if norm >= 0:
+            x = tl.load(base + h * HD + d)
+            inv = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / HD + eps)
+            g = tl.load(W + norm + d).to(tl.float32)
+            tl.debug_barrier()
+            tl.store(base + h * HD + d, x * inv * g)
+            tl.debug_barrier()
         x1 = tl.load(base + h * HD + half)
         x2 = tl.load(base + h * HD + HD // 2 + half)
         tl.debug_barrier()
         tl.store(base + h * HD + half, x1 * c - x2 * s)
         tl.store(base + h * HD + HD // 2 + half, x2 * c + x1 * s)
     tl.debug_barrier()
-    kbase = C + cache_k + (row * NKV + kv_head) * MAX_SEQ * HD
-    vbase = C + cache_v + (row * NKV + kv_head) * MAX_SEQ * HD
-    tl.store(kbase + p * HD + d, tl.load(base + (NH + kv_head) * HD + d))
-    tl.store(vbase + p * HD + d, tl.load(base + (NH + NKV + kv_head) * HD + d))
+    kbase = C + c_k + row * MAX_SEQ * NKV * HD + kv_head * HD  # position p at kbase + p * NKV * HD
+    vbase = C + c_v + row * MAX_SEQ * NKV * HD + kv_head * HD
+    tl.store(kbase + p * NKV * HD + d, tl.load(base + (NH + kv_head) * HD + d))
+    tl.store(vbase + p * NKV * HD + d, tl.load(base + (NH + NKV + kv_head) * HD + d))
     tl.debug_barrier()
     n = p + 1
     for j in tl.static_range(GROUP):
@@ -154,9 +165,9 @@ def attn(W32, A, C, pos, inv_freq, qkv, out, row, kv_head, cache_k, cache_v, NH:
         for p0 in range(0, n, BLOCK):
             ps = p0 + tl.arange(0, BLOCK)
             pm = ps < n
-            k = tl.load(kbase + ps[:, None] * HD + d[None, :], mask=pm[:, None], other=0.0)
+            k = tl.load(kbase + ps[:, None] * NKV * HD + d[None, :], mask=pm[:, None], other=0.0)
             sc = tl.where(pm, tl.sum(k * q[None, :], axis=1), float("-inf"))
-            v = tl.load(vbase + ps[:, None] * HD + d[None, :], mask=pm[:, None], other=0.0)
+            v = tl.load(vbase + ps[:, None] * NKV * HD + d[None, :], mask=pm[:, None], other=0.0)
             m_i, l_i, acc = softmax_update(m_i, l_i, acc, sc, v)
         tl.store(A + out + row * NH * HD + h * HD + d, acc / l_i)
 

@@ -168,25 +168,26 @@ def mla_attn(W, A, C, pos, scale, q, att, sel, row, head, c_lat, c_pe, w, NH: tl
 
 @triton.jit
 def route(W32, A, rlog, out, row, bias, scale, E: tl.constexpr, E_P: tl.constexpr, K: tl.constexpr,
-          K_P: tl.constexpr, G: tl.constexpr, G_P: tl.constexpr, TG: tl.constexpr, NORM: tl.constexpr):
-    """Sigmoid scores; selection on score + bias within the TG best groups (a group's score: its two best);
+          K_P: tl.constexpr, N_GROUP: tl.constexpr, N_GROUP_P: tl.constexpr, TOPK_GROUP: tl.constexpr,
+          NORM: tl.constexpr):
+    """Sigmoid scores; selection on score + bias within the TOPK_GROUP best groups (a group's score: its two best);
     weights are the chosen scores, normalised when NORM, times `scale`. Ties go to the lower index."""
     es = tl.arange(0, E_P)
     me = es < E
     score = 1.0 / (1.0 + tl.exp(-tl.load(A + rlog + row * E + es, mask=me, other=0.0)))
     choice = tl.where(me, score + tl.load(W32 + bias + es, mask=me, other=0.0), float("-inf"))
-    if G > 1:
-        PER: tl.constexpr = E // G
-        gs = tl.arange(0, G_P)
-        group_score = tl.full((G_P,), float("-inf"), tl.float32)
-        for g in tl.static_range(G):
+    if N_GROUP > 1:
+        PER: tl.constexpr = E // N_GROUP
+        gs = tl.arange(0, N_GROUP_P)
+        group_score = tl.full((N_GROUP_P,), float("-inf"), tl.float32)
+        for g in tl.static_range(N_GROUP):
             c_g = tl.where(es // PER == g, choice, float("-inf"))
             best = tl.max(c_g, axis=0)
             if PER > 1:
                 best += tl.max(tl.where(es == tl.argmax(c_g, axis=0), float("-inf"), c_g), axis=0)
             group_score = tl.where(gs == g, best, group_score)
         kept = es < 0
-        for _ in tl.static_range(TG):
+        for _ in tl.static_range(TOPK_GROUP):
             g = tl.argmax(group_score, axis=0)
             kept = kept | (es // PER == g)
             group_score = tl.where(gs == g, float("-inf"), group_score)
@@ -207,14 +208,14 @@ def route(W32, A, rlog, out, row, bias, scale, E: tl.constexpr, E_P: tl.constexp
 
 @triton.jit
 def expert_up(W, A, x, route, act, row, slot, w13, c0, c1, norm, eps, H: tl.constexpr, I: tl.constexpr,
-              K: tl.constexpr, KB: tl.constexpr, TILE: tl.constexpr):
+              K: tl.constexpr, K_BLOCK: tl.constexpr, TILE: tl.constexpr):
     """Rows c0:c1 of one routed expert's gate and up projections of h = rmsnorm(A[x][row]) * W[norm] (the expert
     id is read here, so only the chosen experts' weights are ever read) -> A[act][row, slot, c0:c1]."""
     e = tl.load(A + route + row * 2 * K + slot).to(tl.int64)
     gate_up = W + w13 + e * (2 * I * H)
     ss = 0.0
-    for k0 in range(0, H, KB):
-        ks = k0 + tl.arange(0, KB)
+    for k0 in range(0, H, K_BLOCK):
+        ks = k0 + tl.arange(0, K_BLOCK)
         v = tl.load(A + x + row * H + ks, mask=ks < H, other=0.0)
         ss += tl.sum(v * v, axis=0)
     inv = 1.0 / tl.sqrt(ss / H + eps)
@@ -222,8 +223,8 @@ def expert_up(W, A, x, route, act, row, slot, w13, c0, c1, norm, eps, H: tl.cons
     rm = rows < c1
     g = tl.zeros((TILE,), dtype=tl.float32)
     u = tl.zeros((TILE,), dtype=tl.float32)
-    for k0 in range(0, H, KB):
-        ks = k0 + tl.arange(0, KB)
+    for k0 in range(0, H, K_BLOCK):
+        ks = k0 + tl.arange(0, K_BLOCK)
         m = rm[:, None] & (ks < H)[None, :]
         h = tl.load(A + x + row * H + ks, mask=ks < H, other=0.0) * inv \
             * tl.load(W + norm + ks, mask=ks < H, other=0.0).to(tl.float32)
@@ -236,7 +237,7 @@ def expert_up(W, A, x, route, act, row, slot, w13, c0, c1, norm, eps, H: tl.cons
 
 @triton.jit
 def expert_down(W, A, route, act, x, row, slot, w2, c0, c1, H: tl.constexpr, I: tl.constexpr, K: tl.constexpr,
-                KB: tl.constexpr, TILE: tl.constexpr):
+                K_BLOCK: tl.constexpr, TILE: tl.constexpr):
     """Rows c0:c1 of one routed expert's down projection, scaled by its routing weight and added to A[x] with
     atomics (the row's other experts add to the same values at the same time)."""
     e = tl.load(A + route + row * 2 * K + slot).to(tl.int64)
@@ -245,8 +246,8 @@ def expert_down(W, A, route, act, x, row, slot, w2, c0, c1, H: tl.constexpr, I: 
     rows = c0 + tl.arange(0, TILE)
     rm = rows < c1
     acc = tl.zeros((TILE,), dtype=tl.float32)
-    for k0 in range(0, I, KB):
-        ks = k0 + tl.arange(0, KB)
+    for k0 in range(0, I, K_BLOCK):
+        ks = k0 + tl.arange(0, K_BLOCK)
         a = tl.load(A + act + (row * K + slot) * I + ks, mask=ks < I, other=0.0)
         w = tl.load(down + rows[:, None] * I + ks[None, :], mask=rm[:, None] & (ks < I)[None, :], other=0.0)
         acc += tl.sum(w.to(tl.float32) * a[None, :], axis=1)

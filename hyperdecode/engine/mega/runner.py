@@ -1,5 +1,7 @@
-"""`backend="mega"`: prefill runs on the reference model, every decode step runs in the megakernel over the
-compiled program's arenas (one program for all cache slots; rows that are not decoding are computed and ignored)."""
+"""`backend="mega"`: S = 1 steps (decode rows, one-token prompt chunks) run in the megakernel over the compiled
+program's arenas (one program for all cache slots; rows not in the step run at a spare position and are ignored);
+longer chunks run on the reference model. The two caches are kept consistent lazily, per row: before a row runs
+on one side, the positions the other side wrote since are copied over."""
 from __future__ import annotations
 
 import warnings
@@ -8,48 +10,32 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ...model.deepseek import DeepseekTransformer
-from ...model.llama import Transformer
+from ...model.registry import family_of
 from ..runner import ReferenceRunner
 from .kernel import encode, interpreted, run_megakernel
-from .program import Program, compile_llama
-from .program_mla import compile_deepseek
-from .vm import load_cache
+from .program import Program
+from .vm import copy_cache_rows
 
-__all__ = ["MegaRunner", "compile_model"]
-
-
-def _is_pow2(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
+__all__ = ["MegaRunner", "compile_model", "unsupported"]
 
 
 def unsupported(model: nn.Module) -> str | None:
     """Why the megakernel cannot run `model`, or None."""
-    cfg = model.cfg
-    if isinstance(model, Transformer):
-        if cfg.attention_bias or cfg.mlp_bias:
-            return "attention/MLP biases are not compiled"
-        return None if _is_pow2(cfg.head_dim) else f"head_dim {cfg.head_dim} is not a power of two"
-    if isinstance(model, DeepseekTransformer):
-        sizes = {"kv_lora_rank": cfg.kv_lora_rank, "qk_rope_head_dim": cfg.qk_rope_head_dim}
-        if cfg.has_indexer:
-            sizes["index_head_dim"] = cfg.index_head_dim
-        odd = [f"{k}={v}" for k, v in sizes.items() if not _is_pow2(v)]
-        return f"{', '.join(odd)} must be powers of two" if odd else None
-    return f"{type(model).__name__} is not a model family the compiler knows"
+    return family_of(model.cfg).mega_compiler().unsupported(model)
 
 
 def compile_model(model: nn.Module, batch: int, max_seq: int, tile: int | None = None) -> Program:
-    """The decode-step program of either family (wide tiles under the interpreter, 16 output rows on a GPU)."""
+    """The decode-step program of any family (wide tiles under the interpreter, 16 output rows on a GPU)."""
     why = unsupported(model)
     if why:
         raise ConfigError(f"backend 'mega' cannot compile this model: {why}; use backend='reference' or 'graph'")
     tile = tile or (256 if interpreted() else 16)
-    compile_fn = compile_llama if isinstance(model, Transformer) else compile_deepseek
-    return compile_fn(model, batch, max_seq, tile=tile)
+    return family_of(model.cfg).mega_compiler().compile_program(model, batch, max_seq, tile=tile)
 
 
 class MegaRunner(ReferenceRunner):
+    FAST_SHAPES = "[B, 1]"
+
     @staticmethod
     def supports(model: nn.Module) -> bool:
         return unsupported(model) is None
@@ -59,13 +45,12 @@ class MegaRunner(ReferenceRunner):
         """tile: output rows per GEMV instruction; k_block: its k-chunk; workers: persistent programs (default one
         per SM); num_warps: per program; prefetch: L2 prefetch of the next GEMV tile before each wait. The GPU
         benchmark sweeps them."""
-        self.tile = tile
-        self.launch = dict(k_block=k_block, workers=workers, num_warps=num_warps, prefetch=prefetch)
         why = unsupported(model)
         if why:
             raise ConfigError(f"backend 'mega' cannot run this model: {why}; use backend='reference' or 'graph'")
         super().__init__(model)
-        self.device = model.embed_tokens.weight.device
+        self.tile = tile
+        self.launch = dict(k_block=k_block, workers=workers, num_warps=num_warps, prefetch=prefetch)
         if self.device.type != "cuda":
             warnings.warn("backend 'mega' without a GPU runs the megakernel in Triton's interpreter with one worker: "
                           "correct but slow, for checking only", stacklevel=3)
@@ -74,24 +59,50 @@ class MegaRunner(ReferenceRunner):
     def setup(self, max_batch: int, max_seq: int) -> None:
         super().setup(max_batch, max_seq)
         if self.prog is None or self.prog.batch < max_batch or self.prog.max_seq <= max_seq:
-            # one spare position per row: rows that are not decoding write there, never over a live sequence
+            # one spare position per row: rows that are not in a step write there, never over a live sequence
             self.prog = compile_model(self.model, max_batch, max_seq + 1, tile=self.tile)
-            self.prog.W, self.prog.W32 = self.prog.W.to(self.device), self.prog.W32.to(self.device)
+            self.prog.W = self.prog.W.to(self.device)
+            self.prog.W32 = self.prog.W32.to(self.device)
             self.table = encode(self.prog).to(self.device)
             self.A = torch.zeros(self.prog.a_size, device=self.device)
             self.C = torch.zeros(self.prog.c_size, device=self.device)
+        # per row, how many leading positions each cache holds that the other may lack
+        self.arena_valid = [0] * self.prog.batch
+        self.reference_valid = [0] * self.prog.batch
 
-    def prefill(self, tokens: Tensor, pos: Tensor, slots: Tensor | None) -> Tensor:
-        logits = super().prefill(tokens, pos, slots)
-        load_cache(self.prog, self.C, self.model, row=0 if slots is None else int(slots[0]), length=tokens.shape[1])
-        return logits
+    def forward(self, tokens: Tensor, pos: Tensor, slots: Tensor | None, want: Tensor) -> Tensor:
+        rows = list(range(tokens.shape[0])) if slots is None else slots.tolist()
+        starts = pos[:, 0].tolist()
+        if tokens.shape[1] != 1:
+            for row, start in zip(rows, starts):
+                self._sync(row, start, to_arena=False)
+            logits = self.reference(tokens, pos, slots, want)
+            for row, start in zip(rows, starts):
+                self.reference_valid[row] = start + tokens.shape[1]
+                self.arena_valid[row] = min(self.arena_valid[row], start)
+            return logits
+        for row, start in zip(rows, starts):
+            self._sync(row, start, to_arena=True)
+        logits = self.decode(tokens, pos, rows)
+        for row, start in zip(rows, starts):
+            self.arena_valid[row] = start + 1
+            self.reference_valid[row] = min(self.reference_valid[row], start)
+        return logits[want[:, 0]]
 
-    def decode(self, tokens: Tensor, pos: Tensor, slots: Tensor | None) -> Tensor:
+    def _sync(self, row: int, upto: int, to_arena: bool) -> None:
+        """Makes positions < upto of `row` current on the side about to run."""
+        have = self.arena_valid if to_arena else self.reference_valid
+        if have[row] < upto:
+            copy_cache_rows(self.prog, self.C, self.model, row, have[row], upto, to_arena=to_arena)
+            have[row] = upto
+
+    def decode(self, tokens: Tensor, pos: Tensor, rows: list[int]) -> Tensor:
+        """One megakernel step for tokens, pos [B, 1] in cache rows `rows` -> logits [B, vocab]."""
         B = self.prog.batch
-        rows = torch.arange(tokens.shape[0], device=tokens.device) if slots is None else slots
+        index = torch.tensor(rows, device=tokens.device)
         all_tokens = torch.zeros(B, dtype=torch.long, device=tokens.device)
         all_pos = torch.full((B,), self.prog.max_seq - 1, dtype=torch.long, device=tokens.device)
-        all_tokens[rows], all_pos[rows] = tokens[:, 0], pos[:, 0]
+        all_tokens[index] = tokens[:, 0]
+        all_pos[index] = pos[:, 0]
         run_megakernel(self.prog, self.A, self.C, all_tokens, all_pos, table=self.table, **self.launch)
-        V = self.prog.dims["vocab"]
-        return self.A[self.prog.buf["logits"]:self.prog.buf["logits"] + B * V].view(B, V)[rows].clone()
+        return self.prog.logits(self.A)[index].clone()

@@ -8,7 +8,8 @@ import torch  # noqa: E402
 
 import hyperdecode as hd  # noqa: E402
 from hyperdecode.engine.mega.kernel import MegakernelTimeout, run_megakernel  # noqa: E402
-from hyperdecode.engine.mega.program import check_program, compile_llama  # noqa: E402
+from hyperdecode.engine.mega.program import check_program  # noqa: E402
+from hyperdecode.engine.mega.program_llama import compile_program as compile_llama  # noqa: E402
 from hyperdecode.engine.mega.runner import compile_model  # noqa: E402
 from hyperdecode.engine.mega.vm import VM  # noqa: E402
 from tests.conftest import rel_err  # noqa: E402

@@ -4,7 +4,8 @@ import torch
 
 import hyperdecode as hd
 from hyperdecode.engine.mega.isa import NORM_INPUT, Instr, Op
-from hyperdecode.engine.mega.program import check_program, compile_llama
+from hyperdecode.engine.mega.program import check_program
+from hyperdecode.engine.mega.program_llama import compile_program as compile_llama
 from hyperdecode.engine.mega.vm import VM, DependencyError
 from tests.conftest import rel_err
 
@@ -55,7 +56,7 @@ def check_residual_stream(llm, compile_fn, lengths, vocab, seed, max_seq=48):
     def before(ins):  # the first GEMV of each stage that normalises the residual stream
         if ins.op == Op.GEMV and ins.args["flags"] & NORM_INPUT and ins.signal not in stages:
             stages.add(ins.signal)
-            seen.append(vm.rows(vm.prog.buf["x"], vm.prog.dims["hidden"]).clone())
+            seen.append(vm.rows(vm.prog.buf["x"], vm.prog.dims.hidden).clone())
 
     vm.step(toks.tolist(), pos.tolist(), before=before)
     expected = []

@@ -4,7 +4,7 @@ import pytest
 import hyperdecode as hd
 from hyperdecode.engine.mega.isa import Op
 from hyperdecode.engine.mega.program import check_program
-from hyperdecode.engine.mega.program_mla import compile_deepseek
+from hyperdecode.engine.mega.program_mla import compile_program as compile_deepseek
 from tests.engine.mega.test_vm import check_decode_step, check_greedy, check_residual_stream
 
 

@@ -1,0 +1,45 @@
+"""isa.py's opcode and GEMV-flag numbers as Triton constexprs, for the kernel code (megakernel.py, ops.py): the
+kernel names them (`OP_GEMV`, `FLAG_ACCUMULATE`) and never writes a number. `mismatches()` checks them against
+isa.py as it is now; the launcher refuses to run the kernel when they differ.
+
+Imported only by the kernel modules (it needs Triton).
+"""
+import triton.language as tl
+
+from . import isa
+
+OP_EMBED = tl.constexpr(int(isa.Op.EMBED))
+OP_GEMV = tl.constexpr(int(isa.Op.GEMV))
+OP_ATTN = tl.constexpr(int(isa.Op.ATTN))
+OP_ARGMAX = tl.constexpr(int(isa.Op.ARGMAX))
+OP_NORM_SLICE = tl.constexpr(int(isa.Op.NORM_SLICE))
+OP_ROPE_MLA = tl.constexpr(int(isa.Op.ROPE_MLA))
+OP_INDEX_KEY = tl.constexpr(int(isa.Op.INDEX_KEY))
+OP_INDEX_TOPK = tl.constexpr(int(isa.Op.INDEX_TOPK))
+OP_MLA_ATTN = tl.constexpr(int(isa.Op.MLA_ATTN))
+OP_ROUTE = tl.constexpr(int(isa.Op.ROUTE))
+OP_EXPERT_UP = tl.constexpr(int(isa.Op.EXPERT_UP))
+OP_EXPERT_DOWN = tl.constexpr(int(isa.Op.EXPERT_DOWN))
+
+FLAG_ACCUMULATE = tl.constexpr(isa.ACCUMULATE)
+FLAG_FP32_WEIGHTS = tl.constexpr(isa.FP32_WEIGHTS)
+FLAG_NORM_INPUT = tl.constexpr(isa.NORM_INPUT)
+FLAG_SWIGLU_INPUT = tl.constexpr(isa.SWIGLU_INPUT)
+
+FLAGS = ("ACCUMULATE", "FP32_WEIGHTS", "NORM_INPUT", "SWIGLU_INPUT")
+
+
+def mismatches() -> list[str]:
+    """Every opcode or flag whose kernel constant differs from isa.py's number (or that has no constant)."""
+    here = globals()
+    out = []
+    for op in isa.Op:
+        have = here.get(f"OP_{op.name}")
+        if have is None or have.value != int(op):
+            out.append(f"opcode {op.name}: isa.py says {int(op)}, the kernel uses {getattr(have, 'value', None)}")
+    for name in FLAGS:
+        if here[f"FLAG_{name}"].value != getattr(isa, name):
+            out.append(f"flag {name}: isa.py says {getattr(isa, name)}, the kernel uses {here[f'FLAG_{name}'].value}")
+    known = {f"OP_{op.name}" for op in isa.Op}
+    out += [f"kernel constant {k} names no opcode in isa.py" for k in here if k.startswith("OP_") and k not in known]
+    return out

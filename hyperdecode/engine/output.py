@@ -1,0 +1,106 @@
+"""What a request shows its caller: incremental text (stop strings held back while streaming and cut off when
+they appear), the finish reason, and timing. One `OutputStream` per `Sequence`, updated after each step in which
+the sequence sampled; it never touches the cache or the batch."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ..model.tokenizer import Tokenizer
+from .sequence import Sequence
+
+__all__ = ["OutputStream", "Generation", "GenerationStats"]
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int
+    output_tokens: int
+    ttft_s: float
+    tpot_s: float
+    tokens_per_s: float
+    e2e_s: float
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    stats: GenerationStats
+
+
+class OutputStream:
+    """Follows one sequence's output tokens: `update()` after each step it sampled in returns the text that became
+    final (safe to show); when a stop string appears `stop_at` says how many output tokens to keep."""
+
+    def __init__(self, seq: Sequence, tokenizer: Tokenizer | None):
+        self.seq = seq
+        self.tokenizer = tokenizer
+        self.text = ""
+        self.emitted = 0  # characters of `text` already returned
+        self.seen = 0  # output tokens already detokenized
+        self.stop_at: int | None = None
+        self.start = time.perf_counter()
+        self.first_token_at = 0.0
+        self.end = 0.0
+        self._prefix = 0  # incremental detokenisation: the window [prefix, read) was decoded last time
+        self._read = 0
+
+    def update(self) -> str:
+        now = time.perf_counter()
+        if not self.first_token_at:
+            self.first_token_at = now
+        ids = self.seq.output_ids
+        while self.seen < len(ids) and self.stop_at is None:
+            self.seen += 1
+            if self.tokenizer is not None:
+                self._detokenize(ids[:self.seen])
+        if self.seq.done or self.stop_at is not None:
+            self.end = now
+            return self._take(len(self.text))
+        return self._take(len(self.text) - self._held_back())
+
+    def _detokenize(self, ids: list[int]) -> None:
+        prefix_text = self.tokenizer.decode(ids[self._prefix:self._read], skip_special_tokens=True)
+        new_text = self.tokenizer.decode(ids[self._prefix:], skip_special_tokens=True)
+        if new_text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
+            return
+        old_len = len(self.text)
+        self.text += new_text[len(prefix_text):]
+        self._prefix, self._read = self._read, len(ids)
+        for s in self.seq.params.stop or ():
+            i = self.text.find(s, max(0, old_len - len(s) + 1))
+            if i >= 0:
+                self.text = self.text[:i]
+                self.stop_at = len(ids)
+
+    def _held_back(self) -> int:
+        """Characters at the end that may still grow into a stop string."""
+        hold = 0
+        for s in self.seq.params.stop or ():
+            for n in range(min(len(s) - 1, len(self.text) - self.emitted), 0, -1):
+                if self.text.endswith(s[:n]):
+                    hold = max(hold, n)
+                    break
+        return hold
+
+    def _take(self, upto: int) -> str:
+        piece = self.text[self.emitted:upto]
+        self.emitted = max(self.emitted, upto)
+        return piece
+
+    def finish(self) -> str:
+        """The rest of the text once the sequence ended for a reason of the caller's (abort, deadline)."""
+        self.end = self.end or time.perf_counter()
+        return self._take(len(self.text))
+
+    def result(self) -> Generation:
+        n = self.seq.num_output
+        end = self.end or time.perf_counter()
+        ttft = (self.first_token_at or end) - self.start
+        e2e = end - self.start
+        tpot = (e2e - ttft) / (n - 1) if n > 1 else 0.0
+        tokens_per_s = 1.0 / tpot if tpot > 0 else (n / e2e if e2e > 0 else 0.0)
+        return Generation(self.text, list(self.seq.output_ids), self.seq.finish_reason or "length",
+                          GenerationStats(len(self.seq.prompt_ids), n, ttft, tpot, tokens_per_s, e2e))

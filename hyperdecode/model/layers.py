@@ -1,0 +1,208 @@
+"""Layers every model family shares: RMSNorm, RoPE, projections, the SwiGLU MLP, the static cache and the
+`CausalLM` base class that gives every family the same interface (the model protocol).
+
+One weight layout for every family: a projection's weight is stored **[in, out]** (transposed from HF's and
+`nn.Linear`'s [out, in]), so a decode step's GEMV is `x @ w`, which CPU BLAS runs 1.5–2× faster than
+`x @ w.T` (bench/NOTES.md). Checkpoints are converted once at load (`to_in_out`). The megakernel keeps its own
+arena layout ([out, in] tiles) and transposes when it compiles.
+
+The model protocol (what runners, backends and the engine may use; nothing else of a model):
+
+- `cfg`, `device`, `max_batch`, `max_seq`
+- `setup_caches(batch, max_seq)`: static caches, kept when already large enough
+- `forward(tokens [B, S], pos [B, S], slots=None, use_cache=True) -> hidden [B, S, hidden]`
+- `logits(hidden) -> float32 logits`
+- `cache_tensors() -> {"{layer}.{name}": [rows, max_seq, ...]}`: every cache tensor, position on dim 1
+- `keep_cache(row, n)`: keep a row's first n positions (rollback); `copy_cache(src, dst, n)`: prefix reuse
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .static import is_static
+
+__all__ = ["RMSNorm", "Linear", "MLP", "rope", "rope_tables", "CacheView", "LayerCache", "CausalLM", "to_in_out",
+           "fuse"]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class Linear(nn.Module):
+    """y = x @ weight (+ bias), weight stored [in, out]."""
+
+    def __init__(self, d_in: int, d_out: int, bias: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(d_in, d_out))
+        self.bias = nn.Parameter(torch.empty(d_out)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.bias is None:
+            return x @ self.weight
+        return torch.addmm(self.bias, x.flatten(0, -2), self.weight).view(*x.shape[:-1], -1)
+
+
+class MLP(nn.Module):
+    """SwiGLU; gate and up share one [hidden, 2 * inter] projection."""
+
+    def __init__(self, hidden: int, inter: int, bias: bool = False):
+        super().__init__()
+        self.gate_up_proj = Linear(hidden, 2 * inter, bias)
+        self.down_proj = Linear(inter, hidden, bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+def rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
+    """Rotates pairs (x[2i], x[2i+1]) if interleaved, else (x[i], x[i+d/2]); cos and sin have d/2 columns.
+    The output's halves hold the two rotated parts (Llama's rotate-half form when not interleaved)."""
+    if interleaved:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+    else:
+        x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def rope_tables(pos: Tensor, inv_freq: Tensor, dtype: torch.dtype, factor: float = 1.0) -> tuple[Tensor, Tensor]:
+    """cos and sin [B, S, d/2] at positions pos [B, S], scaled by `factor` (YaRN's attention factor)."""
+    freqs = pos[..., None].float() * inv_freq
+    return (freqs.cos() * factor).to(dtype), (freqs.sin() * factor).to(dtype)
+
+
+@dataclass
+class CacheView:
+    """Where one forward reads and writes the cache: rows `slots` (default 0..B-1), positions below `length`."""
+    length: int
+    slots: Tensor | None = None
+
+    def rows(self, batch: int, device: torch.device) -> Tensor:
+        return self.slots if self.slots is not None else torch.arange(batch, device=device)
+
+    def read(self, buf: Tensor, batch: int) -> Tensor:
+        return buf[:batch, :self.length] if self.slots is None else buf[self.slots, :self.length]
+
+
+class LayerCache(nn.Module):
+    """One layer's static cache: named tensors [rows, max_seq, *shape], written at each sequence's positions."""
+
+    def __init__(self, batch: int, max_seq: int, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype,
+                 device: torch.device):
+        super().__init__()
+        self.names = list(shapes)
+        for name, shape in shapes.items():
+            self.register_buffer(name, torch.zeros(batch, max_seq, *shape, dtype=dtype, device=device),
+                                 persistent=False)
+
+    def tensors(self) -> list[Tensor]:
+        return [getattr(self, name) for name in self.names]
+
+    def update(self, pos: Tensor, values: list[Tensor], view: CacheView) -> list[Tensor]:
+        """Writes values [B, S, *shape] at positions pos [B, S]; returns each tensor's rows up to `view.length`."""
+        batch = pos.shape[0]
+        rows = view.rows(batch, pos.device)[:, None]
+        out = []
+        for buf, value in zip(self.tensors(), values):
+            buf[rows, pos] = value
+            out.append(view.read(buf, batch))
+        return out
+
+
+def cache_view(model: "CausalLM", tokens: Tensor, pos: Tensor, use_cache: bool,
+               slots: Tensor | None) -> tuple[CacheView | None, Tensor]:
+    """The cache view of a forward and the positions of its keys ([B, T]): cache rows, or the input itself."""
+    if not use_cache:
+        return None, pos
+    if is_static():  # the caller checked the bounds; every cache position is read, masked by position
+        key_pos = torch.arange(model.max_seq, device=pos.device).expand(pos.shape[0], -1)
+        return CacheView(model.max_seq, slots), key_pos
+    rows = tokens.shape[0] if slots is None else int(slots.max()) + 1
+    if rows > model.max_batch or int(pos.max()) >= model.max_seq:
+        raise ValueError(f"the cache holds {model.max_batch}x{model.max_seq}; call setup_caches first")
+    length = int(pos.max()) + 1
+    return CacheView(length, slots), torch.arange(length, device=pos.device).expand(tokens.shape[0], -1)
+
+
+class CausalLM(nn.Module):
+    """The model protocol's shared part: caches, their row operations, the device. A family subclass builds its
+    layers (each with a `self_attn` whose `cache` this class sets), says what each layer caches
+    (`cache_shapes`) and implements `forward`, `logits`, `init_buffers`, `hf_shapes` and `from_hf`."""
+
+    FP32_PARAMS = None  # a regex of parameter names kept in float32 whatever the model's dtype
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.max_batch = 0
+        self.max_seq = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    def cache_shapes(self, layer: int) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    def setup_caches(self, max_batch: int, max_seq: int) -> None:
+        """Allocates static caches; keeps the current ones (and their contents) when already large enough."""
+        if max_batch <= self.max_batch and max_seq <= self.max_seq:
+            return
+        self.max_batch = max(max_batch, self.max_batch)
+        self.max_seq = max(max_seq, self.max_seq)
+        dtype = self.embed_tokens.weight.dtype
+        for i, layer in enumerate(self.layers):
+            layer.self_attn.cache = LayerCache(self.max_batch, self.max_seq, self.cache_shapes(i), dtype, self.device)
+
+    def cache_tensors(self) -> dict[str, Tensor]:
+        """Every cache tensor by "{layer}.{name}" (the megakernel's cache names), each [rows, max_seq, ...]."""
+        out = {}
+        for i, layer in enumerate(self.layers):
+            cache = layer.self_attn.cache
+            if cache is None:
+                continue
+            for name, t in zip(cache.names, cache.tensors()):
+                out[f"{i}.{name}"] = t
+        return out
+
+    def keep_cache(self, row: int, n: int) -> None:
+        """Rollback: row `row` keeps its first n positions; the rest are cleared as in a fresh cache."""
+        for t in self.cache_tensors().values():
+            t[row, n:] = 0
+
+    def copy_cache(self, src: int, dst: int, n: int) -> None:
+        """Prefix reuse: row `dst` becomes row `src`'s first n positions (the rest of `dst` cleared)."""
+        for t in self.cache_tensors().values():
+            t[dst, :n] = t[src, :n]
+            t[dst, n:] = 0
+
+
+def to_in_out(sd: dict[str, Tensor], keep: tuple[str, ...] = ("embed_tokens.weight",)) -> dict[str, Tensor]:
+    """HF tensors with every 2-D weight but the embedding tables transposed to [in, out] (3-D stacks: last two)."""
+    out = {}
+    for name, t in sd.items():
+        if name.endswith(keep) or t.dim() < 2:
+            out[name] = t
+        else:
+            out[name] = t.transpose(-1, -2)
+    return out
+
+
+def fuse(sd: dict[str, Tensor], prefix: str, parts: tuple[str, ...], fused: str) -> None:
+    """Joins `prefix + part + ".weight"/".bias"` (already [in, out]) along their outputs into `prefix + fused`."""
+    for kind in ("weight", "bias"):
+        names = [f"{prefix}{part}.{kind}" for part in parts]
+        if names[0] in sd:
+            sd[f"{prefix}{fused}.{kind}"] = torch.cat([sd.pop(name) for name in names], dim=-1)

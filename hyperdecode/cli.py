@@ -70,6 +70,9 @@ def build_parser() -> Parser:
     v.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
     v.add_argument("--max-model-len", type=int, default=4096, help="context per sequence (cache rows)")
     v.add_argument("--request-timeout", type=float, default=600.0, help="default per-request deadline, seconds")
+    v.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="tokens one step may feed (decode rows + prompt chunks): longer prompts are prefilled in "
+                        "chunks next to the decoding requests (chunked prefill; default: whole prompts)")
     add_backend_arg(v)
     v.add_argument("--device", default="auto")
     v.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -184,10 +187,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
     for name in ("max_batch", "max_queue", "max_model_len"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.max_num_batched_tokens is not None and args.max_num_batched_tokens < args.max_batch:
+        raise ValueError("--max-num-batched-tokens must be at least --max-batch (each decoding request feeds one "
+                         "token per step)")
     config = ServerConfig(model=args.model, served_model_name=args.served_model_name, device=args.device,
                           dtype=args.dtype, backend=args.backend, api_key=args.api_key, max_batch=args.max_batch,
                           max_queue=args.max_queue, max_model_len=args.max_model_len,
-                          request_timeout=args.request_timeout)
+                          request_timeout=args.request_timeout, max_num_batched_tokens=args.max_num_batched_tokens)
     print(f"hyperdecode: serving {config.name} on http://{args.host}:{args.port} (/health is 503 while loading)",
           file=sys.stderr)
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning", timeout_keep_alive=30)

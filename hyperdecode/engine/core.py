@@ -1,10 +1,8 @@
 """The engine core: a runner and a scheduler, long-lived (caches allocated once, grown when a call needs more).
-Each `step()` asks the scheduler for a plan, runs it on the runner as [B, S] forwards (one per chunk length:
-decoding rows together, equal prompt chunks together), samples where a row's fed tokens reach its newest token,
-and returns the sequences that sampled. `hd.LLM` and the server both drive one."""
+Each `step()` asks the scheduler for a plan, runs it on the runner as one [B, S] forward (decode rows and prompt
+chunks together, shorter rows padded), samples where a row's fed tokens reach its newest token, and returns the
+sequences that sampled. `hd.LLM` and the server both drive one."""
 from __future__ import annotations
-
-import itertools
 
 import torch
 
@@ -22,6 +20,7 @@ class EngineCore:
         self.device = runner.device
         self.scheduler = Scheduler(0, 0, max_num_batched_tokens)
         self.steps = 0
+        self.driver: str | None = None  # who steps it from another thread (a server), if anyone
 
     @property
     def max_batch(self) -> int:
@@ -63,35 +62,32 @@ class EngineCore:
 
     @torch.inference_mode()
     def step(self) -> list[Sequence]:
-        """One step of the plan; returns the sequences that sampled a token (or finished by sampling EOS)."""
+        """One step of the plan as one [B, S] forward: each row feeds its next tokens (rows shorter than the
+        longest are padded with pos = -1); rows whose tokens reach their newest token get a logit row and
+        sample. Returns the sequences that sampled a token (or finished by sampling EOS)."""
         plan = self.scheduler.schedule()
         if not plan:
             return []
-        sampled = []
-        by_length = sorted(plan, key=lambda row: row[1])
-        for n, group in itertools.groupby(by_length, key=lambda row: row[1]):
-            sampled += self._forward([seq for seq, _ in group], n)
-        self.steps += 1
-        return sampled
-
-    def _forward(self, seqs: list[Sequence], n: int) -> list[Sequence]:
-        """One [len(seqs), n] forward: each row feeds its next n tokens; rows whose n tokens reach their newest
-        token get a logit row and sample."""
-        starts = [seq.num_computed for seq in seqs]
-        tokens = torch.tensor([seq.token_ids[s:s + n] for seq, s in zip(seqs, starts)], device=self.device)
-        pos = torch.tensor(starts, device=self.device)[:, None] + torch.arange(n, device=self.device)
-        wants = [s + n == seq.num_tokens for seq, s in zip(seqs, starts)]
-        want = torch.zeros(len(seqs), n, dtype=torch.bool, device=self.device)
-        want[:, -1] = torch.tensor(wants, device=self.device)
-        logits = self.runner.forward(tokens, pos, self._slots(seqs), want)
-        for seq in seqs:
+        seqs = [seq for seq, _ in plan]
+        width = max(n for _, n in plan)
+        tokens, pos, want = [], [], []
+        for seq, n in plan:
+            start = seq.num_computed
+            pad = width - n
+            tokens.append(seq.token_ids[start:start + n] + [0] * pad)
+            pos.append(list(range(start, start + n)) + [-1] * pad)
+            samples = start + n == seq.num_tokens  # its tokens reach the newest one: sample after them
+            want.append([False] * (n - 1) + [samples] + [False] * pad)
+        logits = self.runner.forward(torch.tensor(tokens, device=self.device), torch.tensor(pos, device=self.device),
+                                     self._slots(seqs), torch.tensor(want, device=self.device))
+        chosen = [seq for seq, row in zip(seqs, want) if any(row)]
+        for seq, n in plan:
             seq.num_computed += n
-        chosen = [seq for seq, w in zip(seqs, wants) if w]
-        if not chosen:
-            return []
-        next_ids = sample_rows(logits, [s.params for s in chosen], [s.generator for s in chosen])
-        for seq, token in zip(chosen, next_ids):
-            self.scheduler.append(seq, token)
+        if chosen:
+            next_ids = sample_rows(logits, [s.params for s in chosen], [s.generator for s in chosen])
+            for seq, token in zip(chosen, next_ids):
+                self.scheduler.append(seq, token)
+        self.steps += 1
         return chosen
 
     def _slots(self, seqs: list[Sequence]) -> torch.Tensor | None:

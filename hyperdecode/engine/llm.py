@@ -86,6 +86,11 @@ class LLM:
 
     def _run(self, requests: list[tuple[Sequence, OutputStream]]) -> Iterator[dict[Sequence, str]]:
         """Runs the requests together on the engine core; after each step yields the new final text by sequence."""
+        if self.core.driver is not None:
+            raise RuntimeError(f"this LLM's engine core is driven by {self.core.driver}; send it requests there")
+        if self.core.has_unfinished:
+            raise RuntimeError("this LLM's engine core is busy (another generation is in flight); one caller at a "
+                               "time")
         longest = max(seq.num_tokens + seq.params.max_tokens for seq, _ in requests)
         self.core.reserve(len(requests), min(longest, self.max_context))
         streams = dict(requests)

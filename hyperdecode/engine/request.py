@@ -7,10 +7,10 @@
 >>> seq, _ = inputs.process("hello", SamplingParams(max_tokens=4))
 >>> len(seq.prompt_ids), seq.params.max_tokens
 (5, 4)
->>> inputs.process("hello", SamplingParams(max_tokens=20))
+>>> inputs.process("hello", SamplingParams(max_tokens=20))  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-hyperdecode.errors.RequestError: This model's maximum context length is 16 tokens. However, you requested 25 tokens (5 in the prompt, 20 in the completion). Please reduce the length of the prompt or completion.
+hyperdecode.errors.RequestError: This model's maximum context length is 16 tokens. However, you requested 25 ...
 """
 from __future__ import annotations
 

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .deepseek_config import DeepseekConfig
-from .layers import MLP, CausalLM, CacheView, Linear, RMSNorm, cache_view, fuse, rope, rope_tables, to_in_out
+from .layers import MLP, CausalLM, Linear, RMSNorm, fuse, rope, rope_tables, to_in_out
 from .static import is_static
+from .step import Step
 
 __all__ = ["DeepseekForCausalLM", "hf_shapes"]
 
@@ -79,36 +80,43 @@ class MLA(nn.Module):
         self.indexer = Indexer(cfg) if cfg.has_indexer and full_indexer else None
         self.cache = None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, causal: Tensor, cache: CacheView | None,
-                prev_topk: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, step: Step, causal: list[Tensor],
+                prev_topk: list[Tensor | None]) -> tuple[Tensor, list[Tensor | None]]:
+        """x: the step's tokens, flat [N, hidden]; projections run on all of them, attention per row group. Returns
+        the output and, per group, the DSA selection (for the IndexShare layers after it)."""
         c = self.cfg
-        B, S, _ = x.shape
+        n = x.shape[0]
         nope, r, lora, h = c.qk_nope_head_dim, c.qk_rope_head_dim, c.kv_lora_rank, c.num_attention_heads
         q_lat = self.q_a_layernorm(self.q_a_proj(x)) if c.q_lora_rank else None
-        q = (self.q_b_proj(q_lat) if c.q_lora_rank else self.q_proj(x)).view(B, S, h, c.qk_head_dim)
+        q = (self.q_b_proj(q_lat) if c.q_lora_rank else self.q_proj(x)).view(n, h, c.qk_head_dim)
         q_nope, q_pe = q.split([nope, r], dim=-1)
-        q_pe = rope(q_pe, cos[:, :, None], sin[:, :, None], c.rope_interleave)
+        q_pe = rope(q_pe, cos[:, None], sin[:, None], c.rope_interleave)
         latent, k_pe = self.kv_a_proj_with_mqa(x).split([lora, r], dim=-1)
         cached = [self.kv_a_layernorm(latent), rope(k_pe, cos, sin, c.rope_interleave)]
         if self.indexer is not None:
             cached.append(self.indexer.key(x, cos, sin))
-        if cache is not None:
-            cached = self.cache.update(pos, cached, cache)
-        latent, k_pe = cached[:2]
-        if self.indexer is None:
-            topk = prev_topk  # IndexShare: the previous indexer's selection
-        else:
-            topk = self.indexer.select(x, q_lat, cos, sin, cached[2], causal)
-        mask = causal if topk is None else causal & topk
-
         w = self.kv_b_proj.weight.view(lora, h, nope + c.v_head_dim)
-        q_abs = torch.einsum("bshd,lhd->bshl", q_nope, w[..., :nope])  # W_UK folded into q
-        scores = (torch.einsum("bshl,btl->bsht", q_abs, latent)
-                  + torch.einsum("bshr,btr->bsht", q_pe, k_pe)) * c.softmax_scale
-        scores = scores.float().masked_fill(~mask[:, :, None, :], float("-inf"))
-        p = torch.softmax(scores, dim=-1).to(x.dtype)
-        o = torch.einsum("bshl,lhv->bshv", torch.einsum("bsht,btl->bshl", p, latent), w[..., nope:])  # W_UV
-        return self.o_proj(o.reshape(B, S, h * c.v_head_dim)), topk
+        q_abs = torch.einsum("nhd,lhd->nhl", q_nope, w[..., :nope])  # W_UK folded into q
+        outs, topks = [], []
+        for group, causal_g, prev in zip(step.groups, causal, prev_topk):
+            values = [group.take(t) for t in cached]
+            if group.cache is not None:
+                values = self.cache.update(group.pos, values, group.cache)
+            latent_g, pe_g = values[:2]
+            if self.indexer is None:
+                topk = prev  # IndexShare: the previous indexer's selection
+            else:
+                topk = self.indexer.select(group.take(x), group.take(q_lat), group.take(cos), group.take(sin),
+                                           values[2], causal_g)
+            mask = causal_g if topk is None else causal_g & topk
+            scores = (torch.einsum("bshl,btl->bsht", group.take(q_abs), latent_g)
+                      + torch.einsum("bshr,btr->bsht", group.take(q_pe), pe_g)) * c.softmax_scale
+            scores = scores.float().masked_fill(~mask[:, :, None, :], float("-inf"))
+            p = torch.softmax(scores, dim=-1).to(x.dtype)
+            o = torch.einsum("bshl,lhv->bshv", torch.einsum("bsht,btl->bshl", p, latent_g), w[..., nope:])  # W_UV
+            outs.append(o.reshape(-1, h * c.v_head_dim))
+            topks.append(topk)
+        return self.o_proj(step.join(outs)), topks
 
 
 class Router(nn.Module):
@@ -139,11 +147,11 @@ class Router(nn.Module):
 class MoE(nn.Module):
     def __init__(self, cfg: DeepseekConfig):
         super().__init__()
-        E, H, I = cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size
+        experts, hidden, inter = cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size
         self.gate = Router(cfg)
-        self.experts_gate_up = nn.Parameter(torch.empty(E, H, 2 * I))  # every expert's gate and up, [in, out]
-        self.experts_down = nn.Parameter(torch.empty(E, I, H))
-        self.shared_experts = MLP(H, I * cfg.n_shared_experts)
+        self.experts_gate_up = nn.Parameter(torch.empty(experts, hidden, 2 * inter))  # gate and up, [in, out]
+        self.experts_down = nn.Parameter(torch.empty(experts, inter, hidden))
+        self.shared_experts = MLP(hidden, inter * cfg.n_shared_experts)
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, x.shape[-1])
@@ -169,9 +177,9 @@ class DeepseekBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MoE(cfg) if sparse else MLP(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, causal: Tensor, cache: CacheView | None,
-                prev_topk: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        h, topk = self.self_attn(self.input_layernorm(x), cos, sin, pos, causal, cache, prev_topk)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, step: Step, causal: list[Tensor],
+                prev_topk: list[Tensor | None]) -> tuple[Tensor, list[Tensor | None]]:
+        h, topk = self.self_attn(self.input_layernorm(x), cos, sin, step, causal, prev_topk)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), topk
 
@@ -226,14 +234,14 @@ class DeepseekForCausalLM(CausalLM):
 
     def forward(self, tokens: Tensor, pos: Tensor, slots: Tensor | None = None, use_cache: bool = True) -> Tensor:
         """tokens, pos: [B, S] -> final-norm hidden states [B, S, hidden] (as the Llama family's)."""
-        x = self.embed_tokens(tokens)
-        cos, sin = rope_tables(pos, self.inv_freq, x.dtype, self.rope_factor)
-        cache, key_pos = cache_view(self, tokens, pos, use_cache, slots)
-        causal = key_pos[:, None, :] <= pos[:, :, None]  # [B, S, T]
-        topk = None
+        step = Step(self, tokens, pos, slots, use_cache)
+        x = self.embed_tokens(step.tokens)
+        cos, sin = rope_tables(step.pos, self.inv_freq, x.dtype, self.rope_factor)
+        causal = [group.causal() for group in step.groups]
+        topk = [None] * len(step.groups)
         for layer in self.layers:
-            x, topk = layer(x, cos, sin, pos, causal, cache, topk)
-        return self.norm(x)
+            x, topk = layer(x, cos, sin, step, causal, topk)
+        return step.unpack(self.norm(x))
 
     def logits(self, hidden: Tensor) -> Tensor:
         return (hidden @ self.lm_head).float()
@@ -246,11 +254,12 @@ class DeepseekForCausalLM(CausalLM):
         m = self.mtp
         if m is None:
             raise ValueError("this checkpoint has no MTP layer weights")
-        emb = (m.embed_tokens or self.embed_tokens)(next_tokens).masked_fill((pos == 0)[..., None], 0.0)
-        x = m.eh_proj(torch.cat((m.enorm(emb), m.hnorm(hidden)), dim=-1))
-        cos, sin = rope_tables(pos, self.inv_freq, x.dtype, self.rope_factor)
-        x, _ = m(x, cos, sin, pos, pos[:, None, :] <= pos[:, :, None], None, None)
-        h = m.shared_head.norm(x)
+        step = Step(self, next_tokens, pos, None, use_cache=False)
+        emb = (m.embed_tokens or self.embed_tokens)(step.tokens).masked_fill((step.pos == 0)[..., None], 0.0)
+        x = m.eh_proj(torch.cat((m.enorm(emb), m.hnorm(hidden.reshape(emb.shape))), dim=-1))
+        cos, sin = rope_tables(step.pos, self.inv_freq, x.dtype, self.rope_factor)
+        x, _ = m(x, cos, sin, step, [group.causal() for group in step.groups], [None])
+        h = step.unpack(m.shared_head.norm(x))
         return self.logits(h) if m.shared_head.head is None else m.shared_head.head(h).float()
 
     def hf_shapes(self) -> dict[str, tuple[int, ...]]:

@@ -185,7 +185,8 @@ class DeepseekConfig:
                                        "fp8_block"})
         kwargs.setdefault("model_type", "deepseek_v3")
         return cls(**kwargs, rope_theta=theta, indexer_types=indexer_types, rope_scaling=scaling,
-                   eos_token_ids=hf_eos(d), fp8_block=tuple(q.get("weight_block_size", (128, 128))) if q else None, source=source)
+                   eos_token_ids=hf_eos(d), fp8_block=tuple(q.get("weight_block_size", (128, 128))) if q else None,
+                   source=source)
 
     def to_hf_dict(self) -> dict[str, Any]:
         """config.json fields that transformers' classes for this model_type read back."""

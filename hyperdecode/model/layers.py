@@ -10,23 +10,21 @@ The model protocol (what runners, backends and the engine may use; nothing else 
 
 - `cfg`, `device`, `max_batch`, `max_seq`
 - `setup_caches(batch, max_seq)`: static caches, kept when already large enough
-- `forward(tokens [B, S], pos [B, S], slots=None, use_cache=True) -> hidden [B, S, hidden]`
+- `forward(tokens [B, S], pos [B, S], slots=None, use_cache=True) -> hidden [B, S, hidden]`; rows may be
+  right-padded with pos = -1 (step.py), so rows of different lengths share one forward
 - `logits(hidden) -> float32 logits`
 - `cache_tensors() -> {"{layer}.{name}": [rows, max_seq, ...]}`: every cache tensor, position on dim 1
 - `keep_cache(row, n)`: keep a row's first n positions (rollback); `copy_cache(src, dst, n)`: prefix reuse
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .static import is_static
+from .step import CacheView
 
-__all__ = ["RMSNorm", "Linear", "MLP", "rope", "rope_tables", "CacheView", "LayerCache", "CausalLM", "to_in_out",
-           "fuse"]
+__all__ = ["RMSNorm", "Linear", "MLP", "rope", "rope_tables", "LayerCache", "CausalLM", "to_in_out", "fuse"]
 
 
 class RMSNorm(nn.Module):
@@ -84,19 +82,6 @@ def rope_tables(pos: Tensor, inv_freq: Tensor, dtype: torch.dtype, factor: float
     return (freqs.cos() * factor).to(dtype), (freqs.sin() * factor).to(dtype)
 
 
-@dataclass
-class CacheView:
-    """Where one forward reads and writes the cache: rows `slots` (default 0..B-1), positions below `length`."""
-    length: int
-    slots: Tensor | None = None
-
-    def rows(self, batch: int, device: torch.device) -> Tensor:
-        return self.slots if self.slots is not None else torch.arange(batch, device=device)
-
-    def read(self, buf: Tensor, batch: int) -> Tensor:
-        return buf[:batch, :self.length] if self.slots is None else buf[self.slots, :self.length]
-
-
 class LayerCache(nn.Module):
     """One layer's static cache: named tensors [rows, max_seq, *shape], written at each sequence's positions."""
 
@@ -120,21 +105,6 @@ class LayerCache(nn.Module):
             buf[rows, pos] = value
             out.append(view.read(buf, batch))
         return out
-
-
-def cache_view(model: "CausalLM", tokens: Tensor, pos: Tensor, use_cache: bool,
-               slots: Tensor | None) -> tuple[CacheView | None, Tensor]:
-    """The cache view of a forward and the positions of its keys ([B, T]): cache rows, or the input itself."""
-    if not use_cache:
-        return None, pos
-    if is_static():  # the caller checked the bounds; every cache position is read, masked by position
-        key_pos = torch.arange(model.max_seq, device=pos.device).expand(pos.shape[0], -1)
-        return CacheView(model.max_seq, slots), key_pos
-    rows = tokens.shape[0] if slots is None else int(slots.max()) + 1
-    if rows > model.max_batch or int(pos.max()) >= model.max_seq:
-        raise ValueError(f"the cache holds {model.max_batch}x{model.max_seq}; call setup_caches first")
-    length = int(pos.max()) + 1
-    return CacheView(length, slots), torch.arange(length, device=pos.device).expand(tokens.shape[0], -1)
 
 
 class CausalLM(nn.Module):

@@ -16,8 +16,9 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .config import hf_eos, hf_rope, known_fields, require_fields, require_positive
-from .layers import MLP, CausalLM, CacheView, Linear, RMSNorm, cache_view, fuse, rope, rope_tables, to_in_out
+from .layers import MLP, CausalLM, Linear, RMSNorm, fuse, rope, rope_tables, to_in_out
 from .static import is_static
+from .step import RowGroup, Step
 
 __all__ = ["LlamaConfig", "LlamaForCausalLM", "hf_shapes"]
 
@@ -178,19 +179,23 @@ class LlamaAttention(nn.Module):
         """Per-head normalisation of q and k before RoPE: none in Llama (Qwen3 overrides it)."""
         return q, k
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, mask: Tensor | None,
-                cache: CacheView | None) -> Tensor:
-        B, S, _ = x.shape
-        qkv = self.qkv_proj(x).view(B, S, self.n_head + 2 * self.n_kv, self.head_dim)
-        q, k, v = qkv.split([self.n_head, self.n_kv, self.n_kv], dim=2)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, step: Step, masks: list[Tensor | None]) -> Tensor:
+        """x: the step's tokens, flat [N, hidden]; attention runs per row group (step.py)."""
+        n = x.shape[0]
+        qkv = self.qkv_proj(x).view(n, self.n_head + 2 * self.n_kv, self.head_dim)
+        q, k, v = qkv.split([self.n_head, self.n_kv, self.n_kv], dim=1)
         q, k = self.normalize(q, k)
-        q = rope(q, cos[:, :, None], sin[:, :, None])
-        k = rope(k, cos[:, :, None], sin[:, :, None])
-        if cache is not None:
-            k, v = self.cache.update(pos, [k, v], cache)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
-                                           enable_gqa=self.n_kv != self.n_head)
-        return self.o_proj(y.transpose(1, 2).reshape(B, S, -1))
+        q = rope(q, cos[:, None], sin[:, None])
+        k = rope(k, cos[:, None], sin[:, None])
+        outs = []
+        for group, mask in zip(step.groups, masks):
+            q_g, k_g, v_g = group.take(q), group.take(k), group.take(v)  # [batch, length, heads, head_dim]
+            if group.cache is not None:
+                k_g, v_g = self.cache.update(group.pos, [k_g, v_g], group.cache)
+            y = F.scaled_dot_product_attention(q_g.transpose(1, 2), k_g.transpose(1, 2), v_g.transpose(1, 2),
+                                               attn_mask=mask, enable_gqa=self.n_kv != self.n_head)
+            outs.append(y.transpose(1, 2).reshape(-1, self.n_head * self.head_dim))
+        return self.o_proj(step.join(outs))
 
 
 class LlamaBlock(nn.Module):
@@ -201,9 +206,8 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, mask: Tensor | None,
-                cache: CacheView | None) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, pos, mask, cache)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, step: Step, masks: list[Tensor | None]) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, step, masks)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -230,18 +234,16 @@ class LlamaForCausalLM(CausalLM):
         return {"k": kv, "v": kv}
 
     def forward(self, tokens: Tensor, pos: Tensor, slots: Tensor | None = None, use_cache: bool = True) -> Tensor:
-        """tokens, pos: [B, S] -> final-norm hidden states [B, S, hidden]. Each row has its own positions and,
-        with `slots`, its own cache row (continuous batching); without the cache it is one causal forward."""
-        B, S = tokens.shape
-        x = self.embed_tokens(tokens)
-        cos, sin = rope_tables(pos, self.inv_freq, x.dtype)
-        cache, key_pos = cache_view(self, tokens, pos, use_cache, slots)
-        mask = (key_pos[:, None, :] <= pos[:, :, None])[:, None]
-        if cache is not None and B == 1 and S == 1 and not is_static():
-            mask = None  # one query at the newest position attends to the whole prefix
+        """tokens, pos: [B, S] -> final-norm hidden states [B, S, hidden]. Each row has its own positions (pos = -1
+        pads a row) and, with `slots`, its own cache row (continuous batching); without the cache it is one causal
+        forward."""
+        step = Step(self, tokens, pos, slots, use_cache)
+        x = self.embed_tokens(step.tokens)
+        cos, sin = rope_tables(step.pos, self.inv_freq, x.dtype)
+        masks = [attention_mask(group) for group in step.groups]
         for layer in self.layers:
-            x = layer(x, cos, sin, pos, mask, cache)
-        return self.norm(x)
+            x = layer(x, cos, sin, step, masks)
+        return step.unpack(self.norm(x))
 
     def logits(self, hidden: Tensor) -> Tensor:
         return (hidden @ self.lm_head).float()
@@ -258,6 +260,13 @@ class LlamaForCausalLM(CausalLM):
             fuse(out, f"layers.{i}.self_attn.", ("q_proj", "k_proj", "v_proj"), "qkv_proj")
             fuse(out, f"layers.{i}.mlp.", ("gate_proj", "up_proj"), "gate_up_proj")
         return out
+
+
+def attention_mask(group: RowGroup) -> Tensor | None:
+    """[batch, 1, length, T] for SDPA; None for one query at the newest position (it attends to the whole prefix)."""
+    if group.cache is not None and group.batch == 1 and group.length == 1 and not is_static():
+        return None
+    return group.causal()[:, None]
 
 
 def hf_shapes(cfg: LlamaConfig, mtp: bool = False) -> dict[str, tuple[int, ...]]:

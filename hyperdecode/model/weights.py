@@ -155,7 +155,7 @@ def load_state_dict(model: torch.nn.Module, sd: dict[str, Tensor], source: str) 
     sd = model.from_hf(check_hf_tensors(sd, model.hf_shapes(), model.cfg.tie_word_embeddings, source))
     expected = model.state_dict()
     model.load_state_dict({k: v.to(device=expected[k].device, dtype=expected[k].dtype).contiguous()
-                           for k, v in sd.items()}, strict=True)
+                           for k, v in sd.items()}, strict=True, assign=True)
 
 
 def hf_key(k: str) -> str:

@@ -43,6 +43,7 @@ class ServerConfig:
     max_model_len: int | None = 4096
     request_timeout: float | None = 600.0
     health_timeout: float = 10.0
+    max_num_batched_tokens: int | None = None  # chunked prefill: tokens per step (None: whole prompts)
 
     @property
     def name(self) -> str:
@@ -62,7 +63,8 @@ class State:
     def _load(self) -> None:
         try:
             c = self.config
-            self._start(LLM(c.model, device=c.device, dtype=c.dtype, backend=c.backend))
+            self._start(LLM(c.model, device=c.device, dtype=c.dtype, backend=c.backend,
+                            max_num_batched_tokens=c.max_num_batched_tokens))
         except Exception as e:  # reported by /health and every request
             self.error = f"{type(e).__name__}: {e}"
 

@@ -141,6 +141,7 @@ def summarize(results: list[RequestResult], wall: float, args: Any) -> dict[str,
                "output_tok_s": out_tokens / wall, "request_s": len(ok) / wall,
                "ttft_ms": ms([r.ttft for r in ok]), "tpot_ms": ms([r.tpot for r in ok if r.tpot is not None]),
                "itl_ms": ms([x for r in ok for x in r.itl]), "e2e_ms": ms([r.e2e for r in ok]),
+               "prompt_tokens_p50": percentiles([r.prompt_tokens for r in ok], (50,))["p50"],
                "errors": sorted({r.error for r in results if not r.ok})[:5],
                "config": {k: v for k, v in vars(args).items() if k not in ("api_key", "func")}}
     if args.multi_turn:

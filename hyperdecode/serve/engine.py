@@ -49,6 +49,9 @@ class Engine:
                  metrics: Metrics | None = None):
         self.llm = llm
         self.core = llm.core
+        if self.core.driver is not None:
+            raise RuntimeError(f"this LLM's engine core is already driven by {self.core.driver}")
+        self.core.driver = "a server (serve/engine.py)"
         self.max_queue = max_queue
         self.max_model_len = min(max_model_len or llm.max_context, llm.max_context)
         self.inputs: InputProcessor = llm.inputs.with_limit(self.max_model_len)
@@ -87,6 +90,8 @@ class Engine:
             self.stopping = True
             self.wake.notify()
         self.thread.join(timeout=10)
+        if not self.thread.is_alive():
+            self.core.driver = None  # the LLM may be used offline again
 
     def _loop(self) -> None:
         while True:

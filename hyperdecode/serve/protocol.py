@@ -107,7 +107,8 @@ def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, Samplin
         if e.param == "max_tokens":
             e.param = max_tokens_field
         raise
-    meta = {"model": model, "stream": bool(body.get("stream", False)), "include_usage": bool(options.get("include_usage")),
+    meta = {"model": model, "stream": bool(body.get("stream", False)),
+            "include_usage": bool(options.get("include_usage")),
             "continuous_usage": bool(options.get("continuous_usage_stats")), "timeout_s": timeout}
     return meta, params
 

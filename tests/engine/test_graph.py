@@ -24,7 +24,7 @@ def generate(runner, prompts, max_tokens):
     return [s.output_ids for s in seqs]
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-glm5", "tiny-dsv32"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen3", "tiny-glm5", "tiny-dsv32"])
 def test_static_step_generates_like_reference(name):
     llm = hd.LLM(name, device="cpu", seed=6)
     g = torch.Generator().manual_seed(1)

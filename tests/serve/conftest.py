@@ -44,6 +44,12 @@ def llm():
 
 
 @pytest.fixture(scope="module")
+def offline():
+    """The server's model and seed in an LLM of its own: the server's LLM is driven by the server's thread."""
+    return hd.LLM("tiny-llama", device="cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
 def server(llm):
     s = LiveServer(llm, max_batch=8, max_queue=64, max_model_len=1024)
     yield s

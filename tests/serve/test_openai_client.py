@@ -15,22 +15,22 @@ def client(server):
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "name a color"}]
 
 
-def test_chat_non_stream_equals_offline(client, llm):
+def test_chat_non_stream_equals_offline(client, offline):
     r = client.chat.completions.create(model="tiny-llama", messages=MESSAGES, max_tokens=24, temperature=0.8,
                                        seed=11)
-    expected = llm.chat(MESSAGES, max_tokens=24, temperature=0.8, seed=11)
+    expected = offline.chat(MESSAGES, max_tokens=24, temperature=0.8, seed=11)
     assert r.choices[0].message.content == expected.text
     assert r.choices[0].finish_reason == expected.finish_reason
     assert r.usage.prompt_tokens == expected.stats.prompt_tokens
     assert r.usage.completion_tokens == expected.stats.output_tokens
 
 
-def test_chat_stream_with_usage(client, llm):
+def test_chat_stream_with_usage(client, offline):
     stream = client.chat.completions.create(model="tiny-llama", messages=MESSAGES, max_tokens=20, temperature=1.0,
                                             seed=5, stream=True, stream_options={"include_usage": True},
                                             extra_body={"ignore_eos": True})
     chunks = list(stream)
-    expected = llm.chat(MESSAGES, max_tokens=20, temperature=1.0, seed=5, ignore_eos=True)
+    expected = offline.chat(MESSAGES, max_tokens=20, temperature=1.0, seed=5, ignore_eos=True)
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].choices[0].delta.content
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected.text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
@@ -38,18 +38,18 @@ def test_chat_stream_with_usage(client, llm):
     assert all(c.object == "chat.completion.chunk" for c in chunks)
 
 
-def test_completions_stream_and_not(client, llm):
+def test_completions_stream_and_not(client, offline):
     kw = dict(model="tiny-llama", prompt="Once upon", max_tokens=16, temperature=0.7, seed=2)
     r = client.completions.create(**kw)
-    expected = llm.generate("Once upon", max_tokens=16, temperature=0.7, seed=2)
+    expected = offline.generate("Once upon", max_tokens=16, temperature=0.7, seed=2)
     assert r.choices[0].text == expected.text
     streamed = list(client.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].text for c in streamed if c.choices) == expected.text
     assert streamed[-1].usage.total_tokens == expected.stats.prompt_tokens + expected.stats.output_tokens
 
 
-def test_stop_strings(client, llm):
-    free = llm.generate("abc", max_tokens=40, temperature=1.0, seed=9, ignore_eos=True).text
+def test_stop_strings(client, offline):
+    free = offline.generate("abc", max_tokens=40, temperature=1.0, seed=9, ignore_eos=True).text
     stop = free[8:10]
     r = client.completions.create(model="tiny-llama", prompt="abc", max_tokens=40, temperature=1.0, seed=9,
                                   stop=[stop], extra_body={"ignore_eos": True})
@@ -60,7 +60,7 @@ def test_models_route(client):
     assert [m.id for m in client.models.list().data] == ["tiny-llama"]
 
 
-def test_32_concurrent_streams(server, llm):
+def test_32_concurrent_streams(server, offline):
     import openai
 
     async def one(client, seed):
@@ -75,8 +75,8 @@ def test_32_concurrent_streams(server, llm):
 
     texts = asyncio.run(main())
     for seed, text in enumerate(texts):
-        expected = llm.chat([{"role": "user", "content": f"story {seed}"}], max_tokens=24, temperature=0.9,
-                            seed=seed, ignore_eos=True)
+        expected = offline.chat([{"role": "user", "content": f"story {seed}"}], max_tokens=24, temperature=0.9,
+                                seed=seed, ignore_eos=True)
         assert text == expected.text
     assert server.engine.metrics.running._value.get() == 0
 

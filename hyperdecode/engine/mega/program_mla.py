@@ -2,7 +2,6 @@
 cache, DSA indexer, sigmoid-routed MoE) into the same kind of instruction list as the Llama compiler."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ...errors import ConfigError

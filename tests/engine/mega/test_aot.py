@@ -9,7 +9,8 @@ import pytest
 SM90_SHARED_BYTES = 227 * 1024  # the most shared memory one block may use on an H100 / H200
 
 
-@pytest.mark.parametrize("args", [["tiny-llama", "--batch", "3", "--prefetch"], ["tiny-dsv32", "--batch", "3"],
+@pytest.mark.parametrize("args", [["tiny-llama", "--batch", "3", "--prefetch"], ["tiny-qwen3", "--batch", "2"],
+                                  ["tiny-dsv32", "--batch", "3"],
                                   ["medium-glm5", "--batch", "1"]])  # medium: nope 192, moe_inter 384 (not 2^n)
 def test_megakernel_compiles_for_sm90(args):
     done = subprocess.run([sys.executable, "-m", "hyperdecode.engine.mega.aot", *args], capture_output=True,

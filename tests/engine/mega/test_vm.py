@@ -61,8 +61,10 @@ def check_residual_stream(llm, compile_fn, lengths, vocab, seed, max_seq=48):
     vm.step(toks.tolist(), pos.tolist(), before=before)
     expected = []
     norms = [n for layer in llm.model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
-    hooks = [n.register_forward_pre_hook(lambda m, i: expected.append(i[0][:, 0].float()))
-             for n in norms + [llm.model.norm]]
+    def seen_by(norm, inputs):  # the norms see the step's tokens flat, [rows * 1, hidden]
+        expected.append(inputs[0].reshape(len(prompts), -1, inputs[0].shape[-1])[:, 0].float())
+
+    hooks = [n.register_forward_pre_hook(seen_by) for n in norms + [llm.model.norm]]
     with torch.inference_mode():
         llm.model(toks[:, None], pos[:, None])
     for h in hooks:

@@ -73,7 +73,9 @@ def rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tens
         x1, x2 = x[..., 0::2], x[..., 1::2]
     else:
         x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    first = torch.addcmul(x1 * cos, x2, sin, value=-1)  # x1 cos - x2 sin, one dispatch fewer (a hot path)
+    second = torch.addcmul(x2 * cos, x1, sin)
+    return torch.cat((first, second), dim=-1)
 
 
 def rope_tables(pos: Tensor, inv_freq: Tensor, dtype: torch.dtype, factor: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -99,10 +101,9 @@ class LayerCache(nn.Module):
     def update(self, pos: Tensor, values: list[Tensor], view: CacheView) -> list[Tensor]:
         """Writes values [B, S, *shape] at positions pos [B, S]; returns each tensor's rows up to `view.length`."""
         batch = pos.shape[0]
-        rows = view.rows(batch, pos.device)[:, None]
         out = []
         for buf, value in zip(self.tensors(), values):
-            buf[rows, pos] = value
+            buf[view.index[:, None], pos] = value
             out.append(view.read(buf, batch))
         return out
 

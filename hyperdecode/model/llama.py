@@ -175,18 +175,18 @@ class LlamaAttention(nn.Module):
         self.o_proj = Linear(self.n_head * self.head_dim, cfg.hidden_size, cfg.attention_bias)
         self.cache = None
 
-    def normalize(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-head normalisation of q and k before RoPE: none in Llama (Qwen3 overrides it)."""
-        return q, k
+    def normalize(self, qk: Tensor) -> Tensor:
+        """Per-head normalisation of the query and key heads [N, heads + kv_heads, head_dim] before RoPE: none in
+        Llama (Qwen3 overrides it)."""
+        return qk
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, step: Step, masks: list[Tensor | None]) -> Tensor:
         """x: the step's tokens, flat [N, hidden]; attention runs per row group (step.py)."""
         n = x.shape[0]
         qkv = self.qkv_proj(x).view(n, self.n_head + 2 * self.n_kv, self.head_dim)
-        q, k, v = qkv.split([self.n_head, self.n_kv, self.n_kv], dim=1)
-        q, k = self.normalize(q, k)
-        q = rope(q, cos[:, None], sin[:, None])
-        k = rope(k, cos[:, None], sin[:, None])
+        qk = rope(self.normalize(qkv[:, :self.n_head + self.n_kv]), cos[:, None], sin[:, None])  # q and k heads
+        q, k = qk.split([self.n_head, self.n_kv], dim=1)
+        v = qkv[:, self.n_head + self.n_kv:]
         outs = []
         for group, mask in zip(step.groups, masks):
             q_g, k_g, v_g = group.take(q), group.take(k), group.take(v)  # [batch, length, heads, head_dim]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..errors import ConfigError
@@ -35,8 +36,8 @@ class Qwen3Attention(LlamaAttention):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
 
-    def normalize(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        return self.q_norm(q), self.k_norm(k)
+    def normalize(self, qk: Tensor) -> Tensor:
+        return torch.cat((self.q_norm(qk[:, :self.n_head]), self.k_norm(qk[:, self.n_head:])), dim=1)
 
 
 class Qwen3ForCausalLM(LlamaForCausalLM):

@@ -25,12 +25,11 @@ __all__ = ["Step", "RowGroup", "CacheView"]
 
 @dataclass
 class CacheView:
-    """Where one group reads and writes the cache: rows `slots` (default 0..B-1), positions below `length`."""
+    """Where one group reads and writes the cache: rows `index` (its cache rows); `slots` None when they are
+    0..B-1 in order (then reads slice the cache instead of gathering); positions below `length`."""
     length: int
+    index: Tensor
     slots: Tensor | None = None
-
-    def rows(self, batch: int, device: torch.device) -> Tensor:
-        return self.slots if self.slots is not None else torch.arange(batch, device=device)
 
     def read(self, buf: Tensor, batch: int) -> Tensor:
         return buf[:batch, :self.length] if self.slots is None else buf[self.slots, :self.length]
@@ -93,15 +92,17 @@ class Step:
             return RowGroup(rows, start, batch, length, pos, None, pos)
         if is_static():  # the caller checked the bounds; every cache position is read, masked by position
             key_pos = torch.arange(model.max_seq, device=pos.device).expand(batch, -1)
-            return RowGroup(rows, start, batch, length, pos, CacheView(model.max_seq, slots), key_pos)
+            index = rows if slots is None else slots
+            return RowGroup(rows, start, batch, length, pos, CacheView(model.max_seq, index, slots), key_pos)
         top = int(slots.max()) + 1 if slots is not None else batch
         if top > model.max_batch or int(pos.max()) >= model.max_seq:
             raise ValueError(f"the cache holds {model.max_batch}x{model.max_seq}; call setup_caches first")
-        if not whole and slots is not None and slots.tolist() == list(range(batch)):
+        index = rows if slots is None else slots
+        if not whole and slots.tolist() == list(range(batch)):
             slots = None  # rows 0..batch-1 in order: the cache is sliced, not gathered
         view_length = int(pos.max()) + 1
         key_pos = torch.arange(view_length, device=pos.device).expand(batch, -1)
-        return RowGroup(rows, start, batch, length, pos, CacheView(view_length, slots), key_pos)
+        return RowGroup(rows, start, batch, length, pos, CacheView(view_length, index, slots), key_pos)
 
     def join(self, parts: list[Tensor]) -> Tensor:
         """Per-group results (flattened to [tokens, ...], in group order) as one flat tensor."""

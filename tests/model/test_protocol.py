@@ -65,6 +65,7 @@ def test_rollback_and_row_copy_equal_a_cache_built_directly(name):
 def test_every_family_has_the_protocol(name):
     model = hd.LLM(name, device="cpu").model
     assert model.device == torch.device("cpu")
+    assert all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()])  # nothing left on meta
     model.setup_caches(2, 8)
     assert model.max_batch == 2 and model.max_seq == 8
     shapes = {tuple(t.shape[:2]) for t in model.cache_tensors().values()}

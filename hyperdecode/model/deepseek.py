@@ -262,9 +262,6 @@ class DeepseekForCausalLM(CausalLM):
         h = step.unpack(m.shared_head.norm(x))
         return self.logits(h) if m.shared_head.head is None else m.shared_head.head(h).float()
 
-    def hf_shapes(self) -> dict[str, tuple[int, ...]]:
-        return hf_shapes(self.cfg, self.mtp is not None)
-
     def from_hf(self, sd: dict[str, Tensor]) -> dict[str, Tensor]:
         """HF-named tensors (checked against `hf_shapes`) -> this module's state dict."""
         mtp_prefix = f"layers.{self.cfg.num_hidden_layers}."

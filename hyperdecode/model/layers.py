@@ -111,7 +111,7 @@ class LayerCache(nn.Module):
 class CausalLM(nn.Module):
     """The model protocol's shared part: caches, their row operations, the device. A family subclass builds its
     layers (each with a `self_attn` whose `cache` this class sets), says what each layer caches
-    (`cache_shapes`) and implements `forward`, `logits`, `init_buffers`, `hf_shapes` and `from_hf`."""
+    (`cache_shapes`) and implements `forward`, `logits`, `init_buffers` and `from_hf` (its checkpoint shapes are the registry's)."""
 
     FP32_PARAMS = None  # a regex of parameter names kept in float32 whatever the model's dtype
 

@@ -248,9 +248,6 @@ class LlamaForCausalLM(CausalLM):
     def logits(self, hidden: Tensor) -> Tensor:
         return (hidden @ self.lm_head).float()
 
-    def hf_shapes(self) -> dict[str, tuple[int, ...]]:
-        return hf_shapes(self.cfg)
-
     def from_hf(self, sd: dict[str, Tensor]) -> dict[str, Tensor]:
         """HF-named tensors (already checked against `hf_shapes`) -> this module's state dict."""
         out = to_in_out(sd)

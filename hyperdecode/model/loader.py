@@ -68,12 +68,13 @@ def expected_shapes(cfg: ModelConfig, mtp: bool) -> dict[str, tuple[int, ...]]:
 def build(cfg: ModelConfig, sd: dict[str, Tensor], source: str, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """The family's module for `cfg` with the HF-named tensors `sd` loaded (checked, converted, cast)."""
     family = family_of(cfg)
+    mtp = family.has_mtp(cfg, sd)
     with torch.device("meta"):  # shapes and dtypes only: the weights are allocated once, by the load
-        model = family.model(cfg, family.has_mtp(cfg, sd)).to(dtype)
+        model = family.model(cfg, mtp).to(dtype)
     for name, p in model.named_parameters():
         if model.FP32_PARAMS and model.FP32_PARAMS.match(name):
             p.data = p.data.float()
-    load_state_dict(model, sd, source, device)
+    load_state_dict(model, sd, family.shapes(cfg, mtp), source, device)
     model.inv_freq = torch.zeros(model.inv_freq.shape, dtype=torch.float32, device=device)
     model.init_buffers()
     return model.eval()

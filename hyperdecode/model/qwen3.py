@@ -43,9 +43,6 @@ class Qwen3Attention(LlamaAttention):
 class Qwen3ForCausalLM(LlamaForCausalLM):
     attention = Qwen3Attention
 
-    def hf_shapes(self) -> dict[str, tuple[int, ...]]:
-        return hf_shapes(self.cfg)
-
 
 def hf_shapes(cfg: Qwen3Config, mtp: bool = False) -> dict[str, tuple[int, ...]]:
     """Llama's tensors plus each layer's q_norm and k_norm ([head_dim])."""

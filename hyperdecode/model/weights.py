@@ -150,10 +150,11 @@ def check_hf_tensors(sd: dict[str, Tensor], expected: dict[str, tuple[int, ...]]
     return sd
 
 
-def load_state_dict(model: torch.nn.Module, sd: dict[str, Tensor], source: str, device: torch.device) -> None:
-    """Checks HF-named tensors, converts them to the model's layout and dtypes, and assigns them as its parameters
-    on `device` (the model may live on the meta device until then: the weights are allocated once)."""
-    sd = model.from_hf(check_hf_tensors(sd, model.hf_shapes(), model.cfg.tie_word_embeddings, source))
+def load_state_dict(model: torch.nn.Module, sd: dict[str, Tensor], shapes: dict[str, tuple[int, ...]], source: str,
+                    device: torch.device) -> None:
+    """Checks HF-named tensors against `shapes`, converts them to the model's layout and dtypes, and assigns them as
+    its parameters on `device` (the model may live on the meta device until then: the weights are allocated once)."""
+    sd = model.from_hf(check_hf_tensors(sd, shapes, model.cfg.tie_word_embeddings, source))
     expected = model.state_dict()
     model.load_state_dict({k: v.to(device=device, dtype=expected[k].dtype).contiguous() for k, v in sd.items()},
                           strict=True, assign=True)

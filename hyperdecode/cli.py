@@ -6,6 +6,7 @@ import sys
 from typing import Any, NoReturn
 
 from .engine.llm import BACKENDS
+from .flags import check_at_least, check_positive, flag
 
 __all__ = ["main"]
 
@@ -43,13 +44,52 @@ def sampling(args: argparse.Namespace) -> dict[str, Any]:
                 seed=args.seed, stop=args.stop)
 
 
+def check_engine_args(args: argparse.Namespace) -> None:
+    """generate / chat: the sampling, --device and --backend flags, checked before the model loads (seconds)."""
+    from .engine.llm import check_backend
+    from .engine.sampling import SamplingParams
+    from .errors import RequestError
+    from .model.loader import resolve_device
+    try:
+        SamplingParams(**sampling(args))
+    except RequestError as e:
+        raise RequestError(flag_message(str(e), e.param), param=e.param) from None
+    check_backend(args.backend, resolve_device(args.device, name="--device"), name="--backend")
+
+
+def load_llm(args: argparse.Namespace) -> Any:
+    """The LLM of generate / chat, which take text, so the model needs a tokenizer."""
+    from .engine.llm import LLM
+    from .errors import ConfigError
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
+    try:
+        llm.tokenizer  # noqa: B018 (the property raises when the model has none)
+    except ConfigError:
+        raise ConfigError(f"--model {args.model}: the model has no tokenizer (no tokenizer.json), so it cannot "
+                          "encode text") from None
+    return llm
+
+
+def flag_message(message: str, param: str | None) -> str:
+    """A message about the parameter `param` naming its flag instead.
+
+    >>> flag_message("'top_p' must be a number in (0, 1], got 2.0", "top_p")
+    '--top-p must be a number in (0, 1], got 2.0'
+    """
+    if param is None:
+        return message
+    named = message.replace(f"'{param}'", flag(param), 1)
+    return named if flag(param) in named else f"{flag(param)}: {message}"
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="hyperdecode", description="Low-latency LLM inference.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     g = sub.add_parser("generate", help="complete a prompt, streaming the text to stdout")
     g.add_argument("prompt")
     add_model_args(g)
-    c = sub.add_parser("chat", help="interactive multi-turn chat using the model's chat template")
+    c = sub.add_parser("chat", help="interactive multi-turn chat using the model's chat template (Ctrl-C stops an "
+                                    "answer and leaves that turn out of the conversation)")
     add_model_args(c)
     c.add_argument("--system", default=None, help="system message")
     sub.add_parser("models", help="list presets and cached models")
@@ -70,6 +110,9 @@ def build_parser() -> Parser:
     v.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
     v.add_argument("--max-model-len", type=int, default=4096, help="context per sequence (cache rows)")
     v.add_argument("--request-timeout", type=float, default=600.0, help="default per-request deadline, seconds")
+    v.add_argument("--max-request-bytes", type=int, default=None,
+                   help="largest request body; bigger ones get a 413 before they are read (default 1 MiB + 64 B "
+                        "per token of --max-model-len)")
     v.add_argument("--max-num-batched-tokens", type=int, default=None,
                    help="tokens one step may feed (decode rows + prompt chunks): longer prompts are prefilled in "
                         "chunks next to the decoding requests (chunked prefill; default: whole prompts)")
@@ -85,7 +128,8 @@ def build_parser() -> Parser:
     s.add_argument("--num-requests", type=int, default=8)
     s.add_argument("--input-len", type=int, default=32, help="prompt tokens (random words)")
     s.add_argument("--output-len", type=int, default=32, help="generated tokens (ignore_eos)")
-    s.add_argument("--multi-turn", type=int, default=0, help="agent loop: N calls whose context grows each call")
+    s.add_argument("--multi-turn", type=int, default=0, help="agent loops: --num-requests conversations of N calls "
+                                                               "each, whose context grows each call")
     s.add_argument("--api-key", default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", default=None, help="also write the results to this file")
@@ -95,7 +139,7 @@ def build_parser() -> Parser:
     e.add_argument("model", help="random-weight preset (e.g. tiny-glm5) or checkpoint directory")
     e.add_argument("out", help="output directory")
     e.add_argument("--fp8", action="store_true", help="block-FP8 (e4m3, 128x128 weight_scale_inv) weights")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=int, default=0, help="seed of a preset's random weights")
     e.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="dtype of unquantized tensors")
     return parser
 
@@ -108,27 +152,49 @@ def print_stats(g: Any) -> None:
 
 
 def stream_to_stdout(llm: Any, prompt: Any, params: dict[str, Any]) -> Any:
-    for piece in llm.stream(prompt, **params):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    pieces = llm.stream(prompt, **params)
+    try:
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    finally:
+        pieces.close()  # an interrupted answer frees its engine slots now, not when collected
     sys.stdout.write("\n")
     return llm.last_generation
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from .engine.llm import LLM
-    llm = LLM(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
+    check_engine_args(args)
+    llm = load_llm(args)
     print_stats(stream_to_stdout(llm, args.prompt, sampling(args)))
 
 
+def chat_turn(llm: Any, messages: list[dict[str, str]], args: argparse.Namespace) -> Any | None:
+    """Streams the answer to `messages`; None when Ctrl-C stopped it or the engine refused the turn (e.g. the
+    conversation outgrew the context)."""
+    from .errors import RequestError
+    try:
+        return stream_to_stdout(llm, llm.chat_prompt(messages), sampling(args))
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        print("[stopped]", file=sys.stderr, flush=True)
+    except RequestError as e:
+        print(f"hyperdecode: error: {e} (/reset clears the conversation)", file=sys.stderr, flush=True)
+    return None
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
-    from .engine.llm import LLM
-    llm = LLM(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
+    """Ctrl-C during an answer stops it and returns to the prompt; that turn (question and partial answer) is left
+    out of the conversation, as is a turn the engine refuses. Ctrl-C at the prompt quits."""
+    check_engine_args(args)
+    llm = load_llm(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
     interactive = sys.stdin.isatty()
     if interactive:
-        print(f"chat with {llm.name}; /reset clears the conversation, /exit or Ctrl-D quits", file=sys.stderr)
+        print(f"chat with {llm.name}; Ctrl-C stops an answer, /reset clears the conversation, /exit or Ctrl-D quits",
+              file=sys.stderr)
     while True:
         if interactive:
             print(">>> ", end="", file=sys.stderr, flush=True)
@@ -141,7 +207,10 @@ def cmd_chat(args: argparse.Namespace) -> None:
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line.rstrip("\n")})
-        g = stream_to_stdout(llm, llm.chat_prompt(messages), sampling(args))
+        g = chat_turn(llm, messages, args)
+        if g is None:
+            messages.pop()
+            continue
         messages.append({"role": "assistant", "content": g.text})
         print_stats(g)
 
@@ -163,8 +232,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     import json
     from .model.loader import read_config
     from .model.sizing import size_model
-    if args.context < 1 or args.hbm_tbps <= 0:
-        raise ValueError("--context must be >= 1 and --hbm-tbps > 0")
+    check_at_least(args, {"context": 1})
+    check_positive(args, ("hbm_tbps",))
     cfg = read_config(args.model)
     s = size_model(cfg, args.context, WEIGHT_BYTES[args.weight_dtype], args.hbm_tbps, int(WEIGHT_BYTES[args.kv_dtype]))
     if args.json:
@@ -182,21 +251,40 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    import logging
     import uvicorn
+    from .errors import HyperdecodeError
     from .serve.app import ServerConfig, create_app
-    for name in ("max_batch", "max_queue", "max_model_len"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    check_at_least(args, {"max_batch": 1, "max_queue": 1, "max_model_len": 1, "max_request_bytes": 1})
+    check_positive(args, ("request_timeout",))
     if args.max_num_batched_tokens is not None and args.max_num_batched_tokens < args.max_batch:
         raise ValueError("--max-num-batched-tokens must be at least --max-batch (each decoding request feeds one "
                          "token per step)")
     config = ServerConfig(model=args.model, served_model_name=args.served_model_name, device=args.device,
                           dtype=args.dtype, backend=args.backend, api_key=args.api_key, max_batch=args.max_batch,
                           max_queue=args.max_queue, max_model_len=args.max_model_len,
-                          request_timeout=args.request_timeout, max_num_batched_tokens=args.max_num_batched_tokens)
+                          request_timeout=args.request_timeout, max_num_batched_tokens=args.max_num_batched_tokens,
+                          max_request_bytes=args.max_request_bytes)
+    logging.basicConfig(level=logging.INFO, format="hyperdecode: %(levelname)s %(name)s: %(message)s")
+    failures: list[str] = []
+    servers: list[uvicorn.Server] = []
+
+    def fatal(message: str) -> None:  # from the loading thread
+        failures.append(message)
+        for server in servers:
+            server.should_exit = True
+    app = create_app(config, on_fatal=fatal)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                           timeout_keep_alive=30))
+    servers.append(server)
     print(f"hyperdecode: serving {config.name} on http://{args.host}:{args.port} (/health is 503 while loading)",
           file=sys.stderr)
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning", timeout_keep_alive=30)
+    if not failures:
+        server.run()
+    if failures:
+        raise HyperdecodeError(f"the model '{args.model}' failed to load: {failures[0]}")
+    if not server.started:
+        raise HyperdecodeError(f"could not serve on {args.host}:{args.port} (is the port in use?)")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -211,12 +299,33 @@ def cmd_fabric(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     import torch
+    from .engine.sampling import SEED_RANGE
     from .model.loader import export_model
+    if not SEED_RANGE[0] <= args.seed < SEED_RANGE[1]:
+        raise ValueError(f"--seed must be in [-2**63, 2**64), got {args.seed}")
     out = export_model(args.model, args.out, fp8=args.fp8, seed=args.seed, dtype=getattr(torch, args.dtype))
     print(f"wrote {out}", file=sys.stderr)
 
 
+def os_error_message(e: OSError) -> str:
+    """An OSError as 'PATH: reason'."""
+    if e.filename is None:
+        return str(e)
+    where = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+    return f"{where}: {e.strerror or e}"
+
+
+def http_error_message(e: Any) -> str:
+    """An httpx error (the server did not answer) naming the URL."""
+    try:
+        url = e.request.url
+    except RuntimeError:  # raised before a request was made
+        url = "the server"
+    return f"request to {url} failed ({type(e).__name__}: {e}); is the server running?"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import httpx
     from .errors import HyperdecodeError
     args = build_parser().parse_args(argv)
     try:
@@ -224,8 +333,14 @@ def main(argv: list[str] | None = None) -> int:
                     "export": cmd_export, "serve": cmd_serve, "bench": cmd_bench,
                     "fabric": cmd_fabric}
         commands[args.command](args)
-    except (HyperdecodeError, ValueError, FileNotFoundError) as e:
+    except (HyperdecodeError, ValueError) as e:
         print(f"hyperdecode: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"hyperdecode: error: {os_error_message(e)}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as e:
+        print(f"hyperdecode: error: {http_error_message(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)

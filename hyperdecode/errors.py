@@ -1,6 +1,7 @@
 """Exceptions raised for bad input. Each message names the file, tensor, field or parameter at fault."""
 
-__all__ = ["HyperdecodeError", "ConfigError", "WeightsError", "ModelNotFoundError", "FetchError", "RequestError"]
+__all__ = ["HyperdecodeError", "ConfigError", "WeightsError", "ModelNotFoundError", "FetchError", "RequestError",
+           "SequenceError"]
 
 
 class HyperdecodeError(Exception):
@@ -30,3 +31,8 @@ class RequestError(HyperdecodeError, ValueError):
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.param = param
+
+
+class SequenceError(HyperdecodeError, RuntimeError):
+    """One sequence failed inside the engine (its forward row, sampler or detokeniser raised); the others in its
+    batch were not affected."""

@@ -60,3 +60,15 @@ def incremental_logits(model, ids: list[int], prefill: int) -> torch.Tensor:
         for p in range(prefill, len(ids)):
             steps.append(model.logits(model(torch.tensor([[ids[p]]]), torch.tensor([[p]])))[0])
     return torch.cat(steps)
+
+
+def run_main(argv, capsys):
+    """The `hyperdecode` command in this process (fast enough for long tables of bad command lines): exit code,
+    stdout, stderr."""
+    from hyperdecode.cli import main
+    try:
+        code = main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err

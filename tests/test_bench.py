@@ -21,3 +21,37 @@ def test_decode_gpu_smoke(tmp_path):
     for r in rows:
         assert "error" not in r and r["tok_s"] > 0 and 0 < r["mbu"] < 1
         assert r["backend"] == "reference" or r["ok"], r
+
+
+def test_short_soak_passes(tmp_path):
+    out = tmp_path / "soak.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "soak.py"), "--clients", "12", "--duration", "4", "--max-batch", "4",
+           "--max-queue", "6", "--disconnect", "0.3", "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    s = json.loads(out.read_text())
+    assert s["completed"] > 0 and s["disconnected"] > 0 and s["malformed_kinds"] >= 30
+    assert s["5xx"] == 0 and s["hung"] == 0 and s["failures"] == []
+    assert s["after"]["free_slots"] == s["after"]["max_batch"] == 4 and all(s["agree"].values())
+
+
+def test_soak_fails_on_a_server_fault(monkeypatch):
+    """The harness is not blind: a server that fails some requests with a 500 makes it exit non-zero."""
+    import argparse
+    import importlib
+    import hyperdecode as hd
+    from hyperdecode.engine import core
+    from tests.serve.conftest import LiveServer
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    soak = importlib.import_module("soak")
+    sample = core.sample
+    monkeypatch.setattr(core, "sample", lambda logits, p, g: (
+        (_ for _ in ()).throw(RuntimeError("injected")) if p.seed % 3 == 0 else sample(logits, p, g)))
+    server = LiveServer(hd.LLM("tiny-llama", device="cpu"), max_batch=4, max_queue=8, max_model_len=2048,
+                        max_request_bytes=soak.MAX_REQUEST_BYTES)
+    try:
+        args = argparse.Namespace(clients=4, duration=1.5, max_attempts=200, disconnect=0.0, malformed=0.0,
+                                  hang_s=30.0, seed=1, json=None)
+        assert soak.run(server.url, None, args) == 1
+    finally:
+        server.stop()

@@ -38,7 +38,7 @@ def test_models_lists_presets():
 
 @pytest.mark.parametrize("args, message", [
     (("generate", "x", "--model", "nope"), "model 'nope' is neither a preset"),
-    (("generate", "x", "--model", "tiny-llama", "--top-p", "2"), "'top_p'"),
+    (("generate", "x", "--model", "tiny-llama", "--top-p", "2"), "--top-p must be"),
     (("generate", "x", "--max-tokens", "ten"), "invalid int value"),
     (("generate",), "required: prompt"),
     (("frobnicate",), "invalid choice"),

@@ -1,14 +1,19 @@
 """The engine core: a runner and a scheduler, long-lived (caches allocated once, grown when a call needs more).
 Each `step()` asks the scheduler for a plan, runs it on the runner as one [B, S] forward (decode rows and prompt
 chunks together, shorter rows padded), samples where a row's fed tokens reach its newest token, and returns the
-sequences that sampled. `hd.LLM` and the server both drive one."""
+sequences that sampled. `hd.LLM` and the server both drive one.
+
+A fault is the fault of one sequence: when a forward fails, each row of the plan is run again alone (rows write
+the same cache positions, so a retry is exact) and only the rows that still fail end, with finish_reason "error"
+and `seq.error` naming the exception; a failure while seeding or sampling ends that sequence alone. The others
+go on as if nothing happened."""
 from __future__ import annotations
 
 import torch
 
 from .runner import ReferenceRunner
-from .sampling import sample_rows
-from .scheduler import Scheduler
+from .sampling import sample
+from .scheduler import Scheduler, StepPlan
 from .sequence import Sequence
 
 __all__ = ["EngineCore"]
@@ -46,12 +51,14 @@ class EngineCore:
         self.scheduler.resize(max_batch, max_seq)
 
     def add(self, seq: Sequence) -> None:
-        """Queues a sequence (built by `InputProcessor`); it is admitted when a slot is free."""
-        seq.generator = torch.Generator(device=self.device)
+        """Queues a sequence (built by `InputProcessor`); it is admitted when a slot is free. A seed the generator
+        refuses raises here, before the sequence holds anything."""
+        generator = torch.Generator(device=self.device)
         if seq.params.seed is not None:
-            seq.generator.manual_seed(seq.params.seed)
+            generator.manual_seed(seq.params.seed)
         else:
-            seq.generator.seed()
+            generator.seed()
+        seq.generator = generator
         self.scheduler.add(seq)
 
     def finish(self, seq: Sequence, reason: str, num_output: int | None = None) -> None:
@@ -60,14 +67,36 @@ class EngineCore:
             del seq.token_ids[len(seq.prompt_ids) + num_output:]
         self.scheduler.finish(seq, reason)
 
+    def fail(self, seq: Sequence, error: BaseException) -> None:
+        """Ends one sequence for a fault of its own (finish_reason "error"); frees its slot."""
+        seq.error = f"{type(error).__name__}: {error}"
+        self.scheduler.finish(seq, "error")
+
     @torch.inference_mode()
     def step(self) -> list[Sequence]:
         """One step of the plan as one [B, S] forward: each row feeds its next tokens (rows shorter than the
         longest are padded with pos = -1); rows whose tokens reach their newest token get a logit row and
-        sample. Returns the sequences that sampled a token (or finished by sampling EOS)."""
+        sample. Returns the sequences that sampled a token, finished, or failed (finish_reason "error")."""
         plan = self.scheduler.schedule()
         if not plan:
             return []
+        self.steps += 1
+        try:
+            return self._run(plan)
+        except Exception as e:
+            if len(plan) == 1:
+                self.fail(plan[0][0], e)
+                return [plan[0][0]]
+        out = []
+        for row in plan:  # isolate the failing row(s): each row alone
+            try:
+                out += self._run([row])
+            except Exception as e:
+                self.fail(row[0], e)
+                out.append(row[0])
+        return out
+
+    def _run(self, plan: StepPlan) -> list[Sequence]:
         seqs = [seq for seq, _ in plan]
         width = max(n for _, n in plan)
         tokens, pos, want = [], [], []
@@ -83,11 +112,14 @@ class EngineCore:
         chosen = [seq for seq, row in zip(seqs, want) if any(row)]
         for seq, n in plan:
             seq.num_computed += n
-        if chosen:
-            next_ids = sample_rows(logits, [s.params for s in chosen], [s.generator for s in chosen])
-            for seq, token in zip(chosen, next_ids):
+        greedy = logits.argmax(-1).tolist() if chosen else []
+        for i, seq in enumerate(chosen):
+            try:
+                token = greedy[i] if seq.params.greedy else int(sample(logits[i:i + 1], seq.params,
+                                                                       [seq.generator])[0])
                 self.scheduler.append(seq, token)
-        self.steps += 1
+            except Exception as e:
+                self.fail(seq, e)
         return chosen
 
     def _slots(self, seqs: list[Sequence]) -> torch.Tensor | None:
@@ -96,4 +128,3 @@ class EngineCore:
         if slots == list(range(len(slots))):
             return None
         return torch.tensor(slots, device=self.device)
-

@@ -5,11 +5,11 @@ from typing import Any, Iterator
 
 import torch
 
-from ..errors import ConfigError
-from ..model.loader import load_model
+from ..errors import ConfigError, SequenceError
+from ..model.loader import load_model, resolve_device
 from .core import EngineCore
 from .graph import GraphRunner
-from .mega.runner import MegaRunner
+from .mega.runner import MegaRunner, require_triton
 from .output import Generation, OutputStream
 from .request import InputProcessor, Prompt
 from .runner import ReferenceRunner
@@ -20,6 +20,26 @@ __all__ = ["LLM", "BACKENDS"]
 
 BACKENDS = ("reference", "graph", "mega", "auto")
 DEFAULT_MAX_TOKENS = 64
+
+
+def check_backend(backend: str, device: torch.device, name: str = "backend") -> None:
+    """Fails before the model loads when `backend` cannot run on `device` here (CUDA graphs need a GPU, the
+    megakernel needs Triton); `name` is what messages call the backend (the CLI: --backend)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"{name} '{backend}' is not available (available: {', '.join(BACKENDS)})")
+    if backend == "graph" and device.type != "cuda":
+        raise ConfigError(f"{name} 'graph' captures CUDA graphs and needs a CUDA device (device is '{device}'); "
+                          f"use {name} 'reference' here")
+    if backend == "mega":
+        require_triton(name)
+
+
+def has_triton() -> bool:
+    try:
+        require_triton()
+    except ConfigError:
+        return False
+    return True
 
 
 class LLM:
@@ -36,8 +56,7 @@ class LLM:
 
     def __init__(self, model: str = "smollm2", device: str = "auto", dtype: str = "float32",
                  backend: str = "reference", seed: int = 0, max_num_batched_tokens: int | None = None):
-        if backend not in BACKENDS:
-            raise ConfigError(f"backend '{backend}' is not available (available: {', '.join(BACKENDS)})")
+        check_backend(backend, resolve_device(device))
         loaded = load_model(model, device=device, dtype=dtype, seed=seed)
         self.name = loaded.name
         self.config = loaded.cfg
@@ -57,7 +76,7 @@ class LLM:
     def _fastest_backend(self) -> str:
         if self.device.type != "cuda":
             return "reference"
-        return "mega" if MegaRunner.supports(self.model) else "graph"
+        return "mega" if MegaRunner.supports(self.model) and has_triton() else "graph"
 
     @property
     def tokenizer(self):
@@ -100,6 +119,8 @@ class LLM:
             while self.core.has_unfinished:
                 pieces = {}
                 for seq in self.core.step():
+                    if seq.finish_reason == "error":
+                        raise SequenceError(f"a sequence failed in the engine: {seq.error}")
                     stream = streams[seq]
                     pieces[seq] = stream.update()
                     if stream.stop_at is not None:

@@ -23,10 +23,47 @@ from .output import OutputStream
 from .sampling import SamplingParams
 from .sequence import Sequence
 
-__all__ = ["InputProcessor", "normalize_messages", "ROLES", "Prompt"]
+__all__ = ["InputProcessor", "normalize_messages", "lone_surrogate", "ROLES", "Prompt"]
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
 Prompt = str | list[int]
+
+
+def lone_surrogate(value: Any, where: str) -> str | None:
+    """The path of the first string in a JSON value that is not valid Unicode (a lone surrogate such as "\\ud800",
+    which JSON allows but UTF-8 cannot encode), else None.
+
+    >>> lone_surrogate({"messages": [{"content": "ok"}, {"content": "\\ud800"}]}, "body")
+    'body.messages[1].content'
+    """
+    if isinstance(value, str):
+        return None if value.isascii() or _encodes(value) else where
+    if isinstance(value, dict):
+        items = ((f"{where}.{k}" if where else str(k), k, v) for k, v in value.items())
+        for path, key, item in items:
+            found = lone_surrogate(key, path) or lone_surrogate(item, path)
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = lone_surrogate(item, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def require_unicode(value: Any, param: str) -> None:
+    found = lone_surrogate(value, param)
+    if found:
+        raise RequestError(f"'{found}' is not valid Unicode (it has a lone surrogate)", param=found)
 
 
 def normalize_messages(messages: Any) -> list[dict[str, str]]:
@@ -45,6 +82,7 @@ def normalize_messages(messages: Any) -> list[dict[str, str]]:
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise RequestError(f"messages[{i}].content must be a string", param=f"messages[{i}].content")
+        require_unicode(content, f"messages[{i}].content")
         out.append({"role": m["role"], "content": content})
     return out
 
@@ -66,30 +104,50 @@ class InputProcessor:
             raise RequestError("this model has no tokenizer (no tokenizer.json); pass token ids", param="prompt")
         return self.tokenizer
 
-    def chat_prompt(self, messages: Any) -> list[int]:
+    def chat_prompt(self, messages: Any, template_kwargs: dict[str, Any] | None = None) -> list[int]:
+        """The chat template applied to the messages (extra template variables in `template_kwargs`, as vLLM's
+        chat_template_kwargs), tokenized."""
+        from jinja2.exceptions import TemplateError
         tok = self.require_tokenizer()
-        text = tok.apply_chat_template(normalize_messages(messages), add_generation_prompt=True)
+        kwargs = {"add_generation_prompt": True, **check_template_kwargs(template_kwargs)}
+        try:
+            text = tok.apply_chat_template(normalize_messages(messages), **kwargs)
+        except TemplateError as e:  # the template's own raise_exception("...")
+            raise RequestError(f"the chat template refused the messages: {e}", param="messages") from None
+        except TypeError as e:
+            raise RequestError(f"chat_template_kwargs do not fit the chat template: {e}",
+                               param="chat_template_kwargs") from None
         return tok.encode(text, add_special_tokens=False)
 
-    def prompt_ids(self, prompt: Any) -> list[int]:
-        """Token ids of a text prompt or a list of ids, checked: non-empty, in the vocabulary, within the context."""
+    def check_prompt(self, prompt: Any) -> None:
+        """The prompt checks that need no tokenizer (a server runs them before admission): a non-empty string or
+        a non-empty list of token ids in the vocabulary."""
         if isinstance(prompt, str) and prompt:
-            ids = self.require_tokenizer().encode(prompt)
-        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
-                                                         for t in prompt):
-            ids = list(prompt)
-        else:
+            require_unicode(prompt, "prompt")
+            return
+        if not (isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
+                                                             for t in prompt)):
             raise RequestError("'prompt' must be a non-empty string or a non-empty list of token ids", param="prompt")
-        if not all(0 <= t < self.vocab_size for t in ids):
+        if not all(0 <= t < self.vocab_size for t in prompt):
             raise RequestError(f"prompt token ids must be in [0, {self.vocab_size})", param="prompt")
-        return ids
+
+    def prompt_ids(self, prompt: Any) -> list[int]:
+        """Token ids of a text prompt or a list of ids, checked: non-empty, in the vocabulary."""
+        self.check_prompt(prompt)
+        if isinstance(prompt, str):
+            return self.require_tokenizer().encode(prompt)
+        return list(prompt)
 
     def process(self, prompt: Any = None, params: SamplingParams | None = None, messages: Any = None,
-                default_max_tokens: int | None = None) -> tuple[Sequence, OutputStream]:
+                default_max_tokens: int | None = None,
+                template_kwargs: dict[str, Any] | None = None) -> tuple[Sequence, OutputStream]:
         """A sequence for `prompt` (or chat `messages`); max_tokens unset means `default_max_tokens` (None: the
         rest of the context), capped by the context; an explicit max_tokens beyond the context is an error."""
         params = params or SamplingParams()
-        ids = self.chat_prompt(messages) if messages is not None else self.prompt_ids(prompt)
+        if messages is not None:
+            ids = self.chat_prompt(messages, template_kwargs)
+        else:
+            ids = self.prompt_ids(prompt)
         where = "messages" if messages is not None else "prompt"
         room = self.max_model_len - len(ids)
         max_tokens = params.max_tokens
@@ -102,3 +160,19 @@ class InputProcessor:
                                param=where)
         seq = Sequence(ids, dataclasses.replace(params, max_tokens=max_tokens), self.eos_ids)
         return seq, OutputStream(seq, self.tokenizer)
+
+
+RESERVED_TEMPLATE_VARIABLES = ("messages", "bos_token", "eos_token")
+
+
+def check_template_kwargs(kwargs: Any) -> dict[str, Any]:
+    """Extra chat-template variables: an object whose keys are not the ones the template gets from us."""
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+        raise RequestError("'chat_template_kwargs' must be an object of template variables",
+                           param="chat_template_kwargs")
+    taken = sorted(set(kwargs) & set(RESERVED_TEMPLATE_VARIABLES))
+    if taken:
+        raise RequestError(f"'chat_template_kwargs' may not set '{taken[0]}'", param="chat_template_kwargs")
+    return kwargs

@@ -11,10 +11,10 @@ from torch import Tensor
 
 from ..errors import RequestError
 
-__all__ = ["SamplingParams", "sample", "sample_rows", "GREEDY_BELOW"]
+__all__ = ["SamplingParams", "sample", "GREEDY_BELOW"]
 
 GREEDY_BELOW = 1e-5  # a temperature below this is greedy (vLLM's _SAMPLING_EPS): 1/t would overflow
-MAX_STOP_STRINGS = 16
+MAX_STOP_STRINGS = 4  # OpenAI's limit
 SEED_RANGE = (-(2 ** 63), 2 ** 64)  # what torch.Generator.manual_seed takes
 
 
@@ -83,12 +83,3 @@ def sample(logits: Tensor, params: SamplingParams, generators: list[torch.Genera
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
-
-
-def sample_rows(logits: Tensor, params: list[SamplingParams], generators: list[torch.Generator]) -> list[int]:
-    """logits: [B, V]; row i is sampled with its own params[i] and generators[i] (rows of different requests)."""
-    out = logits.argmax(-1).tolist()
-    for i, (p, g) in enumerate(zip(params, generators)):
-        if not p.greedy:
-            out[i] = int(sample(logits[i:i + 1], p, [g])[0])
-    return out

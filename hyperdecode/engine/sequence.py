@@ -31,6 +31,7 @@ class Sequence:
     status: Status = Status.WAITING
     finish_reason: str | None = None
     generator: torch.Generator | None = None
+    error: str | None = None  # why it failed, when finish_reason is "error"
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_ids)

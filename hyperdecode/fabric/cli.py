@@ -1,18 +1,54 @@
-"""`hyperdecode fabric build | describe | compare | draw`."""
+"""`hyperdecode fabric build | describe | compare | draw | simulate | study`."""
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 from typing import Any
 
 from ..errors import ConfigError
+from ..flags import check_at_least, check_output_dir, check_output_file, check_positive
 from .builders import fattree, roft, zcube
 from .cost import load_prices
 from .report import compare, describe
 from .topology import Topology
 
 __all__ = ["add_parser", "run"]
+
+# smallest value of each count flag (a command checks the ones it has, when set) and the flags that must be > 0
+AT_LEAST = {"n": 1, "gpus": 1, "gpus_per_switch": 1, "links_per_pair": 1, "port_gbps": 1, "switch_radix": 1,
+            "nic_gbps": 1, "gpus_per_server": 1, "oversubscription": 1, "max_requests": 1, "gpus_per_instance": 1,
+            "qps": 1, "seed": 0}
+POSITIVE = ("switch_tbps", "ttft_slo", "prefill_tok_s", "decode_step_s", "rate_scale")
+# the builders' parameter names and the flags that set them (build, describe, draw)
+BUILDER_FLAGS = {"num_gpus": "--gpus", "gpus_per_switch": "--gpus-per-switch", "gpus_per_server": "--gpus-per-server",
+                 "switch_radix": "--switch-radix", "links_per_pair": "--links-per-pair", "port_gbps": "--port-gbps",
+                 "nic_gbps": "--nic-gbps", "oversubscription": "--oversubscription", "tiers": "--tiers"}
+# compare, simulate, study: the radix comes from --switch-tbps and servers hold 8 GPUs
+DERIVED_FLAGS = {"num_gpus": "--gpus", "gpus_per_server": "the GPUs per server"}
+SIM_FLAGS = {"gpus_per_instance": "--gpus-per-instance", "failure": "--fail"}
+
+
+def with_flags(message: str, names: dict[str, str]) -> str:
+    """A builder's message with its parameter names replaced by what the user set.
+
+    >>> with_flags("parameter 'num_gpus' (6) must be a multiple of gpus_per_server (4)", BUILDER_FLAGS)
+    '--gpus (6) must be a multiple of --gpus-per-server (4)'
+    """
+    for name, shown in names.items():
+        message = re.sub(rf"parameter '{name}'|\b{name}\b", shown, message)
+    return message
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The numeric flags and output paths of a fabric command, before any work."""
+    check_at_least(args, AT_LEAST)
+    check_positive(args, POSITIVE)
+    for name in ("out", "json", "plot"):
+        if isinstance(getattr(args, name, None), str):
+            check_output_file(getattr(args, name), name)
 
 
 def add_topology_args(p: argparse.ArgumentParser) -> None:
@@ -30,7 +66,11 @@ def add_topology_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: Any, parser_class: type) -> None:
-    f = sub.add_parser("fabric", help="cluster networks: build, describe, compare, draw ZCube / ROFT / fat-tree")
+    f = sub.add_parser("fabric", help="cluster networks: build, describe, compare, draw ZCube / ROFT / fat-tree; "
+                                      "simulate and study PD-disaggregated KV traffic on them",
+                       description="Cluster networks: build, describe, compare and draw ZCube / ROFT / fat-tree "
+                                   "topologies; simulate a request trace's KV-cache traffic on one (simulate) or on "
+                                   "ZCube and ROFT across load levels (study).")
     fs = f.add_subparsers(dest="fabric_command", required=True, parser_class=parser_class)
     b = fs.add_parser("build", help="build a topology, print its counts, optionally save it as JSON")
     add_topology_args(b)
@@ -87,16 +127,30 @@ def topology_from(args: argparse.Namespace) -> Topology:
     if kind.endswith(".json"):
         return Topology.load(kind)
     if kind == "zcube":
-        return zcube(args.n, port_gbps=args.port_gbps, links_per_pair=args.links_per_pair, num_gpus=args.gpus,
-                     gpus_per_switch=args.gpus_per_switch, switch_radix=args.switch_radix,
-                     gpus_per_server=args.gpus_per_server)
+        if args.n is None and (args.gpus is None or args.gpus_per_switch is None):
+            raise ConfigError("zcube needs --n, or --gpus and --gpus-per-switch")
+        if args.n is not None and (args.gpus not in (None, args.n ** 2) or args.gpus_per_switch not in (None, args.n)):
+            raise ConfigError("zcube takes either --n (paper form) or --gpus and --gpus-per-switch (blog form)")
+        return flagged(BUILDER_FLAGS, zcube, args.n, port_gbps=args.port_gbps, links_per_pair=args.links_per_pair,
+                       num_gpus=args.gpus, gpus_per_switch=args.gpus_per_switch, switch_radix=args.switch_radix,
+                       gpus_per_server=args.gpus_per_server)
     if kind in ("roft", "fattree"):
         if args.gpus is None or args.switch_radix is None:
             raise ConfigError(f"{kind} needs --gpus and --switch-radix")
-        return (roft if kind == "roft" else fattree)(args.gpus, args.switch_radix, nic_gbps=args.nic_gbps,
-                                                     tiers=args.tiers, gpus_per_server=args.gpus_per_server,
-                                                     oversubscription=args.oversubscription)
+        return flagged(BUILDER_FLAGS, roft if kind == "roft" else fattree, args.gpus, args.switch_radix,
+                       nic_gbps=args.nic_gbps, tiers=args.tiers, gpus_per_server=args.gpus_per_server,
+                       oversubscription=args.oversubscription)
     raise ConfigError(f"topology '{kind}' is not zcube, roft, fattree or a .json file")
+
+
+def flagged(names: dict[str, str], fn: Any, *args: Any, prefix: str = "", **kwargs: Any) -> Any:
+    """fn(*args, **kwargs), its ConfigError messages naming flags instead of parameters (`with_flags`), after
+    `prefix` when given."""
+    try:
+        return fn(*args, **kwargs)
+    except ConfigError as e:
+        message = with_flags(str(e), names)
+        raise ConfigError(f"{prefix}: {message}" if prefix else message) from None
 
 
 def print_counts(t: Topology) -> None:
@@ -108,16 +162,29 @@ def print_counts(t: Topology) -> None:
     print(f"  links {c['links']}: {c['copper_links']} copper + {c['fiber_links']} fiber; optics {c['optics']}")
 
 
+def switch_radix(args: argparse.Namespace, port_gbps: int) -> int:
+    """Ports of a --switch-tbps switch at `port_gbps` per port (compare, simulate, study)."""
+    radix = int(args.switch_tbps * 1000 // port_gbps)
+    if radix < 2:
+        raise ConfigError(f"--switch-tbps {args.switch_tbps:g} gives switches of {radix} port(s) at {port_gbps}G "
+                          "(at least 2 are needed)")
+    return radix
+
+
 def named_topology(name: str, args: argparse.Namespace) -> Topology:
     from .report import zcube_for
     if name.endswith(".json"):
         return Topology.load(name)
     if name == "zcube":
-        return zcube_for(args.gpus, int(args.switch_tbps * 1000 // (args.nic_gbps // 2)), args.nic_gbps // 2)
+        port = args.nic_gbps // 2
+        if port < 1:
+            raise ConfigError(f"--nic-gbps {args.nic_gbps} is too slow for ZCube's two NIC ports (at least 2)")
+        return flagged(DERIVED_FLAGS, zcube_for, args.gpus, switch_radix(args, port), port)
     if name in ("roft", "fattree"):
-        radix = int(args.switch_tbps * 1000 // args.nic_gbps)
+        radix = switch_radix(args, args.nic_gbps)
         tiers = 2 if args.gpus <= radix * radix // 2 else 3
-        return (roft if name == "roft" else fattree)(args.gpus, radix, nic_gbps=args.nic_gbps, tiers=tiers)
+        return flagged(DERIVED_FLAGS, roft if name == "roft" else fattree, args.gpus, radix, nic_gbps=args.nic_gbps,
+                       tiers=tiers)
     raise ConfigError(f"topology '{name}' is not zcube, roft, fattree or a .json file")
 
 
@@ -127,14 +194,15 @@ def sim_inputs(args: argparse.Namespace):
     work = load_trace(args.trace)
     if args.synthetic:
         work = synthetic(work, seed=args.seed)
-    if args.max_requests:
+    if args.max_requests is not None:
         work = work.head(args.max_requests)
     model = ModelProfile.from_model(args.model, args.kv_dtype, prefill_tok_s=args.prefill_tok_s,
                                     decode_step_s=args.decode_step_s)
-    cfg = SimConfig(gpus_per_instance=args.gpus_per_instance, pd_ratio=parse_pd_ratio(args.pd_ratio),
-                    placement=args.placement, kv_split=args.kv_split, port_policy=args.port_policy, qps=args.qps,
-                    ttft_slo_s=args.ttft_slo, seed=args.seed,
-                    failure=parse_failure(args.fail) if getattr(args, "fail", None) else None)
+    pd_ratio = flagged({}, parse_pd_ratio, args.pd_ratio, prefix="--pd-ratio")
+    failure = flagged({}, parse_failure, args.fail, prefix="--fail") if getattr(args, "fail", None) else None
+    cfg = SimConfig(gpus_per_instance=args.gpus_per_instance, pd_ratio=pd_ratio, placement=args.placement,
+                    kv_split=args.kv_split, port_policy=args.port_policy, qps=args.qps, ttft_slo_s=args.ttft_slo,
+                    seed=args.seed, failure=failure)
     return work, model, cfg
 
 
@@ -148,7 +216,7 @@ def run_simulate(args: argparse.Namespace) -> None:
     with tqdm(total=len(work), unit="req", desc=f"simulating {topo.kind}", disable=None, leave=False) as bar:
         def progress(done: int) -> None:
             bar.update(done - bar.n)
-        r = simulate(topo, work, model, cfg, progress)
+        r = flagged(SIM_FLAGS, simulate, topo, work, model, cfg, progress)
     s = summarize(r)
     print(json.dumps({k: s[k] for k in ("topology", "gpus", "requests_completed", "ttft_p50_s", "ttft_p99_s",
                                         "kv_fct_p99_s", "goodput_tok_s", "max_link_util", "sim_wall_s")}, indent=1))
@@ -160,17 +228,18 @@ def run_simulate(args: argparse.Namespace) -> None:
 
 
 def run_study(args: argparse.Namespace) -> None:
-    from pathlib import Path
     from .simreport import plot_run, study, study_markdown
     try:
         scales = [float(x) for x in args.scales.split(",")]
     except ValueError:
         raise ConfigError(f"--scales '{args.scales}' must be comma-separated numbers") from None
+    if not all(math.isfinite(x) and x > 0 for x in scales):
+        raise ConfigError(f"--scales '{args.scales}' must be positive load multipliers")
+    out = check_output_dir(args.out_dir, "--out-dir")
     work, model, cfg = sim_inputs(args)
     topologies = {"zcube": named_topology("zcube", args), "roft": named_topology("roft", args)}
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows, raw = study(topologies, work, scales, model, cfg, progress=lambda m: print(f"running {m}", file=sys.stderr))
+    rows, raw = flagged(SIM_FLAGS, study, topologies, work, scales, model, cfg,
+                        progress=lambda m: print(f"running {m}", file=sys.stderr))
     table = study_markdown(rows)
     header = (f"# ZCube vs ROFT: {args.gpus} GPUs, {args.switch_tbps}T switches, {work.source}\n\n"
               f"P:D {args.pd_ratio}, placement {args.placement}, KV split {args.kv_split}, port policy "
@@ -185,12 +254,15 @@ def run_study(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     cmd = args.fabric_command
+    check_args(args)
     if cmd == "simulate":
         return run_simulate(args)
     if cmd == "study":
         return run_study(args)
     if cmd == "compare":
-        rows = compare(args.gpus, args.switch_tbps, args.nic_gbps, prices=load_prices(args.prices))
+        switch_radix(args, args.nic_gbps)
+        rows = flagged(DERIVED_FLAGS, compare, args.gpus, args.switch_tbps, args.nic_gbps,
+                       prices=load_prices(args.prices))
         if args.json:
             print(json.dumps(rows, indent=2))
             return

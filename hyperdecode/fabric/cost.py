@@ -43,13 +43,23 @@ def load_prices(path: str | Path | None = None) -> dict[str, dict[str, float]]:
     if not isinstance(user, dict):
         raise ConfigError(f"{path}: expected a mapping of item -> {{speed: price}}")
     for item, table in user.items():
-        if item not in prices or not isinstance(table, dict):
+        if item not in prices:
             raise ConfigError(f"{path}: unknown price item '{item}' (known: {', '.join(prices)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: price item '{item}' must map {price_keys(item)} to a price in USD, e.g. "
+                              f"{item}: {json.dumps(dict(list(DEFAULT_PRICES[item].items())[:1]))}; got {table!r}")
         for speed, price in table.items():
-            if not isinstance(price, (int, float)) or price < 0:
+            if str(speed) != "any" and not str(speed).isdigit():
+                raise ConfigError(f"{path}: {item} has key '{speed}'; the keys are {price_keys(item)}")
+            if isinstance(price, bool) or not isinstance(price, (int, float)) or not 0 <= price < float("inf"):
                 raise ConfigError(f"{path}: price of {item} at {speed} must be a non-negative number")
             prices[item][str(speed)] = float(price)
     return prices
+
+
+def price_keys(item: str) -> str:
+    """What the keys of a price item are, for messages."""
+    return '"any"' if "any" in DEFAULT_PRICES[item] else 'port speeds in Gb/s ("400") or "any"'
 
 
 def _price(prices: dict, item: str, gbps: int) -> float:

@@ -31,6 +31,7 @@ def draw(topo: Topology, out: str | Path) -> Path:
                  f"{c['fiber_links']} fiber links, {c['optics']} optics")
     ax.set_axis_off()
     out = Path(out)
+    out = out if out.suffix else out.with_suffix(".png")  # what savefig writes for a name without a suffix
     fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
     return out

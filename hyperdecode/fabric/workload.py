@@ -75,6 +75,8 @@ def load_trace(path: str | Path) -> Workload:
         raise ConfigError(f"{path}: trace file not found") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text trace") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the trace ({e.strerror})") from None
     first = text.lstrip()[:1]
     if first == "{":
         arrival, inputs, outputs = [], [], []
@@ -83,11 +85,14 @@ def load_trace(path: str | Path) -> Workload:
                 continue
             try:
                 row = json.loads(line)
-                arrival.append(float(row["timestamp"]) / 1000.0)
+                stamp = float(row["timestamp"])
                 inputs.append(row["input_length"])
                 outputs.append(row["output_length"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 raise ConfigError(f"{path}:{n}: not a Mooncake trace row ({type(e).__name__}: {e})") from None
+            if not (math.isfinite(stamp) and stamp >= 0):
+                raise ConfigError(f"{path}:{n}: timestamp {row['timestamp']} must be a time in ms >= 0")
+            arrival.append(stamp / 1000.0)
         return _check(arrival, inputs, outputs, str(path))
     rows = list(csv.reader(text.splitlines()))
     if rows and [c.strip() for c in rows[0][:3]] == ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]:

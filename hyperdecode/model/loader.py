@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ __all__ = ["LoadedModel", "load_model", "read_config", "export_model", "preset_c
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
+DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
 
 @dataclass
@@ -33,15 +37,23 @@ class LoadedModel:
     fp8_weights: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # raw (fp8, scale_inv) by name
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
+def resolve_device(device: str | torch.device, name: str = "device") -> torch.device:
+    """auto (CUDA when there is a GPU), cpu, cuda or cuda:N (a GPU torch sees); `name` is what messages call it.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    text = str(device)
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"device '{device}' is not valid (use auto, cpu, cuda or cuda:N)") from None
+    if not DEVICE.fullmatch(text):
+        raise ConfigError(f"{name} '{text}' is not supported (use auto, cpu, cuda or cuda:N)")
+    dev = torch.device(text)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}' requested but torch sees no CUDA GPU")
+        raise ConfigError(f"{name} '{text}' requested but torch sees no CUDA GPU")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"{name} '{text}': torch sees {torch.cuda.device_count()} CUDA GPU(s) "
+                          f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
     return dev
 
 
@@ -113,28 +125,52 @@ def read_checkpoint_dir(path: Path) -> tuple[ModelConfig, dict[str, Tensor], dic
     return cfg, sd, raw
 
 
-def random_preset(name: str, seed: int) -> tuple[ModelConfig, dict[str, Tensor]]:
-    """A random-weight preset's config and HF-named tensors (MTP layer included when the config has one)."""
+def random_preset(name: str, seed: int) -> tuple[ModelConfig, dict[str, Tensor], Tokenizer]:
+    """A random-weight preset's config, HF-named tensors (MTP layer included when the config has one) and its
+    byte-level tokenizer (whose end tokens the config takes)."""
     preset = get_preset(name)
     if preset.sizing_only:
         raise ConfigError(f"preset '{name}' is for sizing only (try `hyperdecode inspect {name}`); "
                           "its weights are not built")
     cfg = preset_config(name)
-    return cfg, random_state_dict(expected_shapes(cfg, mtp=cfg.num_nextn_predict_layers > 0), seed)
+    tok = Tokenizer.byte_level()
+    cfg.eos_token_ids = tok.eos_token_ids
+    return cfg, random_state_dict(expected_shapes(cfg, mtp=cfg.num_nextn_predict_layers > 0), seed), tok
+
+
+def check_export_dir(out_dir: Path) -> None:
+    """An export goes to a new or empty directory, or one without a checkpoint: it never overwrites one."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: exists and is not a directory (export writes a checkpoint directory)")
+    if (out_dir / "config.json").exists():
+        raise ConfigError(f"{out_dir}: already holds a checkpoint (config.json); export into a new directory")
 
 
 def export_model(model: str, out_dir: str | Path, fp8: bool = False, seed: int = 0,
                  dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Writes a HF-format checkpoint: a preset's random weights (MTP layer included) or a converted checkpoint."""
+    """Writes a HF-format checkpoint: a preset's random weights (MTP layer included) with its byte-level
+    tokenizer, or a converted checkpoint with its tokenizer files copied."""
+    out_dir = Path(out_dir)
     if model in PRESETS and not PRESETS[model].embedded:
-        cfg, sd = random_preset(model, seed)
+        check_export_dir(out_dir)
+        cfg, sd, tok = random_preset(model, seed)
+        source = None
     elif Path(model).is_dir():
-        cfg, sd, _ = read_checkpoint_dir(Path(model))
+        check_export_dir(out_dir)
+        source = Path(model)
+        cfg, sd, _ = read_checkpoint_dir(source)
     else:
         raise ModelNotFoundError(f"model '{model}': export takes a random-weight preset or a checkpoint directory")
     config = cfg.to_hf_dict()
     config.pop("quantization_config", None)
-    return write_checkpoint(sd, config, out_dir, fp8=fp8, dtype=dtype)
+    out = write_checkpoint(sd, config, out_dir, fp8=fp8, dtype=dtype)
+    if source is None:
+        tok.save(out)
+        return out
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out / name)
+    return out
 
 
 def load_model(model: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "float32",
@@ -144,9 +180,7 @@ def load_model(model: str, device: str | torch.device = "auto", dtype: str | tor
     if model in PRESETS:
         if PRESETS[model].embedded:
             return load_gguf(smollm2_path(), dev, dt, name=model)
-        cfg, sd = random_preset(model, seed)
-        tok = Tokenizer.byte_level()
-        cfg.eos_token_ids = tok.eos_token_ids
+        cfg, sd, tok = random_preset(model, seed)
         return LoadedModel(model, cfg, build(cfg, sd, model, dev, dt), tok)
     if path.is_dir():
         cfg, sd, raw = read_checkpoint_dir(path)

@@ -83,6 +83,17 @@ class Tokenizer:
         return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                      bos_token=bos, eos_token=eos, **kwargs)
 
+    def save(self, out_dir: str | Path) -> None:
+        """Writes tokenizer.json and tokenizer_config.json (chat template, special tokens) into `out_dir`, as HF
+        fast tokenizers and `from_hf_dir` read them."""
+        out_dir = Path(out_dir)
+        self.tok.save(str(out_dir / "tokenizer.json"))
+        token = lambda i: None if i is None else self.tok.id_to_token(i)  # noqa: E731
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": self.chat_template,
+                  "bos_token": token(self.bos_token_id), "add_bos_token": self.add_bos,
+                  "eos_token": token(self.eos_token_ids[0]) if self.eos_token_ids else None}
+        (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
     @classmethod
     def byte_level(cls, specials: list[str] = CHATML_SPECIALS, chat_template: str = CHATML_TEMPLATE) -> "Tokenizer":
         """Specials first, then one token per byte; no merges. Every string round-trips."""

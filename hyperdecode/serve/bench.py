@@ -2,7 +2,8 @@
 
 Definitions (as vLLM, SGLang and genai-perf): TTFT = time to the first chunk with a choice; ITL = gaps between
 chunks; TPOT = (E2E − TTFT) / (output tokens − 1) per request; output tok/s = all output tokens / wall time.
-`--multi-turn N` runs agent loops: N sequential chat calls per conversation, each resending the growing history.
+`--multi-turn N` runs agent loops: `--num-requests` conversations (`--concurrency` at a time) of N sequential chat
+calls each, every call resending the growing history.
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from ..errors import HyperdecodeError
+from ..flags import check_at_least, check_output_file
 
 __all__ = ["RequestResult", "percentiles", "run_bench"]
 
@@ -96,24 +100,38 @@ def random_prompt(rng: random.Random, n_words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n_words))
 
 
+async def server_model(client: httpx.AsyncClient, headers: dict, model: str | None) -> str:
+    """`model`, or the first model the server lists; either way the server must answer before the run starts."""
+    r = await client.get("/v1/models", headers=headers)
+    if r.status_code != 200:
+        raise HyperdecodeError(f"{r.request.url} answered HTTP {r.status_code}: {r.text[:200]}")
+    if model is not None:
+        return model
+    try:
+        return r.json()["data"][0]["id"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise HyperdecodeError(f"{r.request.url} does not list a model (pass --model)") from None
+
+
 async def bench(args: Any) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     rng = random.Random(args.seed)
     limits = httpx.Limits(max_connections=args.concurrency + 2)
     async with httpx.AsyncClient(base_url=args.url, timeout=httpx.Timeout(600.0), limits=limits) as client:
-        model = args.model
-        if model is None:
-            model = (await client.get("/v1/models", headers=headers)).json()["data"][0]["id"]
+        model = await server_model(client, headers, args.model)
         common = {"model": model, "max_tokens": args.output_len, "ignore_eos": True, "temperature": 0.0,
                   "stream": True, "stream_options": {"include_usage": True}}
         results: list[RequestResult] = []
-        queue = list(range(args.num_requests))
+        queue = list(range(args.num_requests))  # requests, or with --multi-turn conversations
 
-        async def completion_worker() -> None:
+        async def worker(run_one: Any) -> None:
             while queue:
                 queue.pop()
-                body = {**common, "prompt": random_prompt(rng, args.input_len)}
-                results.append(await stream_request(client, "/v1/completions", body, headers))
+                await run_one()
+
+        async def completion() -> None:
+            body = {**common, "prompt": random_prompt(rng, args.input_len)}
+            results.append(await stream_request(client, "/v1/completions", body, headers))
 
         async def conversation() -> None:
             messages = []
@@ -125,10 +143,8 @@ async def bench(args: Any) -> dict[str, Any]:
                 messages.append({"role": "assistant", "content": r.text})
 
         start = time.perf_counter()
-        if args.multi_turn:
-            await asyncio.gather(*(conversation() for _ in range(args.concurrency)))
-        else:
-            await asyncio.gather(*(completion_worker() for _ in range(args.concurrency)))
+        one = conversation if args.multi_turn else completion
+        await asyncio.gather(*(worker(one) for _ in range(args.concurrency)))
         wall = time.perf_counter() - start
     return summarize(results, wall, args)
 
@@ -152,9 +168,20 @@ def summarize(results: list[RequestResult], wall: float, args: Any) -> dict[str,
     return summary
 
 
+def check_bench_args(args: Any) -> None:
+    """The flags of `bench serve`, before any request."""
+    check_at_least(args, {"concurrency": 1, "num_requests": 1, "input_len": 1, "output_len": 1, "multi_turn": 0})
+    try:
+        url = httpx.URL(args.url)
+    except httpx.InvalidURL as e:
+        raise ValueError(f"--url '{args.url}' is not a URL ({e})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"--url '{args.url}' must look like http://HOST:PORT")
+    check_output_file(args.json, "json")
+
+
 def run_bench(args: Any) -> None:
-    if min(args.concurrency, args.num_requests, args.input_len, args.output_len) < 1 or args.multi_turn < 0:
-        raise ValueError("--concurrency, --num-requests, --input-len and --output-len must be >= 1")
+    check_bench_args(args)
     s = asyncio.run(bench(args))
     print(f"completed {s['completed']}, failed {s['failed']} in {s['wall_s']:.2f} s; "
           f"{s['output_tok_s']:.1f} output tok/s, {s['request_s']:.2f} req/s")

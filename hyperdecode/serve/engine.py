@@ -1,18 +1,24 @@
 """The serving engine: one thread drives the `LLM`'s engine core; asyncio handlers submit requests and read their
 events. This module adds only what serving needs around the core: a bounded admission queue, cancellation,
-deadlines, events to the handlers and metrics.
+deadlines, fault isolation, a liveness heartbeat, events to the handlers and metrics.
 
 Between two steps the thread drops cancelled requests (client gone) and requests past their deadline, then hands
 waiting requests to the core while it has free slots. So a disconnect stops generation within one step.
+
+One request's fault never reaches another: the core ends a sequence whose row, seed or sampler failed alone (see
+engine/core.py), a detokeniser fault ends its own request, and each fault is logged with the request id. The
+core keeps one cache row more than `max_batch` for readiness probes, so a probe never waits behind user requests.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from ..engine.llm import LLM
 from ..engine.output import OutputStream
@@ -23,6 +29,9 @@ from .protocol import APIError
 
 __all__ = ["Engine", "Request"]
 
+log = logging.getLogger("hyperdecode.serve")
+IDLE_WAKE_S = 1.0  # the idle thread still beats this often
+
 
 @dataclass(eq=False)
 class Request:
@@ -32,16 +41,21 @@ class Request:
     stream: OutputStream
     deadline: float | None
     loop: asyncio.AbstractEventLoop
+    rid: str = ""
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     last_token_at: float = 0.0
-    internal: bool = False  # health probes: served like any request, kept out of the metrics
+    probe: bool = False  # readiness probes: the spare slot, kept out of the metrics
 
     def emit(self, kind: str, payload: Any) -> None:
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, payload))
         except RuntimeError:  # the handler's loop is gone
             self.cancelled = True
+
+
+def server_error(message: str) -> APIError:
+    return APIError(500, message, type="server_error")
 
 
 class Engine:
@@ -52,15 +66,20 @@ class Engine:
         if self.core.driver is not None:
             raise RuntimeError(f"this LLM's engine core is already driven by {self.core.driver}")
         self.core.driver = "a server (serve/engine.py)"
+        self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_model_len = min(max_model_len or llm.max_context, llm.max_context)
         self.inputs: InputProcessor = llm.inputs.with_limit(self.max_model_len)
-        self.core.reserve(max_batch, self.max_model_len)
+        self.core.reserve(max_batch + 1, self.max_model_len)  # + the probes' row
         self.metrics = metrics or Metrics(llm.name)
         self.waiting: collections.deque[Request] = collections.deque()
+        self.probes: collections.deque[Request] = collections.deque()
+        self.pending = 0  # requests holding a queue place while they are tokenized
         self.active: dict[Sequence, Request] = {}  # sequences the core holds
         self.wake = threading.Condition()
         self.stopping = False
+        self.heartbeat = time.monotonic()  # the engine thread was alive then
+        self.last_step_at: float | None = None
         self.thread = threading.Thread(target=self._loop, name="hyperdecode-engine", daemon=True)
         self.thread.start()
 
@@ -68,14 +87,37 @@ class Engine:
     def steps(self) -> int:
         return self.core.steps
 
-    def submit(self, seq: Sequence, stream: OutputStream, timeout_s: float | None, internal: bool = False) -> Request:
-        req = Request(seq, stream, None if timeout_s is None else time.monotonic() + timeout_s,
-                      asyncio.get_running_loop(), internal=internal)
+    @property
+    def num_running(self) -> int:
+        return sum(not r.probe for r in self.active.values())
+
+    @property
+    def free_slots(self) -> int:
+        """User slots not taken (probes have their own)."""
+        return self.max_batch - self.num_running
+
+    @contextlib.contextmanager
+    def admission(self) -> Iterator[None]:
+        """A place in the queue, taken before any work is spent on a request: 429 when the queue is full. Inside
+        it, tokenize and `submit`; the place is given back on leaving (the request is then waiting or done)."""
         with self.wake:
-            if len(self.waiting) >= self.max_queue:
+            if len(self.waiting) + self.pending >= self.max_queue:
                 raise APIError(429, f"the queue is full ({self.max_queue} waiting requests); retry later",
                                type="rate_limit_error", headers={"Retry-After": "1"})
-            self.waiting.append(req)
+            self.pending += 1
+        try:
+            yield
+        finally:
+            with self.wake:
+                self.pending -= 1
+
+    def submit(self, seq: Sequence, stream: OutputStream, timeout_s: float | None, rid: str = "",
+               probe: bool = False) -> Request:
+        """Queues a request (a user request inside `admission()`; a probe goes to its own lane)."""
+        req = Request(seq, stream, None if timeout_s is None else time.monotonic() + timeout_s,
+                      asyncio.get_running_loop(), rid=rid, probe=probe)
+        with self.wake:
+            (self.probes if probe else self.waiting).append(req)
             self.metrics.waiting.set(len(self.waiting))
             self.wake.notify()
         return req
@@ -84,6 +126,15 @@ class Engine:
         req.cancelled = True
         with self.wake:
             self.wake.notify()
+
+    def liveness(self) -> dict[str, Any]:
+        """What /health reports: is the engine thread alive, how long since it last beat and last stepped."""
+        now = time.monotonic()
+        return {"engine_alive": self.thread.is_alive() and not self.stopping,
+                "heartbeat_age_s": round(now - self.heartbeat, 4),
+                "last_step_age_s": None if self.last_step_at is None else round(now - self.last_step_at, 4),
+                "running": self.num_running, "waiting": len(self.waiting), "free_slots": self.free_slots,
+                "max_batch": self.max_batch, "steps": self.steps}
 
     def shutdown(self) -> None:
         with self.wake:
@@ -96,26 +147,29 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self.wake:
-                while not (self.stopping or self.waiting or self.active):
-                    self.wake.wait(timeout=1.0)
+                while not (self.stopping or self.waiting or self.probes or self.active):
+                    self.wake.wait(timeout=IDLE_WAKE_S)
+                    self.heartbeat = time.monotonic()
                 if self.stopping:
                     break
+            self.heartbeat = time.monotonic()
             try:
                 self._expire()
                 self._admit()
                 for seq in self.core.step():
                     self._deliver(self.active[seq])
-            except Exception as e:  # a real server fault: fail the requests in flight, keep serving
+                self.last_step_at = time.monotonic()
+            except Exception as e:  # a fault outside any one sequence: fail the requests in flight, keep serving
+                log.exception("engine step failed; failing the %d requests in flight", len(self.active))
                 for req in list(self.active.values()):
-                    self._finish(req, "error", APIError(500, f"engine error: {type(e).__name__}: {e}",
-                                                        type="server_error"))
-            self.metrics.running.set(len(self.active))
+                    self._finish(req, "error", server_error(f"engine error: {type(e).__name__}: {e}"))
+            self.metrics.running.set(self.num_running)
             self.metrics.waiting.set(len(self.waiting))
 
     def _expire(self) -> None:
         now = time.monotonic()
         with self.wake:
-            queued = list(self.waiting)
+            queued = list(self.probes) + list(self.waiting)
         for req in queued + list(self.active.values()):
             if req.cancelled:
                 self._finish(req, "abort", None)
@@ -124,25 +178,48 @@ class Engine:
                                                          f"after {req.seq.num_output} tokens",
                                                     type="timeout_error", code="deadline_exceeded"))
 
+    def _next_waiting(self) -> Request | None:
+        with self.wake:
+            if self.probes:
+                return self.probes.popleft()
+            if self.waiting and self.free_slots > 0:
+                return self.waiting.popleft()
+        return None
+
     def _admit(self) -> None:
         while self.core.scheduler.num_free > 0:
-            with self.wake:
-                if not self.waiting:
-                    return
-                req = self.waiting.popleft()
+            req = self._next_waiting()
+            if req is None:
+                return
+            try:
+                self.core.add(req.seq)
+            except Exception as e:  # e.g. a seed the generator refuses: this request alone
+                log.exception("request %s could not be admitted", req.rid)
+                self._finish(req, "error", server_error(f"the request could not be admitted: "
+                                                        f"{type(e).__name__}: {e}"))
+                continue
             self.active[req.seq] = req
-            if not req.internal:
+            if not req.probe:
                 self.metrics.prompt_tokens.inc(len(req.seq.prompt_ids))
-            self.core.add(req.seq)
 
     def _deliver(self, req: Request) -> None:
-        """After a step in which the request's sequence sampled: its new text, metrics, and its end."""
-        now = time.perf_counter()
+        """After a step in which the request's sequence sampled (or failed): its new text, metrics, and its end."""
         seq = req.seq
-        piece = req.stream.update()
+        if seq.finish_reason == "error":
+            log.error("request %s failed in the engine: %s", req.rid, seq.error)
+            self._finish(req, "error", server_error(f"the request failed in the engine: {seq.error}"))
+            return
+        try:
+            piece = req.stream.update()
+        except Exception as e:
+            log.exception("request %s failed while detokenizing", req.rid)
+            self.core.fail(seq, e)
+            self._finish(req, "error", server_error(f"the request failed while detokenizing: {seq.error}"))
+            return
         if req.stream.stop_at is not None:
             self.core.finish(seq, "stop", num_output=req.stream.stop_at)
-        if not req.internal:
+        now = time.perf_counter()
+        if not req.probe:
             if req.last_token_at == 0.0:
                 self.metrics.ttft.observe(now - req.stream.start)
             else:
@@ -156,13 +233,14 @@ class Engine:
     def _finish(self, req: Request, reason: str, error: APIError | None) -> None:
         seq = req.seq
         with self.wake:
-            if req in self.waiting:
-                self.waiting.remove(req)
+            for lane in (self.waiting, self.probes):
+                if req in lane:
+                    lane.remove(req)
         self.core.finish(seq, reason)
         self.active.pop(seq, None)
         req.stream.finish()
         result = req.stream.result()
-        if not req.internal:
+        if not req.probe:
             self.metrics.finished(reason)
             self.metrics.generation_tokens.inc(seq.num_output)
             self.metrics.e2e.observe(result.stats.e2e_s)

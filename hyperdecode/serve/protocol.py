@@ -1,23 +1,46 @@
 """OpenAI request validation and response shapes: every rejection is an `APIError` with the OpenAI envelope."""
 from __future__ import annotations
 
+import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.request import normalize_messages
+from ..engine.request import check_template_kwargs, normalize_messages
 from ..engine.sampling import SamplingParams
 from ..errors import RequestError
 
 __all__ = ["APIError", "GenerateRequest", "parse_chat", "parse_completion", "chunk", "completion_body",
            "usage", "error_body"]
 
+# The field policy (vLLM's): a field that does not change the output is accepted and ignored; an unknown field
+# is ignored with a logged warning; a field that would change the output and is not implemented is a 400 naming
+# it, unless it carries its neutral value (the value that means "off").
 COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "stream", "stream_options",
-          "ignore_eos", "user", "request_timeout", "frequency_penalty", "presence_penalty", "logprobs",
+          "ignore_eos", "request_timeout", "frequency_penalty", "presence_penalty", "logprobs",
           "skip_special_tokens"}
 CHAT = COMMON | {"messages", "max_completion_tokens", "top_logprobs", "chat_template_kwargs"}
 COMPLETION = COMMON | {"prompt", "echo", "best_of"}
+NO_EFFECT = {"user", "store", "metadata", "service_tier", "parallel_tool_calls", "prompt_cache_key",
+             "safety_identifier", "prediction", "priority", "spaces_between_special_tokens", "stream_options"}
+NEUTRAL: dict[str, tuple[Any, ...]] = {  # not implemented: accepted only with one of these values
+    "tools": (None, []), "functions": (None, []), "tool_choice": (None, "none", "auto"),
+    "function_call": (None, "none", "auto"), "response_format": (None, {"type": "text"}),
+    "logit_bias": (None, {}), "suffix": (None, ""), "audio": (None,), "modalities": (None, ["text"]),
+    "repetition_penalty": (None, 1, 1.0), "min_p": (None, 0, 0.0), "min_tokens": (None, 0),
+    "reasoning_effort": (None,), "web_search_options": (None,), "guided_json": (None,), "guided_regex": (None,),
+    "guided_choice": (None,), "guided_grammar": (None,), "structured_outputs": (None,),
+    "include_stop_str_in_output": (None, False), "stop_token_ids": (None, []), "bad_words": (None, []),
+    "truncate_prompt_tokens": (None,), "prompt_logprobs": (None, 0), "use_beam_search": (None, False),
+    "length_penalty": (None, 1, 1.0), "add_generation_prompt": (None, True), "continue_final_message": (None, False),
+    "echo": (None, False), "logprobs": (None, False, 0), "top_logprobs": (None, 0), "n": (None, 1),
+    "best_of": (None, 1), "frequency_penalty": (None, 0, 0.0), "presence_penalty": (None, 0, 0.0),
+}
+PENALTY_RANGE = (-2.0, 2.0)  # OpenAI's range for frequency_penalty and presence_penalty
+log = logging.getLogger("hyperdecode.serve")
+_warned: set[str] = set()
 
 
 class APIError(Exception):
@@ -43,6 +66,7 @@ class GenerateRequest:
     include_usage: bool
     continuous_usage: bool
     timeout_s: float | None
+    template_kwargs: dict[str, Any] | None = None
 
 
 def bad(param: str, message: str) -> APIError:
@@ -67,24 +91,22 @@ def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, Samplin
     as `hd.LLM`); a `RequestError` from there becomes a 400 naming the field (app.py)."""
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise bad(unknown[0], f"unsupported parameter '{unknown[0]}'")
     model = check_type(body, "model", (str,), "a string")
     if not model:
         raise bad("model", "'model' is required")
-    n = check_type(body, "n", (int,), "an integer")
-    if n not in (None, 1):
-        raise bad("n", "only n=1 is supported")
-    if body.get("best_of") not in (None, 1):
-        raise bad("best_of", "only best_of=1 is supported")
     for name in ("frequency_penalty", "presence_penalty"):
-        if check_type(body, name, (int, float), "a number") not in (None, 0):
-            raise bad(name, f"'{name}' is not supported (only 0)")
-    if body.get("logprobs") not in (None, False, 0) or body.get("top_logprobs") not in (None, 0):
-        raise bad("logprobs", "logprobs are not supported")
-    if body.get("echo") not in (None, False):
-        raise bad("echo", "echo is not supported")
+        value = check_type(body, name, (int, float), "a number")
+        if value is not None and not PENALTY_RANGE[0] <= value <= PENALTY_RANGE[1]:
+            raise bad(name, f"'{name}' must be in [-2, 2], got {value!r}")
+    check_type(body, "n", (int,), "an integer")
+    for name, neutral in NEUTRAL.items():
+        if body.get(name) not in neutral:
+            raise bad(name, f"'{name}' is not supported with value {_short(body[name])} (only "
+                            f"{' or '.join(_short(v) for v in neutral)})")
+    for name in sorted(set(body) - allowed - NO_EFFECT - set(NEUTRAL)):
+        if name not in _warned:  # once per field name: a client repeats it on every call
+            _warned.add(name)
+            log.warning("ignoring the unknown request field '%s'", name)
     for name in ("stream", "skip_special_tokens"):
         check_type(body, name, (bool,), "a boolean")
     options = check_type(body, "stream_options", (dict,), "an object") or {}
@@ -104,8 +126,8 @@ def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, Samplin
                                 seed=body.get("seed"), stop=body.get("stop"),
                                 ignore_eos=given(body, "ignore_eos", False))
     except RequestError as e:
-        if e.param == "max_tokens":
-            e.param = max_tokens_field
+        if e.param == "max_tokens" and max_tokens_field != "max_tokens":
+            raise RequestError(str(e).replace("'max_tokens'", f"'{max_tokens_field}'"), param=max_tokens_field) from None
         raise
     meta = {"model": model, "stream": bool(body.get("stream", False)),
             "include_usage": bool(options.get("include_usage")),
@@ -115,7 +137,9 @@ def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, Samplin
 
 def parse_chat(body: Any) -> GenerateRequest:
     meta, params = parse_common(body, CHAT, "chat")
-    return GenerateRequest("chat", prompt=normalize_messages(body.get("messages")), params=params, **meta)
+    template_kwargs = check_template_kwargs(body.get("chat_template_kwargs"))
+    return GenerateRequest("chat", prompt=normalize_messages(body.get("messages")), params=params,
+                           template_kwargs=template_kwargs, **meta)
 
 
 def parse_completion(body: Any) -> GenerateRequest:
@@ -164,3 +188,8 @@ def completion_body(kind: str, rid: str, model: str, text: str, finish: str, pro
     return {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
             "created": int(time.time()), "model": model, "choices": [choice],
             "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."

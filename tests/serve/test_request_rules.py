@@ -38,7 +38,8 @@ CASES = [  # (API, fields, the field an error names, or None when accepted)
     ("completion", {"prompt": "hi", "seed": -1, "temperature": 1}, None),
     ("completion", {"prompt": "hi", "stop": [""]}, "stop"),
     ("completion", {"prompt": "hi", "stop": [1]}, "stop"),
-    ("completion", {"prompt": "hi", "stop": ["a"] * 17}, "stop"),
+    ("completion", {"prompt": "hi", "stop": ["a"] * 5}, "stop"),  # OpenAI's limit is 4
+    ("completion", {"prompt": "hi", "stop": ["a", "b", "c", "d"]}, None),
     ("completion", {"prompt": "hi", "stop": "x"}, None),
     ("completion", {"prompt": "hi", "ignore_eos": "yes"}, "ignore_eos"),
     ("completion", {"prompt": "hi", "ignore_eos": True}, None),

@@ -16,7 +16,17 @@ from .kernel import encode, interpreted, run_megakernel
 from .program import Program
 from .vm import copy_cache_rows
 
-__all__ = ["MegaRunner", "compile_model", "unsupported"]
+__all__ = ["MegaRunner", "compile_model", "unsupported", "require_triton"]
+
+
+def require_triton(name: str = "backend") -> None:
+    """The megakernel is a Triton kernel: a ConfigError saying how to install Triton when it is missing (`name`: what
+    the message calls the backend)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{name} 'mega' needs Triton, which is not installed: pip install 'hyperdecode[mega]' "
+                          f"(or pip install triton), or use {name} 'reference'") from None
 
 
 def unsupported(model: nn.Module) -> str | None:
@@ -45,6 +55,7 @@ class MegaRunner(ReferenceRunner):
         """tile: output rows per GEMV instruction; k_block: its k-chunk; workers: persistent programs (default one
         per SM); num_warps: per program; prefetch: L2 prefetch of the next GEMV tile before each wait. The GPU
         benchmark sweeps them."""
+        require_triton()
         why = unsupported(model)
         if why:
             raise ConfigError(f"backend 'mega' cannot run this model: {why}; use backend='reference' or 'graph'")

@@ -136,7 +136,12 @@ async def one_request(c: httpx.AsyncClient, path: str, body: dict, stream: bool,
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            obj = json.loads(line[6:])
+            try:
+                obj = json.loads(line[6:])
+            except ValueError:
+                t.outcomes["bad_event"] += 1
+                t.unexpected.append((f"unparseable event {path}", 200, line[:120]))
+                return
             seen += 1
             if "error" in obj:
                 errored = True
@@ -298,7 +303,7 @@ def run(url: str, pid: int | None, args: argparse.Namespace) -> int:
                "engine_steps_per_s": round((health["steps"] - health_before["steps"]) / elapsed, 1),
                "generated_tok_per_s": round(generated / elapsed, 1),
                **{k: t.outcomes[k] for k in ("completed", "rate_limited", "disconnected", "answered_before_leaving",
-                                            "5xx", "hung", "wrong_status", "transport_error")},
+                                            "5xx", "hung", "wrong_status", "transport_error", "bad_event")},
                "malformed_kinds_seen": len(t.malformed), "malformed_kinds": len(kinds),
                "malformed_by_kind": dict(sorted(t.malformed.items())), "missing_retry_after": t.missing_retry_after,
                "server_counted": served, "after": leaks, "agree": agree,
@@ -306,6 +311,7 @@ def run(url: str, pid: int | None, args: argparse.Namespace) -> int:
     failures = [name for name, bad in (("5xx", t.outcomes["5xx"]), ("hung", t.outcomes["hung"]),
                                        ("wrong_status", t.outcomes["wrong_status"] + len(t.unexpected)),
                                        ("transport_error", t.outcomes["transport_error"]),
+                                       ("bad_event", t.outcomes["bad_event"]),
                                        ("missing Retry-After", t.missing_retry_after),
                                        ("gauge above 0", leaks["running_gauge"] + leaks["waiting_gauge"]),
                                        ("leaked slot", leaks["max_batch"] - leaks["free_slots"]),
@@ -323,7 +329,7 @@ def print_summary(s: dict) -> None:
           f"{s['engine_steps_per_s']} steps/s, generated {s['generated_tok_per_s']} tok/s")
     print(f"  completed {s['completed']}  429 {s['rate_limited']}  disconnected {s['disconnected']} "
           f"(+{s['answered_before_leaving']} answered first)  5xx {s['5xx']}  hung {s['hung']}  "
-          f"wrong status {s['wrong_status']}  transport errors {s['transport_error']}")
+          f"wrong status {s['wrong_status']}  transport errors {s['transport_error']}  bad events {s['bad_event']}")
     print(f"  malformed: {sum(s['malformed_by_kind'].values())} requests, {s['malformed_kinds_seen']} of "
           f"{s['malformed_kinds']} kinds, each with its expected 4xx")
     print(f"  server counted {s['server_counted']}; after drain {s['after']}")

@@ -309,8 +309,13 @@ def make_sequence(engine: Engine, g: GenerateRequest) -> tuple[Sequence, OutputS
     return engine.inputs.process(g.prompt, g.params, default_max_tokens=COMPLETION_DEFAULT_MAX_TOKENS)
 
 
+# Characters JSON leaves raw that str.splitlines() (and so many SSE clients, httpx's aiter_lines among them) take
+# for line breaks: escaped, so that one event is one line for every client.
+LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def event(obj: dict) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+    return f"data: {json.dumps(obj, ensure_ascii=False).translate(LINE_BREAKS)}\n\n"
 
 
 def engine_silent() -> APIError:

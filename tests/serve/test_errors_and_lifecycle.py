@@ -216,3 +216,13 @@ def test_serve_and_bench_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "hyperdecode.cli", "serve", "--max-batch", "0"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "--max-batch" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_an_sse_event_is_one_line_for_every_client():
+    """Text may hold characters that str.splitlines() breaks on (random weights emit any byte); JSON leaves U+0085,
+    U+2028 and U+2029 raw, so the server escapes them: httpx's aiter_lines would otherwise split an event."""
+    from hyperdecode.serve.app import event
+    text = "a\u2028b\x85c\u2029d\re\nf\x1cg"
+    e = event({"choices": [{"text": text}]})
+    assert e.endswith("\n\n") and len(e.strip().splitlines()) == 1
+    assert json.loads(e[len("data: "):])["choices"][0]["text"] == text

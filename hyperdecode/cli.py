@@ -109,7 +109,8 @@ def build_parser() -> Parser:
     v.add_argument("--max-batch", type=int, default=8, help="sequences decoded together")
     v.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
     v.add_argument("--max-model-len", type=int, default=4096, help="context per sequence (cache rows)")
-    v.add_argument("--request-timeout", type=float, default=600.0, help="default per-request deadline, seconds")
+    v.add_argument("--request-timeout", type=float, default=600.0,
+                   help="per-request deadline, seconds (a request's own request_timeout may only shorten it)")
     v.add_argument("--max-request-bytes", type=int, default=None,
                    help="largest request body; bigger ones get a 413 before they are read (default 1 MiB + 64 B "
                         "per token of --max-model-len)")
@@ -257,9 +258,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .serve.app import ServerConfig, create_app
     check_at_least(args, {"max_batch": 1, "max_queue": 1, "max_model_len": 1, "max_request_bytes": 1})
     check_positive(args, ("request_timeout",))
-    if args.max_num_batched_tokens is not None and args.max_num_batched_tokens < args.max_batch:
-        raise ValueError("--max-num-batched-tokens must be at least --max-batch (each decoding request feeds one "
-                         "token per step)")
+    if args.max_num_batched_tokens is not None and args.max_num_batched_tokens < args.max_batch + 1:
+        raise ValueError("--max-num-batched-tokens must be at least --max-batch + 1 (each decoding request feeds one "
+                         "token per step, and one cache row is kept for readiness probes)")
     config = ServerConfig(model=args.model, served_model_name=args.served_model_name, device=args.device,
                           dtype=args.dtype, backend=args.backend, api_key=args.api_key, max_batch=args.max_batch,
                           max_queue=args.max_queue, max_model_len=args.max_model_len,

@@ -110,9 +110,9 @@ class EngineCore:
         logits = self.runner.forward(torch.tensor(tokens, device=self.device), torch.tensor(pos, device=self.device),
                                      self._slots(seqs), torch.tensor(want, device=self.device))
         chosen = [seq for seq, row in zip(seqs, want) if any(row)]
+        greedy = logits.argmax(-1).tolist() if chosen else []  # a device fault surfaces here, before any state moves
         for seq, n in plan:
             seq.num_computed += n
-        greedy = logits.argmax(-1).tolist() if chosen else []
         for i, seq in enumerate(chosen):
             try:
                 token = greedy[i] if seq.params.greedy else int(sample(logits[i:i + 1], seq.params,

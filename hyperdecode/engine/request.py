@@ -15,6 +15,7 @@ hyperdecode.errors.RequestError: This model's maximum context length is 16 token
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from ..errors import RequestError
@@ -39,7 +40,7 @@ def lone_surrogate(value: Any, where: str) -> str | None:
     if isinstance(value, str):
         return None if value.isascii() or _encodes(value) else where
     if isinstance(value, dict):
-        items = ((f"{where}.{k}" if where else str(k), k, v) for k, v in value.items())
+        items = ((f"{where}.{_printable(k)}" if where else _printable(k), k, v) for k, v in value.items())
         for path, key, item in items:
             found = lone_surrogate(key, path) or lone_surrogate(item, path)
             if found:
@@ -50,6 +51,12 @@ def lone_surrogate(value: Any, where: str) -> str | None:
             if found:
                 return found
     return None
+
+
+def _printable(key: Any) -> str:
+    """A key as a path element that UTF-8 can always encode (lone surrogates escaped as \\udXXX)."""
+    text = str(key)
+    return text if _encodes(text) else json.dumps(text)[1:-1]
 
 
 def _encodes(text: str) -> bool:
@@ -109,14 +116,19 @@ class InputProcessor:
         chat_template_kwargs), tokenized."""
         from jinja2.exceptions import TemplateError
         tok = self.require_tokenizer()
+        if tok.chat_template is None:
+            raise RequestError("this model has no chat template; send a plain prompt (completions)",
+                               param="messages")
         kwargs = {"add_generation_prompt": True, **check_template_kwargs(template_kwargs)}
+        messages = normalize_messages(messages)
         try:
-            text = tok.apply_chat_template(normalize_messages(messages), **kwargs)
-        except TemplateError as e:  # the template's own raise_exception("...")
+            text = tok.apply_chat_template(messages, **kwargs)
+        except TemplateError as e:  # the template's own raise_exception("..."), or the sandbox's refusal
             raise RequestError(f"the chat template refused the messages: {e}", param="messages") from None
-        except TypeError as e:
-            raise RequestError(f"chat_template_kwargs do not fit the chat template: {e}",
-                               param="chat_template_kwargs") from None
+        except (TypeError, ValueError, OverflowError) as e:  # a variable of the wrong kind for the template
+            param = "chat_template_kwargs" if template_kwargs else "messages"
+            raise RequestError(f"the chat template failed on the request's {param}: {type(e).__name__}: {e}",
+                               param=param) from None
         return tok.encode(text, add_special_tokens=False)
 
     def check_prompt(self, prompt: Any) -> None:

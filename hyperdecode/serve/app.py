@@ -155,9 +155,11 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
         raw = await request.body()
         try:
             body = json.loads(raw)
+            found = lone_surrogate(body, "")
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise APIError(400, f"the request body is not valid JSON ({e})") from None
-        found = lone_surrogate(body, "")
+        except RecursionError:
+            raise APIError(400, "the request body is nested too deeply") from None
         if found:
             raise APIError(400, f"'{found}' is not valid Unicode (it has a lone surrogate)", param=found)
         return body, len(raw)
@@ -180,15 +182,24 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
     async def ready() -> dict:
         return await readiness(state.ready_engine())
 
+    probe_lock = asyncio.Lock()  # one probe in the engine at a time: the probes' row is one row
+
     async def readiness(engine: Engine) -> dict:
         """A one-token generation in the probes' own slot (never behind user requests), within health_timeout."""
-        seq, stream = engine.inputs.process([0], SamplingParams(max_tokens=1, ignore_eos=True))
         start = time.monotonic()
-        req = engine.submit(seq, stream, config.health_timeout, rid="readiness-probe", probe=True)
         try:
-            kind, _ = await final_event(req, config.health_timeout + 1)
+            await asyncio.wait_for(probe_lock.acquire(), config.health_timeout)
+        except asyncio.TimeoutError:
+            raise APIError(503, "readiness probes are queued beyond the health timeout", type="server_error") from None
+        try:
+            seq, stream = engine.inputs.process([0], SamplingParams(max_tokens=1, ignore_eos=True))
+            req = engine.submit(seq, stream, config.health_timeout, rid="readiness-probe", probe=True)
+            try:
+                kind, _ = await final_event(req, config.health_timeout + 1)
+            finally:
+                engine.cancel(req)
         finally:
-            engine.cancel(req)
+            probe_lock.release()
         if kind != "done":
             raise APIError(503, "the engine did not complete a one-token generation in time", type="server_error")
         return {"status": "ready", "generation_s": round(time.monotonic() - start, 4)}
@@ -249,7 +260,7 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
         if g.kind == "completion":
             engine.inputs.check_prompt(g.prompt)  # what needs no tokenizer is a 400 even under full load
         rid = new_id(g.kind, request.headers.get("x-request-id"))
-        timeout = g.timeout_s or config.request_timeout
+        timeout = request_deadline(g.timeout_s, config.request_timeout)
         with engine.admission():  # 429 here, before the template and tokenizer run
             if size > TOKENIZE_INLINE_BYTES:
                 seq, stream = await asyncio.to_thread(make_sequence, engine, g)
@@ -316,6 +327,16 @@ LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "
 
 def event(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False).translate(LINE_BREAKS)}\n\n"
+
+
+def request_deadline(asked: float | None, server: float | None) -> float | None:
+    """A request's deadline in seconds: its own request_timeout may shorten the server's, never lengthen it.
+
+    >>> request_deadline(5.0, 600.0), request_deadline(1e9, 600.0), request_deadline(None, None)
+    (5.0, 600.0, None)
+    """
+    given = [t for t in (asked, server) if t is not None]
+    return min(given) if given else None
 
 
 def engine_silent() -> APIError:

@@ -24,6 +24,7 @@ from ..engine.llm import LLM
 from ..engine.output import OutputStream
 from ..engine.request import InputProcessor
 from ..engine.sequence import Sequence
+from ..errors import ConfigError
 from .metrics import Metrics
 from .protocol import APIError
 
@@ -63,6 +64,10 @@ class Engine:
                  metrics: Metrics | None = None):
         self.llm = llm
         self.core = llm.core
+        budget = self.core.scheduler.max_num_batched_tokens
+        if budget is not None and budget < max_batch + 1:
+            raise ConfigError(f"max_num_batched_tokens ({budget}) must be at least max_batch + 1 ({max_batch + 1}): "
+                              "every decoding request feeds one token per step, and one row is kept for probes")
         if self.core.driver is not None:
             raise RuntimeError(f"this LLM's engine core is already driven by {self.core.driver}")
         self.core.driver = "a server (serve/engine.py)"
@@ -76,6 +81,7 @@ class Engine:
         self.probes: collections.deque[Request] = collections.deque()
         self.pending = 0  # requests holding a queue place while they are tokenized
         self.active: dict[Sequence, Request] = {}  # sequences the core holds
+        self.running_users = 0  # of them, user requests (not probes)
         self.wake = threading.Condition()
         self.stopping = False
         self.heartbeat = time.monotonic()  # the engine thread was alive then
@@ -89,7 +95,8 @@ class Engine:
 
     @property
     def num_running(self) -> int:
-        return sum(not r.probe for r in self.active.values())
+        """User requests the core holds (a count the engine thread keeps: handlers read it while it changes)."""
+        return self.running_users
 
     @property
     def free_slots(self) -> int:
@@ -200,6 +207,7 @@ class Engine:
                 continue
             self.active[req.seq] = req
             if not req.probe:
+                self.running_users += 1
                 self.metrics.prompt_tokens.inc(len(req.seq.prompt_ids))
 
     def _deliver(self, req: Request) -> None:
@@ -237,7 +245,8 @@ class Engine:
                 if req in lane:
                     lane.remove(req)
         self.core.finish(seq, reason)
-        self.active.pop(seq, None)
+        if self.active.pop(seq, None) is not None and not req.probe:
+            self.running_users -= 1
         req.stream.finish()
         result = req.stream.result()
         if not req.probe:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import logging
 import time
 import uuid
@@ -115,8 +116,8 @@ def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, Samplin
     if options and not body.get("stream"):
         raise bad("stream_options", "'stream_options' is only allowed with stream=true")
     timeout = check_type(body, "request_timeout", (int, float), "a number of seconds")
-    if timeout is not None and timeout <= 0:
-        raise bad("request_timeout", "'request_timeout' must be positive")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise bad("request_timeout", f"'request_timeout' must be a positive number of seconds, got {timeout!r}")
     max_tokens_field = "max_tokens"
     if kind == "chat" and body.get("max_completion_tokens") is not None:
         max_tokens_field = "max_completion_tokens"

@@ -195,6 +195,7 @@ def test_fields_that_would_change_the_output_are_a_400_naming_them(http, fields,
     (b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "\\ud800"}]}', "messages[0].content"),
     (b'{"model": "tiny-llama", "prompt": "a\\udfffb"}', "prompt"),
     (b'{"model": "\\ud800", "prompt": "a"}', "model"),
+    (b'{"model": "tiny-llama", "prompt": "a", "\\ud800x": 1}', "\\ud800x"),  # a key: named escaped
 ])
 def test_a_lone_surrogate_is_a_400_naming_the_field(server, body, param):
     path = CHAT if b"messages" in body else COMP
@@ -220,3 +221,40 @@ def test_serve_exits_non_zero_with_a_logged_error_when_the_model_fails_to_load(a
     assert r.returncode == 1
     assert "ERROR" in r.stderr and "failed to load" in r.stderr and names in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("body, param, text", [
+    (b'{"model": "tiny-llama", "prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}", None, "nested too deeply"),
+    (b'{"model": "tiny-llama", "prompt": ' + b"[" * 900 + b"]" * 900 + b"}", "prompt", "token ids"),
+    (b'{"model": "tiny-llama", "prompt": "a", "request_timeout": NaN}', "request_timeout", "positive number"),
+    (b'{"model": "tiny-llama", "prompt": "a", "request_timeout": Infinity}', "request_timeout", "positive number"),
+    (b'{"model": "tiny-llama", "prompt": "a", "temperature": NaN}', "temperature", "[0, 2]"),
+])
+def test_odd_json_is_a_400(server, body, param, text):
+    r = httpx.post(server.url + COMP, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param and text in r.json()["error"]["message"]
+
+
+def test_a_request_may_shorten_the_servers_deadline_but_not_lengthen_it():
+    from hyperdecode.serve.app import request_deadline
+    assert request_deadline(0.5, 600.0) == 0.5 and request_deadline(10 ** 9, 600.0) == 600.0
+
+
+def test_the_token_budget_leaves_room_for_the_probes_row():
+    from hyperdecode.errors import ConfigError
+    from hyperdecode.serve.engine import Engine
+    llm = hd.LLM("tiny-llama", device="cpu", max_num_batched_tokens=4)
+    with pytest.raises(ConfigError, match="at least max_batch \\+ 1"):
+        Engine(llm, max_batch=4)
+    assert llm.core.driver is None  # refused before it took the core
+    Engine(llm, max_batch=3).shutdown()
+
+
+def test_a_model_without_a_chat_template_is_a_400_for_chat(tmp_path):
+    from hyperdecode.engine.request import InputProcessor
+    from hyperdecode.model.tokenizer import Tokenizer
+    tok = Tokenizer.byte_level(chat_template=None)
+    inputs = InputProcessor(tok, vocab_size=400, eos_ids=[], max_model_len=64)
+    with pytest.raises(hd.RequestError, match="no chat template") as e:
+        inputs.process(messages=M)
+    assert e.value.param == "messages"

@@ -129,9 +129,11 @@ def test_ctrl_c_in_chat_stops_the_answer_not_the_chat(tmp_path, capsys):
     config = json.loads((model / "config.json").read_text())
     config["eos_token_id"] = None
     (model / "config.json").write_text(json.dumps(config))
+    # SIGINT back to its default in the child: a shell's background job (a CI runner's, say) starts with it
+    # ignored, and Python installs its Ctrl-C handler only when SIGINT is not ignored.
     p = subprocess.Popen([sys.executable, "-m", "hyperdecode.cli", "chat", "--model", str(model), "--device", "cpu",
-                          "--max-tokens", "400"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+                          "--max-tokens", "900"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         p.stdin.write(b"hello\n")
         p.stdin.flush()
@@ -143,7 +145,7 @@ def test_ctrl_c_in_chat_stops_the_answer_not_the_chat(tmp_path, capsys):
         p.stdin.flush()
         err += read_until(p.stderr, b" tok/s")
         stats = [line for line in err.decode().splitlines() if line.startswith("[hyperdecode] prompt")]
-        assert len(stats) == 1 and "output 400 tok" in stats[0]
+        assert len(stats) == 1 and "output 900 tok" in stats[0]
         p.send_signal(signal.SIGINT)  # at the prompt: quit
         assert p.wait(timeout=60) == 130
     finally:

@@ -19,13 +19,12 @@ __all__ = ["APIError", "GenerateRequest", "parse_chat", "parse_completion", "chu
 # The field policy (vLLM's): a field that does not change the output is accepted and ignored; an unknown field
 # is ignored with a logged warning; a field that would change the output and is not implemented is a 400 naming
 # it, unless it carries its neutral value (the value that means "off").
-COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "stream", "stream_options",
-          "ignore_eos", "request_timeout", "frequency_penalty", "presence_penalty", "logprobs",
-          "skip_special_tokens"}
-CHAT = COMMON | {"messages", "max_completion_tokens", "top_logprobs", "chat_template_kwargs"}
-COMPLETION = COMMON | {"prompt", "echo", "best_of"}
+COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options",
+          "ignore_eos", "request_timeout", "skip_special_tokens"}  # implemented; NEUTRAL's names are handled there
+CHAT = COMMON | {"messages", "max_completion_tokens", "chat_template_kwargs"}
+COMPLETION = COMMON | {"prompt"}
 NO_EFFECT = {"user", "store", "metadata", "service_tier", "parallel_tool_calls", "prompt_cache_key",
-             "safety_identifier", "prediction", "priority", "spaces_between_special_tokens", "stream_options"}
+             "safety_identifier", "prediction", "priority", "spaces_between_special_tokens"}
 NEUTRAL: dict[str, tuple[Any, ...]] = {  # not implemented: accepted only with one of these values
     "tools": (None, []), "functions": (None, []), "tool_choice": (None, "none", "auto"),
     "function_call": (None, "none", "auto"), "response_format": (None, {"type": "text"}),

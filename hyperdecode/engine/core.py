@@ -111,6 +111,7 @@ class EngineCore:
                                      self._slots(seqs), torch.tensor(want, device=self.device))
         chosen = [seq for seq, row in zip(seqs, want) if any(row)]
         greedy = logits.argmax(-1).tolist() if chosen else []  # a device fault surfaces here, before any state moves
+        self.runner.confirm()
         for seq, n in plan:
             seq.num_computed += n
         for i, seq in enumerate(chosen):

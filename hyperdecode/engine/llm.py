@@ -66,7 +66,9 @@ class LLM:
         self.device = self.model.device
         if backend == "auto":  # the megakernel and CUDA graphs only pay on a GPU; on the CPU the reference is fastest
             backend = self._fastest_backend()
-        runners = {"reference": ReferenceRunner, "graph": GraphRunner, "mega": MegaRunner}
+        runners = {"reference": ReferenceRunner, "graph": GraphRunner,
+                   # an FP8 checkpoint's projections stay FP8 in the megakernel (re-quantized on its 128 x 128 grid)
+                   "mega": lambda model: MegaRunner(model, fp8=bool(self.fp8_weights))}
         self.runner = runners[backend](self.model)
         self.backend = backend
         self.core = EngineCore(self.runner, max_num_batched_tokens)

@@ -30,6 +30,10 @@ class ReferenceRunner:
         `want` [B, S] is true, in row-major order."""
         return self.reference(tokens, pos, slots, want)
 
+    def confirm(self) -> None:
+        """Raises if the last forward's device work failed in a way its logits do not show (a runner that does not
+        sync per step checks here; the engine calls it once the step's results are on the host)."""
+
     def reference(self, tokens: Tensor, pos: Tensor, slots: Tensor | None, want: Tensor) -> Tensor:
         hidden = self.model(tokens, pos, slots=slots)
         return self.model.logits(hidden[want])

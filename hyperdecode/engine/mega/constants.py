@@ -1,4 +1,4 @@
-"""isa.py's opcode and GEMV-flag numbers as Triton constexprs, for the kernel code (megakernel.py, ops.py): the
+"""isa.py's opcode and GEMV-flag numbers and its arena layout (row alignment, FP8 block) as Triton constexprs, for the kernel code (megakernel.py, ops.py): the
 kernel names them (`OP_GEMV`, `FLAG_ACCUMULATE`) and never writes a number. `mismatches()` checks them against
 isa.py as it is now; the launcher refuses to run the kernel when they differ.
 
@@ -20,13 +20,19 @@ OP_MLA_ATTN = tl.constexpr(int(isa.Op.MLA_ATTN))
 OP_ROUTE = tl.constexpr(int(isa.Op.ROUTE))
 OP_EXPERT_UP = tl.constexpr(int(isa.Op.EXPERT_UP))
 OP_EXPERT_DOWN = tl.constexpr(int(isa.Op.EXPERT_DOWN))
+OP_ATTN_MERGE = tl.constexpr(int(isa.Op.ATTN_MERGE))
 
 FLAG_ACCUMULATE = tl.constexpr(isa.ACCUMULATE)
 FLAG_FP32_WEIGHTS = tl.constexpr(isa.FP32_WEIGHTS)
 FLAG_NORM_INPUT = tl.constexpr(isa.NORM_INPUT)
 FLAG_SWIGLU_INPUT = tl.constexpr(isa.SWIGLU_INPUT)
+FLAG_FP8_WEIGHTS = tl.constexpr(isa.FP8_WEIGHTS)
 
-FLAGS = ("ACCUMULATE", "FP32_WEIGHTS", "NORM_INPUT", "SWIGLU_INPUT")
+ROW_ALIGN = tl.constexpr(isa.ROW_ALIGN)
+FP8_BLOCK = tl.constexpr(isa.FP8_BLOCK)
+
+FLAGS = ("ACCUMULATE", "FP32_WEIGHTS", "NORM_INPUT", "SWIGLU_INPUT", "FP8_WEIGHTS")
+LAYOUT = ("ROW_ALIGN", "FP8_BLOCK")
 
 
 def mismatches() -> list[str]:
@@ -40,6 +46,9 @@ def mismatches() -> list[str]:
     for name in FLAGS:
         if here[f"FLAG_{name}"].value != getattr(isa, name):
             out.append(f"flag {name}: isa.py says {getattr(isa, name)}, the kernel uses {here[f'FLAG_{name}'].value}")
+    for name in LAYOUT:
+        if here[name].value != getattr(isa, name):
+            out.append(f"{name}: isa.py says {getattr(isa, name)}, the kernel uses {here[name].value}")
     known = {f"OP_{op.name}" for op in isa.Op}
     out += [f"kernel constant {k} names no opcode in isa.py" for k in here if k.startswith("OP_") and k not in known]
     return out

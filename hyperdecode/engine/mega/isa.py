@@ -1,7 +1,9 @@
 """The instruction set: one opcode per line, with what it reads and writes, and its operands in encoding order.
 
-Operands are element offsets into the flat arenas — weights `W` (the model's dtype), fp32 weights `W32` (RoPE
-frequencies, router), activations `A` (fp32) and the cache `C` — plus small integers (rows, heads, sizes). Shapes
+Operands are element offsets into the flat arenas — weights `W` (the model's dtype), FP8 weights `W8` (float8_e4m3fn,
+block scales in `W32`), fp32 weights `W32` (RoPE frequencies, router), activations `A` (fp32) and the cache `C` —
+plus small integers (rows, heads, sizes). Every weight starts at a multiple of ROW_ALIGN elements and every matrix
+row of width k is stored `row_stride(k)` elements apart (zero padded), so the kernel may use 16-byte loads. Shapes
 that are the same for every instruction of a program (head counts and widths) are the program's `dims`.
 "Row" is a batch row; activations are [batch, width] blocks of `A`.
 
@@ -15,16 +17,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-__all__ = ["Op", "Instr", "ARGS", "ACCUMULATE", "FP32_WEIGHTS", "NORM_INPUT", "SWIGLU_INPUT"]
+__all__ = ["Op", "Instr", "ARGS", "ACCUMULATE", "FP32_WEIGHTS", "NORM_INPUT", "SWIGLU_INPUT", "FP8_WEIGHTS",
+           "ROW_ALIGN", "FP8_BLOCK", "row_stride"]
+
+ROW_ALIGN = 16  # elements: 16 B of FP8, 32 B of bf16, 64 B of fp32
+FP8_BLOCK = 128  # FP8 weights carry one fp32 scale per 128 x 128 block (DeepSeek-V3 / GLM-5-FP8 checkpoints)
+
+
+def row_stride(k: int) -> int:
+    """How far apart rows of width k are stored in a weight arena (a multiple of ROW_ALIGN)."""
+    return -(-k // ROW_ALIGN) * ROW_ALIGN
 
 
 class Op(IntEnum):
     EMBED = 0  # A[out] = rows tok[b] of the [vocab, n] table at W[w]
     GEMV = 1  # A[out][:, c0:c1] (+)= f(A[x]) @ W[w][c0:c1].T, W stored [n, k]; f per flags: identity, RMSNorm with
-    #           weight W[norm] (NORM_INPUT), silu(x[:, :k]) * x[:, k:] (SWIGLU_INPUT); ACCUMULATE, FP32_WEIGHTS
-    ATTN = 2  # one (row, kv head): RMSNorm its q heads and k by W[q_norm], W[k_norm] (when >= 0, Qwen3), rope them
-    #           at pos, append k, v to the cache tensors C[c_k], C[c_v] ([batch, max_seq, kv_heads, head_dim]),
-    #           attend over positions <= pos
+    #           weight W[norm] (NORM_INPUT), silu(x[:, :k]) * x[:, k:] (SWIGLU_INPUT); ACCUMULATE, FP32_WEIGHTS, or
+    #           FP8_WEIGHTS (W8[w] with block scales W32[scale], [ceil(n/128), ceil(row_stride(k)/128)])
+    ATTN = 2  # one (row, kv head, KV split): RMSNorm its q heads and k by W[q_norm], W[k_norm] (when >= 0, Qwen3),
+    #           rope them at pos; the split holding pos appends k, v to the cache tensors C[c_k], C[c_v] ([batch,
+    #           max_seq, kv_heads, head_dim]); attend over the split's positions <= pos: into A[out] when part < 0
+    #           (one split), else the unnormalised partial (acc, max, sum) into A[part] for ATTN_MERGE
     ARGMAX = 3  # A[out][b] = argmax A[x][b, :n] (the lowest index among equals)
     NORM_SLICE = 4  # A[out] = norm(A[x][:, :n]) with rows x_stride apart; RMSNorm, or LayerNorm when bias >= 0
     ROPE_MLA = 5  # rope every head's q_pe in A[q] and k_pe of A[kva]; append latent A[lat] and k_pe to the cache
@@ -35,14 +48,16 @@ class Op(IntEnum):
     EXPERT_UP = 10  # (row, slot, rows c0:c1 of the expert read at run time): h = rmsnorm(A[x]) * W[norm];
     #                 A[act] = silu(gate(h)) * up(h)
     EXPERT_DOWN = 11  # (row, slot, rows c0:c1 of hidden): A[x] += weight * down(A[act]), atomically
+    ATTN_MERGE = 12  # one row: A[out] = the softmax-weighted merge of every KV split's partial in A[part]
+# Expert weights are FP8 (block scales at W32[scale], [experts, row blocks, k blocks]) when scale >= 0.
 # Every add into the residual stream A[x] (GEMV with ACCUMULATE, EXPERT_DOWN) is atomic, so such instructions may
 # share a stage.
 
 
 ARGS: dict[Op, tuple[str, ...]] = {
     Op.EMBED: ("w", "out", "n"),
-    Op.GEMV: ("x", "k", "w", "out", "n", "c0", "c1", "flags", "norm"),
-    Op.ATTN: ("qkv", "out", "row", "kv_head", "c_k", "c_v", "q_norm", "k_norm"),
+    Op.GEMV: ("x", "k", "w", "out", "n", "c0", "c1", "flags", "norm", "scale"),
+    Op.ATTN: ("qkv", "out", "row", "kv_head", "c_k", "c_v", "q_norm", "k_norm", "split", "part"),
     Op.ARGMAX: ("x", "out", "n"),
     Op.NORM_SLICE: ("x", "x_stride", "w", "bias", "out", "n"),
     Op.ROPE_MLA: ("q", "kva", "lat", "row", "c_lat", "c_pe"),
@@ -50,10 +65,11 @@ ARGS: dict[Op, tuple[str, ...]] = {
     Op.INDEX_TOPK: ("iq", "iw", "sel", "row", "c_ik"),
     Op.MLA_ATTN: ("q", "att", "sel", "row", "head", "c_lat", "c_pe", "w"),
     Op.ROUTE: ("rlog", "route", "row", "bias"),
-    Op.EXPERT_UP: ("x", "route", "act", "row", "slot", "w13", "c0", "c1", "norm"),  # w13: [experts, 2 * inter, hidden]
-    Op.EXPERT_DOWN: ("route", "act", "x", "row", "slot", "w2", "c0", "c1"),  # w2: [experts, hidden, inter]
+    Op.EXPERT_UP: ("x", "route", "act", "row", "slot", "w13", "c0", "c1", "norm", "scale"),  # w13 [E, 2 inter, hidden]
+    Op.EXPERT_DOWN: ("route", "act", "x", "row", "slot", "w2", "c0", "c1", "scale"),  # w2: [experts, hidden, inter]
+    Op.ATTN_MERGE: ("part", "out", "row"),
 }
-ACCUMULATE, FP32_WEIGHTS, NORM_INPUT, SWIGLU_INPUT = 1, 2, 4, 8  # GEMV flags
+ACCUMULATE, FP32_WEIGHTS, NORM_INPUT, SWIGLU_INPUT, FP8_WEIGHTS = 1, 2, 4, 8, 16  # GEMV flags
 
 
 @dataclass

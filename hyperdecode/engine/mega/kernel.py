@@ -1,7 +1,9 @@
-"""The persistent Triton megakernel: every program walks its share of the instruction table (instruction i goes to
-worker i mod workers), spins (bounded) until the instruction's dependency counter reaches its target with acquire
-loads, runs the opcode, and signals its own counter with a release atomic. A spin that runs out sets the error word
-to the instruction's index + 1 and the program stops doing work, so the host raises instead of hanging.
+"""The launcher of the persistent Triton megakernel: every program walks its share of the instruction table
+(instruction i goes to worker i mod workers), waits (bounded) until the instruction's dependency counter reaches its
+target, runs the opcode, and signals its own counter with a release atomic (megakernel.py says how). A wait that
+runs out sets the error word to the instruction's index + 1 and the program stops doing work, so the host raises
+instead of hanging; `Launch.check` reads the word, and a runner may read it after the step's logits reach the host
+instead of syncing for it.
 
 The opcode bodies are device functions in `ops` (every family) and `ops_mla` (GLM-5 / DeepSeek); the family is a
 constexpr, so a Llama program does not compile the MLA bodies. Under `TRITON_INTERPRET=1` (no GPU) programs run
@@ -16,14 +18,16 @@ import torch
 from .isa import ARGS
 from .program import Program
 
-__all__ = ["run_megakernel", "encode", "interpreted", "load_kernel", "MegakernelTimeout", "WIDTH"]
+__all__ = ["run_megakernel", "Launch", "encode", "interpreted", "load_kernel", "MegakernelTimeout", "WIDTH",
+           "constexprs"]
 
 if not torch.cuda.is_available():
     # Without a GPU the kernel can only run in Triton's interpreter, which must be chosen before Triton decorates
     # the kernel's functions, so it is chosen when this module is imported.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-WIDTH = 13  # op, signal, wait counter, wait target, up to 9 operands
+WIDTH = 14  # op, signal, wait counter, wait target, up to 10 operands
+REGISTER_BUDGET = 8192  # fp32 accumulator elements a small-batch GEMV or expert tile may keep per program
 
 
 class MegakernelTimeout(RuntimeError):
@@ -53,18 +57,32 @@ def _pow2(n: int, at_least: int = 1) -> int:
     return max(at_least, 1 << max(0, n - 1).bit_length())
 
 
-def constexprs(prog: Program, block: int) -> dict[str, int]:
-    """The kernel's compile-time sizes for a program (those its family does not use are 1)."""
+def _floor_pow2(n: int) -> int:
+    return 1 << max(0, n.bit_length() - 1)
+
+
+def constexprs(prog: Program, block: int = 64, tile: int | None = None, k_block: int = 256,
+               budget: int = REGISTER_BUDGET) -> dict[str, int]:
+    """The kernel's compile-time sizes for a program (those its family does not use are 1). GEMV tiles of small
+    batches (<= 4 rows) keep a [rows, TILE, GEMV_K] fp32 accumulator, expert tiles two [TILE, EXPERT_K]: `budget`
+    bounds them (registers); FP8 chunks stay inside one 128-column scale block."""
     d = prog.dims
-    out = dict(B=prog.batch, B_P=_pow2(prog.batch, 16), MAX_SEQ=prog.max_seq, BLOCK=block, MLA=prog.family == "mla",
-               N_HEAD=d.n_head, HIDDEN=d.hidden)
-    unused = dict.fromkeys(("N_KV", "HEAD_DIM", "NOPE", "ROPE", "KV_LORA", "V_HEAD", "INDEX_DIM", "INDEX_HEADS",
-                            "INDEX_HEADS_P", "INDEX_TOPK", "EXPERTS", "EXPERTS_P", "TOP_K", "TOP_K_P", "MOE_INTER",
-                            "N_GROUP", "N_GROUP_P", "TOPK_GROUP", "NORM_TOPK", "ROPE_INTERLEAVE", "INDEX_INTERLEAVE",
-                            "LATENT_BLOCK", "POS_BLOCK"), 1)
+    tile = _pow2(tile or d.tile, 16)
+    rows = _pow2(prog.batch) if prog.batch <= 4 else _pow2(prog.batch, 16)
+    # a tensor-core tile (rows > 4) keeps [rows, K] activations and [TILE, K] weights: 64 columns compile without
+    # spills inside the whole kernel (with 8 warps: see `default_warps`)
+    gemv_k = min(k_block, 64) if rows > 4 else min(k_block, max(16, _floor_pow2(budget // (rows * tile))))
+    expert_k = min(k_block, max(16, _floor_pow2(budget // (2 * tile))))
+    out = dict(B=prog.batch, ROWS=rows, MAX_SEQ=prog.max_seq, BLOCK=block, TILE=tile, K_BLOCK=k_block,
+               GEMV_K=gemv_k, GEMV_K8=min(gemv_k, 128), GEMV_K32=min(k_block, max(16, _floor_pow2(budget // (rows * tile)))), EXPERT_K=expert_k, EXPERT_K8=min(expert_k, 128),
+               MLA=prog.family == "mla", N_HEAD=d.n_head, HIDDEN=d.hidden)
+    unused = dict.fromkeys(("N_KV", "HEAD_DIM", "KV_SPLIT", "SPLITS", "SPLITS_P", "NOPE", "ROPE", "KV_LORA", "V_HEAD",
+                            "INDEX_DIM", "INDEX_HEADS", "INDEX_HEADS_P", "INDEX_TOPK", "EXPERTS", "EXPERTS_P", "TOP_K",
+                            "TOP_K_P", "MOE_INTER", "N_GROUP", "N_GROUP_P", "TOPK_GROUP", "NORM_TOPK",
+                            "ROPE_INTERLEAVE", "INDEX_INTERLEAVE", "LATENT_BLOCK", "POS_BLOCK"), 1)
     out.update(unused)
     if prog.family == "llama":
-        out.update(N_KV=d.n_kv, HEAD_DIM=d.head_dim)
+        out.update(N_KV=d.n_kv, HEAD_DIM=d.head_dim, KV_SPLIT=d.kv_split, SPLITS=d.splits, SPLITS_P=_pow2(d.splits))
     else:
         out.update(NOPE=d.nope, ROPE=d.rope, KV_LORA=d.kv_lora, V_HEAD=d.v_head, INDEX_DIM=d.index_dim,
                    INDEX_HEADS=d.index_heads, INDEX_HEADS_P=_pow2(d.index_heads, 16), INDEX_TOPK=d.index_topk,
@@ -74,6 +92,11 @@ def constexprs(prog: Program, block: int) -> dict[str, int]:
                    INDEX_INTERLEAVE=int(d.index_interleave), LATENT_BLOCK=max(2, min(32, 4096 // d.kv_lora)),
                    POS_BLOCK=16)
     return out
+
+
+def default_warps(batch: int) -> int:
+    """Warps per program: 4, or 8 for batches that take the tensor-core GEMV (the compiled kernel spills with 4)."""
+    return 8 if batch > 4 else 4
 
 
 def load_kernel():
@@ -89,39 +112,73 @@ def load_kernel():
     return _KERNEL
 
 
+class Launch:
+    """A prepared launch of one program on one device: its table, dependency counters and error word (kept across
+    steps: a step allocates nothing), and its launch sizes. Under TRITON_INTERPRET=1 one worker is used (and wide
+    blocks: the interpreter pays per block, not per element); on a GPU the default is one worker per SM, `block` the
+    width of vector ops, `k_block` the k-chunk of GEMV tiles, `stages` how many chunks are in flight, and `prefetch`
+    has workers ask L2 for their next GEMV tile's weights before they wait (inline PTX: GPU only)."""
+
+    def __init__(self, prog: Program, device: torch.device | str, workers: int | None = None,
+                 max_spin: int = 1_000_000, block: int | None = None, k_block: int | None = None,
+                 num_warps: int | None = None,
+                 prefetch: bool = False, stages: int | None = None, table: torch.Tensor | None = None):
+        device = torch.device(device)
+        if device.type == "cpu" and not interpreted():
+            raise RuntimeError("the megakernel on the CPU needs TRITON_INTERPRET=1 set before Triton is imported")
+        self.prog = prog
+        self.kernel = load_kernel()
+        if interpreted():
+            workers, block, k_block, prefetch, budget = 1, block or 256, k_block or 256, False, 1 << 16
+        else:
+            workers = workers or torch.cuda.get_device_properties(device).multi_processor_count
+            budget = REGISTER_BUDGET
+        self.workers = workers
+        self.max_spin = max_spin
+        self.table = encode(prog).to(device) if table is None else table
+        self.counters = torch.zeros(prog.num_counters, dtype=torch.int32, device=device)
+        self.err = torch.zeros(1, dtype=torch.int32, device=device)
+        n = len(prog.instrs)
+        s = prog.scales
+        self.args = (self.table, n, -(-n // workers), workers)
+        self.scalars = (prog.dims.inv_freq, prog.eps, s.get("slice_eps", 0.0), s.get("rope_factor", 1.0),
+                        s.get("softmax", 1.0), s.get("routed", 1.0))
+        self.consts = dict(constexprs(prog, block or 64, k_block=k_block or 256, budget=budget),
+                           STAGES=stages or (1 if interpreted() else 4), WIDTH=WIDTH, MAX_SPIN=max_spin,
+                           PREFETCH=prefetch, LINE=128 // prog.W.element_size(), ASM=not interpreted())
+        # all workers must be resident at once (they wait on each other): ask the driver for a cooperative launch
+        self.options = {} if interpreted() else dict(launch_cooperative_grid=True,
+                                                     num_warps=num_warps or default_warps(prog.batch))
+
+    def run(self, A: torch.Tensor, C: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor) -> None:
+        """Launches one decode step over the arenas in place; returns without waiting for the device (see
+        `check`)."""
+        self.counters.zero_()
+        p = self.prog
+        self.kernel[(self.workers,)](*self.args, p.W, p.W32, p.W8, A, C, tokens.to(torch.int32), pos.to(torch.int32),
+                                     self.counters, self.err, *self.scalars, **self.consts, **self.options)
+
+    def failure(self, err: int) -> MegakernelTimeout | None:
+        """The error an error-word value stands for (None for 0)."""
+        if not err:
+            return None
+        i = err - 1
+        ins = self.prog.instrs[i]
+        return MegakernelTimeout(f"megakernel: instruction {i} ({ins.op.name}) waited {self.max_spin} spins for "
+                                 f"counter {ins.waits[0][0]} to reach {ins.waits[0][1]}; stopped instead of hanging")
+
+    def check(self) -> None:
+        """Raises MegakernelTimeout if the last step's error word is set (a host sync), and clears it."""
+        error = self.failure(int(self.err.item()))
+        if error is not None:
+            self.err.zero_()
+            raise error
+
+
 def run_megakernel(prog: Program, A: torch.Tensor, C: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor,
-                   workers: int | None = None, max_spin: int = 1_000_000, block: int | None = None,
-                   k_block: int | None = None, num_warps: int = 4, prefetch: bool = False,
-                   table: torch.Tensor | None = None) -> None:
-    """Runs one decode step of `prog` over the arenas in place (`prog.W`/`W32` must be on A's device). Under
-    TRITON_INTERPRET=1 one worker is used (and wide blocks: the interpreter pays per block, not per element);
-    on a GPU the default is one worker per SM, `block` the width of vector ops, `k_block` the k-chunk of GEMV tiles,
-    and `prefetch` has workers ask L2 for their next GEMV tile's weights before they wait (inline PTX: GPU only).
-    Raises MegakernelTimeout if a wait ran out of spins."""
-    if A.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("the megakernel on the CPU needs TRITON_INTERPRET=1 set before Triton is imported")
-    kernel = load_kernel()
-    if interpreted():
-        workers, block, k_block, prefetch = 1, block or 256, k_block or 256, False
-    elif workers is None:
-        workers = torch.cuda.get_device_properties(A.device).multi_processor_count
-    table = encode(prog).to(A.device) if table is None else table
-    counters = torch.zeros(prog.num_counters, dtype=torch.int32, device=A.device)
-    err = torch.zeros(1, dtype=torch.int32, device=A.device)
-    n = len(prog.instrs)
-    s = prog.scales
-    block, k_block = block or 64, k_block or 256
-    # all workers must be resident at once (they wait on each other): ask the driver for a cooperative launch
-    launch = {} if interpreted() else dict(launch_cooperative_grid=True, num_warps=num_warps)
-    kernel[(workers,)](table, n, -(-n // workers), workers, prog.W, prog.W32, A, C, tokens.to(torch.int32),
-                       pos.to(torch.int32), counters, err, prog.dims.inv_freq, prog.eps, s.get("slice_eps", 0.0),
-                       s.get("rope_factor", 1.0), s.get("softmax", 1.0), s.get("routed", 1.0),
-                       TILE=_pow2(prog.dims.tile, 16), K_BLOCK=k_block, WIDTH=WIDTH, MAX_SPIN=max_spin,
-                       PREFETCH=prefetch, LINE=128 // prog.W.element_size(),
-                       **constexprs(prog, block),
-                       **launch)
-    if int(err.item()):
-        i = int(err.item()) - 1
-        ins = prog.instrs[i]
-        raise MegakernelTimeout(f"megakernel: instruction {i} ({ins.op.name}) waited {max_spin} spins for counter "
-                                f"{ins.waits[0][0]} to reach {ins.waits[0][1]}; stopped instead of hanging")
+                   **launch) -> None:
+    """Runs one decode step of `prog` over the arenas in place (`prog.W`/`W8`/`W32` must be on A's device) and
+    waits for it; `launch`: see `Launch`. Raises MegakernelTimeout if a wait ran out of spins."""
+    step = Launch(prog, A.device, **launch)
+    step.run(A, C, tokens, pos)
+    step.check()

@@ -1,18 +1,19 @@
-"""Device functions of the megakernel for the opcodes every family uses (and the Llama attention pair). Each is a
-`@triton.jit` function the persistent kernel calls inline; operands are as in `isa.ARGS`, arenas are passed as
-pointers. Weights may be any float dtype and are widened to fp32; activations and the cache are fp32.
+"""Device functions of the megakernel for the opcodes every family uses (and the Llama attention and its split merge).
+Each is a `@triton.jit` function the persistent kernel calls inline; operands are as in `isa.ARGS`, arenas are
+passed as pointers. Weights may be any float dtype (float8 with block scales) and are widened to fp32 in
+registers; activations and the cache are fp32.
 
 Imported only when the kernel is first built (Triton must see TRITON_INTERPRET before any function is decorated).
 """
 import triton
 import triton.language as tl
 
-from .constants import FLAG_ACCUMULATE, FLAG_NORM_INPUT, FLAG_SWIGLU_INPUT
+from .constants import FLAG_ACCUMULATE, FLAG_NORM_INPUT, FLAG_SWIGLU_INPUT, FP8_BLOCK, ROW_ALIGN
 
 
 @triton.jit
 def embed(W, A, tok, w, out, n, B: tl.constexpr, BLOCK: tl.constexpr):
-    for b in tl.static_range(B):
+    for b in range(B):
         row = tl.load(tok + b).to(tl.int64)
         for k0 in range(0, n, BLOCK):
             o = k0 + tl.arange(0, BLOCK)
@@ -24,7 +25,7 @@ def embed(W, A, tok, w, out, n, B: tl.constexpr, BLOCK: tl.constexpr):
 def norm_rows(W, A, x, x_stride, w, bias, out, n, eps, B: tl.constexpr, BLOCK: tl.constexpr):
     """RMSNorm of rows x_stride apart, or LayerNorm (mean removed, plus bias) when bias >= 0. In place is fine."""
     layer_norm = bias >= 0
-    for b in tl.static_range(B):
+    for b in range(B):
         src = A + x + b * x_stride
         total = 0.0
         for k0 in range(0, n, BLOCK):
@@ -61,10 +62,17 @@ def prefetch_rows(Wp, w, k, c0, c1, TILE: tl.constexpr, LINE: tl.constexpr):
 
 
 @triton.jit
-def row_rms(A, x, k, eps, B: tl.constexpr, B_P: tl.constexpr, K_BLOCK: tl.constexpr):
-    """1 / rms of each of the B rows (width k) at A[x], as a [B_P] vector."""
-    rows = tl.arange(0, B_P)
-    ss = tl.zeros((B_P,), dtype=tl.float32)
+def prefetch_l1(ptr):
+    """Asks L1 for the line holding ptr (inline PTX: GPU only)."""
+    tl.inline_asm_elementwise("prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [ptr], dtype=tl.int32, is_pure=False,
+                              pack=1)
+
+
+@triton.jit
+def row_rms(A, x, k, eps, ROWS: tl.constexpr, B: tl.constexpr, K_BLOCK: tl.constexpr):
+    """1 / rms of each of the B rows (width k) at A[x], as a [ROWS] vector (ROWS >= B)."""
+    rows = tl.arange(0, ROWS)
+    ss = tl.zeros((ROWS,), dtype=tl.float32)
     for k0 in range(0, k, K_BLOCK):
         ks = k0 + tl.arange(0, K_BLOCK)
         v = tl.load(A + x + rows[:, None] * k + ks[None, :], mask=(rows < B)[:, None] & (ks < k)[None, :], other=0.0)
@@ -73,40 +81,77 @@ def row_rms(A, x, k, eps, B: tl.constexpr, B_P: tl.constexpr, K_BLOCK: tl.conste
 
 
 @triton.jit
-def gemv(Wp, W, A, x, k, w, out, n, c0, c1, flags, norm, eps, B: tl.constexpr, B_P: tl.constexpr,
-         K_BLOCK: tl.constexpr, TILE: tl.constexpr):
-    """Output rows c0:c1 of f(A[x]) @ W.T (W stored [n, k]) for all B batch rows at once, f per `flags` (see isa):
-    each weight tile is read contiguously along k, once per step whatever B is (batch rows padded to B_P >= 16 for
-    tl.dot; fp32 "ieee" products, so bf16 weights are widened, not the activations narrowed). Accumulation into
-    A[out] is atomic, so several accumulating instructions may share a stage."""
+def gemv_input(A, W, x, k, ld, rows, ks, inv, norm, flags, B: tl.constexpr):
+    """A chunk [rows, ks] of the GEMV's input f(A[x]) (see `gemv`), zero outside the B rows and the width k. The
+    norm weight is read up to ld (the arena's zero padding), so that it too is read 16 bytes at a time."""
+    swiglu_in = (flags & FLAG_SWIGLU_INPUT) != 0
+    km = ks < k
+    xm = (rows < B)[:, None] & km[None, :]
+    width = tl.where(swiglu_in, 2 * k, k)
+    xv = tl.load(A + x + rows[:, None] * width + ks[None, :], mask=xm, other=0.0)
+    if swiglu_in:
+        up = tl.load(A + x + rows[:, None] * width + k + ks[None, :], mask=xm, other=0.0)
+        xv = xv / (1.0 + tl.exp(-xv)) * up
+    if (flags & FLAG_NORM_INPUT) != 0:
+        g = tl.load(W + norm // ROW_ALIGN * ROW_ALIGN + ks, mask=ks < ld, other=0.0).to(tl.float32)
+        xv = xv * inv[:, None] * g[None, :]
+    return xv
+
+
+@triton.jit
+def weight_rows(Wp, W32, w, ld, wrows, k0, scale, K: tl.constexpr):
+    """Rows `wrows` x columns k0:k0+K of the matrix at Wp + w (rows ld apart, ld a multiple of ROW_ALIGN, so the
+    loads are 16 bytes wide), widened to fp32, and each row's FP8 block scale for this chunk (1 unless Wp holds
+    float8 weights; a chunk never crosses a 128-column block)."""
+    ks = k0 + tl.arange(0, K)
+    base = Wp + w // ROW_ALIGN * ROW_ALIGN  # == w; written so that the compiler knows the alignment
+    wv = tl.load(base + wrows[:, None] * ld + ks[None, :], mask=(ks < ld)[None, :], other=0.0).to(tl.float32)
+    if Wp.dtype.element_ty == tl.float8e4nv:
+        blocks = (ld + FP8_BLOCK - 1) // FP8_BLOCK
+        s = tl.load(W32 + scale + (wrows // FP8_BLOCK) * blocks + k0 // FP8_BLOCK)
+    else:
+        s = tl.full(wrows.shape, 1.0, tl.float32)
+    return wv, s
+
+
+@triton.jit
+def gemv(Wp, W, W32, A, x, k, w, out, n, c0, c1, flags, norm, scale, eps, B: tl.constexpr, ROWS: tl.constexpr,
+         K_BLOCK: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr):
+    """Output rows c0:c1 of f(A[x]) @ W.T (W stored [n, k] at Wp + w, rows row_stride(k) apart) for all B batch
+    rows at once, f per `flags` (see isa): each weight tile is read once per step whatever B is, in K_BLOCK chunks
+    pipelined STAGES deep. Small batches (ROWS <= 4, the batch rounded up to a power of two) multiply and
+    accumulate elementwise and reduce once at the end (no padding, no dot), as do fp32 weights (the small router and
+    indexer projections) at any batch; larger batches of bf16 / FP8 weights pad to ROWS >= 16 for a bf16
+    tensor-core tl.dot (fp32 accumulate). Accumulation into A[out] is
+    atomic, so several accumulating instructions may share a stage (relaxed: the instruction's release signal
+    orders it)."""
+    ld = (k + ROW_ALIGN - 1) // ROW_ALIGN * ROW_ALIGN
     cols = c0 + tl.arange(0, TILE)
     cm = cols < c1
-    rows = tl.arange(0, B_P)
-    rm = rows < B
-    swiglu_in = (flags & FLAG_SWIGLU_INPUT) != 0
-    norm_in = (flags & FLAG_NORM_INPUT) != 0
-    inv = tl.full((B_P,), 1.0, tl.float32)
-    if norm_in:
-        inv = row_rms(A, x, k, eps, B, B_P, K_BLOCK)
-    width = tl.where(swiglu_in, 2 * k, k)
-    acc = tl.zeros((B_P, TILE), dtype=tl.float32)
-    for k0 in range(0, k, K_BLOCK):
-        ks = k0 + tl.arange(0, K_BLOCK)
-        km = ks < k
-        xm = rm[:, None] & km[None, :]
-        xv = tl.load(A + x + rows[:, None] * width + ks[None, :], mask=xm, other=0.0)
-        if swiglu_in:
-            up = tl.load(A + x + rows[:, None] * width + k + ks[None, :], mask=xm, other=0.0)
-            xv = xv / (1.0 + tl.exp(-xv)) * up
-        if norm_in:
-            xv = xv * inv[:, None] * tl.load(W + norm + ks, mask=km, other=0.0).to(tl.float32)[None, :]
-        wv = tl.load(Wp + w + cols[:, None] * k + ks[None, :], mask=cm[:, None] & km[None, :], other=0.0)
-        acc += tl.dot(xv, tl.trans(wv.to(tl.float32)), input_precision="ieee")
-    dst = A + out + rows[:, None] * n + cols[None, :]
-    if (flags & FLAG_ACCUMULATE) != 0:
-        tl.atomic_add(dst, acc, mask=rm[:, None] & cm[None, :])
+    wrows = tl.where(cm, cols, c0)  # rows past c1 re-read row c0 (never stored): no row mask on the weight loads
+    rows = tl.arange(0, ROWS)
+    inv = tl.full((ROWS,), 1.0, tl.float32)
+    if (flags & FLAG_NORM_INPUT) != 0:
+        inv = row_rms(A, x, k, eps, ROWS, B, K_BLOCK)
+    if (ROWS <= 4) | (Wp.dtype.element_ty == tl.float32):
+        acc3 = tl.zeros((ROWS, TILE, K_BLOCK), dtype=tl.float32)
+        for k0 in tl.range(0, ld, K_BLOCK, num_stages=STAGES):
+            wv, s = weight_rows(Wp, W32, w, ld, wrows, k0, scale, K_BLOCK)
+            xv = gemv_input(A, W, x, k, ld, rows, k0 + tl.arange(0, K_BLOCK), inv, norm, flags, B)
+            acc3 += (wv * s[:, None])[None, :, :] * xv[:, None, :]
+        acc = tl.sum(acc3, axis=2)
     else:
-        tl.store(dst, acc, mask=rm[:, None] & cm[None, :])
+        acc = tl.zeros((ROWS, TILE), dtype=tl.float32)
+        for k0 in tl.range(0, ld, K_BLOCK, num_stages=STAGES):
+            wv, s = weight_rows(Wp, W32, w, ld, wrows, k0, scale, K_BLOCK)
+            xv = gemv_input(A, W, x, k, ld, rows, k0 + tl.arange(0, K_BLOCK), inv, norm, flags, B)
+            acc += tl.dot(xv.to(tl.bfloat16), tl.trans(wv.to(tl.bfloat16))) * s[None, :]
+    dst = A + out + rows[:, None] * n + cols[None, :]
+    mask = (rows < B)[:, None] & cm[None, :]
+    if (flags & FLAG_ACCUMULATE) != 0:
+        tl.atomic_add(dst, acc, mask=mask, sem="relaxed")
+    else:
+        tl.store(dst, acc, mask=mask)
 
 
 @triton.jit
@@ -121,11 +166,26 @@ def softmax_update(m_i, l_i, acc, s, v):
 
 
 @triton.jit
-def attn(W, W32, A, C, pos, inv_freq, eps, qkv, out, row, kv_head, c_k, c_v, q_norm, k_norm, NH: tl.constexpr,
-         NKV: tl.constexpr, HD: tl.constexpr, MAX_SEQ: tl.constexpr, BLOCK: tl.constexpr):
-    """One (row, kv head): RMSNorm (when q_norm / k_norm >= 0) and rope its query heads and its key at the row's
-    position, append k and v to the cache ([batch, max_seq, kv_heads, head_dim]), then online-softmax attention
-    of its query heads over positions <= pos."""
+def rope_head(ptr, norm, W, c, s, eps, HD: tl.constexpr):
+    """A head's two halves at ptr, RMSNormed by W[norm] first when norm >= 0, rotated by (c, s): in registers."""
+    half = tl.arange(0, HD // 2)
+    x1 = tl.load(ptr + half)
+    x2 = tl.load(ptr + HD // 2 + half)
+    if norm >= 0:
+        inv = 1.0 / tl.sqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / HD + eps)
+        x1 = x1 * inv * tl.load(W + norm + half).to(tl.float32)
+        x2 = x2 * inv * tl.load(W + norm + HD // 2 + half).to(tl.float32)
+    return x1 * c - x2 * s, x2 * c + x1 * s
+
+
+@triton.jit
+def attn(W, W32, A, C, pos, inv_freq, eps, qkv, out, row, kv_head, c_k, c_v, q_norm, k_norm, split, part,
+         NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, MAX_SEQ: tl.constexpr, KV_SPLIT: tl.constexpr,
+         SPLITS: tl.constexpr, BLOCK: tl.constexpr):
+    """One (row, kv head, split): its query heads and key RMSNormed (when q_norm / k_norm >= 0) and roped in
+    registers (A[qkv] is only read: every split of the head reads it); the split that holds the row's position
+    appends k and v to the cache ([batch, max_seq, kv_heads, head_dim]); then online-softmax attention of the query
+    heads over the split's positions <= pos, into A[out] (part < 0) or as a partial (acc, max, sum) into A[part]."""
     d = tl.arange(0, HD)
     half = tl.arange(0, HD // 2)
     p = tl.load(pos + row)
@@ -133,48 +193,65 @@ def attn(W, W32, A, C, pos, inv_freq, eps, qkv, out, row, kv_head, c_k, c_v, q_n
     c = tl.cos(ang)
     s = tl.sin(ang)
     base = A + qkv + row * (NH + 2 * NKV) * HD
-    GROUP: tl.constexpr = NH // NKV
-    for j in tl.static_range(GROUP + 1):  # the group's query heads, then its key head
-        h = tl.where(j < GROUP, kv_head * GROUP + j, NH + kv_head)
-        norm = tl.where(j < GROUP, q_norm, k_norm)
-        if norm >= 0:
-            x = tl.load(base + h * HD + d)
-            inv = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / HD + eps)
-            g = tl.load(W + norm + d).to(tl.float32)
-            tl.debug_barrier()
-            tl.store(base + h * HD + d, x * inv * g)
-            tl.debug_barrier()
-        x1 = tl.load(base + h * HD + half)
-        x2 = tl.load(base + h * HD + HD // 2 + half)
-        tl.debug_barrier()
-        tl.store(base + h * HD + half, x1 * c - x2 * s)
-        tl.store(base + h * HD + HD // 2 + half, x2 * c + x1 * s)
-    tl.debug_barrier()
     kbase = C + c_k + row * MAX_SEQ * NKV * HD + kv_head * HD  # position p at kbase + p * NKV * HD
     vbase = C + c_v + row * MAX_SEQ * NKV * HD + kv_head * HD
-    tl.store(kbase + p * NKV * HD + d, tl.load(base + (NH + kv_head) * HD + d))
-    tl.store(vbase + p * NKV * HD + d, tl.load(base + (NH + NKV + kv_head) * HD + d))
-    tl.debug_barrier()
-    n = p + 1
+    lo = split * KV_SPLIT
+    hi = tl.minimum(lo + KV_SPLIT, p + 1)
+    if (lo <= p) & (p < lo + KV_SPLIT):
+        k1, k2 = rope_head(base + (NH + kv_head) * HD, k_norm, W, c, s, eps, HD)
+        tl.store(kbase + p * NKV * HD + half, k1)
+        tl.store(kbase + p * NKV * HD + HD // 2 + half, k2)
+        tl.store(vbase + p * NKV * HD + d, tl.load(base + (NH + NKV + kv_head) * HD + d))
+        tl.debug_barrier()  # the new key and value are read below by other threads of this program
+    GROUP: tl.constexpr = NH // NKV
     for j in tl.static_range(GROUP):
         h = kv_head * GROUP + j
-        q = tl.load(base + h * HD + d) / tl.sqrt(HD * 1.0)
+        q1, q2 = rope_head(base + h * HD, q_norm, W, c, s, eps, HD)
+        q1 = q1 / tl.sqrt(HD * 1.0)
+        q2 = q2 / tl.sqrt(HD * 1.0)
         m_i = float("-inf")
         l_i = 0.0
         acc = tl.zeros((HD,), dtype=tl.float32)
-        for p0 in range(0, n, BLOCK):
+        for p0 in range(lo, hi, BLOCK):
             ps = p0 + tl.arange(0, BLOCK)
-            pm = ps < n
-            k = tl.load(kbase + ps[:, None] * NKV * HD + d[None, :], mask=pm[:, None], other=0.0)
-            sc = tl.where(pm, tl.sum(k * q[None, :], axis=1), float("-inf"))
+            pm = ps < hi
+            krow = kbase + ps[:, None] * NKV * HD
+            k1 = tl.load(krow + half[None, :], mask=pm[:, None], other=0.0)
+            k2 = tl.load(krow + HD // 2 + half[None, :], mask=pm[:, None], other=0.0)
+            sc = tl.where(pm, tl.sum(k1 * q1[None, :], axis=1) + tl.sum(k2 * q2[None, :], axis=1), float("-inf"))
             v = tl.load(vbase + ps[:, None] * NKV * HD + d[None, :], mask=pm[:, None], other=0.0)
             m_i, l_i, acc = softmax_update(m_i, l_i, acc, sc, v)
-        tl.store(A + out + row * NH * HD + h * HD + d, acc / l_i)
+        if part < 0:
+            tl.store(A + out + row * NH * HD + h * HD + d, acc / l_i)
+        else:
+            dst = A + part + ((row * SPLITS + split) * NH + h) * (HD + 2)
+            tl.store(dst + d, acc)
+            tl.store(dst + HD, m_i)
+            tl.store(dst + HD + 1, l_i)
+
+
+@triton.jit
+def attn_merge(A, part, out, row, NH: tl.constexpr, HD: tl.constexpr, SPLITS: tl.constexpr,
+               SPLITS_P: tl.constexpr):
+    """One row: every head's output from its KV splits' partials, each weighed by exp(its max - the overall max)
+    (an empty split has max -inf and weighs 0)."""
+    sp = tl.arange(0, SPLITS_P)
+    d = tl.arange(0, HD)
+    sm = sp < SPLITS
+    for h in range(NH):
+        src = A + part + ((row * SPLITS + sp) * NH + h) * (HD + 2)
+        m = tl.load(src + HD, mask=sm, other=float("-inf"))
+        l_s = tl.load(src + HD + 1, mask=sm, other=0.0)
+        top = tl.max(m, axis=0)
+        wgt = tl.where(m == float("-inf"), 0.0, tl.exp(m - top))
+        acc = tl.load(src[:, None] + d[None, :], mask=sm[:, None], other=0.0)
+        o = tl.sum(wgt[:, None] * acc, axis=0) / tl.sum(wgt * l_s, axis=0)
+        tl.store(A + out + (row * NH + h) * HD + d, o)
 
 
 @triton.jit
 def argmax(A, x, out, n, B: tl.constexpr, BLOCK: tl.constexpr):
-    for b in tl.static_range(B):
+    for b in range(B):
         best = float("-inf")
         idx = 0
         for k0 in range(0, n, BLOCK):

@@ -5,7 +5,8 @@ Operands are as in `isa.ARGS`; sizes that are the same for the whole program are
 import triton
 import triton.language as tl
 
-from .ops import softmax_update
+from .constants import FP8_BLOCK, ROW_ALIGN
+from .ops import softmax_update, weight_rows
 
 
 @triton.jit
@@ -207,12 +208,16 @@ def route(W32, A, rlog, out, row, bias, scale, E: tl.constexpr, E_P: tl.constexp
 
 
 @triton.jit
-def expert_up(W, A, x, route, act, row, slot, w13, c0, c1, norm, eps, H: tl.constexpr, I: tl.constexpr,
-              K: tl.constexpr, K_BLOCK: tl.constexpr, TILE: tl.constexpr):
+def expert_up(Wp, W, W32, A, x, route, act, row, slot, w13, c0, c1, norm, scale, eps, H: tl.constexpr,
+              I: tl.constexpr, K: tl.constexpr, K_BLOCK: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr):
     """Rows c0:c1 of one routed expert's gate and up projections of h = rmsnorm(A[x][row]) * W[norm] (the expert
-    id is read here, so only the chosen experts' weights are ever read) -> A[act][row, slot, c0:c1]."""
+    id is read here, so only the chosen experts' weights are ever read) -> A[act][row, slot, c0:c1]. Wp holds the
+    [E, 2I, H] stack (FP8 with block scales at W32[scale] when Wp is float8)."""
     e = tl.load(A + route + row * 2 * K + slot).to(tl.int64)
-    gate_up = W + w13 + e * (2 * I * H)
+    LD: tl.constexpr = (H + ROW_ALIGN - 1) // ROW_ALIGN * ROW_ALIGN
+    BLOCKS: tl.constexpr = ((2 * I + FP8_BLOCK - 1) // FP8_BLOCK) * ((LD + FP8_BLOCK - 1) // FP8_BLOCK)
+    w = w13 + e * (2 * I * LD)
+    s_e = scale + e * BLOCKS
     ss = 0.0
     for k0 in range(0, H, K_BLOCK):
         ks = k0 + tl.arange(0, K_BLOCK)
@@ -221,34 +226,39 @@ def expert_up(W, A, x, route, act, row, slot, w13, c0, c1, norm, eps, H: tl.cons
     inv = 1.0 / tl.sqrt(ss / H + eps)
     rows = c0 + tl.arange(0, TILE)
     rm = rows < c1
-    g = tl.zeros((TILE,), dtype=tl.float32)
-    u = tl.zeros((TILE,), dtype=tl.float32)
-    for k0 in range(0, H, K_BLOCK):
+    wrows = tl.where(rm, rows, c0)
+    g = tl.zeros((TILE, K_BLOCK), dtype=tl.float32)
+    u = tl.zeros((TILE, K_BLOCK), dtype=tl.float32)
+    for k0 in tl.range(0, LD, K_BLOCK, num_stages=STAGES):
         ks = k0 + tl.arange(0, K_BLOCK)
-        m = rm[:, None] & (ks < H)[None, :]
         h = tl.load(A + x + row * H + ks, mask=ks < H, other=0.0) * inv \
-            * tl.load(W + norm + ks, mask=ks < H, other=0.0).to(tl.float32)
-        g += tl.sum(tl.load(gate_up + rows[:, None] * H + ks[None, :], mask=m, other=0.0).to(tl.float32)
-                    * h[None, :], axis=1)
-        u += tl.sum(tl.load(gate_up + (I + rows[:, None]) * H + ks[None, :], mask=m, other=0.0).to(tl.float32)
-                    * h[None, :], axis=1)
-    tl.store(A + act + (row * K + slot) * I + rows, g / (1.0 + tl.exp(-g)) * u, mask=rm)
+            * tl.load(W + norm // ROW_ALIGN * ROW_ALIGN + ks, mask=ks < H, other=0.0).to(tl.float32)
+        wg, sg = weight_rows(Wp, W32, w, LD, wrows, k0, s_e, K_BLOCK)
+        wu, su = weight_rows(Wp, W32, w, LD, I + wrows, k0, s_e, K_BLOCK)
+        g += wg * sg[:, None] * h[None, :]
+        u += wu * su[:, None] * h[None, :]
+    gate = tl.sum(g, axis=1)
+    up = tl.sum(u, axis=1)
+    tl.store(A + act + (row * K + slot) * I + rows, gate / (1.0 + tl.exp(-gate)) * up, mask=rm)
 
 
 @triton.jit
-def expert_down(W, A, route, act, x, row, slot, w2, c0, c1, H: tl.constexpr, I: tl.constexpr, K: tl.constexpr,
-                K_BLOCK: tl.constexpr, TILE: tl.constexpr):
-    """Rows c0:c1 of one routed expert's down projection, scaled by its routing weight and added to A[x] with
-    atomics (the row's other experts add to the same values at the same time)."""
+def expert_down(Wp, W32, A, route, act, x, row, slot, w2, c0, c1, scale, H: tl.constexpr, I: tl.constexpr,
+                K: tl.constexpr, K_BLOCK: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr):
+    """Rows c0:c1 of one routed expert's down projection ([E, H, I] stack at Wp), scaled by its routing weight and
+    added to A[x] with relaxed atomics (the row's other experts add to the same values at the same time)."""
     e = tl.load(A + route + row * 2 * K + slot).to(tl.int64)
     weight = tl.load(A + route + row * 2 * K + K + slot)
-    down = W + w2 + e * (H * I)
+    LD: tl.constexpr = (I + ROW_ALIGN - 1) // ROW_ALIGN * ROW_ALIGN
+    BLOCKS: tl.constexpr = ((H + FP8_BLOCK - 1) // FP8_BLOCK) * ((LD + FP8_BLOCK - 1) // FP8_BLOCK)
+    w = w2 + e * (H * LD)
     rows = c0 + tl.arange(0, TILE)
     rm = rows < c1
-    acc = tl.zeros((TILE,), dtype=tl.float32)
-    for k0 in range(0, I, K_BLOCK):
+    wrows = tl.where(rm, rows, c0)
+    acc = tl.zeros((TILE, K_BLOCK), dtype=tl.float32)
+    for k0 in tl.range(0, LD, K_BLOCK, num_stages=STAGES):
         ks = k0 + tl.arange(0, K_BLOCK)
         a = tl.load(A + act + (row * K + slot) * I + ks, mask=ks < I, other=0.0)
-        w = tl.load(down + rows[:, None] * I + ks[None, :], mask=rm[:, None] & (ks < I)[None, :], other=0.0)
-        acc += tl.sum(w.to(tl.float32) * a[None, :], axis=1)
-    tl.atomic_add(A + x + row * H + rows, weight * acc, mask=rm)
+        wv, sv = weight_rows(Wp, W32, w, LD, wrows, k0, scale + e * BLOCKS, K_BLOCK)
+        acc += wv * sv[:, None] * a[None, :]
+    tl.atomic_add(A + x + row * H + rows, weight * tl.sum(acc, axis=1), mask=rm, sem="relaxed")

@@ -2,9 +2,11 @@
 family compilers use (program_llama.py, program_mla.py).
 
 Stages run in a chain (each waits for every instruction of the previous stage); inside a stage, instructions are
-independent tiles that any worker may take. Weights are copied once into the `W` arena in the model's dtype;
-projections are stored there [out, in] (transposed from the reference's [in, out]), so a GEMV tile is a few output
-rows read contiguously along k. Cache tensors have the reference's layout and names ("{layer}.k", "{layer}.lat",
+independent tiles that any worker may take. Weights are copied once into the `W` arena in the model's dtype (or,
+with `fp8=True`, the projections and experts into `W8` as float8_e4m3fn with 128 x 128 block scales in `W32`, the
+checkpoints' format); projections are stored [out, in] (transposed from the reference's [in, out]), rows padded to
+`row_stride(k)` and every weight aligned to ROW_ALIGN elements, so a GEMV tile is a few output rows read
+contiguously along k with 16-byte loads. Cache tensors have the reference's layout and names ("{layer}.k", "{layer}.lat",
 ...; [batch, max_seq, ...]), so a row's positions copy between the two caches as they are.
 """
 from __future__ import annotations
@@ -15,7 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .isa import ACCUMULATE, FP32_WEIGHTS, NORM_INPUT, SWIGLU_INPUT, Instr, Op
+from ...model.checkpoint import quantize_fp8
+from .isa import ACCUMULATE, FP8_BLOCK, FP8_WEIGHTS, FP32_WEIGHTS, NORM_INPUT, ROW_ALIGN, SWIGLU_INPUT, Instr, Op, \
+    row_stride
 
 __all__ = ["Program", "LlamaDims", "MlaDims", "Builder", "check_program"]
 
@@ -33,6 +37,8 @@ class LlamaDims:
     layers: int
     inv_freq: int  # W32 offset of the RoPE inverse frequencies
     tile: int
+    kv_split: int  # positions per attention instruction (flash-decoding splits; one split when >= max_seq)
+    splits: int
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,8 @@ class MlaDims:
 class Program:
     instrs: list[Instr]
     W: Tensor  # flat weights, the model's dtype
-    W32: Tensor  # flat fp32 weights (RoPE frequencies, router, indexer weights)
+    W32: Tensor  # flat fp32 weights (RoPE frequencies, router, indexer weights, FP8 block scales)
+    W8: Tensor  # flat float8_e4m3fn weights (FP8 programs; one unused element otherwise)
     a_size: int  # activation arena elements
     c_size: int  # cache arena elements
     buf: dict[str, int]  # activation buffer offsets by name (x, qkv, ..., logits, next)
@@ -95,13 +102,16 @@ class Program:
 class Builder:
     """Collects the weights into arenas, the cache layout, and the instructions into a chain of stages."""
 
-    def __init__(self, dtype: torch.dtype, tile: int, batch: int, max_seq: int):
+    def __init__(self, dtype: torch.dtype, tile: int, batch: int, max_seq: int, fp8: bool = False):
         self.dtype = dtype
         self.tile = tile
         self.batch = batch
         self.max_seq = max_seq
-        self.pieces: dict[bool, list[Tensor]] = {False: [], True: []}
+        self.fp8 = fp8
+        self.pieces: dict[str, list[Tensor]] = {"W": [], "W32": [], "W8": []}
+        self.size = dict.fromkeys(self.pieces, 0)
         self.woff: dict[str, int] = {}
+        self.scale: dict[str, int] = {}  # W32 offsets of FP8 weights' block scales
         self.instrs: list[Instr] = []
         self.counters = 0
         self.prev = (-1, 0)
@@ -110,14 +120,43 @@ class Builder:
         self.cache: dict[str, tuple[int, tuple[int, ...]]] = {}
         self.c_size = 0
 
+    def _append(self, arena: str, flat: Tensor) -> int:
+        """Appends flat values to an arena at the next ROW_ALIGN boundary; returns their offset."""
+        start = row_stride(self.size[arena])
+        if start > self.size[arena]:
+            self.pieces[arena].append(torch.zeros(start - self.size[arena], dtype=flat.dtype, device=flat.device))
+        self.pieces[arena].append(flat)
+        self.size[arena] = start + flat.numel()
+        return start
+
     def put(self, name: str, t: Tensor, fp32: bool = False) -> int:
-        """Appends a weight to W (or W32) and returns its offset."""
-        self.woff[name] = sum(p.numel() for p in self.pieces[fp32])
-        self.pieces[fp32].append(t.detach().reshape(-1).to(torch.float32 if fp32 else self.dtype))
+        """Appends a vector or table to W (or W32) as it is and returns its offset."""
+        arena, dtype = ("W32", torch.float32) if fp32 else ("W", self.dtype)
+        self.woff[name] = self._append(arena, t.detach().reshape(-1).to(dtype))
         return self.woff[name]
 
-    def arenas(self) -> tuple[Tensor, Tensor]:
-        return tuple(torch.cat(self.pieces[f]) if self.pieces[f] else torch.zeros(1) for f in (False, True))
+    def put_matrix(self, name: str, t: Tensor, fp32: bool = False, quantize: bool = True) -> int:
+        """Appends a matrix [n, k] (or a stack [..., n, k]) with rows `row_stride(k)` apart: to W8 with block scales
+        in W32 when the program is FP8 (unless `quantize` is False, as checkpoints keep the LM head), else to W (or
+        W32 when `fp32`). Returns its offset."""
+        t = t.detach()
+        k = t.shape[-1]
+        padded = torch.zeros(*t.shape[:-1], row_stride(k), dtype=torch.float32, device=t.device)
+        padded[..., :k] = t.float()
+        if fp32 or not self.fp8 or not quantize:
+            return self.put(name, padded, fp32)
+        stack = padded.reshape(-1, *padded.shape[-2:])
+        pairs = [quantize_fp8(m, (FP8_BLOCK, FP8_BLOCK)) for m in stack]
+        self.woff[name] = self._append("W8", torch.cat([q.reshape(-1).view(torch.uint8) for q, _ in pairs]))
+        self.scale[name] = self._append("W32", torch.cat([s.reshape(-1) for _, s in pairs]))
+        return self.woff[name]
+
+    def arenas(self) -> tuple[Tensor, Tensor, Tensor]:
+        for arena, pieces in self.pieces.items():  # a zero tail: vectors may be read up to row_stride(length)
+            if pieces:
+                self._append(arena, torch.zeros(0, dtype=pieces[-1].dtype, device=pieces[-1].device))
+        W, W32, W8 = (torch.cat(self.pieces[a]) if self.pieces[a] else torch.zeros(1) for a in ("W", "W32", "W8"))
+        return W, W32, W8.to(torch.uint8).view(torch.float8_e4m3fn)
 
     def buffers(self, widths: dict[str, int]) -> None:
         for name, width in widths.items():
@@ -152,14 +191,17 @@ class Builder:
             flags |= NORM_INPUT
         if swiglu:
             flags |= SWIGLU_INPUT
+        if w in self.scale:
+            flags |= FP8_WEIGHTS
         return [(Op.GEMV, dict(x=self.buf[x], k=k, w=self.woff[w], out=self.buf[out], n=n, c0=c0,
-                               c1=min(c0 + self.tile, n), flags=flags, norm=self.woff[norm] if norm else -1))
+                               c1=min(c0 + self.tile, n), flags=flags, norm=self.woff[norm] if norm else -1,
+                               scale=self.scale.get(w, -1)))
                 for c0 in range(0, n, self.tile)]
 
     def put_mlp(self, prefix: str, mlp: torch.nn.Module) -> None:
         """A SwiGLU MLP's weights ("{prefix}.w13" [2 inter, hidden], "{prefix}.w2" [hidden, inter])."""
-        self.put(f"{prefix}.w13", mlp.gate_up_proj.weight.T)
-        self.put(f"{prefix}.w2", mlp.down_proj.weight.T)
+        self.put_matrix(f"{prefix}.w13", mlp.gate_up_proj.weight.T)
+        self.put_matrix(f"{prefix}.w2", mlp.down_proj.weight.T)
 
     def mlp_up(self, prefix: str, hidden: int, inter: int, norm: str) -> list[tuple[Op, dict]]:
         """gate and up of a dense MLP from the normalised residual stream, into "mlp"."""
@@ -175,8 +217,8 @@ class Builder:
         self.stage([(Op.ARGMAX, dict(x=self.buf["logits"], out=self.buf["next"], n=vocab))])
 
     def program(self, eps: float, dims: LlamaDims | MlaDims, scales: dict[str, float] | None = None) -> Program:
-        W, W32 = self.arenas()
-        return Program(instrs=self.instrs, W=W, W32=W32, a_size=self.a_size, c_size=self.c_size, buf=self.buf,
+        W, W32, W8 = self.arenas()
+        return Program(instrs=self.instrs, W=W, W32=W32, W8=W8, a_size=self.a_size, c_size=self.c_size, buf=self.buf,
                        batch=self.batch, max_seq=self.max_seq, num_counters=self.counters, eps=eps, dims=dims,
                        cache=self.cache, scales=scales or {})
 

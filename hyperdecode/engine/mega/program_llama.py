@@ -1,6 +1,8 @@
 """Compiles one batched decode step of a Llama-family model (Llama, Qwen3) into the megakernel's instructions: per
 layer 5 stages — q/k/v (input RMSNorm fused), attention (per-head q/k norms when the family has them, RoPE, cache
-append), o (added to the residual stream), gate/up (post-attention RMSNorm fused), down (SwiGLU fused)."""
+append), o (added to the residual stream), gate/up (post-attention RMSNorm fused), down (SwiGLU fused). With KV
+splits (flash-decoding: each (row, kv head) split over `kv_split` positions, so long contexts use many SMs) the
+attention stage writes partials and one more stage merges them."""
 from __future__ import annotations
 
 from torch import nn
@@ -26,7 +28,10 @@ def unsupported(model: nn.Module) -> str | None:
     return None
 
 
-def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64) -> Program:
+def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64, fp8: bool = False,
+                    kv_split: int | None = None) -> Program:
+    """The decode step for `batch` rows of `max_seq` positions; `fp8`: projections as block-FP8 (the LM head stays
+    in the model's dtype); `kv_split`: positions per attention instruction (None: the whole context)."""
     why = unsupported(model)
     if why:
         raise ConfigError(f"the mega compiler cannot compile this model: {why}")
@@ -34,24 +39,28 @@ def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64) 
     hidden, head_dim = cfg.hidden_size, cfg.head_dim
     n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
     inter, vocab, layers = cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
-    b = Builder(model.embed_tokens.weight.dtype, tile, batch, max_seq)
+    kv_split = min(kv_split or max_seq, max_seq)
+    splits = -(-max_seq // kv_split)
+    b = Builder(model.embed_tokens.weight.dtype, tile, batch, max_seq, fp8=fp8)
     b.put("embed", model.embed_tokens.weight)
     for i, layer in enumerate(model.layers):
         attn = layer.self_attn
         b.put(f"{i}.in_norm", layer.input_layernorm.weight)
-        b.put(f"{i}.wqkv", attn.qkv_proj.weight.T)
-        b.put(f"{i}.wo", attn.o_proj.weight.T)
+        b.put_matrix(f"{i}.wqkv", attn.qkv_proj.weight.T)
+        b.put_matrix(f"{i}.wo", attn.o_proj.weight.T)
         for name in ("q_norm", "k_norm"):  # Qwen3's per-head norms
             if hasattr(attn, name):
                 b.put(f"{i}.{name}", getattr(attn, name).weight)
         b.put(f"{i}.post_norm", layer.post_attention_layernorm.weight)
         b.put_mlp(str(i), layer.mlp)
     b.put("norm", model.norm.weight)
-    b.put("lm_head", model.lm_head.T)
+    b.put_matrix("lm_head", model.lm_head.T, quantize=False)
     b.put("inv_freq", model.inv_freq, fp32=True)
 
     q_width = (n_head + 2 * n_kv) * head_dim
-    b.buffers({"x": hidden, "qkv": q_width, "att": n_head * head_dim, "mlp": 2 * inter, "logits": vocab, "next": 1})
+    b.buffers({"x": hidden, "qkv": q_width, "att": n_head * head_dim, "mlp": 2 * inter, "logits": vocab, "next": 1,
+               "part": splits * n_head * (head_dim + 2) if splits > 1 else 1})
+    part = b.buf["part"] if splits > 1 else -1
     b.stage([(Op.EMBED, dict(w=b.woff["embed"], out=b.buf["x"], n=hidden))])
     for i in range(layers):
         c_k = b.cache_tensor(f"{i}.k", (n_kv, head_dim))
@@ -60,12 +69,14 @@ def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64) 
         k_norm = b.woff.get(f"{i}.k_norm", -1)
         b.stage(b.gemv("x", hidden, f"{i}.wqkv", "qkv", q_width, norm=f"{i}.in_norm"))
         b.stage([(Op.ATTN, dict(qkv=b.buf["qkv"], out=b.buf["att"], row=row, kv_head=g, c_k=c_k, c_v=c_v,
-                                q_norm=q_norm, k_norm=k_norm))
-                 for row in range(batch) for g in range(n_kv)])
+                                q_norm=q_norm, k_norm=k_norm, split=s, part=part))
+                 for row in range(batch) for g in range(n_kv) for s in range(splits)])
+        if splits > 1:
+            b.stage([(Op.ATTN_MERGE, dict(part=part, out=b.buf["att"], row=row)) for row in range(batch)])
         b.stage(b.gemv("att", n_head * head_dim, f"{i}.wo", "x", hidden, accumulate=True))
         b.stage(b.mlp_up(str(i), hidden, inter, norm=f"{i}.post_norm"))
         b.stage(b.mlp_down(str(i), hidden, inter))
     b.head(hidden, vocab)
     dims = LlamaDims(hidden=hidden, head_dim=head_dim, n_head=n_head, n_kv=n_kv, inter=inter, vocab=vocab,
-                     layers=layers, inv_freq=b.woff["inv_freq"], tile=tile)
+                     layers=layers, inv_freq=b.woff["inv_freq"], tile=tile, kv_split=kv_split, splits=splits)
     return b.program(cfg.rms_norm_eps, dims)

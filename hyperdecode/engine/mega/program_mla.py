@@ -24,7 +24,9 @@ def unsupported(model: nn.Module) -> str | None:
     if cfg.has_indexer:
         sizes["index_head_dim"] = cfg.index_head_dim
     odd = [f"{k}={v}" for k, v in sizes.items() if not _is_pow2(v)]
-    return f"{', '.join(odd)} must be powers of two" if odd else None
+    if odd:
+        return f"{', '.join(odd)} must be powers of two"
+    return "kv_lora_rank must be at least 16" if cfg.kv_lora_rank < 16 else None
 
 
 def _weights(b: Builder, model: nn.Module) -> None:
@@ -36,34 +38,38 @@ def _weights(b: Builder, model: nn.Module) -> None:
         b.put(f"{i}.in_norm", layer.input_layernorm.weight)
         b.put(f"{i}.post_norm", layer.post_attention_layernorm.weight)
         if c.q_lora_rank:
-            b.put(f"{i}.q_a", a.q_a_proj.weight.T)
+            b.put_matrix(f"{i}.q_a", a.q_a_proj.weight.T)
             b.put(f"{i}.q_a_norm", a.q_a_layernorm.weight)
-            b.put(f"{i}.q_b", a.q_b_proj.weight.T)
+            b.put_matrix(f"{i}.q_b", a.q_b_proj.weight.T)
         else:
-            b.put(f"{i}.q_b", a.q_proj.weight.T)
-        b.put(f"{i}.kv_a", a.kv_a_proj_with_mqa.weight.T)
+            b.put_matrix(f"{i}.q_b", a.q_proj.weight.T)
+        b.put_matrix(f"{i}.kv_a", a.kv_a_proj_with_mqa.weight.T)
         b.put(f"{i}.kv_a_norm", a.kv_a_layernorm.weight)
-        b.put(f"{i}.kv_b", a.kv_b_proj.weight.T)  # [h*(nope+v), kv_lora]: each head's W_UK rows, then its W_UV rows
-        b.put(f"{i}.o", a.o_proj.weight.T)
+        # [h*(nope+v), kv_lora]: each head's W_UK rows, then its W_UV rows (kept in the model's dtype: MLA_ATTN reads it)
+        b.put_matrix(f"{i}.kv_b", a.kv_b_proj.weight.T, quantize=False)
+        b.put_matrix(f"{i}.o", a.o_proj.weight.T)
         if a.indexer is not None:
-            b.put(f"{i}.wq_b", a.indexer.wq_b.weight.T)
-            b.put(f"{i}.wk", a.indexer.wk.weight.T)
+            b.put_matrix(f"{i}.wq_b", a.indexer.wq_b.weight.T)
+            b.put_matrix(f"{i}.wk", a.indexer.wk.weight.T)
             b.put(f"{i}.k_norm_w", a.indexer.k_norm.weight)
             b.put(f"{i}.k_norm_b", a.indexer.k_norm.bias)
-            b.put(f"{i}.weights_proj", a.indexer.weights_proj.weight.T, fp32=True)
+            b.put_matrix(f"{i}.weights_proj", a.indexer.weights_proj.weight.T, fp32=True)
         if hasattr(m, "gate"):  # a MoE layer: router, routed experts, then its shared expert as the dense MLP
-            b.put(f"{i}.router", m.gate.weight.T, fp32=True)
+            b.put_matrix(f"{i}.router", m.gate.weight.T, fp32=True)
             b.put(f"{i}.router_bias", m.gate.e_score_correction_bias, fp32=True)
-            b.put(f"{i}.w13_experts", m.experts_gate_up.transpose(1, 2))  # [E, 2I, H]
-            b.put(f"{i}.w2_experts", m.experts_down.transpose(1, 2))  # [E, H, I]
+            b.put_matrix(f"{i}.w13_experts", m.experts_gate_up.transpose(1, 2))  # [E, 2I, H]
+            b.put_matrix(f"{i}.w2_experts", m.experts_down.transpose(1, 2))  # [E, H, I]
             m = m.shared_experts
         b.put_mlp(str(i), m)
     b.put("norm", model.norm.weight)
-    b.put("lm_head", model.lm_head.T)
+    b.put_matrix("lm_head", model.lm_head.T, quantize=False)
     b.put("inv_freq", model.inv_freq, fp32=True)
 
 
-def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64) -> Program:
+def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64, fp8: bool = False,
+                    kv_split: int | None = None) -> Program:
+    """The decode step for `batch` rows of `max_seq` positions; `fp8`: projections and experts as block-FP8;
+    `kv_split` is taken for the family interface (MLA attention runs one instruction per (row, head))."""
     why = unsupported(model)
     if why:
         raise ConfigError(f"the mega compiler cannot compile this model: {why}")
@@ -73,7 +79,7 @@ def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64) 
     index_dim, index_heads = c.index_head_dim, c.index_n_heads
     experts, top_k, moe_inter = c.n_routed_experts, c.num_experts_per_tok, c.moe_intermediate_size
     q_lora = c.q_lora_rank
-    b = Builder(model.embed_tokens.weight.dtype, tile, batch, max_seq)
+    b = Builder(model.embed_tokens.weight.dtype, tile, batch, max_seq, fp8=fp8)
     _weights(b, model)
     inter_dense = max(c.intermediate_size, moe_inter * c.n_shared_experts)
     b.buffers({"x": hidden, "qa": q_lora or 1, "qlat": q_lora or 1, "q": heads * qk, "kva": kv_lora + rope,
@@ -141,10 +147,11 @@ def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64) 
         routed = [(row, j) for row in range(batch) for j in range(top_k)]  # every chosen expert, in tiles
         b.stage([(Op.EXPERT_UP, dict(x=buf["x"], route=buf["route"], act=buf["eact"], row=row, slot=j,
                                      w13=woff[f"{i}.w13_experts"], c0=c0, c1=min(c0 + tile, moe_inter),
-                                     norm=woff[post]))
+                                     norm=woff[post], scale=b.scale.get(f"{i}.w13_experts", -1)))
                  for row, j in routed for c0 in range(0, moe_inter, tile)])
         b.stage([(Op.EXPERT_DOWN, dict(route=buf["route"], act=buf["eact"], x=buf["x"], row=row, slot=j,
-                                       w2=woff[f"{i}.w2_experts"], c0=c0, c1=min(c0 + tile, hidden)))
+                                       w2=woff[f"{i}.w2_experts"], c0=c0, c1=min(c0 + tile, hidden),
+                                       scale=b.scale.get(f"{i}.w2_experts", -1)))
                  for row, j in routed for c0 in range(0, hidden, tile)] + b.mlp_down(str(i), hidden, inter))
     b.head(hidden, vocab)
     dims = MlaDims(hidden=hidden, n_head=heads, kv_lora=kv_lora, rope=rope, nope=c.qk_nope_head_dim, v_head=v_head,

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ...model.registry import family_of
 from ..runner import ReferenceRunner
-from .kernel import encode, interpreted, run_megakernel
+from .kernel import Launch, interpreted
 from .program import Program
 from .vm import copy_cache_rows
 
@@ -34,13 +34,16 @@ def unsupported(model: nn.Module) -> str | None:
     return family_of(model.cfg).mega_compiler().unsupported(model)
 
 
-def compile_model(model: nn.Module, batch: int, max_seq: int, tile: int | None = None) -> Program:
-    """The decode-step program of any family (wide tiles under the interpreter, 16 output rows on a GPU)."""
+def compile_model(model: nn.Module, batch: int, max_seq: int, tile: int | None = None, fp8: bool = False,
+                  kv_split: int | None = None) -> Program:
+    """The decode-step program of any family (wide tiles under the interpreter, 16 output rows on a GPU); `fp8`:
+    block-FP8 projections and experts; `kv_split`: positions per attention instruction (Llama family)."""
     why = unsupported(model)
     if why:
         raise ConfigError(f"backend 'mega' cannot compile this model: {why}; use backend='reference' or 'graph'")
     tile = tile or (256 if interpreted() else 16)
-    return family_of(model.cfg).mega_compiler().compile_program(model, batch, max_seq, tile=tile)
+    return family_of(model.cfg).mega_compiler().compile_program(model, batch, max_seq, tile=tile, fp8=fp8,
+                                                                kv_split=kv_split)
 
 
 class MegaRunner(ReferenceRunner):
@@ -51,32 +54,41 @@ class MegaRunner(ReferenceRunner):
         return unsupported(model) is None
 
     def __init__(self, model: nn.Module, tile: int | None = None, k_block: int | None = None,
-                 workers: int | None = None, num_warps: int = 4, prefetch: bool = False):
+                 workers: int | None = None, num_warps: int | None = None, prefetch: bool = False,
+                 stages: int | None = None, fp8: bool = False, kv_split: int | None = None):
         """tile: output rows per GEMV instruction; k_block: its k-chunk; workers: persistent programs (default one
-        per SM); num_warps: per program; prefetch: L2 prefetch of the next GEMV tile before each wait. The GPU
-        benchmark sweeps them."""
+        per SM); num_warps: per program; prefetch: L2 prefetch of the next GEMV tile before each wait; stages: chunks
+        in flight per GEMV; fp8: stream the projections and experts as block-FP8; kv_split: positions per attention
+        instruction (default 512 on a GPU: long contexts spread over many SMs). The GPU benchmark sweeps them."""
         require_triton()
         why = unsupported(model)
         if why:
             raise ConfigError(f"backend 'mega' cannot run this model: {why}; use backend='reference' or 'graph'")
         super().__init__(model)
         self.tile = tile
-        self.launch = dict(k_block=k_block, workers=workers, num_warps=num_warps, prefetch=prefetch)
+        self.fp8 = fp8
+        self.kv_split = kv_split or (None if interpreted() else 512)
+        self.launch = dict(k_block=k_block, workers=workers, num_warps=num_warps, prefetch=prefetch, stages=stages)
         if self.device.type != "cuda":
             warnings.warn("backend 'mega' without a GPU runs the megakernel in Triton's interpreter with one worker: "
                           "correct but slow, for checking only", stacklevel=3)
         self.prog: Program | None = None
+        self.pending = False  # a launched step whose error word is not read yet
 
     def setup(self, max_batch: int, max_seq: int) -> None:
         super().setup(max_batch, max_seq)
         if self.prog is None or self.prog.batch < max_batch or self.prog.max_seq <= max_seq:
             # one spare position per row: rows that are not in a step write there, never over a live sequence
-            self.prog = compile_model(self.model, max_batch, max_seq + 1, tile=self.tile)
+            self.prog = compile_model(self.model, max_batch, max_seq + 1, tile=self.tile, fp8=self.fp8,
+                                      kv_split=self.kv_split)
             self.prog.W = self.prog.W.to(self.device)
             self.prog.W32 = self.prog.W32.to(self.device)
-            self.table = encode(self.prog).to(self.device)
+            self.prog.W8 = self.prog.W8.to(self.device)
+            self.step = Launch(self.prog, self.device, **self.launch)
             self.A = torch.zeros(self.prog.a_size, device=self.device)
             self.C = torch.zeros(self.prog.c_size, device=self.device)
+            pinned = self.device.type == "cuda"
+            self.err_host = torch.zeros(1, dtype=torch.int32, pin_memory=pinned)
         # per row, how many leading positions each cache holds that the other may lack
         self.arena_valid = [0] * self.prog.batch
         self.reference_valid = [0] * self.prog.batch
@@ -108,12 +120,29 @@ class MegaRunner(ReferenceRunner):
             have[row] = upto
 
     def decode(self, tokens: Tensor, pos: Tensor, rows: list[int]) -> Tensor:
-        """One megakernel step for tokens, pos [B, 1] in cache rows `rows` -> logits [B, vocab]."""
+        """One megakernel step for tokens, pos [B, 1] in cache rows `rows` -> logits [B, vocab]. The step's error
+        word is copied to the host behind the logits, not waited for: `confirm` reads it."""
         B = self.prog.batch
         index = torch.tensor(rows, device=tokens.device)
         all_tokens = torch.zeros(B, dtype=torch.long, device=tokens.device)
         all_pos = torch.full((B,), self.prog.max_seq - 1, dtype=torch.long, device=tokens.device)
         all_tokens[index] = tokens[:, 0]
         all_pos[index] = pos[:, 0]
-        run_megakernel(self.prog, self.A, self.C, all_tokens, all_pos, table=self.table, **self.launch)
-        return self.prog.logits(self.A)[index].clone()
+        self.step.run(self.A, self.C, all_tokens, all_pos)
+        logits = self.prog.logits(self.A)[index].clone()
+        self.err_host.copy_(self.step.err, non_blocking=True)
+        self.pending = True
+        return logits
+
+    def confirm(self) -> None:
+        """Raises MegakernelTimeout if the last step's dependency waits ran out (read after the logits reached the
+        host, so it costs no extra sync there)."""
+        if not self.pending:
+            return
+        self.pending = False
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # done already once the logits are on the host
+        error = self.step.failure(int(self.err_host[0]))
+        if error is not None:
+            self.step.err.zero_()
+            raise error

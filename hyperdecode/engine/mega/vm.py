@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...model.checkpoint import dequantize_fp8
 from ...model.layers import rope
-from .isa import ACCUMULATE, FP32_WEIGHTS, NORM_INPUT, SWIGLU_INPUT, Instr
+from .isa import ACCUMULATE, FP8_BLOCK, FP8_WEIGHTS, FP32_WEIGHTS, NORM_INPUT, SWIGLU_INPUT, Instr, row_stride
 from .program import Program
 
 __all__ = ["VM", "DependencyError", "copy_cache_rows"]
@@ -42,6 +43,7 @@ class VM:
         self.prog = prog
         self.W = prog.W.float()
         self.W32 = prog.W32
+        self.W8 = prog.W8.float()
         self.A = torch.zeros(prog.a_size)
         self.C = torch.zeros(prog.c_size)
         self.tokens = torch.zeros(prog.batch, dtype=torch.long)
@@ -80,10 +82,26 @@ class VM:
         table = self.W[w:w + self.prog.dims.vocab * n].view(-1, n)
         self.rows(out, n).copy_(table[self.tokens])
 
+    def matrix(self, w: int, n: int, k: int, scale: int = -1, fp32: bool = False) -> Tensor:
+        """The [n, k] weight matrix stored at w (rows row_stride(k) apart), dequantized when `scale` >= 0."""
+        ld = row_stride(k)
+        if scale < 0:
+            return (self.W32 if fp32 else self.W)[w:w + n * ld].view(n, ld)[:, :k]
+        blocks = (-(-n // FP8_BLOCK), -(-ld // FP8_BLOCK))
+        scales = self.W32[scale:scale + blocks[0] * blocks[1]].view(blocks)
+        return dequantize_fp8(self.W8[w:w + n * ld].view(n, ld), scales, (FP8_BLOCK, FP8_BLOCK))[:, :k]
+
+    def _expert_matrix(self, w: int, e: int, n: int, k: int, scale: int) -> Tensor:
+        """Expert e's [n, k] matrix of a stack stored at w (FP8 block scales at `scale` when >= 0)."""
+        ld = row_stride(k)
+        blocks = -(-n // FP8_BLOCK) * -(-ld // FP8_BLOCK)
+        return self.matrix(w + e * n * ld, n, k, scale + e * blocks if scale >= 0 else -1)
+
     def _rmsnorm(self, v: Tensor, w: int) -> Tensor:
         return v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + self.prog.eps) * self.W[w:w + v.shape[-1]]
 
-    def gemv(self, x: int, k: int, w: int, out: int, n: int, c0: int, c1: int, flags: int, norm: int) -> None:
+    def gemv(self, x: int, k: int, w: int, out: int, n: int, c0: int, c1: int, flags: int, norm: int,
+             scale: int) -> None:
         if flags & SWIGLU_INPUT:
             gate_up = self.rows(x, 2 * k)
             v = F.silu(gate_up[:, :k]) * gate_up[:, k:]
@@ -91,36 +109,60 @@ class VM:
             v = self.rows(x, k)
         if flags & NORM_INPUT:
             v = self._rmsnorm(v, norm)
-        weights = self.W32 if flags & FP32_WEIGHTS else self.W
-        y = v @ weights[w:w + k * n].view(n, k)[c0:c1].T
+        weights = self.matrix(w, n, k, scale if flags & FP8_WEIGHTS else -1, fp32=bool(flags & FP32_WEIGHTS))
+        y = v @ weights[c0:c1].T
         dst = self.rows(out, n)[:, c0:c1]
         if flags & ACCUMULATE:
             dst.add_(y)
         else:
             dst.copy_(y)
 
-    def attn(self, qkv: int, out: int, row: int, kv_head: int, c_k: int, c_v: int, q_norm: int,
-             k_norm: int) -> None:
+    def attn(self, qkv: int, out: int, row: int, kv_head: int, c_k: int, c_v: int, q_norm: int, k_norm: int,
+             split: int, part: int) -> None:
         d = self.prog.dims
         hd, nh, nkv = d.head_dim, d.n_head, d.n_kv
         group = nh // nkv
         heads = self.rows(qkv, (nh + 2 * nkv) * hd)[row].view(nh + 2 * nkv, hd)
         p = int(self.pos[row])
         freqs = p * self.W32[d.inv_freq:d.inv_freq + hd // 2]
-        q = heads[kv_head * group:(kv_head + 1) * group]
-        k_new = heads[nh + kv_head:nh + kv_head + 1]
-        for t, norm in ((q, q_norm), (k_new, k_norm)):  # its query heads and its key, in place
-            if norm >= 0:
-                t.copy_(self._rmsnorm(t, norm))
-            t.copy_(rope(t, freqs.cos(), freqs.sin()))
+        q = heads[kv_head * group:(kv_head + 1) * group].clone()  # A[qkv] is left as it is: every split reads it
+        k_new = heads[nh + kv_head:nh + kv_head + 1].clone()
+        if q_norm >= 0:
+            q = self._rmsnorm(q, q_norm)
+        if k_norm >= 0:
+            k_new = self._rmsnorm(k_new, k_norm)
+        q = rope(q, freqs.cos(), freqs.sin())
+        k_new = rope(k_new, freqs.cos(), freqs.sin())
         keys = self.cached(c_k, nkv, hd)
         values = self.cached(c_v, nkv, hd)
-        keys[row, p, kv_head] = heads[nh + kv_head]
-        values[row, p, kv_head] = heads[nh + nkv + kv_head]
-        k = keys[row, :p + 1, kv_head]
-        v = values[row, :p + 1, kv_head]
-        attn = torch.softmax(q @ k.T / hd ** 0.5, dim=-1)
-        self.rows(out, nh * hd)[row].view(nh, hd)[kv_head * group:(kv_head + 1) * group] = attn @ v
+        lo, hi = split * d.kv_split, min((split + 1) * d.kv_split, p + 1)
+        if lo <= p < hi:  # the split that holds the new position appends it
+            keys[row, p, kv_head] = k_new[0]
+            values[row, p, kv_head] = heads[nh + nkv + kv_head]
+        heads_out = slice(kv_head * group, (kv_head + 1) * group)
+        if part < 0:
+            attn = torch.softmax(q @ keys[row, :p + 1, kv_head].T / hd ** 0.5, dim=-1)
+            self.rows(out, nh * hd)[row].view(nh, hd)[heads_out] = attn @ values[row, :p + 1, kv_head]
+            return
+        partial = self.rows(part, d.splits * nh * (hd + 2))[row].view(d.splits, nh, hd + 2)[split, heads_out]
+        if hi <= lo:  # nothing of this row's context is in this split
+            partial[:, :hd], partial[:, hd], partial[:, hd + 1] = 0.0, float("-inf"), 0.0
+            return
+        scores = q @ keys[row, lo:hi, kv_head].T / hd ** 0.5
+        m = scores.max(-1).values
+        e = torch.exp(scores - m[:, None])
+        partial[:, :hd] = e @ values[row, lo:hi, kv_head]
+        partial[:, hd] = m
+        partial[:, hd + 1] = e.sum(-1)
+
+    def attn_merge(self, part: int, out: int, row: int) -> None:
+        d = self.prog.dims
+        hd, nh = d.head_dim, d.n_head
+        partial = self.rows(part, d.splits * nh * (hd + 2))[row].view(d.splits, nh, hd + 2)
+        m = partial[:, :, hd]
+        weight = torch.exp(m - m.max(0).values)  # [splits, heads]; empty splits weigh 0
+        total = (weight * partial[:, :, hd + 1]).sum(0)
+        self.rows(out, nh * hd)[row].view(nh, hd)[:] = (weight[:, :, None] * partial[:, :, :hd]).sum(0) / total[:, None]
 
     def argmax(self, x: int, out: int, n: int) -> None:
         self.rows(out, 1)[:, 0] = self.rows(x, n).argmax(-1).float()
@@ -180,7 +222,7 @@ class VM:
         d = self.prog.dims
         h, nope, r, lora, v = d.n_head, d.nope, d.rope, d.kv_lora, d.v_head
         p = int(self.pos[row])
-        kv_b = self.W[w:w + h * (nope + v) * lora].view(h, nope + v, lora)[head]
+        kv_b = self.matrix(w, h * (nope + v), lora).view(h, nope + v, lora)[head]
         qh = self.rows(q, h * (nope + r))[row].view(h, nope + r)[head]
         lat = self.cached(c_lat, lora)[row, :p + 1]
         pe = self.cached(c_pe, r)[row, :p + 1]
@@ -215,17 +257,18 @@ class VM:
         return int(chosen[slot]), chosen[k + slot]
 
     def expert_up(self, x: int, route: int, act: int, row: int, slot: int, w13: int, c0: int, c1: int,
-                  norm: int) -> None:
+                  norm: int, scale: int) -> None:
         d = self.prog.dims
         H, I = d.hidden, d.moe_inter
         e, _ = self._expert(route, row, slot)
-        gate_up = self.W[w13 + e * 2 * I * H:w13 + (e + 1) * 2 * I * H].view(2, I, H)[:, c0:c1]  # only this expert
+        gate_up = self._expert_matrix(w13, e, 2 * I, H, scale).view(2, I, H)[:, c0:c1]  # only this expert
         h = self._rmsnorm(self.rows(x, H)[row], norm)
         self.rows(act, d.top_k * I)[row].view(-1, I)[slot, c0:c1] = F.silu(gate_up[0] @ h) * (gate_up[1] @ h)
 
-    def expert_down(self, route: int, act: int, x: int, row: int, slot: int, w2: int, c0: int, c1: int) -> None:
+    def expert_down(self, route: int, act: int, x: int, row: int, slot: int, w2: int, c0: int, c1: int,
+                    scale: int) -> None:
         d = self.prog.dims
         H, I = d.hidden, d.moe_inter
         e, weight = self._expert(route, row, slot)
-        down = self.W[w2 + e * H * I:w2 + (e + 1) * H * I].view(H, I)[c0:c1]
+        down = self._expert_matrix(w2, e, H, I, scale)[c0:c1]
         self.rows(x, H)[row, c0:c1] += weight * (down @ self.rows(act, d.top_k * I)[row].view(-1, I)[slot])

@@ -30,13 +30,18 @@ def test_a_changed_opcode_number_is_caught(monkeypatch):
 
 def test_a_new_opcode_without_a_kernel_constant_is_caught(monkeypatch):
     numbers = {op.name: int(op) for op in isa.Op}
-    monkeypatch.setattr(isa, "Op", enum.IntEnum("Op", {**numbers, "SOFTCAP": 12}))
-    assert constants.mismatches() == ["opcode SOFTCAP: isa.py says 12, the kernel uses None"]
+    monkeypatch.setattr(isa, "Op", enum.IntEnum("Op", {**numbers, "SOFTCAP": 13}))
+    assert constants.mismatches() == ["opcode SOFTCAP: isa.py says 13, the kernel uses None"]
 
 
 def test_a_changed_flag_is_caught(monkeypatch):
     monkeypatch.setattr(isa, "SWIGLU_INPUT", 16)
     assert constants.mismatches() == ["flag SWIGLU_INPUT: isa.py says 16, the kernel uses 8"]
+
+
+def test_a_changed_arena_layout_is_caught(monkeypatch):
+    monkeypatch.setattr(isa, "ROW_ALIGN", 8)
+    assert constants.mismatches() == ["ROW_ALIGN: isa.py says 8, the kernel uses 16"]
 
 
 def test_kernel_code_writes_no_opcode_or_flag_numbers():

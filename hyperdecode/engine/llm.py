@@ -6,7 +6,9 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import ConfigError, SequenceError
+from ..model.embedded import cache_dir
 from ..model.loader import load_model, resolve_device
+from .autoselect import cached_choice, choice_key
 from .core import EngineCore
 from .graph import GraphRunner
 from .mega.runner import MegaRunner, require_triton
@@ -76,9 +78,14 @@ class LLM:
                                      self.max_context)
 
     def _fastest_backend(self) -> str:
+        """`auto`: the reference on the CPU; on a GPU the faster of graph and mega, measured once and cached."""
         if self.device.type != "cuda":
             return "reference"
-        return "mega" if MegaRunner.supports(self.model) and has_triton() else "graph"
+        if not (MegaRunner.supports(self.model) and has_triton()):
+            return "graph"
+        makers = {"graph": lambda: GraphRunner(self.model),
+                  "mega": lambda: MegaRunner(self.model, fp8=bool(self.fp8_weights))}
+        return cached_choice(cache_dir() / "backend_choice.json", choice_key(self.model, self.device), makers)
 
     @property
     def tokenizer(self):

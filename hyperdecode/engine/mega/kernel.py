@@ -155,8 +155,9 @@ class Launch:
         `check`)."""
         self.counters.zero_()
         p = self.prog
-        self.kernel[(self.workers,)](*self.args, p.W, p.W32, p.W8, A, C, tokens.to(torch.int32), pos.to(torch.int32),
-                                     self.counters, self.err, *self.scalars, **self.consts, **self.options)
+        self.compiled = self.kernel[(self.workers,)](*self.args, p.W, p.W32, p.W8, A, C, tokens.to(torch.int32),
+                                                     pos.to(torch.int32), self.counters, self.err, *self.scalars,
+                                                     **self.consts, **self.options)
 
     def failure(self, err: int) -> MegakernelTimeout | None:
         """The error an error-word value stands for (None for 0)."""

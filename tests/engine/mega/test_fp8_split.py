@@ -1,0 +1,127 @@
+"""FP8-weight programs (both families) and split-KV attention (flash-decoding), in the VM against the reference
+and in the megakernel (Triton's interpreter, one worker) against the VM."""
+import os
+import re
+
+os.environ["TRITON_INTERPRET"] = "1"  # no GPU here: Triton's interpreter runs the kernel's programs in order
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import hyperdecode as hd  # noqa: E402
+from hyperdecode.engine.mega.isa import FP8_WEIGHTS, Op  # noqa: E402
+from hyperdecode.engine.mega.kernel import run_megakernel  # noqa: E402
+from hyperdecode.engine.mega.program import check_program  # noqa: E402
+from hyperdecode.engine.mega.program_llama import compile_program as compile_llama  # noqa: E402
+from hyperdecode.engine.mega.runner import MegaRunner, compile_model  # noqa: E402
+from hyperdecode.engine.mega.vm import VM  # noqa: E402
+from hyperdecode.model.checkpoint import dequantize_fp8, quantize_fp8  # noqa: E402
+from tests.conftest import rel_err  # noqa: E402
+from tests.engine.mega.test_vm import check_decode_step, prefill  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:backend 'mega' without a GPU")
+# the weights an FP8 program quantizes (the LM head, embeddings, router, indexer weights and kv_b stay as they are)
+QUANTIZED = re.compile(r"^layers\.\d+\.(self_attn\.(qkv_proj|o_proj|q_a_proj|q_b_proj|q_proj|kv_a_proj_with_mqa|"
+                       r"indexer\.wq_b|indexer\.wk)\.weight|mlp\.(shared_experts\.)?(gate_up_proj|down_proj)\.weight|"
+                       r"mlp\.experts_(gate_up|down))$")
+
+
+def round_through_fp8(model: torch.nn.Module) -> int:
+    """Replaces every weight an FP8 program quantizes by its block-FP8 round trip on the program's grid (128 x 128
+    blocks of the [out, in] matrix), so the reference runs the very weights the program streams. Returns how many."""
+    done = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not QUANTIZED.match(name):
+                continue
+            mats = p.data.reshape(-1, *p.shape[-2:])  # [in, out] per matrix (experts stacked)
+            for m in mats:
+                q, s = quantize_fp8(m.T.float())
+                m.copy_(dequantize_fp8(q, s).T)
+            done += 1
+    return done
+
+
+@pytest.mark.parametrize("name, lengths", [("tiny-llama", (13, 4)), ("tiny-glm5", (21,)), ("tiny-dsv32", (20, 5))])
+def test_fp8_program_in_the_vm_equals_reference_on_the_dequantized_weights(name, lengths):
+    llm = hd.LLM(name, device="cpu", seed=2)
+    assert round_through_fp8(llm.model) >= 4
+    def compile_fn(model, batch, max_seq, **kw):
+        return compile_model(model, batch, max_seq, fp8=True, **kw)
+
+    prog = check_decode_step(llm, compile_fn, lengths, llm.config.vocab_size, 11, tile=64)
+    fp8 = [ins for ins in prog.instrs if ins.op == Op.GEMV and ins.args["flags"] & FP8_WEIGHTS]
+    assert fp8 and prog.W8.dtype == torch.float8_e4m3fn and prog.W8.numel() > prog.W.numel() // 4
+    if name != "tiny-llama":
+        assert all(ins.args["scale"] >= 0 for ins in prog.instrs if ins.op in (Op.EXPERT_UP, Op.EXPERT_DOWN))
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-glm5"])
+def test_fp8_megakernel_equals_vm(name):
+    llm = hd.LLM(name, device="cpu", seed=5)
+    vocab, max_seq = llm.config.vocab_size, 40
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (19, 7)]
+    prefill(llm.model, prompts, max_seq)
+    prog = compile_model(llm.model, 2, max_seq, tile=64, fp8=True)
+    vm = VM(prog)
+    vm.load_cache(llm.model)
+    C = vm.C.clone()
+    toks, pos = torch.randint(0, vocab, (2,), generator=g), torch.tensor([len(p) for p in prompts])
+    expected = vm.step(toks.tolist(), pos.tolist())
+    A = torch.zeros(prog.a_size)
+    run_megakernel(prog, A, C, toks, pos)
+    assert rel_err(prog.logits(A), expected) <= 1e-4
+    assert torch.allclose(C, vm.C, atol=1e-5)
+
+
+def test_fp8_mega_backend_greedy_equals_reference_on_the_dequantized_weights():
+    ref = hd.LLM("tiny-llama", device="cpu", seed=6)
+    round_through_fp8(ref.model)
+    mega = hd.LLM("tiny-llama", device="cpu", seed=6, backend="mega")
+    round_through_fp8(mega.model)
+    mega.runner = mega.core.runner = MegaRunner(mega.model, fp8=True)
+    prompts = [[5, 9, 200, 17], [1, 2, 3]]
+    kw = dict(max_tokens=17, ignore_eos=True)
+    assert [r.token_ids for r in mega.generate_batch(prompts, **kw)] == \
+        [r.token_ids for r in ref.generate_batch(prompts, **kw)]
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen3"])
+@pytest.mark.parametrize("lengths", [(29,), (37, 3, 16)])  # several splits of 8, one split, and an empty one
+def test_split_attention_in_the_vm_equals_reference(name, lengths):
+    llm = hd.LLM(name, device="cpu", seed=len(lengths))
+    prog = check_decode_step(llm, compile_llama, lengths, 259, 7, kv_split=8)
+    assert prog.dims.splits == 6 and prog.dims.kv_split == 8
+    ops = [ins.op for ins in prog.instrs]
+    assert ops.count(Op.ATTN_MERGE) == len(lengths) * prog.dims.layers
+    assert ops.count(Op.ATTN) == len(lengths) * prog.dims.n_kv * 6 * prog.dims.layers
+    check_program(prog, workers=9)
+
+
+def test_split_attention_in_the_megakernel_equals_vm():
+    llm = hd.LLM("tiny-qwen3", device="cpu", seed=1)
+    vocab, max_seq = 259, 44
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (35, 2)]
+    prefill(llm.model, prompts, max_seq)
+    prog = compile_model(llm.model, 2, max_seq, kv_split=16)  # 3 splits: row 0 spans all, row 1 only the first
+    vm = VM(prog)
+    vm.load_cache(llm.model)
+    C = vm.C.clone()
+    toks, pos = torch.randint(0, vocab, (2,), generator=g), torch.tensor([len(p) for p in prompts])
+    expected = vm.step(toks.tolist(), pos.tolist())
+    A = torch.zeros(prog.a_size)
+    run_megakernel(prog, A, C, toks, pos)
+    assert rel_err(prog.logits(A), expected) <= 1e-4
+    assert torch.allclose(C, vm.C, atol=1e-5)
+
+
+def test_split_mega_backend_greedy_equals_reference():
+    ref = hd.LLM("tiny-llama", device="cpu", seed=8)
+    mega = hd.LLM("tiny-llama", device="cpu", seed=8, backend="mega")
+    mega.runner = mega.core.runner = MegaRunner(mega.model, kv_split=8)
+    prompts = [list(range(40, 61)), [7, 7]]  # decoding crosses split boundaries at 24 and 32
+    kw = dict(max_tokens=16, ignore_eos=True)
+    assert [r.token_ids for r in mega.generate_batch(prompts, **kw)] == \
+        [r.token_ids for r in ref.generate_batch(prompts, **kw)]

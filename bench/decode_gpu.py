@@ -239,7 +239,8 @@ def main() -> None:
     ap.add_argument("--mega-configs", default=None,
                     help="extra megakernel configurations timed at batch 1, TILExKBLOCKxWARPSxPER_SM[p] (GEMV output "
                          "rows, GEMV k-chunk, warps per program, programs per SM; p: L2 prefetch before waits); "
-                         "default 32x256x4x1,16x128x8x1,16x256x4x1p (smoke: 16x128x4x1); 'none' for none")
+                         "default 16x256x4x1,32x256x4x1p,16x128x8x1p (smoke: 16x128x4x1); 'none' for none; the "
+                         "plain `mega` row is 16x256, 4 warps (8 above batch 4), 1 per SM, with prefetch")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="directory for decode_gpu.json ($OUT)")
     a = ap.parse_args()
@@ -251,7 +252,7 @@ def main() -> None:
     device = torch.device("cpu" if smoke else "cuda")
     dtype = "float32" if smoke else "bfloat16"
     backends = a.backends.split(",")
-    sweep = (a.mega_configs or ("16x128x4x1" if smoke else "32x256x4x1,16x128x8x1,16x256x4x1p")).split(",")
+    sweep = (a.mega_configs or ("16x128x4x1" if smoke else "16x256x4x1,32x256x4x1p,16x128x8x1p")).split(",")
     sweep = [c for c in sweep if c and c != "none"]
     size = (64 if smoke else 1024) * 2**20
     bw, read_bw = copy_bandwidth(device, size), read_bandwidth(device, size)

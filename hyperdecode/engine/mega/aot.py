@@ -134,8 +134,8 @@ def check_bodies(arch: int = 90) -> dict[str, dict]:
     from .bodies import BODIES
     report = {}
     for weights in ("*bf16", "*fp8e4nv"):
-        for name, (fn, signature, consts) in BODIES(weights).items():
-            compiled, log = compile_kernel(fn, signature, consts, {}, arch)
+        for name, (fn, signature, consts, warps) in BODIES(weights).items():
+            compiled, log = compile_kernel(fn, signature, consts, {}, arch, warps)
             widths = load_widths(sass(compiled.asm["cubin"]))
             report[f"{name}_{weights.strip('*')}"] = dict(**resources(log), shared_bytes=compiled.metadata.shared,
                                                           wide_loads=wide_loads(widths),

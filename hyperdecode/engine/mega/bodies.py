@@ -36,17 +36,17 @@ def _signature(fn, pointers: dict[str, str]) -> dict[str, str]:
 
 
 def BODIES(weights: str) -> dict[str, tuple]:
-    """The bodies to check for one weight type ("*bf16" or "*fp8e4nv"): name -> (kernel, signature, constexprs),
-    with the launcher's block sizes for Llama-3.2-1B / medium-glm5 shapes (TILE 16)."""
-    from .kernel import REGISTER_BUDGET
+    """The bodies to check for one weight type ("*bf16" or "*fp8e4nv"): name -> (kernel, signature, constexprs,
+    warps), with the launcher's block sizes and warps for Llama-3.2-1B / medium-glm5 shapes (TILE 16)."""
+    from .kernel import REGISTER_BUDGET, default_warps
     common = {"W": "*bf16", "W32": "*fp32", "A": "*fp32", "Wp": weights}
     k_small = 128 if weights == "*fp8e4nv" else 256
     out = {}
     for batch, rows in ((1, 1), (3, 4), (8, 16)):
-        k = min(k_small, max(16, REGISTER_BUDGET // (rows * 16))) if rows <= 4 else 128
+        k = min(k_small, max(16, REGISTER_BUDGET // (rows * 16))) if rows <= 4 else 64  # as the launcher
         out[f"gemv_b{batch}"] = (gemv_body, _signature(gemv_body, common),
-                                 dict(B=batch, ROWS=rows, K_BLOCK=k, TILE=16, STAGES=4))
+                                 dict(B=batch, ROWS=rows, K_BLOCK=k, TILE=16, STAGES=4), default_warps(batch))
     expert = dict(H=1536, I=384, K=8, K_BLOCK=min(k_small, REGISTER_BUDGET // 32), TILE=16, STAGES=4)
-    out["expert_up"] = (expert_up_body, _signature(expert_up_body, common), expert)
-    out["expert_down"] = (expert_down_body, _signature(expert_down_body, common), expert)
+    out["expert_up"] = (expert_up_body, _signature(expert_up_body, common), expert, 4)
+    out["expert_down"] = (expert_down_body, _signature(expert_down_body, common), expert, 4)
     return out

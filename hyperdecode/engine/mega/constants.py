@@ -30,9 +30,10 @@ FLAG_FP8_WEIGHTS = tl.constexpr(isa.FP8_WEIGHTS)
 
 ROW_ALIGN = tl.constexpr(isa.ROW_ALIGN)
 FP8_BLOCK = tl.constexpr(isa.FP8_BLOCK)
+BEST_EMPTY = tl.constexpr(isa.BEST_EMPTY)
 
 FLAGS = ("ACCUMULATE", "FP32_WEIGHTS", "NORM_INPUT", "SWIGLU_INPUT", "FP8_WEIGHTS")
-LAYOUT = ("ROW_ALIGN", "FP8_BLOCK")
+LAYOUT = ("ROW_ALIGN", "FP8_BLOCK", "BEST_EMPTY")
 
 
 def mismatches() -> list[str]:

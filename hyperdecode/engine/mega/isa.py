@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 __all__ = ["Op", "Instr", "ARGS", "ACCUMULATE", "FP32_WEIGHTS", "NORM_INPUT", "SWIGLU_INPUT", "FP8_WEIGHTS",
-           "ROW_ALIGN", "FP8_BLOCK", "row_stride"]
+           "ROW_ALIGN", "FP8_BLOCK", "row_stride", "ARGMAX_SLICE", "BEST_EMPTY", "pack_best", "best_token"]
 
 ROW_ALIGN = 16  # elements: 16 B of FP8, 32 B of bf16, 64 B of fp32
 FP8_BLOCK = 128  # FP8 weights carry one fp32 scale per 128 x 128 block (DeepSeek-V3 / GLM-5-FP8 checkpoints)
@@ -30,7 +30,7 @@ def row_stride(k: int) -> int:
 
 
 class Op(IntEnum):
-    EMBED = 0  # A[out] = rows tok[b] of the [vocab, n] table at W[w]
+    EMBED = 0  # A[out] = rows tok[b] of the [vocab, n] table at W[w]; resets every row's A[best] for ARGMAX
     GEMV = 1  # A[out][:, c0:c1] (+)= f(A[x]) @ W[w][c0:c1].T, W stored [n, k]; f per flags: identity, RMSNorm with
     #           weight W[norm] (NORM_INPUT), silu(x[:, :k]) * x[:, k:] (SWIGLU_INPUT); ACCUMULATE, FP32_WEIGHTS, or
     #           FP8_WEIGHTS (W8[w] with block scales W32[scale], [ceil(n/128), ceil(row_stride(k)/128)])
@@ -38,7 +38,9 @@ class Op(IntEnum):
     #           rope them at pos; the split holding pos appends k, v to the cache tensors C[c_k], C[c_v] ([batch,
     #           max_seq, kv_heads, head_dim]); attend over the split's positions <= pos: into A[out] when part < 0
     #           (one split), else the unnormalised partial (acc, max, sum) into A[part] for ATTN_MERGE
-    ARGMAX = 3  # A[out][b] = argmax A[x][b, :n] (the lowest index among equals)
+    ARGMAX = 3  # one (row, vocab slice c0:c1): A[best][row] (an int64 over two fp32 slots) = the max of itself and
+    #             the slice's (order key of the largest logit, lowest index among equals), packed: every slice of
+    #             the LM head's output reduces at once, atomically (`best_token` unpacks)
     NORM_SLICE = 4  # A[out] = norm(A[x][:, :n]) with rows x_stride apart; RMSNorm, or LayerNorm when bias >= 0
     ROPE_MLA = 5  # rope every head's q_pe in A[q] and k_pe of A[kva]; append latent A[lat] and k_pe to the cache
     INDEX_KEY = 6  # rope the indexer key A[ik] (first `rope` dims, its family's style), append it to C[c_ik]
@@ -55,10 +57,10 @@ class Op(IntEnum):
 
 
 ARGS: dict[Op, tuple[str, ...]] = {
-    Op.EMBED: ("w", "out", "n"),
+    Op.EMBED: ("w", "out", "n", "best"),
     Op.GEMV: ("x", "k", "w", "out", "n", "c0", "c1", "flags", "norm", "scale"),
     Op.ATTN: ("qkv", "out", "row", "kv_head", "c_k", "c_v", "q_norm", "k_norm", "split", "part"),
-    Op.ARGMAX: ("x", "out", "n"),
+    Op.ARGMAX: ("x", "best", "n", "row", "c0", "c1"),
     Op.NORM_SLICE: ("x", "x_stride", "w", "bias", "out", "n"),
     Op.ROPE_MLA: ("q", "kva", "lat", "row", "c_lat", "c_pe"),
     Op.INDEX_KEY: ("ik", "row", "c_ik"),
@@ -70,6 +72,19 @@ ARGS: dict[Op, tuple[str, ...]] = {
     Op.ATTN_MERGE: ("part", "out", "row"),
 }
 ACCUMULATE, FP32_WEIGHTS, NORM_INPUT, SWIGLU_INPUT, FP8_WEIGHTS = 1, 2, 4, 8, 16  # GEMV flags
+ARGMAX_SLICE = 4096  # logits per ARGMAX instruction
+BEST_EMPTY = -(2 ** 63)  # A[best] before any slice: below every packed key
+
+
+def pack_best(key: int, index: int) -> int:
+    """An ARGMAX slice's candidate as one int64: the logit's order key (int32, orders like the float) above, the
+    complement of its index below, so that the max over packs is the largest logit at the lowest index."""
+    return (key << 32) | (0xFFFFFFFF - index)
+
+
+def best_token(packed: int) -> int:
+    """The token index of a packed ARGMAX result."""
+    return 0xFFFFFFFF - (packed & 0xFFFFFFFF)
 
 
 @dataclass

@@ -66,11 +66,21 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, W8, A, C, tok, pos, 
         a7 = field(table, i, 11, n_instr, WIDTH)
         a8 = field(table, i, 12, n_instr, WIDTH)
         a9 = field(table, i, 13, n_instr, WIDTH)
+        if PREFETCH:  # the next GEMV tile's weights into L2 now: they never depend on what this one computes
+            nxt = i + n_workers
+            n_op = field(table, nxt, 0, n_instr, WIDTH)
+            n_flags = field(table, nxt, 11, n_instr, WIDTH)
+            if (nxt < n_instr) & (n_op == OP_GEMV) & ((n_flags & FLAG_FP32_WEIGHTS) == 0):
+                n_k = field(table, nxt, 5, n_instr, WIDTH)
+                n_w = field(table, nxt, 6, n_instr, WIDTH)
+                n_c0 = field(table, nxt, 9, n_instr, WIDTH)
+                n_c1 = field(table, nxt, 10, n_instr, WIDTH)
+                if (n_flags & FLAG_FP8_WEIGHTS) != 0:
+                    ops.prefetch_rows(W8, n_w, n_k, n_c0, n_c1, TILE, 128)
+                else:
+                    ops.prefetch_rows(W, n_w, n_k, n_c0, n_c1, TILE, LINE)
         if i < n_instr:
             if (wc >= 0) & ((wc != ready_c) | (wt > ready_t)):
-                if PREFETCH:
-                    if (op == OP_GEMV) & ((a7 & FLAG_FP32_WEIGHTS) == 0) & ((a7 & FLAG_FP8_WEIGHTS) == 0):
-                        ops.prefetch_rows(W, a2, a1, a5, a6, TILE, LINE)
                 seen = tl.load(counters + wc, volatile=True).to(tl.int64)
                 spins = 0
                 while (seen < wt) & (spins < MAX_SPIN):
@@ -86,7 +96,7 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, W8, A, C, tok, pos, 
                     ready_t = seen
             if failed == 0:  # operands a0..a9 in isa.ARGS order
                 if op == OP_EMBED:
-                    ops.embed(W, A, tok, a0, a1, a2, B, BLOCK)
+                    ops.embed(W, A, tok, a0, a1, a2, a3, B, BLOCK)
                 elif op == OP_GEMV:
                     if (a7 & FLAG_FP32_WEIGHTS) != 0:
                         ops.gemv(W32, W, W32, A, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, eps, B, ROWS, GEMV_K32,
@@ -98,7 +108,7 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, W8, A, C, tok, pos, 
                         ops.gemv(W, W, W32, A, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, eps, B, ROWS, GEMV_K, TILE,
                                  STAGES)
                 elif op == OP_ARGMAX:
-                    ops.argmax(A, a0, a1, a2, B, 1024)  # one program scans the vocabulary: wide loads
+                    ops.argmax(A, a0, a1, a2, a3, a4, a5, 1024)
                 if MLA:
                     if op == OP_NORM_SLICE:
                         ops.norm_rows(W, A, a0, a1, a2, a3, a4, a5, slice_eps, B, BLOCK)

@@ -8,13 +8,16 @@ Imported only when the kernel is first built (Triton must see TRITON_INTERPRET b
 import triton
 import triton.language as tl
 
-from .constants import FLAG_ACCUMULATE, FLAG_NORM_INPUT, FLAG_SWIGLU_INPUT, FP8_BLOCK, ROW_ALIGN
+from .constants import BEST_EMPTY, FLAG_ACCUMULATE, FLAG_NORM_INPUT, FLAG_SWIGLU_INPUT, FP8_BLOCK, ROW_ALIGN
 
 
 @triton.jit
-def embed(W, A, tok, w, out, n, B: tl.constexpr, BLOCK: tl.constexpr):
+def embed(W, A, tok, w, out, n, best, B: tl.constexpr, BLOCK: tl.constexpr):
+    """Each row's token embedding into A[out]; every row's ARGMAX result A[best] starts below every candidate."""
+    packed = (A + best).to(tl.pointer_type(tl.int64), bitcast=True)
     for b in range(B):
         row = tl.load(tok + b).to(tl.int64)
+        tl.store(packed + b, BEST_EMPTY)
         for k0 in range(0, n, BLOCK):
             o = k0 + tl.arange(0, BLOCK)
             m = o < n
@@ -49,16 +52,17 @@ def norm_rows(W, A, x, x_stride, w, bias, out, n, eps, B: tl.constexpr, BLOCK: t
 
 @triton.jit
 def prefetch_rows(Wp, w, k, c0, c1, TILE: tl.constexpr, LINE: tl.constexpr):
-    """Asks L2 for rows c0:c1 (width k) of the weights at Wp + w, one request per 128-byte line of LINE elements.
-    GPU only (inline PTX): a worker issues it for its next GEMV tile before waiting, since weights never depend on
-    the stage it waits for."""
+    """Asks L2 for rows c0:c1 of the matrix at Wp + w (width k, rows row_stride(k) apart), one request per 128-byte
+    line of LINE elements. GPU only (inline PTX): a worker issues it for its next GEMV tile as it starts this one,
+    since weights never depend on activations, so that tile's first chunks are in L2 when it starts."""
+    ld = (k + ROW_ALIGN - 1) // ROW_ALIGN * ROW_ALIGN
     rows = c0 + tl.arange(0, TILE)
     rows = tl.where(rows < c1, rows, c0)
-    for k0 in range(0, k, 32 * LINE):
+    for k0 in range(0, ld, 32 * LINE):
         ks = k0 + tl.arange(0, 32) * LINE
-        ks = tl.where(ks < k, ks, k0)
+        ks = tl.where(ks < ld, ks, k0)
         tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1]; mov.u32 $0, 0;", "=r,l",
-                                  [Wp + w + rows[:, None] * k + ks[None, :]], dtype=tl.int32, is_pure=False, pack=1)
+                                  [Wp + w + rows[:, None] * ld + ks[None, :]], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -250,15 +254,24 @@ def attn_merge(A, part, out, row, NH: tl.constexpr, HD: tl.constexpr, SPLITS: tl
 
 
 @triton.jit
-def argmax(A, x, out, n, B: tl.constexpr, BLOCK: tl.constexpr):
-    for b in range(B):
-        best = float("-inf")
-        idx = 0
-        for k0 in range(0, n, BLOCK):
-            o = k0 + tl.arange(0, BLOCK)
-            v = tl.load(A + x + b * n + o, mask=o < n, other=float("-inf"))
-            bm = tl.max(v, axis=0)
-            if bm > best:
-                best = bm
-                idx = (k0 + tl.argmax(v, axis=0)).to(tl.int32)
-        tl.store(A + out + b, idx.to(tl.float32))
+def order_key(v):
+    """An int64 that orders like the float v (-0.0 counts as 0.0)."""
+    bits = tl.where(v == 0.0, 0.0, v).to(tl.int32, bitcast=True)
+    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
+
+
+@triton.jit
+def argmax(A, x, best, n, row, c0, c1, BLOCK: tl.constexpr):
+    """One vocabulary slice of one row: its largest logit (lowest index among equals), packed as isa.pack_best and
+    folded into A[best][row] with an atomic max (relaxed: the release signal orders it)."""
+    top = float("-inf")
+    idx = c0
+    for k0 in range(c0, c1, BLOCK):
+        o = k0 + tl.arange(0, BLOCK)
+        v = tl.load(A + x + row * n + o, mask=o < c1, other=float("-inf"))
+        bm = tl.max(v, axis=0)
+        if bm > top:
+            top = bm
+            idx = k0 + tl.argmax(v, axis=0)
+    packed = (order_key(top) << 32) | (0xFFFFFFFF - idx.to(tl.int64))
+    tl.atomic_max((A + best).to(tl.pointer_type(tl.int64), bitcast=True) + row, packed, sem="relaxed")

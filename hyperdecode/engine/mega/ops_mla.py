@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from .constants import FP8_BLOCK, ROW_ALIGN
-from .ops import softmax_update, weight_rows
+from .ops import order_key, softmax_update, weight_rows
 
 
 @triton.jit
@@ -65,13 +65,6 @@ def index_key(W32, A, C, pos, inv_freq, factor, ik, row, c_ik, D: tl.constexpr, 
     tl.store(dst + R // 2 + j, y2)
     d = tl.arange(0, D)
     tl.store(dst + d, tl.load(src + d, mask=d >= R), mask=d >= R)
-
-
-@triton.jit
-def order_key(v):
-    """An int64 that orders like the float v (-0.0 counts as 0.0)."""
-    bits = tl.where(v == 0.0, 0.0, v).to(tl.int32, bitcast=True)
-    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
 
 
 @triton.jit

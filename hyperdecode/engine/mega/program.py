@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from ...model.checkpoint import quantize_fp8
-from .isa import ACCUMULATE, FP8_BLOCK, FP8_WEIGHTS, FP32_WEIGHTS, NORM_INPUT, ROW_ALIGN, SWIGLU_INPUT, Instr, Op, \
-    row_stride
+from .isa import ACCUMULATE, ARGMAX_SLICE, FP8_BLOCK, FP8_WEIGHTS, FP32_WEIGHTS, NORM_INPUT, ROW_ALIGN, SWIGLU_INPUT, \
+    Instr, Op, best_token, row_stride
 
 __all__ = ["Program", "LlamaDims", "MlaDims", "Builder", "check_program"]
 
@@ -93,6 +93,12 @@ class Program:
         """Views of the cache arena by name, each [batch, max_seq, ...] like the reference model's cache."""
         return {name: C[off:off + math.prod(shape)].view(shape) for name, (off, shape) in self.cache.items()}
 
+    def next_tokens(self, A: Tensor) -> Tensor:
+        """The greedy next token of every row, unpacked from the ARGMAX result A[best] ([batch] int64)."""
+        start = self.buf["best"]
+        packed = A[start:start + 2 * self.batch].view(torch.int64)
+        return torch.tensor([best_token(int(p)) for p in packed.tolist()], dtype=torch.long)
+
     def logits(self, A: Tensor) -> Tensor:
         """The logits buffer of the activation arena, [batch, vocab]."""
         start = self.buf["logits"]
@@ -159,9 +165,11 @@ class Builder:
         return W, W32, W8.to(torch.uint8).view(torch.float8_e4m3fn)
 
     def buffers(self, widths: dict[str, int]) -> None:
-        for name, width in widths.items():
-            self.buf[name] = self.a_size
-            self.a_size += self.batch * width
+        """Activation buffers [batch, width] by name, each starting at a multiple of ROW_ALIGN elements; every
+        program also gets "best" (one int64 per row, for ARGMAX)."""
+        for name, width in {**widths, "best": 2}.items():
+            self.buf[name] = row_stride(self.a_size)
+            self.a_size = self.buf[name] + self.batch * width
 
     def cache_tensor(self, name: str, shape: tuple[int, ...]) -> int:
         """Places a [batch, max_seq, *shape] cache tensor in the cache arena; returns its offset."""
@@ -176,6 +184,25 @@ class Builder:
         waits = [self.prev] if self.prev[0] >= 0 else []
         self.counters += 1
         self.instrs.extend(Instr(op, args, list(waits), counter) for op, args in items)
+        self.prev = (counter, len(items))
+
+    def stage_in_groups(self, groups: list[list[tuple[Op, dict]]]) -> list[tuple[int, int]]:
+        """A stage whose instructions all wait for the previous stage but signal one counter per group, so that a
+        consumer needing one group waits for that group only (see `stage_waiting`). Returns each group's wait."""
+        waits = [self.prev] if self.prev[0] >= 0 else []
+        out = []
+        for items in groups:
+            self.instrs.extend(Instr(op, args, list(waits), self.counters) for op, args in items)
+            out.append((self.counters, len(items)))
+            self.counters += 1
+        return out
+
+    def stage_waiting(self, items: list[tuple[Op, dict, tuple[int, int]]]) -> None:
+        """A stage whose instructions each wait for their own (counter, target) — a group of `stage_in_groups` —
+        and together signal one new counter, which the next stage waits for whole."""
+        counter = self.counters
+        self.counters += 1
+        self.instrs.extend(Instr(op, args, [wait], counter) for op, args, wait in items)
         self.prev = (counter, len(items))
 
     def gemv(self, x: str, k: int, w: str, out: str, n: int, accumulate: bool = False, fp32: bool = False,
@@ -212,9 +239,11 @@ class Builder:
         return self.gemv("mlp", inter, f"{prefix}.w2", "x", hidden, accumulate=True, swiglu=True)
 
     def head(self, hidden: int, vocab: int) -> None:
-        """Final norm fused into the LM head, then on-device greedy argmax."""
+        """Final norm fused into the LM head, then on-device greedy argmax in slices over every worker."""
         self.stage(self.gemv("x", hidden, "lm_head", "logits", vocab, norm="norm"))
-        self.stage([(Op.ARGMAX, dict(x=self.buf["logits"], out=self.buf["next"], n=vocab))])
+        self.stage([(Op.ARGMAX, dict(x=self.buf["logits"], best=self.buf["best"], n=vocab, row=row, c0=c0,
+                                     c1=min(c0 + ARGMAX_SLICE, vocab)))
+                    for row in range(self.batch) for c0 in range(0, vocab, ARGMAX_SLICE)])
 
     def program(self, eps: float, dims: LlamaDims | MlaDims, scales: dict[str, float] | None = None) -> Program:
         W, W32, W8 = self.arenas()

@@ -85,7 +85,7 @@ def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64, 
     b.buffers({"x": hidden, "qa": q_lora or 1, "qlat": q_lora or 1, "q": heads * qk, "kva": kv_lora + rope,
                "lat": kv_lora, "iq": index_heads * index_dim, "ik": index_dim, "iw": index_heads, "sel": max_seq,
                "att": heads * v_head, "rlog": experts, "route": 2 * top_k, "eact": top_k * moe_inter,
-               "mlp": 2 * inter_dense, "logits": vocab, "next": 1})
+               "mlp": 2 * inter_dense, "logits": vocab})
     buf, woff = b.buf, b.woff
 
     def rows(op: Op, **args: int) -> list[tuple[Op, dict]]:
@@ -97,7 +97,7 @@ def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64, 
 
     # Independent instructions share a stage: a MoE layer is 11 stages (the indexer's projections ride along with
     # the attention's, the shared expert with the router and the routed experts).
-    b.stage([(Op.EMBED, dict(w=woff["embed"], out=buf["x"], n=hidden))])
+    b.stage([(Op.EMBED, dict(w=woff["embed"], out=buf["x"], n=hidden, best=buf["best"]))])
     for i, layer in enumerate(model.layers):
         indexer = layer.self_attn.indexer is not None
         moe = hasattr(layer.mlp, "gate")

@@ -8,7 +8,8 @@ The model, per instruction i in list order (every wait names earlier instruction
     ready      the time the wait's counter reaches its target (the target-th earliest signal) + one flag hop,
                or 0 when the worker's previous wait already saw that counter that far (the kernel skips the poll)
     start      max(the worker's previous finish, ready)
-    fill       the first chunk's memory latency, hidden by whatever the worker spent waiting when `prefetch`
+    fill       the first chunk's memory latency; with `prefetch` (the kernel's L2 prefetch of a worker's next GEMV
+               tile as it starts the current one) hidden by the previous instruction's time and any waiting
     finish     start + overhead + fill + HBM bytes / per-SM stream rate
 The step is the last finish plus the launch; MBU is the step's HBM bytes / (step x bandwidth).
 
@@ -68,6 +69,7 @@ def simulate(instrs: list[Instr], nbytes: list[float], workers: int, hw: Hardwar
              prefetch: bool = True) -> Prediction:
     """The model above over an instruction list and each instruction's HBM bytes."""
     free = [0.0] * workers
+    took = [0.0] * workers  # the worker's previous instruction's duration (its next tile was prefetched meanwhile)
     seen: list[tuple[int, int]] = [(-1, 0)] * workers  # the counter each worker last waited on, and how far
     signals: dict[int, list[float]] = {}
     finish = [0.0] * len(instrs)
@@ -89,13 +91,15 @@ def simulate(instrs: list[Instr], nbytes: list[float], workers: int, hw: Hardwar
                 seen[w] = (c, target)
         start = max(free[w], ready)
         idle = start - free[w]
-        fill = max(0.0, hw.latency_s - idle) if prefetch else hw.latency_s
+        ahead = took[w] if prefetch and ins.op == Op.GEMV else 0.0
+        fill = max(0.0, hw.latency_s - idle - ahead) if prefetch else hw.latency_s
         cost = hw.overhead_s + fill + nbytes[i] / hw.per_sm
         finish[i] = start + cost
         cause[i] = (source, "wait") if ready > free[w] else (i - workers if i >= workers else -1, "queue")
         busy += cost
         wait += idle
         free[w] = finish[i]
+        took[w] = cost
         bisect.insort(signals.setdefault(ins.signal, []), finish[i])
         bisect.insort(by_time.setdefault(ins.signal, []), (finish[i], i))
     last = max(range(len(instrs)), key=finish.__getitem__)
@@ -141,9 +145,11 @@ def instruction_bytes(prog: Program, ins: Instr, context: int) -> float:
         return _matrix_bytes(2 * (a["c1"] - a["c0"]), d.hidden, elem, a["scale"] >= 0)
     if op == Op.EXPERT_DOWN:
         return _matrix_bytes(a["c1"] - a["c0"], d.moe_inter, elem, a["scale"] >= 0)
+    if op == Op.ARGMAX:  # its slice of logits (from L2, at the streaming rate: conservative)
+        return (a["c1"] - a["c0"]) * 4
     if op == Op.ROPE_MLA:
         return (d.kv_lora + d.rope) * 4
-    return 0.0  # NORM_SLICE, INDEX_KEY, ROUTE, ATTN_MERGE, ARGMAX: activations only
+    return 0.0  # NORM_SLICE, INDEX_KEY, ROUTE, ATTN_MERGE: activations only
 
 
 def predict(prog: Program, context: int, workers: int | None = None, hw: Hardware = H200,

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from ...model.checkpoint import dequantize_fp8
 from ...model.layers import rope
-from .isa import ACCUMULATE, FP8_BLOCK, FP8_WEIGHTS, FP32_WEIGHTS, NORM_INPUT, SWIGLU_INPUT, Instr, row_stride
+from .isa import ACCUMULATE, BEST_EMPTY, FP8_BLOCK, FP8_WEIGHTS, FP32_WEIGHTS, NORM_INPUT, SWIGLU_INPUT, Instr, \
+    pack_best, row_stride
 from .program import Program
 
 __all__ = ["VM", "DependencyError", "copy_cache_rows"]
@@ -75,12 +76,16 @@ class VM:
                 before(ins)
             getattr(self, ins.op.name.lower())(**ins.args)
             counters[ins.signal] += 1
-        self.next = self.rows(self.prog.buf["next"], 1)[:, 0].long()
+        self.next = self.prog.next_tokens(self.A)
         return self.prog.logits(self.A).clone()
 
-    def embed(self, w: int, out: int, n: int) -> None:
+    def _best(self, best: int) -> Tensor:
+        return self.A[best:best + 2 * self.prog.batch].view(torch.int64)
+
+    def embed(self, w: int, out: int, n: int, best: int) -> None:
         table = self.W[w:w + self.prog.dims.vocab * n].view(-1, n)
         self.rows(out, n).copy_(table[self.tokens])
+        self._best(best).fill_(BEST_EMPTY)
 
     def matrix(self, w: int, n: int, k: int, scale: int = -1, fp32: bool = False) -> Tensor:
         """The [n, k] weight matrix stored at w (rows row_stride(k) apart), dequantized when `scale` >= 0."""
@@ -164,8 +169,14 @@ class VM:
         total = (weight * partial[:, :, hd + 1]).sum(0)
         self.rows(out, nh * hd)[row].view(nh, hd)[:] = (weight[:, :, None] * partial[:, :, :hd]).sum(0) / total[:, None]
 
-    def argmax(self, x: int, out: int, n: int) -> None:
-        self.rows(out, 1)[:, 0] = self.rows(x, n).argmax(-1).float()
+    def argmax(self, x: int, best: int, n: int, row: int, c0: int, c1: int) -> None:
+        piece = self.rows(x, n)[row, c0:c1]
+        index = c0 + int(piece.argmax())  # the first of equals
+        top = piece[index - c0]
+        bits = 0 if top == 0 else int(top.view(torch.int32))  # -0.0 counts as 0.0, as in the kernel
+        key = bits if bits >= 0 else bits ^ 0x7FFFFFFF  # an int32 that orders like the float
+        packed = self._best(best)
+        packed[row] = max(int(packed[row]), pack_best(key, index))
 
     # --- the GLM-5 / DeepSeek family ------------------------------------------------------------------------------
 

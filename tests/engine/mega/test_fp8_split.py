@@ -105,7 +105,8 @@ def test_split_attention_in_the_megakernel_equals_vm():
     g = torch.Generator().manual_seed(4)
     prompts = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (35, 2)]
     prefill(llm.model, prompts, max_seq)
-    prog = compile_model(llm.model, 2, max_seq, kv_split=16)  # 3 splits: row 0 spans all, row 1 only the first
+    # 3 splits: row 0 spans all, row 1 only the first; 16-column tiles: attention waits for its kv head's tiles
+    prog = compile_model(llm.model, 2, max_seq, tile=16, kv_split=16)
     vm = VM(prog)
     vm.load_cache(llm.model)
     C = vm.C.clone()
@@ -125,3 +126,55 @@ def test_split_mega_backend_greedy_equals_reference():
     kw = dict(max_tokens=16, ignore_eos=True)
     assert [r.token_ids for r in mega.generate_batch(prompts, **kw)] == \
         [r.token_ids for r in ref.generate_batch(prompts, **kw)]
+
+
+def test_argmax_in_slices_takes_the_lowest_index_among_equal_maxima(monkeypatch):
+    from hyperdecode.engine.mega import program
+    monkeypatch.setattr(program, "ARGMAX_SLICE", 64)  # tiny-llama's 259 logits in 5 slices per row
+    llm = hd.LLM("tiny-llama", device="cpu", seed=3)
+    prog = compile_llama(llm.model, 2, 16)
+    argmax = [ins for ins in prog.instrs if ins.op == Op.ARGMAX]
+    assert len(argmax) == 2 * 5
+    vm = VM(prog)
+    vm.step([1, 2], [0, 0])
+    logits = prog.logits(vm.A)
+    logits[0] = -1.0
+    logits[0, [70, 200, 3 + 64 * 3]] = 2.5  # equal maxima in three slices: the lowest index wins
+    logits[1] = -torch.arange(259.0)  # all negative: order keys of negative floats
+    logits[1, 258] = -0.0
+    vm._best(prog.buf["best"]).fill_(-(2 ** 63))
+    for ins in prog.instrs:
+        if ins.op == Op.ARGMAX:
+            vm.argmax(**ins.args)
+    assert prog.next_tokens(vm.A).tolist() == [70, 0]
+    assert logits.argmax(-1).tolist() == [70, 0]
+
+
+def test_argmax_slices_in_the_megakernel(monkeypatch):
+    from hyperdecode.engine.mega import program
+    monkeypatch.setattr(program, "ARGMAX_SLICE", 32)
+    llm = hd.LLM("tiny-llama", device="cpu", seed=9)
+    prog = compile_llama(llm.model, 3, 8)
+    vm = VM(prog)
+    expected = vm.step([5, 6, 7], [0, 0, 0])
+    A = torch.zeros(prog.a_size)
+    run_megakernel(prog, A, torch.zeros(prog.c_size), torch.tensor([5, 6, 7]), torch.tensor([0, 0, 0]))
+    assert prog.next_tokens(A).tolist() == vm.next.tolist() == expected.argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("tile, groups", [(16, 2), (8, 2), (48, 1)])  # 48 spans two heads: one counter
+def test_attention_waits_only_for_its_kv_heads_columns(tile, groups):
+    llm = hd.LLM("tiny-llama", device="cpu", seed=4)  # 4 q heads, 2 kv heads of 16
+    prog = check_decode_step(llm, compile_llama, (9, 30), 259, 5, tile=tile, kv_split=16)
+    check_program(prog, workers=5)
+    first_layer = [ins for ins in prog.instrs if ins.op == Op.ATTN][:2 * 2 * 2]  # rows x kv heads x splits
+    assert len({ins.waits[0] for ins in first_layer}) == groups
+    if groups == 2:
+        qkv = [ins for ins in prog.instrs if ins.op == Op.GEMV and ins.signal in {w[0][0] for w in
+                                                                                 (i.waits for i in first_layer)}]
+        for ins in first_layer:
+            head_cols = {ins.args["kv_head"] * 32 + c for c in range(32)} | \
+                {64 + ins.args["kv_head"] * 16 + c for c in range(16)} | {96 + ins.args["kv_head"] * 16 + c
+                                                                           for c in range(16)}
+            covered = {c for t in qkv if t.signal == ins.waits[0][0] for c in range(t.args["c0"], t.args["c1"])}
+            assert covered == head_cols

@@ -39,7 +39,7 @@ def test_megakernel_equals_vm(name, batch):
     logits = A[prog.buf["logits"]:prog.buf["logits"] + batch * vocab].view(batch, vocab)
     assert rel_err(logits, expected) <= 1e-4
     assert torch.allclose(C, vm.C, atol=1e-5)
-    assert A[prog.buf["next"]:prog.buf["next"] + batch].long().tolist() == vm.next.tolist()
+    assert prog.next_tokens(A).tolist() == vm.next.tolist() == expected.argmax(-1).tolist()
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -76,3 +76,11 @@ def test_cli_prints_one_row_per_tile(capsys):
     assert [r["tile"] for r in rows] == [16, 64] and rows[0]["instructions"] > rows[1]["instructions"]
     assert rows[0]["hbm_mb"] == pytest.approx(rows[1]["hbm_mb"], rel=0.02)
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
+
+
+def test_prefetch_hides_the_next_tiles_fill_behind_the_current_one():
+    hw = Hardware(sms=1, bandwidth=1e9, hop_s=0.5 * US, latency_s=0.2 * US, overhead_s=0.1 * US, launch_s=0.0)
+    # i0: 0.1 + 0.2 + 1.0 = 1.3; i1 was prefetched while i0 ran: 1.3 + 0.1 + 1.0 = 2.4 (2.6 without)
+    assert simulate([gemv(), gemv()], [1000, 1000], workers=1, hw=hw).step_s == pytest.approx(2.4 * US)
+    assert simulate([gemv(), gemv()], [1000, 1000], workers=1, hw=hw, prefetch=False).step_s == \
+        pytest.approx(2.6 * US)

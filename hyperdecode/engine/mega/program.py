@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from ...model.checkpoint import quantize_fp8
-from .isa import ACCUMULATE, ARGMAX_SLICE, FP8_BLOCK, FP8_WEIGHTS, FP32_WEIGHTS, NORM_INPUT, ROW_ALIGN, SWIGLU_INPUT, \
-    Instr, Op, best_token, row_stride
+from .isa import ACCUMULATE, ARGMAX_SLICE, FP8_BLOCK, FP8_WEIGHTS, FP32_WEIGHTS, NORM_INPUT, SWIGLU_INPUT, Instr, Op, \
+    best_token, row_stride
 
 __all__ = ["Program", "LlamaDims", "MlaDims", "Builder", "check_program"]
 

@@ -16,8 +16,8 @@ from hyperdecode.engine.mega.program_llama import compile_program as compile_lla
 from hyperdecode.engine.mega.runner import MegaRunner, compile_model  # noqa: E402
 from hyperdecode.engine.mega.vm import VM  # noqa: E402
 from hyperdecode.model.checkpoint import dequantize_fp8, quantize_fp8  # noqa: E402
-from tests.conftest import rel_err  # noqa: E402
-from tests.engine.mega.test_vm import check_decode_step, prefill  # noqa: E402
+from tests.engine.mega.test_kernel import check_kernel_step  # noqa: E402
+from tests.engine.mega.test_vm import check_decode_step  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:backend 'mega' without a GPU")
 # the weights an FP8 program quantizes (the LM head, embeddings, router, indexer weights and kv_b stay as they are)
@@ -58,21 +58,7 @@ def test_fp8_program_in_the_vm_equals_reference_on_the_dequantized_weights(name,
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-glm5"])
 def test_fp8_megakernel_equals_vm(name):
-    llm = hd.LLM(name, device="cpu", seed=5)
-    vocab, max_seq = llm.config.vocab_size, 40
-    g = torch.Generator().manual_seed(3)
-    prompts = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (19, 7)]
-    prefill(llm.model, prompts, max_seq)
-    prog = compile_model(llm.model, 2, max_seq, tile=64, fp8=True)
-    vm = VM(prog)
-    vm.load_cache(llm.model)
-    C = vm.C.clone()
-    toks, pos = torch.randint(0, vocab, (2,), generator=g), torch.tensor([len(p) for p in prompts])
-    expected = vm.step(toks.tolist(), pos.tolist())
-    A = torch.zeros(prog.a_size)
-    run_megakernel(prog, A, C, toks, pos)
-    assert rel_err(prog.logits(A), expected) <= 1e-4
-    assert torch.allclose(C, vm.C, atol=1e-5)
+    check_kernel_step(hd.LLM(name, device="cpu", seed=5), (19, 7), 40, 3, tile=64, fp8=True)
 
 
 def test_fp8_mega_backend_greedy_equals_reference_on_the_dequantized_weights():
@@ -100,22 +86,8 @@ def test_split_attention_in_the_vm_equals_reference(name, lengths):
 
 
 def test_split_attention_in_the_megakernel_equals_vm():
-    llm = hd.LLM("tiny-qwen3", device="cpu", seed=1)
-    vocab, max_seq = 259, 44
-    g = torch.Generator().manual_seed(4)
-    prompts = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (35, 2)]
-    prefill(llm.model, prompts, max_seq)
     # 3 splits: row 0 spans all, row 1 only the first; 16-column tiles: attention waits for its kv head's tiles
-    prog = compile_model(llm.model, 2, max_seq, tile=16, kv_split=16)
-    vm = VM(prog)
-    vm.load_cache(llm.model)
-    C = vm.C.clone()
-    toks, pos = torch.randint(0, vocab, (2,), generator=g), torch.tensor([len(p) for p in prompts])
-    expected = vm.step(toks.tolist(), pos.tolist())
-    A = torch.zeros(prog.a_size)
-    run_megakernel(prog, A, C, toks, pos)
-    assert rel_err(prog.logits(A), expected) <= 1e-4
-    assert torch.allclose(C, vm.C, atol=1e-5)
+    check_kernel_step(hd.LLM("tiny-qwen3", device="cpu", seed=1), (35, 2), 44, 4, tile=16, kv_split=16)
 
 
 def test_split_mega_backend_greedy_equals_reference():

@@ -5,15 +5,11 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")  # no GPU here: Triton's interpreter runs the kernel's programs
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 import hyperdecode as hd  # noqa: E402
-from hyperdecode.engine.mega.kernel import run_megakernel  # noqa: E402
-from hyperdecode.engine.mega.program import check_program  # noqa: E402
 from hyperdecode.engine.mega.program_llama import compile_program  # noqa: E402
-from hyperdecode.engine.mega.vm import VM  # noqa: E402
-from tests.conftest import rel_err  # noqa: E402
-from tests.engine.mega.test_vm import check_decode_step, check_greedy, check_residual_stream, prefill  # noqa: E402
+from tests.engine.mega.test_kernel import check_kernel_step  # noqa: E402
+from tests.engine.mega.test_vm import check_decode_step, check_greedy, check_residual_stream  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:backend 'mega' without a GPU")
 
@@ -32,21 +28,8 @@ def test_residual_stream_and_greedy_equal_reference():
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_megakernel_equals_vm(batch):
-    llm = hd.LLM("tiny-qwen3", device="cpu", seed=7)
-    g = torch.Generator().manual_seed(batch)
-    prompts = [torch.randint(0, 259, (n,), generator=g).tolist() for n in (21, 6, 33)[:batch]]
-    prefill(llm.model, prompts, 40)
-    prog = compile_program(llm.model, batch, 40, tile=32)
-    check_program(prog, workers=132)
-    vm = VM(prog)
-    vm.load_cache(llm.model)
-    C = vm.C.clone()
-    toks, pos = torch.randint(0, 259, (batch,), generator=g), torch.tensor([len(p) for p in prompts])
-    expected = vm.step(toks.tolist(), pos.tolist())
-    A = torch.zeros(prog.a_size)
-    run_megakernel(prog, A, C, toks, pos)
-    assert rel_err(prog.logits(A), expected) <= 1e-4
-    assert torch.allclose(C, vm.C, atol=1e-5)
+    check_kernel_step(hd.LLM("tiny-qwen3", device="cpu", seed=7), (21, 6, 33)[:batch], 40, batch, compile_program,
+                      tile=32)
 
 
 def test_mega_backend_greedy_equals_reference():

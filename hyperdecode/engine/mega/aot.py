@@ -111,8 +111,8 @@ def wide_loads(widths: dict[str, int]) -> int:
 
 
 def poll_loop_barriers(ptx: str) -> tuple[int, int]:
-    """(barriers inside the dependency-poll loop, barriers from the loop's exit to the first opcode body): the loop is
-    the one around the kernel's volatile counter load."""
+    """(barriers inside the dependency-poll loop, barriers from the loop's exit until the acquire's broadcast value is
+    read back from shared memory): the loop is the one around the kernel's volatile counter load."""
     lines = ptx.splitlines()
     polls = [i for i, line in enumerate(lines) if "ld.volatile.global" in line]
     if len(polls) < 2:
@@ -122,9 +122,9 @@ def poll_loop_barriers(ptx: str) -> tuple[int, int]:
     label = lines[head].split(":")[0]
     back = next(i for i in range(at, len(lines)) if re.search(rf"\bbra(\.uni)?\s+{re.escape(label)};", lines[i]))
     inside = sum("bar.sync" in line for line in lines[head:back + 1])
-    body = next(i for i in range(back, len(lines)) if "cp.async" in lines[i] or "ld.global.b16" in lines[i]
-                or "ld.global.nc" in lines[i])
-    after = sum("bar.sync" in line for line in lines[back + 1:body])
+    acquire = next(i for i in range(back, len(lines)) if ".acquire" in lines[i])
+    broadcast = next(i for i in range(acquire, len(lines)) if "ld.shared" in lines[i])
+    after = sum("bar.sync" in line for line in lines[back + 1:broadcast])
     return inside, after
 
 

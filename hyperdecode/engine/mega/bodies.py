@@ -12,7 +12,7 @@ __all__ = ["gemv_body", "expert_up_body", "expert_down_body", "BODIES"]
 @triton.jit
 def gemv_body(Wp, W, W32, A, x, k, w, out, n, c0, c1, flags, norm, scale, eps, B: tl.constexpr, ROWS: tl.constexpr,
               K_BLOCK: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr):
-    ops.gemv(Wp, W, W32, A, x, k, w, out, n, c0, c1, flags, norm, scale, eps, B, ROWS, K_BLOCK, TILE, STAGES)
+    ops.gemv(Wp, W, W32, A, x, k, w, out, n, c0, c1, flags, norm, scale, eps, 0, 0, B, ROWS, K_BLOCK, TILE, STAGES)
 
 
 @triton.jit

@@ -21,6 +21,8 @@ OP_ROUTE = tl.constexpr(int(isa.Op.ROUTE))
 OP_EXPERT_UP = tl.constexpr(int(isa.Op.EXPERT_UP))
 OP_EXPERT_DOWN = tl.constexpr(int(isa.Op.EXPERT_DOWN))
 OP_ATTN_MERGE = tl.constexpr(int(isa.Op.ATTN_MERGE))
+OP_MLA_UK = tl.constexpr(int(isa.Op.MLA_UK))
+OP_MLA_UV = tl.constexpr(int(isa.Op.MLA_UV))
 
 FLAG_ACCUMULATE = tl.constexpr(isa.ACCUMULATE)
 FLAG_FP32_WEIGHTS = tl.constexpr(isa.FP32_WEIGHTS)

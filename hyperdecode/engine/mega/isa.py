@@ -45,12 +45,15 @@ class Op(IntEnum):
     ROPE_MLA = 5  # rope every head's q_pe in A[q] and k_pe of A[kva]; append latent A[lat] and k_pe to the cache
     INDEX_KEY = 6  # rope the indexer key A[ik] (first `rope` dims, its family's style), append it to C[c_ik]
     INDEX_TOPK = 7  # one row: rope the indexer queries, score its cache prefix, A[sel] = top-k mask (lower wins ties)
-    MLA_ATTN = 8  # one (row, head): absorbed MLA over the latent cache, masked by A[sel] unless sel < 0, times W_UV
+    MLA_ATTN = 8  # one (row, head): absorbed MLA of A[qlat] and its q_pe over the latent cache, masked by A[sel]
+    #               unless sel < 0 -> the head's latent mix A[olat]
     ROUTE = 9  # one row's MoE routing: sigmoid + W32[bias], group-limited top-k; A[route] = ids, scaled weights
     EXPERT_UP = 10  # (row, slot, rows c0:c1 of the expert read at run time): h = rmsnorm(A[x]) * W[norm];
     #                 A[act] = silu(gate(h)) * up(h)
     EXPERT_DOWN = 11  # (row, slot, rows c0:c1 of hidden): A[x] += weight * down(A[act]), atomically
     ATTN_MERGE = 12  # one row: A[out] = the softmax-weighted merge of every KV split's partial in A[part]
+    MLA_UK = 13  # (head, latent rows c0:c1), every row: A[qlat][:, head, c0:c1] = W_UK^T[head][c0:c1] @ q_nope
+    MLA_UV = 14  # (head, value rows c0:c1), every row: A[att][:, head, c0:c1] = W_UV[head][c0:c1] @ A[olat][:, head]
 # Expert weights are FP8 (block scales at W32[scale], [experts, row blocks, k blocks]) when scale >= 0.
 # Every add into the residual stream A[x] (GEMV with ACCUMULATE, EXPERT_DOWN) is atomic, so such instructions may
 # share a stage.
@@ -65,11 +68,13 @@ ARGS: dict[Op, tuple[str, ...]] = {
     Op.ROPE_MLA: ("q", "kva", "lat", "row", "c_lat", "c_pe"),
     Op.INDEX_KEY: ("ik", "row", "c_ik"),
     Op.INDEX_TOPK: ("iq", "iw", "sel", "row", "c_ik"),
-    Op.MLA_ATTN: ("q", "att", "sel", "row", "head", "c_lat", "c_pe", "w"),
+    Op.MLA_ATTN: ("q", "qlat", "olat", "sel", "row", "head", "c_lat", "c_pe"),
     Op.ROUTE: ("rlog", "route", "row", "bias"),
     Op.EXPERT_UP: ("x", "route", "act", "row", "slot", "w13", "c0", "c1", "norm", "scale"),  # w13 [E, 2 inter, hidden]
     Op.EXPERT_DOWN: ("route", "act", "x", "row", "slot", "w2", "c0", "c1", "scale"),  # w2: [experts, hidden, inter]
     Op.ATTN_MERGE: ("part", "out", "row"),
+    Op.MLA_UK: ("q", "qlat", "head", "c0", "c1", "w"),  # w: W_UK^T stacked [heads, kv_lora, nope]
+    Op.MLA_UV: ("olat", "att", "head", "c0", "c1", "w"),  # w: W_UV stacked [heads, v_head, kv_lora]
 }
 ACCUMULATE, FP32_WEIGHTS, NORM_INPUT, SWIGLU_INPUT, FP8_WEIGHTS = 1, 2, 4, 8, 16  # GEMV flags
 ARGMAX_SLICE = 4096  # logits per ARGMAX instruction

@@ -18,8 +18,8 @@ import triton.language as tl
 
 from . import ops, ops_mla
 from .constants import (FLAG_FP8_WEIGHTS, FLAG_FP32_WEIGHTS, OP_ARGMAX, OP_ATTN, OP_ATTN_MERGE, OP_EMBED,
-                        OP_EXPERT_DOWN, OP_EXPERT_UP, OP_GEMV, OP_INDEX_KEY, OP_INDEX_TOPK, OP_MLA_ATTN, OP_NORM_SLICE,
-                        OP_ROPE_MLA, OP_ROUTE)
+                        OP_EXPERT_DOWN, OP_EXPERT_UP, OP_GEMV, OP_INDEX_KEY, OP_INDEX_TOPK, OP_MLA_ATTN, OP_MLA_UK,
+                        OP_MLA_UV, OP_NORM_SLICE, OP_ROPE_MLA, OP_ROUTE, ROW_ALIGN)
 
 
 @triton.jit
@@ -97,16 +97,31 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, W8, A, C, tok, pos, 
             if failed == 0:  # operands a0..a9 in isa.ARGS order
                 if op == OP_EMBED:
                     ops.embed(W, A, tok, a0, a1, a2, a3, B, BLOCK)
-                elif op == OP_GEMV:
-                    if (a7 & FLAG_FP32_WEIGHTS) != 0:
-                        ops.gemv(W32, W, W32, A, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, eps, B, ROWS, GEMV_K32,
-                                 TILE, STAGES)
-                    elif (a7 & FLAG_FP8_WEIGHTS) != 0:
-                        ops.gemv(W8, W, W32, A, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, eps, B, ROWS, GEMV_K8, TILE,
-                                 STAGES)
+                elif (op == OP_GEMV) | (op == OP_MLA_UK) | (op == OP_MLA_UV):
+                    # MLA's absorbed products are GEMVs over one head of a [batch, heads, width] buffer: one call site
+                    x, k, w, out, n, flags, norm, scale, x_stride, out_stride = \
+                        a0, a1, a2, a3, a4, a7, a8, a9, a0 * 0, a0 * 0
+                    if op == OP_MLA_UK:  # q_nope of head a2 times W_UK^T[a2] -> q_lat
+                        LD_NOPE: tl.constexpr = (NOPE + ROW_ALIGN - 1) // ROW_ALIGN * ROW_ALIGN
+                        x, k, w, out, n = a0 + a2 * (NOPE + ROPE), a0 * 0 + NOPE, a5 + a2 * KV_LORA * LD_NOPE, \
+                            a1 + a2 * KV_LORA, a0 * 0 + KV_LORA
+                        flags, norm, scale = a0 * 0, a0 * 0 - 1, a0 * 0 - 1
+                        x_stride, out_stride = a0 * 0 + N_HEAD * (NOPE + ROPE), a0 * 0 + N_HEAD * KV_LORA
+                    elif op == OP_MLA_UV:  # the latent mix of head a2 times W_UV[a2] -> its attention output
+                        x, k, w, out, n = a0 + a2 * KV_LORA, a0 * 0 + KV_LORA, a5 + a2 * V_HEAD * KV_LORA, \
+                            a1 + a2 * V_HEAD, a0 * 0 + V_HEAD
+                        flags, norm, scale = a0 * 0, a0 * 0 - 1, a0 * 0 - 1
+                        x_stride, out_stride = a0 * 0 + N_HEAD * KV_LORA, a0 * 0 + N_HEAD * V_HEAD
+                    c0, c1 = tl.where(op == OP_GEMV, a5, a3), tl.where(op == OP_GEMV, a6, a4)
+                    if (flags & FLAG_FP32_WEIGHTS) != 0:
+                        ops.gemv(W32, W, W32, A, x, k, w, out, n, c0, c1, flags, norm, scale, eps, x_stride,
+                                 out_stride, B, ROWS, GEMV_K32, TILE, STAGES)
+                    elif (flags & FLAG_FP8_WEIGHTS) != 0:
+                        ops.gemv(W8, W, W32, A, x, k, w, out, n, c0, c1, flags, norm, scale, eps, x_stride,
+                                 out_stride, B, ROWS, GEMV_K8, TILE, STAGES)
                     else:
-                        ops.gemv(W, W, W32, A, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, eps, B, ROWS, GEMV_K, TILE,
-                                 STAGES)
+                        ops.gemv(W, W, W32, A, x, k, w, out, n, c0, c1, flags, norm, scale, eps, x_stride,
+                                 out_stride, B, ROWS, GEMV_K, TILE, STAGES)
                 elif op == OP_ARGMAX:
                     ops.argmax(A, a0, a1, a2, a3, a4, a5, 1024)
                 if MLA:
@@ -123,8 +138,8 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, W8, A, C, tok, pos, 
                                            INDEX_HEADS_P, INDEX_DIM, ROPE, INDEX_TOPK, MAX_SEQ, INDEX_INTERLEAVE,
                                            POS_BLOCK, BLOCK)
                     elif op == OP_MLA_ATTN:
-                        ops_mla.mla_attn(W, A, C, pos, softmax_scale, a0, a1, a2, a3, a4, a5, a6, a7, N_HEAD, NOPE,
-                                         ROPE, KV_LORA, V_HEAD, MAX_SEQ, LATENT_BLOCK)
+                        ops_mla.mla_attn(A, C, pos, softmax_scale, a0, a1, a2, a3, a4, a5, a6, a7, N_HEAD, NOPE,
+                                         ROPE, KV_LORA, MAX_SEQ, LATENT_BLOCK)
                     elif op == OP_ROUTE:
                         ops_mla.route(W32, A, a0, a1, a2, a3, routed_scale, EXPERTS, EXPERTS_P, TOP_K, TOP_K_P,
                                       N_GROUP, N_GROUP_P, TOPK_GROUP, NORM_TOPK)

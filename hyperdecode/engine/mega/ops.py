@@ -85,13 +85,14 @@ def row_rms(A, x, k, eps, ROWS: tl.constexpr, B: tl.constexpr, K_BLOCK: tl.const
 
 
 @triton.jit
-def gemv_input(A, W, x, k, ld, rows, ks, inv, norm, flags, B: tl.constexpr):
-    """A chunk [rows, ks] of the GEMV's input f(A[x]) (see `gemv`), zero outside the B rows and the width k. The
-    norm weight is read up to ld (the arena's zero padding), so that it too is read 16 bytes at a time."""
+def gemv_input(A, W, x, k, ld, x_stride, rows, ks, inv, norm, flags, B: tl.constexpr):
+    """A chunk [rows, ks] of the GEMV's input f(A[x]) (see `gemv`), zero outside the B rows and the width k; batch
+    rows x_stride apart (0: the input's own width). The norm weight is read up to ld (the arena's zero padding), so
+    that it too is read 16 bytes at a time."""
     swiglu_in = (flags & FLAG_SWIGLU_INPUT) != 0
     km = ks < k
     xm = (rows < B)[:, None] & km[None, :]
-    width = tl.where(swiglu_in, 2 * k, k)
+    width = tl.where(x_stride > 0, x_stride, tl.where(swiglu_in, 2 * k, k))
     xv = tl.load(A + x + rows[:, None] * width + ks[None, :], mask=xm, other=0.0)
     if swiglu_in:
         up = tl.load(A + x + rows[:, None] * width + k + ks[None, :], mask=xm, other=0.0)
@@ -119,8 +120,8 @@ def weight_rows(Wp, W32, w, ld, wrows, k0, scale, K: tl.constexpr):
 
 
 @triton.jit
-def gemv(Wp, W, W32, A, x, k, w, out, n, c0, c1, flags, norm, scale, eps, B: tl.constexpr, ROWS: tl.constexpr,
-         K_BLOCK: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr):
+def gemv(Wp, W, W32, A, x, k, w, out, n, c0, c1, flags, norm, scale, eps, x_stride, out_stride, B: tl.constexpr,
+         ROWS: tl.constexpr, K_BLOCK: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr):
     """Output rows c0:c1 of f(A[x]) @ W.T (W stored [n, k] at Wp + w, rows row_stride(k) apart) for all B batch
     rows at once, f per `flags` (see isa): each weight tile is read once per step whatever B is, in K_BLOCK chunks
     pipelined STAGES deep. Small batches (ROWS <= 4, the batch rounded up to a power of two) multiply and
@@ -128,7 +129,8 @@ def gemv(Wp, W, W32, A, x, k, w, out, n, c0, c1, flags, norm, scale, eps, B: tl.
     indexer projections) at any batch; larger batches of bf16 / FP8 weights pad to ROWS >= 16 for a bf16
     tensor-core tl.dot (fp32 accumulate). Accumulation into A[out] is
     atomic, so several accumulating instructions may share a stage (relaxed: the instruction's release signal
-    orders it)."""
+    orders it). x_stride / out_stride: how far apart batch rows of the input / output are (0: k / n); MLA's
+    absorbed products use them to run one head of a [batch, heads, width] buffer."""
     ld = (k + ROW_ALIGN - 1) // ROW_ALIGN * ROW_ALIGN
     cols = c0 + tl.arange(0, TILE)
     cm = cols < c1
@@ -141,16 +143,16 @@ def gemv(Wp, W, W32, A, x, k, w, out, n, c0, c1, flags, norm, scale, eps, B: tl.
         acc3 = tl.zeros((ROWS, TILE, K_BLOCK), dtype=tl.float32)
         for k0 in tl.range(0, ld, K_BLOCK, num_stages=STAGES):
             wv, s = weight_rows(Wp, W32, w, ld, wrows, k0, scale, K_BLOCK)
-            xv = gemv_input(A, W, x, k, ld, rows, k0 + tl.arange(0, K_BLOCK), inv, norm, flags, B)
+            xv = gemv_input(A, W, x, k, ld, x_stride, rows, k0 + tl.arange(0, K_BLOCK), inv, norm, flags, B)
             acc3 += (wv * s[:, None])[None, :, :] * xv[:, None, :]
         acc = tl.sum(acc3, axis=2)
     else:
         acc = tl.zeros((ROWS, TILE), dtype=tl.float32)
         for k0 in tl.range(0, ld, K_BLOCK, num_stages=STAGES):
             wv, s = weight_rows(Wp, W32, w, ld, wrows, k0, scale, K_BLOCK)
-            xv = gemv_input(A, W, x, k, ld, rows, k0 + tl.arange(0, K_BLOCK), inv, norm, flags, B)
+            xv = gemv_input(A, W, x, k, ld, x_stride, rows, k0 + tl.arange(0, K_BLOCK), inv, norm, flags, B)
             acc += tl.dot(xv.to(tl.bfloat16), tl.trans(wv.to(tl.bfloat16))) * s[None, :]
-    dst = A + out + rows[:, None] * n + cols[None, :]
+    dst = A + out + rows[:, None] * tl.where(out_stride > 0, out_stride, n) + cols[None, :]
     mask = (rows < B)[:, None] & cm[None, :]
     if (flags & FLAG_ACCUMULATE) != 0:
         tl.atomic_add(dst, acc, mask=mask, sem="relaxed")

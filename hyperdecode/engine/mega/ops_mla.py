@@ -1,5 +1,6 @@
 """Device functions of the megakernel for the GLM-5 / DeepSeek-V3.2 family: RoPE of the decoupled key, the DSA
-indexer (key append, scores, exact top-k), absorbed MLA over the latent cache, MoE routing and routed experts.
+indexer (key append, scores, exact top-k), absorbed MLA over the latent cache (its W_UK / W_UV products are GEMV
+tiles: see megakernel.py's MLA_UK / MLA_UV), MoE routing and routed experts.
 Operands are as in `isa.ARGS`; sizes that are the same for the whole program are constexprs.
 """
 import triton
@@ -125,22 +126,16 @@ def index_topk(W32, A, C, pos, inv_freq, factor, iq, iw, sel, row, c_ik, HI: tl.
 
 
 @triton.jit
-def mla_attn(W, A, C, pos, scale, q, att, sel, row, head, c_lat, c_pe, w, NH: tl.constexpr, NOPE: tl.constexpr,
-             R: tl.constexpr, L: tl.constexpr, VH: tl.constexpr, MAX_SEQ: tl.constexpr, LB: tl.constexpr):
-    """Absorbed MLA of one (row, head): q_nope·W_UK against the latents plus q_pe against the roped keys, online
-    softmax over the positions A[sel] keeps (all when sel < 0), then the latent mix times W_UV."""
+def mla_attn(A, C, pos, scale, q, qlat, olat, sel, row, head, c_lat, c_pe, NH: tl.constexpr, NOPE: tl.constexpr,
+             R: tl.constexpr, L: tl.constexpr, MAX_SEQ: tl.constexpr, LB: tl.constexpr):
+    """Absorbed MLA of one (row, head): its q_lat (W_UK's product, from MLA_UK) against the latents plus q_pe against
+    the roped keys, online softmax over the positions A[sel] keeps (all when sel < 0) -> the latent mix A[olat]
+    (MLA_UV applies W_UV)."""
     n = tl.load(pos + row) + 1
     lidx = tl.arange(0, L)
-    qb = A + q + (row * NH + head) * (NOPE + R)
-    wb = W + w + head * (NOPE + VH) * L
-    q_lat = tl.zeros((L,), dtype=tl.float32)
-    for d0 in range(0, NOPE, LB):
-        ds = d0 + tl.arange(0, LB)
-        qv = tl.load(qb + ds, mask=ds < NOPE, other=0.0)
-        wv = tl.load(wb + ds[:, None] * L + lidx[None, :], mask=(ds < NOPE)[:, None], other=0.0).to(tl.float32)
-        q_lat += tl.sum(qv[:, None] * wv, axis=0)
     rr = tl.arange(0, R)
-    q_pe = tl.load(qb + NOPE + rr)
+    q_lat = tl.load(A + qlat + (row * NH + head) * L + lidx)
+    q_pe = tl.load(A + q + (row * NH + head) * (NOPE + R) + NOPE + rr)
     m_i = float("-inf")
     l_i = 0.0
     acc = tl.zeros((L,), dtype=tl.float32)
@@ -153,11 +148,7 @@ def mla_attn(W, A, C, pos, scale, q, att, sel, row, head, c_lat, c_pe, w, NH: tl
         s = (tl.sum(lat * q_lat[None, :], axis=1) + tl.sum(pe * q_pe[None, :], axis=1)) * scale
         s = tl.where(pm & keep, s, float("-inf"))
         m_i, l_i, acc = softmax_update(m_i, l_i, acc, s, lat)
-    o = acc / l_i
-    for v0 in range(0, VH, LB):
-        vs = v0 + tl.arange(0, LB)
-        wv = tl.load(wb + (NOPE + vs[:, None]) * L + lidx[None, :], mask=(vs < VH)[:, None], other=0.0)
-        tl.store(A + att + (row * NH + head) * VH + vs, tl.sum(wv.to(tl.float32) * o[None, :], axis=1), mask=vs < VH)
+    tl.store(A + olat + (row * NH + head) * L + lidx, acc / l_i)
 
 
 @triton.jit

@@ -45,8 +45,11 @@ def _weights(b: Builder, model: nn.Module) -> None:
             b.put_matrix(f"{i}.q_b", a.q_proj.weight.T)
         b.put_matrix(f"{i}.kv_a", a.kv_a_proj_with_mqa.weight.T)
         b.put(f"{i}.kv_a_norm", a.kv_a_layernorm.weight)
-        # [h*(nope+v), kv_lora]: each head's W_UK rows, then its W_UV rows (kept in the model's dtype: MLA_ATTN reads it)
-        b.put_matrix(f"{i}.kv_b", a.kv_b_proj.weight.T, quantize=False)
+        # kv_b [kv_lora, h*(nope+v)]: each head's W_UK columns, then its W_UV columns; MLA_UK streams W_UK^T
+        # [h, kv_lora, nope], MLA_UV W_UV [h, v, kv_lora] (in the model's dtype, like the LM head)
+        per_head = a.kv_b_proj.weight.T.reshape(c.num_attention_heads, c.qk_nope_head_dim + c.v_head_dim, -1)
+        b.put_matrix(f"{i}.w_uk", per_head[:, :c.qk_nope_head_dim].transpose(1, 2), quantize=False)
+        b.put_matrix(f"{i}.w_uv", per_head[:, c.qk_nope_head_dim:], quantize=False)
         b.put_matrix(f"{i}.o", a.o_proj.weight.T)
         if a.indexer is not None:
             b.put_matrix(f"{i}.wq_b", a.indexer.wq_b.weight.T)
@@ -84,7 +87,7 @@ def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64, 
     inter_dense = max(c.intermediate_size, moe_inter * c.n_shared_experts)
     b.buffers({"x": hidden, "qa": q_lora or 1, "qlat": q_lora or 1, "q": heads * qk, "kva": kv_lora + rope,
                "lat": kv_lora, "iq": index_heads * index_dim, "ik": index_dim, "iw": index_heads, "sel": max_seq,
-               "att": heads * v_head, "rlog": experts, "route": 2 * top_k, "eact": top_k * moe_inter,
+               "att": heads * v_head, "qlat": heads * kv_lora, "olat": heads * kv_lora, "rlog": experts, "route": 2 * top_k, "eact": top_k * moe_inter,
                "mlp": 2 * inter_dense, "logits": vocab})
     buf, woff = b.buf, b.woff
 
@@ -95,7 +98,7 @@ def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64, 
         return [(Op.NORM_SLICE, dict(x=buf[x], x_stride=stride, w=woff[w], bias=woff[bias] if bias else -1,
                                      out=buf[out], n=n))]
 
-    # Independent instructions share a stage: a MoE layer is 11 stages (the indexer's projections ride along with
+    # Independent instructions share a stage: a MoE layer is 12 stages (the indexer's projections ride along with
     # the attention's, the shared expert with the router and the routed experts).
     b.stage([(Op.EMBED, dict(w=woff["embed"], out=buf["x"], n=hidden, best=buf["best"]))])
     for i, layer in enumerate(model.layers):
@@ -126,14 +129,20 @@ def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64, 
                 queries += b.gemv("qlat", q_lora, f"{i}.wq_b", "iq", index_heads * index_dim)
             b.stage(queries)
         index_key = rows(Op.INDEX_KEY, ik=buf["ik"], c_ik=c_ik) if indexer else []
-        b.stage(rows(Op.ROPE_MLA, q=buf["q"], kva=buf["kva"], lat=buf["lat"], c_lat=c_lat, c_pe=c_pe) + index_key)
+        # W_UK's absorbed product needs only q_nope: its tiles, over every worker, ride along with the RoPE stage
+        absorb = [(Op.MLA_UK, dict(q=buf["q"], qlat=buf["qlat"], head=h, c0=c0, c1=min(c0 + tile, kv_lora),
+                                   w=woff[f"{i}.w_uk"])) for h in range(heads) for c0 in range(0, kv_lora, tile)]
+        b.stage(rows(Op.ROPE_MLA, q=buf["q"], kva=buf["kva"], lat=buf["lat"], c_lat=c_lat, c_pe=c_pe) + index_key
+                + absorb)
         if indexer:
             b.stage(rows(Op.INDEX_TOPK, iq=buf["iq"], iw=buf["iw"], sel=buf["sel"], c_ik=c_ik))
         # IndexShare layers (no indexer of their own) reuse the selection the previous indexer left in A[sel]
         sel = buf["sel"] if c.has_indexer else -1
-        b.stage([(Op.MLA_ATTN, dict(q=buf["q"], att=buf["att"], sel=sel, row=row, head=head, c_lat=c_lat,
-                                    c_pe=c_pe, w=woff[f"{i}.kv_b"]))
+        b.stage([(Op.MLA_ATTN, dict(q=buf["q"], qlat=buf["qlat"], olat=buf["olat"], sel=sel, row=row, head=head,
+                                    c_lat=c_lat, c_pe=c_pe))
                  for row in range(batch) for head in range(heads)])
+        b.stage([(Op.MLA_UV, dict(olat=buf["olat"], att=buf["att"], head=h, c0=c0, c1=min(c0 + tile, v_head),
+                                  w=woff[f"{i}.w_uv"])) for h in range(heads) for c0 in range(0, v_head, tile)])
         b.stage(b.gemv("att", heads * v_head, f"{i}.o", "x", hidden, accumulate=True))
         post = f"{i}.post_norm"
         inter = moe_inter * c.n_shared_experts if moe else c.intermediate_size

@@ -137,8 +137,12 @@ def instruction_bytes(prog: Program, ins: Instr, context: int) -> float:
     if op == Op.ATTN:  # k and v of its split's positions (fp32 cache), one kv head
         lo = a["split"] * d.kv_split
         return max(0, min(lo + d.kv_split, context) - lo) * d.head_dim * 2 * 4
-    if op == Op.MLA_ATTN:  # W_UK and W_UV of one head, then every latent and roped key of the row
-        return (d.nope + d.v_head) * d.kv_lora * elem + context * (d.kv_lora + d.rope) * 4
+    if op == Op.MLA_ATTN:  # every latent and roped key of the row
+        return context * (d.kv_lora + d.rope) * 4
+    if op == Op.MLA_UK:
+        return _matrix_bytes(a["c1"] - a["c0"], d.nope, elem, False)
+    if op == Op.MLA_UV:
+        return _matrix_bytes(a["c1"] - a["c0"], d.kv_lora, elem, False)
     if op == Op.INDEX_TOPK:
         return context * d.index_dim * 4
     if op == Op.EXPERT_UP:

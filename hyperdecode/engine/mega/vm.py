@@ -229,19 +229,32 @@ class VM:
         index = (self.rows(iw, Hi)[row] * Hi ** -0.5) @ scores
         mask[torch.sort(index, descending=True, stable=True).indices[:k]] = 1.0
 
-    def mla_attn(self, q: int, att: int, sel: int, row: int, head: int, c_lat: int, c_pe: int, w: int) -> None:
+    def mla_uk(self, q: int, qlat: int, head: int, c0: int, c1: int, w: int) -> None:
         d = self.prog.dims
-        h, nope, r, lora, v = d.n_head, d.nope, d.rope, d.kv_lora, d.v_head
+        h, nope, r, lora = d.n_head, d.nope, d.rope, d.kv_lora
+        w_ukt = self.matrix(w + head * lora * row_stride(nope), lora, nope)  # [kv_lora, nope]
+        q_nope = self.rows(q, h * (nope + r)).view(-1, h, nope + r)[:, head, :nope]
+        self.rows(qlat, h * lora).view(-1, h, lora)[:, head, c0:c1] = q_nope @ w_ukt[c0:c1].T
+
+    def mla_attn(self, q: int, qlat: int, olat: int, sel: int, row: int, head: int, c_lat: int, c_pe: int) -> None:
+        d = self.prog.dims
+        h, nope, r, lora = d.n_head, d.nope, d.rope, d.kv_lora
         p = int(self.pos[row])
-        kv_b = self.matrix(w, h * (nope + v), lora).view(h, nope + v, lora)[head]
-        qh = self.rows(q, h * (nope + r))[row].view(h, nope + r)[head]
+        q_lat = self.rows(qlat, h * lora)[row].view(h, lora)[head]
+        q_pe = self.rows(q, h * (nope + r))[row].view(h, nope + r)[head, nope:]
         lat = self.cached(c_lat, lora)[row, :p + 1]
         pe = self.cached(c_pe, r)[row, :p + 1]
-        scores = ((qh[:nope] @ kv_b[:nope]) @ lat.T + qh[nope:] @ pe.T) * self.prog.scales["softmax"]
+        scores = (q_lat @ lat.T + q_pe @ pe.T) * self.prog.scales["softmax"]
         if sel >= 0:
             scores = scores.masked_fill(self.rows(sel, self.prog.max_seq)[row, :p + 1] == 0, float("-inf"))
-        o = torch.softmax(scores, dim=-1) @ lat
-        self.rows(att, h * v)[row].view(h, v)[head] = kv_b[nope:] @ o
+        self.rows(olat, h * lora)[row].view(h, lora)[head] = torch.softmax(scores, dim=-1) @ lat
+
+    def mla_uv(self, olat: int, att: int, head: int, c0: int, c1: int, w: int) -> None:
+        d = self.prog.dims
+        h, lora, v = d.n_head, d.kv_lora, d.v_head
+        w_uv = self.matrix(w + head * v * row_stride(lora), v, lora)  # [v_head, kv_lora]
+        o = self.rows(olat, h * lora).view(-1, h, lora)[:, head]
+        self.rows(att, h * v).view(-1, h, v)[:, head, c0:c1] = o @ w_uv[c0:c1].T
 
     def route(self, rlog: int, route: int, row: int, bias: int) -> None:
         d = self.prog.dims

@@ -1,6 +1,6 @@
 """Decode speed on one GPU: `reference` (eager PyTorch), `graph` (CUDA graphs), `mega` (the megakernel),
-`compile` (torch.compile, mode "reduce-overhead"; first batch size only) and transformers eager, on random-weight models of Llama-3.2-1B's
-shape and `medium-glm5`, built on the device from a seed.
+`compile` (torch.compile, mode "reduce-overhead"; first batch size only) and transformers eager, on random-weight
+models of Llama-3.2-1B's shape and `medium-glm5`, built on the device from a seed.
 
 Correctness first (bf16): the reference decodes greedily; the others are fed the same tokens (teacher forcing, so
 one near-tie cannot derail the rest) and must pick the same greedy token at every step with logits within 2e-2

@@ -33,6 +33,9 @@ class Recording:
         self.logits.append(out)
         return out
 
+    def confirm(self):
+        self.runner.confirm()
+
 
 def run(runner, prompts, budget, max_tokens=8):
     """Generates greedily for all prompts on one engine core; returns (tokens, first-token logits) per prompt."""

@@ -1,4 +1,5 @@
-"""isa.py's opcode and GEMV-flag numbers and its arena layout (row alignment, FP8 block) as Triton constexprs, for the kernel code (megakernel.py, ops.py): the
+"""isa.py's opcode and GEMV-flag numbers and its arena layout (row alignment, FP8 block) as Triton constexprs, for
+the kernel code (megakernel.py, ops.py): the
 kernel names them (`OP_GEMV`, `FLAG_ACCUMULATE`) and never writes a number. `mismatches()` checks them against
 isa.py as it is now; the launcher refuses to run the kernel when they differ.
 

@@ -74,7 +74,9 @@ def constexprs(prog: Program, block: int = 64, tile: int | None = None, k_block:
     gemv_k = min(k_block, 64) if rows > 4 else min(k_block, max(16, _floor_pow2(budget // (rows * tile))))
     expert_k = min(k_block, max(16, _floor_pow2(budget // (2 * tile))))
     out = dict(B=prog.batch, ROWS=rows, MAX_SEQ=prog.max_seq, BLOCK=block, TILE=tile, K_BLOCK=k_block,
-               GEMV_K=gemv_k, GEMV_K8=min(gemv_k, 128), GEMV_K32=min(k_block, max(16, _floor_pow2(budget // (rows * tile)))), EXPERT_K=expert_k, EXPERT_K8=min(expert_k, 128),
+               GEMV_K=gemv_k, GEMV_K8=min(gemv_k, 128),
+               GEMV_K32=min(k_block, max(16, _floor_pow2(budget // (rows * tile)))),
+               EXPERT_K=expert_k, EXPERT_K8=min(expert_k, 128),
                MLA=prog.family == "mla", N_HEAD=d.n_head, HIDDEN=d.hidden)
     unused = dict.fromkeys(("N_KV", "HEAD_DIM", "KV_SPLIT", "SPLITS", "SPLITS_P", "NOPE", "ROPE", "KV_LORA", "V_HEAD",
                             "INDEX_DIM", "INDEX_HEADS", "INDEX_HEADS_P", "INDEX_TOPK", "EXPERTS", "EXPERTS_P", "TOP_K",

@@ -6,7 +6,8 @@ independent tiles that any worker may take. Weights are copied once into the `W`
 with `fp8=True`, the projections and experts into `W8` as float8_e4m3fn with 128 x 128 block scales in `W32`, the
 checkpoints' format); projections are stored [out, in] (transposed from the reference's [in, out]), rows padded to
 `row_stride(k)` and every weight aligned to ROW_ALIGN elements, so a GEMV tile is a few output rows read
-contiguously along k with 16-byte loads. Cache tensors have the reference's layout and names ("{layer}.k", "{layer}.lat",
+contiguously along k with 16-byte loads. Cache tensors have the reference's layout and names ("{layer}.k",
+"{layer}.lat",
 ...; [batch, max_seq, ...]), so a row's positions copy between the two caches as they are.
 """
 from __future__ import annotations

@@ -87,7 +87,9 @@ def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64, 
     inter_dense = max(c.intermediate_size, moe_inter * c.n_shared_experts)
     b.buffers({"x": hidden, "qa": q_lora or 1, "qlat": q_lora or 1, "q": heads * qk, "kva": kv_lora + rope,
                "lat": kv_lora, "iq": index_heads * index_dim, "ik": index_dim, "iw": index_heads, "sel": max_seq,
-               "att": heads * v_head, "qlat": heads * kv_lora, "olat": heads * kv_lora, "rlog": experts, "route": 2 * top_k, "eact": top_k * moe_inter,
+               "att": heads * v_head, "q_latent": heads * kv_lora,
+               "o_latent": heads * kv_lora, "rlog": experts,
+               "route": 2 * top_k, "eact": top_k * moe_inter,
                "mlp": 2 * inter_dense, "logits": vocab})
     buf, woff = b.buf, b.woff
 
@@ -130,7 +132,7 @@ def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64, 
             b.stage(queries)
         index_key = rows(Op.INDEX_KEY, ik=buf["ik"], c_ik=c_ik) if indexer else []
         # W_UK's absorbed product needs only q_nope: its tiles, over every worker, ride along with the RoPE stage
-        absorb = [(Op.MLA_UK, dict(q=buf["q"], qlat=buf["qlat"], head=h, c0=c0, c1=min(c0 + tile, kv_lora),
+        absorb = [(Op.MLA_UK, dict(q=buf["q"], qlat=buf["q_latent"], head=h, c0=c0, c1=min(c0 + tile, kv_lora),
                                    w=woff[f"{i}.w_uk"])) for h in range(heads) for c0 in range(0, kv_lora, tile)]
         b.stage(rows(Op.ROPE_MLA, q=buf["q"], kva=buf["kva"], lat=buf["lat"], c_lat=c_lat, c_pe=c_pe) + index_key
                 + absorb)
@@ -138,11 +140,12 @@ def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64, 
             b.stage(rows(Op.INDEX_TOPK, iq=buf["iq"], iw=buf["iw"], sel=buf["sel"], c_ik=c_ik))
         # IndexShare layers (no indexer of their own) reuse the selection the previous indexer left in A[sel]
         sel = buf["sel"] if c.has_indexer else -1
-        b.stage([(Op.MLA_ATTN, dict(q=buf["q"], qlat=buf["qlat"], olat=buf["olat"], sel=sel, row=row, head=head,
-                                    c_lat=c_lat, c_pe=c_pe))
+        b.stage([(Op.MLA_ATTN, dict(q=buf["q"], qlat=buf["q_latent"], olat=buf["o_latent"], sel=sel, row=row,
+                                    head=head, c_lat=c_lat, c_pe=c_pe))
                  for row in range(batch) for head in range(heads)])
-        b.stage([(Op.MLA_UV, dict(olat=buf["olat"], att=buf["att"], head=h, c0=c0, c1=min(c0 + tile, v_head),
-                                  w=woff[f"{i}.w_uv"])) for h in range(heads) for c0 in range(0, v_head, tile)])
+        b.stage([(Op.MLA_UV, dict(olat=buf["o_latent"], att=buf["att"], head=h, c0=c0,
+                                  c1=min(c0 + tile, v_head), w=woff[f"{i}.w_uv"]))
+                 for h in range(heads) for c0 in range(0, v_head, tile)])
         b.stage(b.gemv("att", heads * v_head, f"{i}.o", "x", hidden, accumulate=True))
         post = f"{i}.post_norm"
         inter = moe_inter * c.n_shared_experts if moe else c.intermediate_size

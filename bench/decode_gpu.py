@@ -206,7 +206,8 @@ def measure(backend: str, runner_for, llm, prompts, ref, steps: int, warm: int, 
     if backend == "reference" and ref is not None:
         return dict(seconds=ref[2])
     if backend == "transformers":
-        return dict(seconds=time_hf(hf_model(llm.name, prompts.device, llm.model.dtype), prompts, steps))
+        dtype = llm.model.embed_tokens.weight.dtype
+        return dict(seconds=time_hf(hf_model(llm.name, prompts.device, dtype), prompts, steps))
     runner = runner_for[backend]()
     row = {}
     if ref is None:

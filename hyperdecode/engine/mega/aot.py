@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from ...model.loader import preset_config
     from ...model.registry import family_of
-    from .kernel import REGISTER_BUDGET, WIDTH, constexprs, default_warps, encode, load_kernel
+    from .kernel import REGISTER_BUDGET, constexprs, default_warps, encode, load_kernel
     from .runner import compile_model
 
     cfg = preset_config(a.model)
@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
         model = family_of(cfg).model(cfg).to(torch.bfloat16)
     prog = compile_model(model, a.batch, a.max_seq, tile=a.tile, fp8=a.fp8, kv_split=a.kv_split)
     megakernel = load_kernel()
-    consts = dict(constexprs(prog, 64, tile=a.tile, k_block=a.k_block, budget=REGISTER_BUDGET), STAGES=a.stages,
-                  WIDTH=WIDTH, MAX_SPIN=1_000_000, PREFETCH=a.prefetch, LINE=64, ASM=True)
+    consts = constexprs(prog, 64, tile=a.tile, k_block=a.k_block, budget=REGISTER_BUDGET, stages=a.stages,
+                        prefetch=a.prefetch)
     n = len(prog.instrs)
     workers = 132
     ints = dict(n_instr=n, n_rounds=-(-n // workers), n_workers=workers, inv_freq=prog.dims.inv_freq)

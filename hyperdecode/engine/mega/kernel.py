@@ -62,22 +62,24 @@ def _floor_pow2(n: int) -> int:
 
 
 def constexprs(prog: Program, block: int = 64, tile: int | None = None, k_block: int = 256,
-               budget: int = REGISTER_BUDGET) -> dict[str, int]:
-    """The kernel's compile-time sizes for a program (those its family does not use are 1). GEMV tiles of small
-    batches (<= 4 rows) keep a [rows, TILE, GEMV_K] fp32 accumulator, expert tiles two [TILE, EXPERT_K]: `budget`
-    bounds them (registers); FP8 chunks stay inside one 128-column scale block."""
+               budget: int = REGISTER_BUDGET, stages: int = 4, max_spin: int = 1_000_000, prefetch: bool = False,
+               asm: bool = True) -> dict[str, int]:
+    """Every compile-time constant of the kernel for a program (sizes its family does not use are 1), as the
+    launcher and `aot` pass them. GEMV tiles of small batches (<= 4 rows) keep a [rows, TILE, GEMV_K] fp32
+    accumulator, expert tiles two [TILE, EXPERT_K]: `budget` bounds them (registers); FP8 chunks stay inside one
+    128-column scale block; `asm`: inline PTX allowed (not under the interpreter)."""
     d = prog.dims
     tile = _pow2(tile or d.tile, 16)
     rows = _pow2(prog.batch) if prog.batch <= 4 else _pow2(prog.batch, 16)
     # a tensor-core tile (rows > 4) keeps [rows, K] activations and [TILE, K] weights: 64 columns compile without
     # spills inside the whole kernel (with 8 warps: see `default_warps`)
-    gemv_k = min(k_block, 64) if rows > 4 else min(k_block, max(16, _floor_pow2(budget // (rows * tile))))
+    elementwise_k = min(k_block, max(16, _floor_pow2(budget // (rows * tile))))  # fp32 weights always go this way
+    gemv_k = min(k_block, 64) if rows > 4 else elementwise_k
     expert_k = min(k_block, max(16, _floor_pow2(budget // (2 * tile))))
-    out = dict(B=prog.batch, ROWS=rows, MAX_SEQ=prog.max_seq, BLOCK=block, TILE=tile, K_BLOCK=k_block,
-               GEMV_K=gemv_k, GEMV_K8=min(gemv_k, 128),
-               GEMV_K32=min(k_block, max(16, _floor_pow2(budget // (rows * tile)))),
-               EXPERT_K=expert_k, EXPERT_K8=min(expert_k, 128),
-               MLA=prog.family == "mla", N_HEAD=d.n_head, HIDDEN=d.hidden)
+    out = dict(B=prog.batch, ROWS=rows, MAX_SEQ=prog.max_seq, BLOCK=block, TILE=tile, GEMV_K=gemv_k,
+               GEMV_K8=min(gemv_k, 128), GEMV_K32=elementwise_k, EXPERT_K=expert_k, EXPERT_K8=min(expert_k, 128),
+               MLA=prog.family == "mla", N_HEAD=d.n_head, HIDDEN=d.hidden, STAGES=stages, WIDTH=WIDTH,
+               MAX_SPIN=max_spin, PREFETCH=prefetch, LINE=128 // prog.W.element_size(), ASM=asm)
     unused = dict.fromkeys(("N_KV", "HEAD_DIM", "KV_SPLIT", "SPLITS", "SPLITS_P", "NOPE", "ROPE", "KV_LORA", "V_HEAD",
                             "INDEX_DIM", "INDEX_HEADS", "INDEX_HEADS_P", "INDEX_TOPK", "EXPERTS", "EXPERTS_P", "TOP_K",
                             "TOP_K_P", "MOE_INTER", "N_GROUP", "N_GROUP_P", "TOPK_GROUP", "NORM_TOPK",
@@ -119,12 +121,12 @@ class Launch:
     steps: a step allocates nothing), and its launch sizes. Under TRITON_INTERPRET=1 one worker is used (and wide
     blocks: the interpreter pays per block, not per element); on a GPU the default is one worker per SM, `block` the
     width of vector ops, `k_block` the k-chunk of GEMV tiles, `stages` how many chunks are in flight, and `prefetch`
-    has workers ask L2 for their next GEMV tile's weights before they wait (inline PTX: GPU only)."""
+    has each worker ask L2 for its next GEMV tile's weights as it starts the current one (inline PTX: GPU only)."""
 
     def __init__(self, prog: Program, device: torch.device | str, workers: int | None = None,
                  max_spin: int = 1_000_000, block: int | None = None, k_block: int | None = None,
                  num_warps: int | None = None,
-                 prefetch: bool = False, stages: int | None = None, table: torch.Tensor | None = None):
+                 prefetch: bool = False, stages: int | None = None):
         device = torch.device(device)
         if device.type == "cpu" and not interpreted():
             raise RuntimeError("the megakernel on the CPU needs TRITON_INTERPRET=1 set before Triton is imported")
@@ -137,7 +139,7 @@ class Launch:
             budget = REGISTER_BUDGET
         self.workers = workers
         self.max_spin = max_spin
-        self.table = encode(prog).to(device) if table is None else table
+        self.table = encode(prog).to(device)
         self.counters = torch.zeros(prog.num_counters, dtype=torch.int32, device=device)
         self.err = torch.zeros(1, dtype=torch.int32, device=device)
         n = len(prog.instrs)
@@ -145,9 +147,9 @@ class Launch:
         self.args = (self.table, n, -(-n // workers), workers)
         self.scalars = (prog.dims.inv_freq, prog.eps, s.get("slice_eps", 0.0), s.get("rope_factor", 1.0),
                         s.get("softmax", 1.0), s.get("routed", 1.0))
-        self.consts = dict(constexprs(prog, block or 64, k_block=k_block or 256, budget=budget),
-                           STAGES=stages or (1 if interpreted() else 4), WIDTH=WIDTH, MAX_SPIN=max_spin,
-                           PREFETCH=prefetch, LINE=128 // prog.W.element_size(), ASM=not interpreted())
+        self.consts = constexprs(prog, block or 64, k_block=k_block or 256, budget=budget,
+                                 stages=stages or (1 if interpreted() else 4), max_spin=max_spin, prefetch=prefetch,
+                                 asm=not interpreted())
         # all workers must be resident at once (they wait on each other): ask the driver for a cooperative launch
         self.options = {} if interpreted() else dict(launch_cooperative_grid=True,
                                                      num_warps=num_warps or default_warps(prog.batch))

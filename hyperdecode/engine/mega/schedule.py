@@ -71,10 +71,9 @@ def simulate(instrs: list[Instr], nbytes: list[float], workers: int, hw: Hardwar
     free = [0.0] * workers
     took = [0.0] * workers  # the worker's previous instruction's duration (its next tile was prefetched meanwhile)
     seen: list[tuple[int, int]] = [(-1, 0)] * workers  # the counter each worker last waited on, and how far
-    signals: dict[int, list[float]] = {}
     finish = [0.0] * len(instrs)
     cause: list[tuple[int, str]] = [(-1, "")] * len(instrs)
-    by_time: dict[int, list[tuple[float, int]]] = {}
+    signals: dict[int, list[tuple[float, int]]] = {}  # each counter's signals so far: (time, instruction), in order
     busy = wait = 0.0
     for i, ins in enumerate(instrs):
         w = i % workers
@@ -86,8 +85,8 @@ def simulate(instrs: list[Instr], nbytes: list[float], workers: int, hw: Hardwar
                 raise ValueError(f"instruction {i} waits for counter {c} to reach {target}; only {len(times)} "
                                  f"earlier instructions signal it")
             if not (seen[w][0] == c and seen[w][1] >= target):
-                ready = times[target - 1] + hw.hop_s
-                source = by_time[c][target - 1][1]
+                at, source = times[target - 1]
+                ready = at + hw.hop_s
                 seen[w] = (c, target)
         start = max(free[w], ready)
         idle = start - free[w]
@@ -100,8 +99,7 @@ def simulate(instrs: list[Instr], nbytes: list[float], workers: int, hw: Hardwar
         wait += idle
         free[w] = finish[i]
         took[w] = cost
-        bisect.insort(signals.setdefault(ins.signal, []), finish[i])
-        bisect.insort(by_time.setdefault(ins.signal, []), (finish[i], i))
+        bisect.insort(signals.setdefault(ins.signal, []), (finish[i], i))
     last = max(range(len(instrs)), key=finish.__getitem__)
     path, at = [], last
     while at >= 0:

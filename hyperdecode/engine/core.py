@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import torch
 
+from torch import Tensor
+
+from .drafts import NgramDrafter, SuffixDrafter
 from .runner import ReferenceRunner
 from .sampling import sample
 from .scheduler import Scheduler, StepPlan
 from .sequence import Sequence
+from .speculative import SpeculativeConfig, SpecStats, accept, accept_greedy, parse_speculative
 
 __all__ = ["EngineCore"]
 
@@ -26,6 +30,8 @@ class EngineCore:
         self.scheduler = Scheduler(0, 0, max_num_batched_tokens)
         self.steps = 0
         self.driver: str | None = None  # who steps it from another thread (a server), if anyone
+        self.speculative: SpeculativeConfig | None = None
+        self.drafter = None
 
     @property
     def max_batch(self) -> int:
@@ -50,6 +56,19 @@ class EngineCore:
         self.runner.setup(max_batch, max_seq)
         self.scheduler.resize(max_batch, max_seq)
 
+    def speculate(self, spec: str | dict | SpeculativeConfig | None) -> None:
+        """Turns speculative decoding on ("mtp:3", "ngram:4", "suffix:8", vLLM's config dict) or off (None); only
+        while idle. Every later step verifies each decoding row's draft."""
+        config = parse_speculative(spec)
+        if config == self.speculative:
+            return
+        if self.has_unfinished:
+            raise RuntimeError("speculative decoding can only change while no request is in flight")
+        self.speculative = config
+        self.drafter = None if config is None else make_drafter(config, self.runner.model)
+        self.runner.keep_hidden = bool(self.drafter and self.drafter.needs_hidden)
+        self.runner.verify_width = 1 if config is None else 1 + config.num_speculative_tokens
+
     def add(self, seq: Sequence) -> None:
         """Queues a sequence (built by `InputProcessor`); it is admitted when a slot is free. A seed the generator
         refuses raises here, before the sequence holds anything."""
@@ -59,18 +78,24 @@ class EngineCore:
         else:
             generator.seed()
         seq.generator = generator
+        seq.spec = SpecStats() if self.drafter is not None else None
         self.scheduler.add(seq)
 
     def finish(self, seq: Sequence, reason: str, num_output: int | None = None) -> None:
         """Ends a sequence now (a stop string: keep its first `num_output` tokens; or an abort) and frees its slot."""
         if num_output is not None:
             del seq.token_ids[len(seq.prompt_ids) + num_output:]
-        self.scheduler.finish(seq, reason)
+        self._end(seq, reason)
 
     def fail(self, seq: Sequence, error: BaseException) -> None:
         """Ends one sequence for a fault of its own (finish_reason "error"); frees its slot."""
         seq.error = f"{type(error).__name__}: {error}"
-        self.scheduler.finish(seq, "error")
+        self._end(seq, "error")
+
+    def _end(self, seq: Sequence, reason: str) -> None:
+        self.scheduler.finish(seq, reason)
+        if self.drafter is not None:
+            self.drafter.retire(seq)
 
     @torch.inference_mode()
     def step(self) -> list[Sequence]:
@@ -103,25 +128,86 @@ class EngineCore:
         for seq, n in plan:
             start = seq.num_computed
             pad = width - n
-            tokens.append(seq.token_ids[start:start + n] + [0] * pad)
+            tokens.append(seq.feed(n) + [0] * pad)
             pos.append(list(range(start, start + n)) + [-1] * pad)
-            samples = start + n == seq.num_tokens  # its tokens reach the newest one: sample after them
-            want.append([False] * (n - 1) + [samples] + [False] * pad)
+            if seq.prefilling:  # a prompt chunk samples after its last token once it reaches the newest one
+                row_want = [False] * (n - 1) + [start + n == seq.num_tokens]
+            else:  # a decoding row: its newest token and each draft token get a logit row (verification)
+                row_want = [True] * n
+            want.append(row_want + [False] * pad)
         logits = self.runner.forward(torch.tensor(tokens, device=self.device), torch.tensor(pos, device=self.device),
                                      self._slots(seqs), torch.tensor(want, device=self.device))
-        chosen = [seq for seq, row in zip(seqs, want) if any(row)]
-        greedy = logits.argmax(-1).tolist() if chosen else []  # a device fault surfaces here, before any state moves
+        greedy = logits.argmax(-1).tolist() if logits.shape[0] else []  # a device fault surfaces here, first
         self.runner.confirm()
-        for seq, n in plan:
-            seq.num_computed += n
-        for i, seq in enumerate(chosen):
+        chosen, observed, row = [], [], 0
+        for i, ((seq, n), row_want) in enumerate(zip(plan, want)):
+            start = seq.num_computed
+            count = sum(row_want)
+            if count == 0:  # a prompt chunk that does not reach the end
+                seq.num_computed += n
+                observed.append((i, seq, start, n))
+                continue
+            chosen.append(seq)
             try:
-                token = greedy[i] if seq.params.greedy else int(sample(logits[i:i + 1], seq.params,
-                                                                       [seq.generator])[0])
-                self.scheduler.append(seq, token)
+                new = self._verify(seq, n, logits[row:row + count], greedy[row:row + count])
             except Exception as e:
                 self.fail(seq, e)
+                new = []
+            row += count
+            kept = n if seq.prefilling else len(new)  # fed positions now in the cache: the newest + accepted drafts
+            seq.num_computed += kept
+            if kept < n and not seq.done:
+                self.runner.rollback(seq.slot, start + kept, start + n)
+            for token in new:
+                if seq.done:
+                    break
+                self.scheduler.append(seq, token)
+            observed.append((i, seq, start, kept))
+        if self.drafter is not None:
+            self._draft(observed)
         return chosen
+
+    def _verify(self, seq: Sequence, n: int, logits: Tensor, greedy: list[int]) -> list[int]:
+        """The tokens a row's logits yield: one sampled token (a prompt's end, or a row without a draft), or the
+        draft's accepted prefix and the model's next token."""
+        draft = seq.draft[:n - 1] if not seq.prefilling else []
+        probs = seq.draft_probs[:n - 1] if seq.draft_probs is not None and draft else None
+        seq.draft, seq.draft_probs = [], None
+        if seq.params.greedy:
+            new = accept_greedy(draft, greedy)
+        elif not draft:
+            new = [int(sample(logits, seq.params, [seq.generator])[0])]
+        else:
+            new = accept(logits, draft, probs, seq.params, seq.generator)
+        if seq.spec is not None:
+            seq.spec.record(len(draft), len(new) - 1)
+        return new
+
+    def _draft(self, observed: list[tuple[int, Sequence, int, int]]) -> None:
+        """Drafts for the next step: the drafter sees what this step computed (an MTP drafter: the hidden states of
+        (plan row, sequence, first position, positions kept)), then proposes for each sequence that goes on
+        decoding, within what it may still emit."""
+        live = [entry for entry in observed if not entry[1].done and entry[3] > 0]
+        for _, seq, _, _ in observed:
+            if seq.done:
+                self.drafter.retire(seq)
+        decoding = [seq for _, seq, _, _ in live if not seq.prefilling]
+        limits = [self._draft_limit(seq) for seq in decoding]
+        try:
+            if self.drafter.needs_hidden:
+                self.drafter.observe(live, self.runner.hidden)
+            self.drafter.propose(decoding, limits)
+        except Exception as e:
+            for _, seq, _, _ in live:
+                self.fail(seq, e)
+
+    def _draft_limit(self, seq: Sequence) -> int:
+        """Draft tokens a sequence may verify next step: k, and no more than it may still emit (a verify step
+        yields up to 1 + draft tokens) or its cache row holds."""
+        limit = min(self.drafter.k, self.max_seq - 1 - seq.num_tokens)
+        if seq.params.max_tokens is not None:
+            limit = min(limit, seq.params.max_tokens - seq.num_output - 1)
+        return max(limit, 0)
 
     def _slots(self, seqs: list[Sequence]) -> torch.Tensor | None:
         """Cache rows of a batch; None when they are rows 0..B-1 in order (then the cache is sliced, not gathered)."""
@@ -129,3 +215,14 @@ class EngineCore:
         if slots == list(range(len(slots))):
             return None
         return torch.tensor(slots, device=self.device)
+
+
+def make_drafter(config: SpeculativeConfig, model):
+    """The draft source a config names (the MTP drafter needs the model's MTP layer)."""
+    k = config.num_speculative_tokens
+    if config.method == "ngram":
+        return NgramDrafter(k, config.prompt_lookup_min, config.prompt_lookup_max)
+    if config.method == "suffix":
+        return SuffixDrafter(k, config.suffix_decoding_max_cached_requests)
+    from .mtp import MtpDrafter
+    return MtpDrafter(model, k)

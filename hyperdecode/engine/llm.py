@@ -112,8 +112,10 @@ class LLM:
                     for m in messages]
         return [self.inputs.process(p, params, default_max_tokens=DEFAULT_MAX_TOKENS) for p in prompts]
 
-    def _run(self, requests: list[tuple[Sequence, OutputStream]]) -> Iterator[dict[Sequence, str]]:
-        """Runs the requests together on the engine core; after each step yields the new final text by sequence."""
+    def _run(self, requests: list[tuple[Sequence, OutputStream]],
+             speculative: str | dict | None = None) -> Iterator[dict[Sequence, str]]:
+        """Runs the requests together on the engine core (verifying drafts when `speculative` names a method);
+        after each step yields the new final text by sequence."""
         if self.core.driver is not None:
             raise RuntimeError(f"this LLM's engine core is driven by {self.core.driver}; send it requests there")
         if self.core.has_unfinished:
@@ -121,6 +123,7 @@ class LLM:
                                "time")
         longest = max(seq.num_tokens + seq.params.max_tokens for seq, _ in requests)
         self.core.reserve(len(requests), min(longest, self.max_context))
+        self.core.speculate(speculative)
         streams = dict(requests)
         for seq, _ in requests:
             self.core.add(seq)
@@ -139,27 +142,31 @@ class LLM:
             for seq, _ in requests:
                 self.core.finish(seq, "abort")
 
-    def generate_batch(self, prompts: list[Prompt], **sampling: Any) -> list[Generation]:
-        """Generates for several prompts of any lengths in one batch; results equal one-by-one generation."""
+    def generate_batch(self, prompts: list[Prompt], speculative: str | dict | None = None,
+                       **sampling: Any) -> list[Generation]:
+        """Generates for several prompts of any lengths in one batch; results equal one-by-one generation.
+        speculative: "mtp:K", "ngram:K", "suffix:K" or vLLM's config dict (verify K draft tokens per step), or
+        None."""
         if not prompts:
             return []
         requests = self._requests(prompts, SamplingParams(**sampling))
-        for _ in self._run(requests):
+        for _ in self._run(requests, speculative):
             pass
         return [stream.result() for _, stream in requests]
 
     def generate(self, prompt: Prompt, max_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0,
                  top_k: int = 0, seed: int | None = None, stop: list[str] | str | None = None,
-                 ignore_eos: bool = False) -> Generation:
-        """max_tokens None: 64, or what the context has room for."""
+                 ignore_eos: bool = False, speculative: str | dict | None = None) -> Generation:
+        """max_tokens None: 64, or what the context has room for; speculative: see `generate_batch`."""
         return self.generate_batch([prompt], max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                   top_k=top_k, seed=seed, stop=stop, ignore_eos=ignore_eos)[0]
+                                   top_k=top_k, seed=seed, stop=stop, ignore_eos=ignore_eos,
+                                   speculative=speculative)[0]
 
-    def stream(self, prompt: Prompt, **sampling: Any) -> Iterator[str]:
+    def stream(self, prompt: Prompt, speculative: str | dict | None = None, **sampling: Any) -> Iterator[str]:
         """Yields text pieces as they become final; `last_generation` holds the result afterwards."""
         requests = self._requests([prompt], SamplingParams(**sampling))
         seq, stream = requests[0]
-        for pieces in self._run(requests):
+        for pieces in self._run(requests, speculative):
             if pieces.get(seq):
                 yield pieces[seq]
         self.last_generation = stream.result()
@@ -167,8 +174,9 @@ class LLM:
     def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
         return self.inputs.chat_prompt(messages)
 
-    def chat(self, messages: list[dict[str, Any]], **sampling: Any) -> Generation:
+    def chat(self, messages: list[dict[str, Any]], speculative: str | dict | None = None,
+             **sampling: Any) -> Generation:
         requests = self._requests([], SamplingParams(**sampling), messages=[messages])
-        for _ in self._run(requests):
+        for _ in self._run(requests, speculative):
             pass
         return requests[0][1].result()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..model.tokenizer import Tokenizer
 from .sequence import Sequence
+from .speculative import SpecStats
 
 __all__ = ["OutputStream", "Generation", "GenerationStats"]
 
@@ -20,6 +21,7 @@ class GenerationStats:
     tpot_s: float
     tokens_per_s: float
     e2e_s: float
+    speculative: SpecStats | None = None  # drafts verified, accepted, per position (None: speculation was off)
 
 
 @dataclass
@@ -103,4 +105,5 @@ class OutputStream:
         tpot = (e2e - ttft) / (n - 1) if n > 1 else 0.0
         tokens_per_s = 1.0 / tpot if tpot > 0 else (n / e2e if e2e > 0 else 0.0)
         return Generation(self.text, list(self.seq.output_ids), self.seq.finish_reason or "length",
-                          GenerationStats(len(self.seq.prompt_ids), n, ttft, tpot, tokens_per_s, e2e))
+                          GenerationStats(len(self.seq.prompt_ids), n, ttft, tpot, tokens_per_s, e2e,
+                                          self.seq.spec))

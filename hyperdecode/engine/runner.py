@@ -1,7 +1,7 @@
 """Model runners: run one step's shape on the model and return the logits the scheduler wants. Every runner has
 one entry, `forward(tokens [B, S], pos [B, S], slots, want) -> logits [wanted, vocab]`, used for steps that mix
-prompt chunks and decode rows (shorter rows right-padded with pos = -1), plain decode (S = 1) and, later,
-verification (S = k + 1). The reference runner runs any shape; `graph` and `mega` run S = 1 steps themselves and
+prompt chunks and decode rows (shorter rows right-padded with pos = -1), plain decode (S = 1) and speculative
+verification (S = k + 1; `rollback` then clears the rejected positions). The reference runner runs any shape; `graph` and `mega` run S = 1 steps themselves and
 hand other shapes to the reference (`FAST_SHAPES` says which)."""
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ class ReferenceRunner:
 
     def __init__(self, model: nn.Module):
         self.model = model
+        self.keep_hidden = False  # also keep the step's final-norm hidden states in `hidden` (an MTP drafter's input)
+        self.hidden: Tensor | None = None  # [B, S, hidden] of the last forward, when keep_hidden
+        self.verify_width = 1  # the widest [B, S] step a fast runner should run itself (1 + draft tokens)
 
     @property
     def device(self) -> torch.device:
@@ -34,6 +37,12 @@ class ReferenceRunner:
         """Raises if the last forward's device work failed in a way its logits do not show (a runner that does not
         sync per step checks here; the engine calls it once the step's results are on the host)."""
 
+    def rollback(self, row: int, keep: int, end: int) -> None:
+        """Cache row `row` keeps its first `keep` positions; positions keep:end (a verify step's rejected drafts)
+        are cleared."""
+        self.model.keep_cache(row, keep, end)
+
     def reference(self, tokens: Tensor, pos: Tensor, slots: Tensor | None, want: Tensor) -> Tensor:
         hidden = self.model(tokens, pos, slots=slots)
+        self.hidden = hidden if self.keep_hidden else None
         return self.model.logits(hidden[want])

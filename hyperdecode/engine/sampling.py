@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..errors import RequestError
 
-__all__ = ["SamplingParams", "sample", "GREEDY_BELOW"]
+__all__ = ["SamplingParams", "sample", "probabilities", "GREEDY_BELOW"]
 
 GREEDY_BELOW = 1e-5  # a temperature below this is greedy (vLLM's _SAMPLING_EPS): 1/t would overflow
 MAX_STOP_STRINGS = 4  # OpenAI's limit
@@ -66,12 +66,10 @@ class SamplingParams:
         return self.temperature < GREEDY_BELOW or self.top_k == 1
 
 
-def sample(logits: Tensor, params: SamplingParams, generators: list[torch.Generator]) -> Tensor:
-    """logits: [B, V] float -> token ids [B]; row i draws from generators[i], so a row's draws don't depend on
-    which other rows share its batch."""
-    if params.greedy:
-        return logits.argmax(-1)
-    logits = logits / params.temperature
+def probabilities(logits: Tensor, params: SamplingParams) -> Tensor:
+    """logits: [B, V] float -> the distribution a non-greedy `params` samples from (temperature, then top-k, then
+    top-p), [B, V] float32. Speculative decoding accepts drafts against this same distribution."""
+    logits = logits.float() / params.temperature
     if params.top_k:
         kth = torch.topk(logits, min(params.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -82,4 +80,13 @@ def sample(logits: Tensor, params: SamplingParams, generators: list[torch.Genera
         drop = sorted_probs.cumsum(-1) - sorted_probs >= params.top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return probs
+
+
+def sample(logits: Tensor, params: SamplingParams, generators: list[torch.Generator]) -> Tensor:
+    """logits: [B, V] float -> token ids [B]; row i draws from generators[i], so a row's draws don't depend on
+    which other rows share its batch."""
+    if params.greedy:
+        return logits.argmax(-1)
+    probs = probabilities(logits, params)
     return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])

@@ -1,7 +1,8 @@
 """Continuous batching over cache slots, as a step plan: each step, every running sequence is told how many of its
 tokens to feed (vLLM v1's shape). A decoding sequence feeds its newest token; a sequence still prefilling feeds
 the next chunk of its prompt, within the step's token budget, next to the decoding rows (chunked prefill); a
-waiting sequence is admitted into a free slot while the budget lasts. Without a budget whole prompts are fed.
+waiting sequence is admitted into a free slot while the budget lasts. Without a budget whole prompts are fed. With
+speculative decoding a decoding sequence also feeds its draft (1 + len(draft) tokens, verified in the same step).
 
 >>> from hyperdecode.engine.sampling import SamplingParams
 >>> s = Scheduler(max_batch=2, max_seq=64, max_num_batched_tokens=8)
@@ -58,14 +59,17 @@ class Scheduler:
         self.waiting.append(seq)
 
     def schedule(self) -> StepPlan:
-        """This step's plan: decoding rows one token each, then prompt chunks in admission order."""
+        """This step's plan: decoding rows (one token each, plus their drafts), then prompt chunks in admission
+        order."""
         budget = self.max_num_batched_tokens
         left = float("inf") if budget is None else budget
         plan: StepPlan = []
-        for seq in self.running:
-            if not seq.prefilling:
-                plan.append((seq, 1))
-                left -= 1
+        decoding = [seq for seq in self.running if not seq.prefilling]
+        left -= len(decoding)  # every decoding row feeds its newest token; drafts get what the budget leaves
+        for seq in decoding:
+            extra = int(min(len(seq.draft), max(left, 0)))
+            plan.append((seq, 1 + extra))
+            left -= extra
         for seq in self.running:
             if seq.prefilling and left > 0:
                 n = int(min(seq.remaining, left))

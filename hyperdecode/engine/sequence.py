@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from .sampling import SamplingParams
+from .speculative import SpecStats
 
 __all__ = ["Sequence", "Status"]
 
@@ -32,6 +34,12 @@ class Sequence:
     finish_reason: str | None = None
     generator: torch.Generator | None = None
     error: str | None = None  # why it failed, when finish_reason is "error"
+    # speculative decoding: the draft the next step verifies after the newest token, its distribution q [len, V]
+    # (None: deterministic), the drafter's own state, and the counts the request reports
+    draft: list[int] = field(default_factory=list)
+    draft_probs: torch.Tensor | None = None
+    spec_state: Any = None
+    spec: SpecStats | None = None
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_ids)
@@ -56,6 +64,14 @@ class Sequence:
     def remaining(self) -> int:
         """Tokens not yet in the cache (the rest of the prompt, or 1 while decoding)."""
         return self.num_tokens - self.num_computed
+
+    def feed(self, n: int) -> list[int]:
+        """The n tokens the next step feeds from `num_computed` on: prompt tokens, or the newest token and then the
+        draft."""
+        start = self.num_computed
+        if start + n <= self.num_tokens:
+            return self.token_ids[start:start + n]
+        return (self.token_ids[start:] + self.draft)[:n]
 
     @property
     def done(self) -> bool:

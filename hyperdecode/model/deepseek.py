@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .deepseek_config import DeepseekConfig
-from .layers import MLP, CausalLM, Linear, RMSNorm, fuse, rope, rope_tables, to_in_out
+from .layers import MLP, CausalLM, LayerCache, Linear, RMSNorm, fuse, rope, rope_tables, to_in_out
 from .static import is_static
 from .step import Step
 
@@ -246,21 +246,56 @@ class DeepseekForCausalLM(CausalLM):
     def logits(self, hidden: Tensor) -> Tensor:
         return (hidden @ self.lm_head).float()
 
+    def setup_caches(self, max_batch: int, max_seq: int) -> None:
+        """The main layers' caches and, with an MTP layer, its own (latent, roped key, indexer key; kept out of
+        `cache_tensors`, which are the main model's)."""
+        super().setup_caches(max_batch, max_seq)
+        m = self.mtp
+        if m is not None and (m.self_attn.cache is None or m.self_attn.cache.lat.shape[:2] != (self.max_batch,
+                                                                                               self.max_seq)):
+            shapes = {"lat": (self.cfg.kv_lora_rank,), "pe": (self.cfg.qk_rope_head_dim,)}
+            if m.self_attn.indexer is not None:
+                shapes["ik"] = (self.cfg.index_head_dim,)
+            m.self_attn.cache = LayerCache(self.max_batch, self.max_seq, shapes, self.embed_tokens.weight.dtype,
+                                           self.device)
+
+    def keep_cache(self, row: int, n: int, end: int | None = None) -> None:
+        super().keep_cache(row, n, end)
+        if self.mtp is not None and self.mtp.self_attn.cache is not None:
+            for t in self.mtp.self_attn.cache.tensors():
+                t[row, n:end] = 0
+
+    def mtp_forward(self, hidden: Tensor, next_tokens: Tensor, pos: Tensor, slots: Tensor | None = None,
+                    use_cache: bool = False) -> Tensor:
+        """The MTP layer over [B, S] positions (padded with pos = -1 like `forward`): hidden [B, S, hidden] is the
+        main model's final-norm hidden state at `pos` (or, chained, the MTP layer's own output), next_tokens the
+        token after each position. Returns the layer's output [B, S, hidden] before `shared_head.norm`; with
+        `use_cache` it reads and writes the MTP layer's own cache rows `slots`."""
+        m = self.mtp
+        if m is None:
+            raise ValueError("this checkpoint has no MTP layer weights")
+        step = Step(self, next_tokens, pos, slots, use_cache)
+        flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+        if step.order is not None:
+            flat_hidden = flat_hidden[step.order]
+        emb = (m.embed_tokens or self.embed_tokens)(step.tokens).masked_fill((step.pos == 0)[..., None], 0.0)
+        x = m.eh_proj(torch.cat((m.enorm(emb), m.hnorm(flat_hidden.to(emb.dtype))), dim=-1))
+        cos, sin = rope_tables(step.pos, self.inv_freq, x.dtype, self.rope_factor)
+        x, _ = m(x, cos, sin, step, [group.causal() for group in step.groups], [None] * len(step.groups))
+        return step.unpack(x)
+
+    def mtp_head(self, x: Tensor) -> Tensor:
+        """Draft logits (float32) of MTP-layer outputs x [..., hidden]."""
+        m = self.mtp
+        h = m.shared_head.norm(x)
+        return self.logits(h) if m.shared_head.head is None else m.shared_head.head(h).float()
+
     def mtp_logits(self, hidden: Tensor, next_tokens: Tensor, pos: Tensor) -> Tensor:
         """Draft logits [B, S, vocab] of the MTP layer over a whole sequence (no cache).
 
         hidden: the main model's final-norm hidden states at `pos`; next_tokens: the token after each position.
         """
-        m = self.mtp
-        if m is None:
-            raise ValueError("this checkpoint has no MTP layer weights")
-        step = Step(self, next_tokens, pos, None, use_cache=False)
-        emb = (m.embed_tokens or self.embed_tokens)(step.tokens).masked_fill((step.pos == 0)[..., None], 0.0)
-        x = m.eh_proj(torch.cat((m.enorm(emb), m.hnorm(hidden.reshape(emb.shape))), dim=-1))
-        cos, sin = rope_tables(step.pos, self.inv_freq, x.dtype, self.rope_factor)
-        x, _ = m(x, cos, sin, step, [group.causal() for group in step.groups], [None])
-        h = step.unpack(m.shared_head.norm(x))
-        return self.logits(h) if m.shared_head.head is None else m.shared_head.head(h).float()
+        return self.mtp_head(self.mtp_forward(hidden, next_tokens, pos))
 
     def from_hf(self, sd: dict[str, Tensor]) -> dict[str, Tensor]:
         """HF-named tensors (checked against `hf_shapes`) -> this module's state dict."""

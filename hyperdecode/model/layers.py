@@ -148,10 +148,11 @@ class CausalLM(nn.Module):
                 out[f"{i}.{name}"] = t
         return out
 
-    def keep_cache(self, row: int, n: int) -> None:
-        """Rollback: row `row` keeps its first n positions; the rest are cleared as in a fresh cache."""
+    def keep_cache(self, row: int, n: int, end: int | None = None) -> None:
+        """Rollback: row `row` keeps its first n positions; positions n:end (None: all the rest) are cleared as in a
+        fresh cache (a verify step passes the end of what it wrote, so only the rejected positions are touched)."""
         for t in self.cache_tensors().values():
-            t[row, n:] = 0
+            t[row, n:end] = 0
 
     def copy_cache(self, src: int, dst: int, n: int) -> None:
         """Prefix reuse: row `dst` becomes row `src`'s first n positions (the rest of `dst` cleared)."""

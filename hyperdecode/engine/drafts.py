@@ -1,0 +1,148 @@
+"""Draft sources for speculative decoding. Each drafter fills `seq.draft` (and `seq.draft_probs`, the draft's
+distribution q, for a model drafter that samples) for the decoding sequences the engine core hands it.
+
+- `NgramDrafter` (prompt lookup): the longest n-gram (prompt_lookup_max down to prompt_lookup_min) ending the
+  sequence that also occurs earlier in its prompt + output; the draft is what followed its latest occurrence.
+- `SuffixDrafter` (suffix decoding, as Arctic Inference's): every earlier occurrence of the longest suffix of the
+  sequence, in its own tokens and, optionally, in earlier requests' outputs; the draft walks their continuations,
+  each token the most frequent next token among the occurrences still agreeing, stopping when that token's share
+  falls below `MIN_SHARE`.
+
+Both are deterministic (q = one-hot) and work for every family. The MTP drafter is mtp.py.
+
+>>> from hyperdecode.engine.sampling import SamplingParams
+>>> seq = Sequence([1, 2, 3, 4, 9, 1, 2, 3], SamplingParams())
+>>> NgramDrafter(3, 1, 3).propose([seq], [3]); seq.draft
+[4, 9, 1]
+"""
+from __future__ import annotations
+
+import collections
+
+from .sequence import Sequence
+
+__all__ = ["TokenIndex", "NgramDrafter", "SuffixDrafter", "longest_match"]
+
+MAX_OCCURRENCES = 64  # the latest occurrences of a suffix a drafter looks at (bounds its work per step)
+MIN_SHARE = 0.1  # the suffix walk stops when the best next token has less than this share of the occurrences
+SUFFIX_MAX_MATCH = 32  # longest suffix the suffix drafter matches
+
+
+class TokenIndex:
+    """Where each token occurs in one growing token list (append-only)."""
+
+    def __init__(self, tokens: list[int] | None = None):
+        self.tokens: list[int] = []
+        self.where: dict[int, list[int]] = collections.defaultdict(list)
+        self.extend(tokens or [])
+
+    def extend(self, tokens: list[int]) -> None:
+        for token in tokens:
+            self.where[token].append(len(self.tokens))
+            self.tokens.append(token)
+
+    def follow(self, token_ids: list[int]) -> None:
+        """Catches up with a list this index mirrors (which only grows while its sequence runs)."""
+        self.extend(token_ids[len(self.tokens):])
+
+
+def longest_match(index: TokenIndex, tail: list[int], max_len: int) -> tuple[int, list[int]]:
+    """The longest suffix of `tail` (at most `max_len` tokens) that occurs in `index` followed by at least one
+    token: (its length, the end positions of its latest occurrences, newest first); (0, []) when none."""
+    if not tail:
+        return 0, []
+    n = len(index.tokens)
+    ends = [e for e in reversed(index.where.get(tail[-1], ())) if e + 1 < n][:MAX_OCCURRENCES]
+    if not ends:
+        return 0, []
+    length = 1
+    while length < min(max_len, len(tail)):
+        longer = [e for e in ends if e - length >= 0 and index.tokens[e - length] == tail[-1 - length]]
+        if not longer:
+            break
+        ends = longer
+        length += 1
+    return length, ends
+
+
+def _own_index(seq: Sequence) -> TokenIndex:
+    if seq.spec_state is None:
+        seq.spec_state = TokenIndex()
+    seq.spec_state.follow(seq.token_ids)
+    return seq.spec_state
+
+
+class NgramDrafter:
+    needs_hidden = False
+
+    def __init__(self, k: int, prompt_lookup_min: int = 1, prompt_lookup_max: int = 4):
+        self.k = k
+        self.min_n = prompt_lookup_min
+        self.max_n = prompt_lookup_max
+
+    def propose(self, seqs: list[Sequence], limits: list[int]) -> None:
+        """Sets each sequence's draft (at most its limit tokens; [] when no n-gram of its tail recurs)."""
+        for seq, limit in zip(seqs, limits):
+            index = _own_index(seq)
+            length, ends = longest_match(index, seq.token_ids, self.max_n)
+            seq.draft_probs = None
+            if length < self.min_n or limit <= 0:
+                seq.draft = []
+                continue
+            start = ends[0] + 1
+            seq.draft = index.tokens[start:start + min(self.k, limit)]
+
+    def retire(self, seq: Sequence) -> None:
+        seq.spec_state = None
+
+
+class SuffixDrafter:
+    needs_hidden = False
+
+    def __init__(self, k: int, max_cached_requests: int = 0):
+        self.k = k
+        self.max_cached = max_cached_requests
+        self.earlier: collections.deque[TokenIndex] = collections.deque()  # earlier requests' outputs, oldest first
+
+    def propose(self, seqs: list[Sequence], limits: list[int]) -> None:
+        for seq, limit in zip(seqs, limits):
+            seq.draft_probs = None
+            seq.draft = self._walk(_own_index(seq), seq.token_ids, min(self.k, limit)) if limit > 0 else []
+
+    def _walk(self, own: TokenIndex, tail: list[int], k: int) -> list[int]:
+        best, found = 0, []
+        for index in [own, *reversed(self.earlier)]:
+            length, ends = longest_match(index, tail, SUFFIX_MAX_MATCH)
+            if length > best:
+                best, found = length, [(index, e) for e in ends]
+            elif length == best and length:
+                found += [(index, e) for e in ends]
+        draft = []
+        live = found[:MAX_OCCURRENCES]
+        while live and len(draft) < k:
+            depth = len(draft) + 1
+            counts: collections.Counter[int] = collections.Counter()
+            first: dict[int, int] = {}
+            for i, (index, e) in enumerate(live):
+                if e + depth < len(index.tokens):
+                    token = index.tokens[e + depth]
+                    counts[token] += 1
+                    first.setdefault(token, i)
+            if not counts:
+                break
+            token = max(counts, key=lambda t: (counts[t], -first[t]))  # ties: the newest occurrence's
+            if counts[token] < MIN_SHARE * len(live):
+                break
+            draft.append(token)
+            live = [(index, e) for index, e in live if e + depth < len(index.tokens) and index.tokens[e + depth] == token]
+        return draft
+
+    def retire(self, seq: Sequence) -> None:
+        """A finished sequence's output joins the earlier outputs (the oldest leave beyond the limit); once."""
+        if seq.spec_state is None:
+            return
+        seq.spec_state = None
+        if self.max_cached and seq.output_ids:
+            self.earlier.append(TokenIndex(seq.output_ids))
+            while len(self.earlier) > self.max_cached:
+                self.earlier.popleft()

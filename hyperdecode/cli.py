@@ -6,6 +6,7 @@ import sys
 from typing import Any, NoReturn
 
 from .engine.llm import BACKENDS
+from .engine.speculative import parse_speculative
 from .flags import check_at_least, check_positive, flag
 
 __all__ = ["main"]
@@ -31,6 +32,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    p.add_argument("--speculative", default=None, metavar="METHOD:K",
+                   help="speculative decoding, K draft tokens verified per step: mtp:K (GLM-5 / DeepSeek checkpoints "
+                        "with an MTP layer), ngram:K (prompt lookup), suffix:K (suffix decoding); or vLLM's JSON "
+                        "config. Greedy output is unchanged; sampled output keeps the model's distribution")
 
 
 def add_backend_arg(p: argparse.ArgumentParser) -> None:
@@ -48,13 +53,17 @@ def check_engine_args(args: argparse.Namespace) -> None:
     """generate / chat: the sampling, --device and --backend flags, checked before the model loads (seconds)."""
     from .engine.llm import check_backend
     from .engine.sampling import SamplingParams
-    from .errors import RequestError
+    from .errors import ConfigError, RequestError
     from .model.loader import resolve_device
     try:
         SamplingParams(**sampling(args))
     except RequestError as e:
         raise RequestError(flag_message(str(e), e.param), param=e.param) from None
     check_backend(args.backend, resolve_device(args.device, name="--device"), name="--backend")
+    try:
+        parse_speculative(args.speculative)
+    except ConfigError as e:
+        raise ConfigError(f"--speculative: {e}") from None
 
 
 def load_llm(args: argparse.Namespace) -> Any:
@@ -117,6 +126,10 @@ def build_parser() -> Parser:
     v.add_argument("--max-num-batched-tokens", type=int, default=None,
                    help="tokens one step may feed (decode rows + prompt chunks): longer prompts are prefilled in "
                         "chunks next to the decoding requests (chunked prefill; default: whole prompts)")
+    v.add_argument("--speculative-config", default=None,
+                   help='speculative decoding as vLLM takes it: a JSON object, e.g. \'{"method": "ngram", '
+                        '"num_speculative_tokens": 4}\' (methods: mtp, ngram, suffix; suffix also takes '
+                        '"suffix_decoding_max_cached_requests"), or METHOD:K')
     add_backend_arg(v)
     v.add_argument("--device", default="auto")
     v.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -150,10 +163,15 @@ def print_stats(g: Any) -> None:
     print(f"[hyperdecode] prompt {s.prompt_tokens} tok, output {s.output_tokens} tok ({g.finish_reason}), "
           f"TTFT {s.ttft_s * 1e3:.1f} ms, TPOT {s.tpot_s * 1e3:.1f} ms, {s.tokens_per_s:.1f} tok/s",
           file=sys.stderr)
+    if s.speculative is not None:
+        spec = s.speculative
+        rates = ", ".join(f"{n / spec.num_drafts:.2f}" for n in spec.accepted_per_pos) if spec.num_drafts else "-"
+        print(f"[hyperdecode] speculative: mean accepted length {spec.mean_accepted_length:.2f} over "
+              f"{spec.num_drafts} drafts, acceptance by position {rates}", file=sys.stderr)
 
 
-def stream_to_stdout(llm: Any, prompt: Any, params: dict[str, Any]) -> Any:
-    pieces = llm.stream(prompt, **params)
+def stream_to_stdout(llm: Any, prompt: Any, params: dict[str, Any], speculative: str | None = None) -> Any:
+    pieces = llm.stream(prompt, speculative=speculative, **params)
     try:
         for piece in pieces:
             sys.stdout.write(piece)
@@ -167,7 +185,7 @@ def stream_to_stdout(llm: Any, prompt: Any, params: dict[str, Any]) -> Any:
 def cmd_generate(args: argparse.Namespace) -> None:
     check_engine_args(args)
     llm = load_llm(args)
-    print_stats(stream_to_stdout(llm, args.prompt, sampling(args)))
+    print_stats(stream_to_stdout(llm, args.prompt, sampling(args), args.speculative))
 
 
 def chat_turn(llm: Any, messages: list[dict[str, str]], args: argparse.Namespace) -> Any | None:
@@ -175,7 +193,7 @@ def chat_turn(llm: Any, messages: list[dict[str, str]], args: argparse.Namespace
     conversation outgrew the context)."""
     from .errors import RequestError
     try:
-        return stream_to_stdout(llm, llm.chat_prompt(messages), sampling(args))
+        return stream_to_stdout(llm, llm.chat_prompt(messages), sampling(args), args.speculative)
     except KeyboardInterrupt:
         sys.stdout.write("\n")
         sys.stdout.flush()
@@ -265,7 +283,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
                           dtype=args.dtype, backend=args.backend, api_key=args.api_key, max_batch=args.max_batch,
                           max_queue=args.max_queue, max_model_len=args.max_model_len,
                           request_timeout=args.request_timeout, max_num_batched_tokens=args.max_num_batched_tokens,
-                          max_request_bytes=args.max_request_bytes)
+                          max_request_bytes=args.max_request_bytes,
+                          speculative_config=parse_speculative(args.speculative_config))
     logging.basicConfig(level=logging.INFO, format="hyperdecode: %(levelname)s %(name)s: %(message)s")
     failures: list[str] = []
     servers: list[uvicorn.Server] = []

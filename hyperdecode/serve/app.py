@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..engine.llm import LLM
-from ..engine.output import OutputStream
+from ..engine.output import Generation, OutputStream
 from ..engine.request import lone_surrogate
 from ..engine.sampling import SamplingParams
 from ..engine.sequence import Sequence
@@ -59,6 +59,7 @@ class ServerConfig:
     stall_timeout: float = 120.0  # /health fails when the engine thread has not beaten for this long
     max_num_batched_tokens: int | None = None  # chunked prefill: tokens per step (None: whole prompts)
     max_request_bytes: int | None = None  # None: 1 MiB + 64 B per token of max_model_len
+    speculative_config: str | dict | None = None  # vLLM's --speculative-config (e.g. {"method": "ngram", ...})
 
     @property
     def name(self) -> str:
@@ -94,6 +95,7 @@ class State:
 
     def _start(self, llm: LLM) -> None:
         c = self.config
+        llm.core.speculate(c.speculative_config)
         self.engine = Engine(llm, c.max_batch, c.max_queue, c.max_model_len, Metrics(c.name))
 
     def ready_engine(self) -> Engine:
@@ -282,8 +284,8 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
         if kind != "done":
             raise payload
         return JSONResponse(completion_body(g.kind, rid, config.name, payload.text, payload.finish_reason,
-                                            payload.stats.prompt_tokens, payload.stats.output_tokens),
-                            headers=headers)
+                                            payload.stats.prompt_tokens, payload.stats.output_tokens,
+                                            spec_usage(payload)), headers=headers)
 
     async def sse(engine: Engine, req: Request, g: GenerateRequest, rid: str) -> AsyncIterator[str]:
         created, first, n = int(time.time()), True, len(req.seq.prompt_ids)
@@ -298,7 +300,7 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
                 elif kind == "done":
                     yield event(chunk(g.kind, rid, config.name, created, "", payload.finish_reason, first))
                     if g.include_usage:
-                        u = usage(payload.stats.prompt_tokens, payload.stats.output_tokens)
+                        u = usage(payload.stats.prompt_tokens, payload.stats.output_tokens, spec_usage(payload))
                         yield event(chunk(g.kind, rid, config.name, created, None, None, False, u))
                     yield "data: [DONE]\n\n"
                     return
@@ -311,6 +313,12 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
 
     app.include_router(v1)
     return app
+
+
+def spec_usage(result: Generation) -> dict | None:
+    """The request's speculative-decoding counts for its usage object (None when speculation is off)."""
+    spec = result.stats.speculative
+    return None if spec is None else spec.as_dict()
 
 
 def make_sequence(engine: Engine, g: GenerateRequest) -> tuple[Sequence, OutputStream]:

@@ -46,6 +46,7 @@ class Request:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     last_token_at: float = 0.0
+    tokens_seen: int = 0  # output tokens already delivered
     probe: bool = False  # readiness probes: the spare slot, kept out of the metrics
 
     def emit(self, kind: str, payload: Any) -> None:
@@ -227,11 +228,14 @@ class Engine:
         if req.stream.stop_at is not None:
             self.core.finish(seq, "stop", num_output=req.stream.stop_at)
         now = time.perf_counter()
+        new_tokens = max(seq.num_output - req.tokens_seen, 1)  # a verify step may yield several
+        req.tokens_seen = seq.num_output
         if not req.probe:
             if req.last_token_at == 0.0:
                 self.metrics.ttft.observe(now - req.stream.start)
-            else:
-                self.metrics.itl.observe(now - req.last_token_at)
+            else:  # a step's tokens share its interval evenly (vLLM counts speculative tokens the same way)
+                for _ in range(new_tokens):
+                    self.metrics.itl.observe((now - req.last_token_at) / new_tokens)
         req.last_token_at = now
         if piece:
             req.emit("text", piece)
@@ -253,6 +257,8 @@ class Engine:
             self.metrics.finished(reason)
             self.metrics.generation_tokens.inc(seq.num_output)
             self.metrics.e2e.observe(result.stats.e2e_s)
+            if result.stats.speculative is not None:
+                self.metrics.speculated(result.stats.speculative)
             if result.stats.output_tokens > 1:
                 self.metrics.tpot.observe(result.stats.tpot_s)
         if error:

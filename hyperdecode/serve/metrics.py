@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from ..engine.speculative import SpecStats
+
 __all__ = ["Metrics", "ITL_BUCKETS", "TTFT_BUCKETS"]
 
 # At 400 tok/s a token is 2.5 ms: vLLM's default ITL buckets start at 10 ms, ours at 0.1 ms.
@@ -36,9 +38,27 @@ class Metrics:
                                      registry=r).labels(model_name)
         self.generation_tokens = Counter("vllm:generation_tokens", "Generated tokens", label,
                                          registry=r).labels(model_name)
+        # speculative decoding (vLLM's names): verified drafts, their tokens, the accepted ones, and by position
+        self.spec_drafts = Counter("vllm:spec_decode_num_drafts", "Verified drafts (rows with draft tokens)", label,
+                                   registry=r).labels(model_name)
+        self.spec_draft_tokens = Counter("vllm:spec_decode_num_draft_tokens", "Draft tokens verified", label,
+                                         registry=r).labels(model_name)
+        self.spec_accepted_tokens = Counter("vllm:spec_decode_num_accepted_tokens", "Draft tokens accepted", label,
+                                            registry=r).labels(model_name)
+        self._spec_per_pos = Counter("vllm:spec_decode_num_accepted_tokens_per_pos",
+                                     "Draft tokens accepted, by position in the draft", label + ["position"],
+                                     registry=r)
         self._success = Counter("vllm:request_success", "Finished requests by reason", label + ["finished_reason"],
                                 registry=r)
         self.model_name = model_name
 
     def finished(self, reason: str) -> None:
         self._success.labels(self.model_name, reason).inc()
+
+    def speculated(self, spec: SpecStats) -> None:
+        """A finished request's draft counts."""
+        self.spec_drafts.inc(spec.num_drafts)
+        self.spec_draft_tokens.inc(spec.num_draft_tokens)
+        self.spec_accepted_tokens.inc(spec.num_accepted_tokens)
+        for position, n in enumerate(spec.accepted_per_pos):
+            self._spec_per_pos.labels(self.model_name, str(position)).inc(n)

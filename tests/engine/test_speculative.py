@@ -228,3 +228,37 @@ def test_mtp_needs_an_mtp_layer():
     with pytest.raises(ConfigError, match="MTP layer"):
         llm.generate("hi", max_tokens=2, speculative="mtp:2")
     assert llm.generate("hi", max_tokens=2).finish_reason in ("length", "stop")  # nothing was left behind
+
+
+def test_mtp_drafts_equal_the_uncached_mtp_layer():
+    """Oracle: the MTP layer over the whole sequence without a cache (`mtp_logits`). The first draft reads the main
+    model's hidden states and the true next tokens; the second, chained, its own output and the first draft."""
+    llm = hd.LLM("tiny-glm5", device="cpu", seed=0)
+    prompt = list(range(30, 50)) + [31, 32]  # longer than index_topk = 16
+    llm.generate(prompt, max_tokens=6, ignore_eos=True, speculative="mtp:2")
+    drafter = llm.core.drafter
+    seen = []
+    original = drafter.propose
+
+    def propose(seqs, limits):
+        original(seqs, limits)
+        seen.append((list(seqs[0].token_ids), list(seqs[0].draft), drafter.last[seqs[0]].clone()))
+    drafter.propose = propose
+    llm.generate(prompt, max_tokens=6, ignore_eos=True, speculative="mtp:2")
+    m = llm.model
+    seen = [entry for entry in seen if entry[1]]  # the last steps have no room left for a draft
+    assert len(seen) >= 2  # after the prefill, and after at least one verify step (the catch-up over its positions)
+    with torch.inference_mode():
+        for tokens, draft, x_last in seen:
+            n = len(tokens) - 1
+            ids = torch.tensor([tokens[:n]])
+            pos = torch.arange(n)[None]
+            hidden = m(ids, pos, use_cache=False)
+            first = m.mtp_logits(hidden, torch.tensor([tokens[1:]]), pos)[0, -1]
+            assert draft[0] == int(first.argmax())
+        tokens, draft, x_last = seen[0]
+        n = len(tokens) - 1
+        hidden = m(torch.tensor([tokens[:n]]), torch.arange(n)[None], use_cache=False)
+        chained_hidden = torch.cat([hidden, x_last[None, None]], dim=1)
+        chained = m.mtp_logits(chained_hidden, torch.tensor([tokens[1:] + [draft[0]]]), torch.arange(n + 1)[None])
+        assert draft[1] == int(chained[0, -1].argmax())

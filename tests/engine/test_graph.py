@@ -33,7 +33,7 @@ def test_static_step_generates_like_reference(name):
     expected = generate(ReferenceRunner(llm.model), prompts, lengths)
     runner = GraphRunner(llm.model, capture=False)
     assert generate(runner, prompts, lengths) == expected
-    assert sorted(runner.steps) == [1, 2, 4, 5]  # batch 3 ran padded to 4, its extra row on the spare cache row
+    assert sorted(runner.steps) == [(1, 1), (2, 1), (4, 1), (5, 1)]  # batch 3 ran padded to 4, on the spare row
     assert llm.model.max_batch == 6 and runner.spare == 5
 
 
@@ -51,3 +51,28 @@ def test_static_moe_equals_the_expert_loop():
 def test_graph_backend_needs_cuda():
     with pytest.raises(hd.ConfigError, match="backend 'graph' captures CUDA graphs and needs a CUDA device"):
         hd.LLM("tiny-llama", device="cpu", backend="graph")
+
+
+@pytest.mark.parametrize("name, spec", [("tiny-llama", "ngram:3"), ("tiny-glm5", "mtp:2"), ("tiny-dsv32", "ngram:4")])
+def test_static_verify_step_decodes_like_plain_greedy(name, spec):
+    """Speculative decoding on the static step: verify rows of 1 + k tokens (shorter rows padded at the spare
+    position) replay the (bucket, 1 + k) step; greedy output equals the plain reference's."""
+    from hyperdecode.engine.speculative import parse_speculative
+    llm = hd.LLM(name, device="cpu", seed=6)
+    g = torch.Generator().manual_seed(1)
+    prompts = [(torch.randint(0, 40, (n,), generator=g).tolist() * 3)[:3 * n] for n in (6, 2, 7)]
+    params = dict(max_tokens=14, ignore_eos=True)
+    expected = [x.token_ids for x in llm.generate_batch(prompts, **params)]
+    runner = GraphRunner(llm.model, capture=False)
+    core = EngineCore(runner)
+    core.reserve(3, 256)
+    core.speculate(spec)
+    seqs = [Sequence(p, SamplingParams(**params)) for p in prompts]
+    for s in seqs:
+        core.add(s)
+    while core.has_unfinished:
+        core.step()
+    assert [s.output_ids for s in seqs] == expected
+    width = 1 + parse_speculative(spec).num_speculative_tokens
+    assert any(w == width for _, w in runner.steps)  # verification ran in the static step
+    assert sum(s.spec.num_accepted_tokens for s in seqs) > 0 or spec.startswith("mtp")

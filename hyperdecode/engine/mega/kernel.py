@@ -79,7 +79,8 @@ def constexprs(prog: Program, block: int = 64, tile: int | None = None, k_block:
     out = dict(B=prog.batch, ROWS=rows, MAX_SEQ=prog.max_seq, BLOCK=block, TILE=tile, GEMV_K=gemv_k,
                GEMV_K8=min(gemv_k, 128), GEMV_K32=elementwise_k, EXPERT_K=expert_k, EXPERT_K8=min(expert_k, 128),
                MLA=prog.family == "mla", N_HEAD=d.n_head, HIDDEN=d.hidden, STAGES=stages, WIDTH=WIDTH,
-               MAX_SPIN=max_spin, PREFETCH=prefetch, LINE=128 // prog.W.element_size(), ASM=asm)
+               MAX_SPIN=max_spin, PREFETCH=prefetch, LINE=128 // prog.W.element_size(), ASM=asm,
+               QUERIES=prog.queries)
     unused = dict.fromkeys(("N_KV", "HEAD_DIM", "KV_SPLIT", "SPLITS", "SPLITS_P", "NOPE", "ROPE", "KV_LORA", "V_HEAD",
                             "INDEX_DIM", "INDEX_HEADS", "INDEX_HEADS_P", "INDEX_TOPK", "EXPERTS", "EXPERTS_P", "TOP_K",
                             "TOP_K_P", "MOE_INTER", "N_GROUP", "N_GROUP_P", "TOPK_GROUP", "NORM_TOPK",

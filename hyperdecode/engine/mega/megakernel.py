@@ -41,7 +41,7 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, W8, A, C, tok, pos, 
                MOE_INTER: tl.constexpr, N_GROUP: tl.constexpr, N_GROUP_P: tl.constexpr, TOPK_GROUP: tl.constexpr,
                NORM_TOPK: tl.constexpr, ROPE_INTERLEAVE: tl.constexpr, INDEX_INTERLEAVE: tl.constexpr,
                LATENT_BLOCK: tl.constexpr, POS_BLOCK: tl.constexpr, WIDTH: tl.constexpr, PREFETCH: tl.constexpr,
-               LINE: tl.constexpr, ASM: tl.constexpr):
+               LINE: tl.constexpr, ASM: tl.constexpr, QUERIES: tl.constexpr):
     pid = tl.program_id(0)
     ready_c = tl.full((), -1, tl.int64)  # the last counter this worker saw reach ready_t
     ready_t = tl.full((), 0, tl.int64)
@@ -129,17 +129,17 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, W8, A, C, tok, pos, 
                         ops.norm_rows(W, A, a0, a1, a2, a3, a4, a5, slice_eps, B, BLOCK)
                     elif op == OP_ROPE_MLA:
                         ops_mla.rope_mla(W32, A, C, pos, inv_freq, rope_factor, a0, a1, a2, a3, a4, a5, N_HEAD, NOPE,
-                                         ROPE, KV_LORA, MAX_SEQ, ROPE_INTERLEAVE, BLOCK)
+                                         ROPE, KV_LORA, MAX_SEQ, ROPE_INTERLEAVE, BLOCK, QUERIES)
                     elif op == OP_INDEX_KEY:
                         ops_mla.index_key(W32, A, C, pos, inv_freq, rope_factor, a0, a1, a2, INDEX_DIM, ROPE,
-                                          MAX_SEQ, INDEX_INTERLEAVE)
+                                          MAX_SEQ, INDEX_INTERLEAVE, QUERIES)
                     elif op == OP_INDEX_TOPK:
                         ops_mla.index_topk(W32, A, C, pos, inv_freq, rope_factor, a0, a1, a2, a3, a4, INDEX_HEADS,
                                            INDEX_HEADS_P, INDEX_DIM, ROPE, INDEX_TOPK, MAX_SEQ, INDEX_INTERLEAVE,
-                                           POS_BLOCK, BLOCK)
+                                           POS_BLOCK, BLOCK, QUERIES)
                     elif op == OP_MLA_ATTN:
                         ops_mla.mla_attn(A, C, pos, softmax_scale, a0, a1, a2, a3, a4, a5, a6, a7, N_HEAD, NOPE,
-                                         ROPE, KV_LORA, MAX_SEQ, LATENT_BLOCK)
+                                         ROPE, KV_LORA, MAX_SEQ, LATENT_BLOCK, QUERIES)
                     elif op == OP_ROUTE:
                         ops_mla.route(W32, A, a0, a1, a2, a3, routed_scale, EXPERTS, EXPERTS_P, TOP_K, TOP_K_P,
                                       N_GROUP, N_GROUP_P, TOPK_GROUP, NORM_TOPK)
@@ -160,7 +160,7 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, W8, A, C, tok, pos, 
                 else:
                     if op == OP_ATTN:
                         ops.attn(W, W32, A, C, pos, inv_freq, eps, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, N_HEAD,
-                                 N_KV, HEAD_DIM, MAX_SEQ, KV_SPLIT, SPLITS, BLOCK)
+                                 N_KV, HEAD_DIM, MAX_SEQ, KV_SPLIT, SPLITS, BLOCK, QUERIES)
                     elif op == OP_ATTN_MERGE:
                         ops.attn_merge(A, a0, a1, a2, N_HEAD, HEAD_DIM, SPLITS, SPLITS_P)
             tl.debug_barrier()  # every thread's writes are done before the release

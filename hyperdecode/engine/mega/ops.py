@@ -187,11 +187,23 @@ def rope_head(ptr, norm, W, c, s, eps, HD: tl.constexpr):
 @triton.jit
 def attn(W, W32, A, C, pos, inv_freq, eps, qkv, out, row, kv_head, c_k, c_v, q_norm, k_norm, split, part,
          NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, MAX_SEQ: tl.constexpr, KV_SPLIT: tl.constexpr,
-         SPLITS: tl.constexpr, BLOCK: tl.constexpr):
-    """One (row, kv head, split): its query heads and key RMSNormed (when q_norm / k_norm >= 0) and roped in
-    registers (A[qkv] is only read: every split of the head reads it); the split that holds the row's position
-    appends k and v to the cache ([batch, max_seq, kv_heads, head_dim]); then online-softmax attention of the query
-    heads over the split's positions <= pos, into A[out] (part < 0) or as a partial (acc, max, sum) into A[part]."""
+         SPLITS: tl.constexpr, BLOCK: tl.constexpr, QUERIES: tl.constexpr):
+    """One (cache row, kv head, split), for each of the row's QUERIES tokens in order (activation row
+    row * QUERIES + t): its query heads and key RMSNormed (when q_norm / k_norm >= 0) and roped in registers (A[qkv]
+    is only read: every split of the head reads it); the split that holds the token's position appends k and v to
+    the cache ([rows, max_seq, kv_heads, head_dim]); then online-softmax attention of the query heads over the
+    split's positions <= pos, into A[out] (part < 0) or as a partial (acc, max, sum) into A[part]. Token t's append
+    comes before token t + 1's attention, so a verified draft is causal inside itself."""
+    for t in range(QUERIES):
+        attn_query(W, W32, A, C, pos, inv_freq, eps, qkv, out, row, row * QUERIES + t, kv_head, c_k, c_v, q_norm,
+                   k_norm, split, part, NH, NKV, HD, MAX_SEQ, KV_SPLIT, SPLITS, BLOCK)
+
+
+@triton.jit
+def attn_query(W, W32, A, C, pos, inv_freq, eps, qkv, out, crow, row, kv_head, c_k, c_v, q_norm, k_norm, split, part,
+               NH: tl.constexpr, NKV: tl.constexpr, HD: tl.constexpr, MAX_SEQ: tl.constexpr, KV_SPLIT: tl.constexpr,
+               SPLITS: tl.constexpr, BLOCK: tl.constexpr):
+    """`attn` for one token: activation row `row` of cache row `crow`."""
     d = tl.arange(0, HD)
     half = tl.arange(0, HD // 2)
     p = tl.load(pos + row)
@@ -199,8 +211,8 @@ def attn(W, W32, A, C, pos, inv_freq, eps, qkv, out, row, kv_head, c_k, c_v, q_n
     c = tl.cos(ang)
     s = tl.sin(ang)
     base = A + qkv + row * (NH + 2 * NKV) * HD
-    kbase = C + c_k + row * MAX_SEQ * NKV * HD + kv_head * HD  # position p at kbase + p * NKV * HD
-    vbase = C + c_v + row * MAX_SEQ * NKV * HD + kv_head * HD
+    kbase = C + c_k + crow * MAX_SEQ * NKV * HD + kv_head * HD  # position p at kbase + p * NKV * HD
+    vbase = C + c_v + crow * MAX_SEQ * NKV * HD + kv_head * HD
     lo = split * KV_SPLIT
     hi = tl.minimum(lo + KV_SPLIT, p + 1)
     if (lo <= p) & (p < lo + KV_SPLIT):
@@ -208,7 +220,7 @@ def attn(W, W32, A, C, pos, inv_freq, eps, qkv, out, row, kv_head, c_k, c_v, q_n
         tl.store(kbase + p * NKV * HD + half, k1)
         tl.store(kbase + p * NKV * HD + HD // 2 + half, k2)
         tl.store(vbase + p * NKV * HD + d, tl.load(base + (NH + NKV + kv_head) * HD + d))
-        tl.debug_barrier()  # the new key and value are read below by other threads of this program
+    tl.debug_barrier()  # the new key and value are read below (and by the row's next token) by other threads
     GROUP: tl.constexpr = NH // NKV
     for j in tl.static_range(GROUP):
         h = kv_head * GROUP + j

@@ -39,27 +39,28 @@ def rope_in_place(ptr, p, W32, inv_freq, factor, R: tl.constexpr, INTERLEAVED: t
 
 @triton.jit
 def rope_mla(W32, A, C, pos, inv_freq, factor, q, kva, lat, row, c_lat, c_pe, NH: tl.constexpr, NOPE: tl.constexpr,
-             R: tl.constexpr, L: tl.constexpr, MAX_SEQ: tl.constexpr, INTERLEAVED: tl.constexpr, BLOCK: tl.constexpr):
+             R: tl.constexpr, L: tl.constexpr, MAX_SEQ: tl.constexpr, INTERLEAVED: tl.constexpr, BLOCK: tl.constexpr,
+             QUERIES: tl.constexpr):
     p = tl.load(pos + row)
     for h in range(NH):
         rope_in_place(A + q + (row * NH + h) * (NOPE + R) + NOPE, p, W32, inv_freq, factor, R, INTERLEAVED)
     y1, y2 = rope_halves(A + kva + row * (L + R) + L, p, W32, inv_freq, factor, R, INTERLEAVED)
     j = tl.arange(0, R // 2)
-    dst = C + c_pe + (row * MAX_SEQ + p) * R
+    dst = C + c_pe + (row // QUERIES * MAX_SEQ + p) * R
     tl.store(dst + j, y1)
     tl.store(dst + R // 2 + j, y2)
     for k0 in range(0, L, BLOCK):
         o = k0 + tl.arange(0, BLOCK)
         m = o < L
-        tl.store(C + c_lat + (row * MAX_SEQ + p) * L + o, tl.load(A + lat + row * L + o, mask=m), mask=m)
+        tl.store(C + c_lat + (row // QUERIES * MAX_SEQ + p) * L + o, tl.load(A + lat + row * L + o, mask=m), mask=m)
 
 
 @triton.jit
 def index_key(W32, A, C, pos, inv_freq, factor, ik, row, c_ik, D: tl.constexpr, R: tl.constexpr,
-              MAX_SEQ: tl.constexpr, INTERLEAVED: tl.constexpr):
+              MAX_SEQ: tl.constexpr, INTERLEAVED: tl.constexpr, QUERIES: tl.constexpr):
     p = tl.load(pos + row)
     src = A + ik + row * D
-    dst = C + c_ik + (row * MAX_SEQ + p) * D
+    dst = C + c_ik + (row // QUERIES * MAX_SEQ + p) * D
     y1, y2 = rope_halves(src, p, W32, inv_freq, factor, R, INTERLEAVED)
     j = tl.arange(0, R // 2)
     tl.store(dst + j, y1)
@@ -71,7 +72,7 @@ def index_key(W32, A, C, pos, inv_freq, factor, ik, row, c_ik, D: tl.constexpr, 
 @triton.jit
 def index_topk(W32, A, C, pos, inv_freq, factor, iq, iw, sel, row, c_ik, HI: tl.constexpr, HI_P: tl.constexpr,
                D: tl.constexpr, R: tl.constexpr, TOPK: tl.constexpr, MAX_SEQ: tl.constexpr,
-               INTERLEAVED: tl.constexpr, PB: tl.constexpr, BLOCK: tl.constexpr):
+               INTERLEAVED: tl.constexpr, PB: tl.constexpr, BLOCK: tl.constexpr, QUERIES: tl.constexpr):
     """A[sel][row] = 1 at the TOPK highest indexer scores (exact: a threshold found by bisection on the scores'
     order keys, ties at the threshold taken in position order), else 0. The scores are staged in A[sel] itself."""
     p = tl.load(pos + row)
@@ -89,7 +90,7 @@ def index_topk(W32, A, C, pos, inv_freq, factor, iq, iw, sel, row, c_ik, HI: tl.
         d = tl.arange(0, D)
         q = tl.load(qb + hs[:, None] * D + d[None, :], mask=hs[:, None] < HI, other=0.0)
         w = tl.load(A + iw + row * HI + hs, mask=hs < HI, other=0.0) / tl.sqrt(HI * 1.0)
-        keys = C + c_ik + row * MAX_SEQ * D
+        keys = C + c_ik + row // QUERIES * MAX_SEQ * D
         for p0 in range(0, n, PB):
             ps = p0 + tl.arange(0, PB)
             k = tl.load(keys + ps[:, None] * D + d[None, :], mask=(ps < n)[:, None], other=0.0)
@@ -127,7 +128,7 @@ def index_topk(W32, A, C, pos, inv_freq, factor, iq, iw, sel, row, c_ik, HI: tl.
 
 @triton.jit
 def mla_attn(A, C, pos, scale, q, qlat, olat, sel, row, head, c_lat, c_pe, NH: tl.constexpr, NOPE: tl.constexpr,
-             R: tl.constexpr, L: tl.constexpr, MAX_SEQ: tl.constexpr, LB: tl.constexpr):
+             R: tl.constexpr, L: tl.constexpr, MAX_SEQ: tl.constexpr, LB: tl.constexpr, QUERIES: tl.constexpr):
     """Absorbed MLA of one (row, head): its q_lat (W_UK's product, from MLA_UK) against the latents plus q_pe against
     the roped keys, online softmax over the positions A[sel] keeps (all when sel < 0) -> the latent mix A[olat]
     (MLA_UV applies W_UV)."""
@@ -143,8 +144,10 @@ def mla_attn(A, C, pos, scale, q, qlat, olat, sel, row, head, c_lat, c_pe, NH: t
         ps = p0 + tl.arange(0, LB)
         pm = ps < n
         keep = tl.load(A + sel + row * MAX_SEQ + ps, mask=pm & (sel >= 0), other=1.0) != 0.0
-        lat = tl.load(C + c_lat + (row * MAX_SEQ + ps[:, None]) * L + lidx[None, :], mask=pm[:, None], other=0.0)
-        pe = tl.load(C + c_pe + (row * MAX_SEQ + ps[:, None]) * R + rr[None, :], mask=pm[:, None], other=0.0)
+        lat = tl.load(C + c_lat + (row // QUERIES * MAX_SEQ + ps[:, None]) * L + lidx[None, :], mask=pm[:, None],
+                      other=0.0)
+        pe = tl.load(C + c_pe + (row // QUERIES * MAX_SEQ + ps[:, None]) * R + rr[None, :], mask=pm[:, None],
+                     other=0.0)
         s = (tl.sum(lat * q_lat[None, :], axis=1) + tl.sum(pe * q_pe[None, :], axis=1)) * scale
         s = tl.where(pm & keep, s, float("-inf"))
         m_i, l_i, acc = softmax_update(m_i, l_i, acc, s, lat)

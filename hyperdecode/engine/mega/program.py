@@ -85,6 +85,12 @@ class Program:
     dims: LlamaDims | MlaDims
     cache: dict[str, tuple[int, tuple[int, ...]]]  # cache tensors by name: (arena offset, shape)
     scales: dict[str, float] = field(default_factory=dict)  # MLA family: softmax, rope factor, routed scaling
+    queries: int = 1  # query tokens per cache row: 1 for decode, 1 + k to verify k draft tokens (`batch` rows =
+    #                   cache rows x queries; activation row r is token r % queries of cache row r // queries)
+
+    @property
+    def cache_rows(self) -> int:
+        return self.batch // self.queries
 
     @property
     def family(self) -> str:
@@ -109,10 +115,14 @@ class Program:
 class Builder:
     """Collects the weights into arenas, the cache layout, and the instructions into a chain of stages."""
 
-    def __init__(self, dtype: torch.dtype, tile: int, batch: int, max_seq: int, fp8: bool = False):
+    def __init__(self, dtype: torch.dtype, tile: int, batch: int, max_seq: int, fp8: bool = False,
+                 queries: int = 1):
+        """batch: cache rows (sequences); queries: tokens each feeds per step (activation rows: batch x queries)."""
         self.dtype = dtype
         self.tile = tile
-        self.batch = batch
+        self.queries = queries
+        self.cache_rows = batch
+        self.batch = batch * queries
         self.max_seq = max_seq
         self.fp8 = fp8
         self.pieces: dict[str, list[Tensor]] = {"W": [], "W32": [], "W8": []}
@@ -173,8 +183,8 @@ class Builder:
             self.a_size = self.buf[name] + self.batch * width
 
     def cache_tensor(self, name: str, shape: tuple[int, ...]) -> int:
-        """Places a [batch, max_seq, *shape] cache tensor in the cache arena; returns its offset."""
-        full = (self.batch, self.max_seq, *shape)
+        """Places a [cache rows, max_seq, *shape] cache tensor in the cache arena; returns its offset."""
+        full = (self.cache_rows, self.max_seq, *shape)
         self.cache[name] = (self.c_size, full)
         self.c_size += math.prod(full)
         return self.cache[name][0]
@@ -250,7 +260,7 @@ class Builder:
         W, W32, W8 = self.arenas()
         return Program(instrs=self.instrs, W=W, W32=W32, W8=W8, a_size=self.a_size, c_size=self.c_size, buf=self.buf,
                        batch=self.batch, max_seq=self.max_seq, num_counters=self.counters, eps=eps, dims=dims,
-                       cache=self.cache, scales=scales or {})
+                       cache=self.cache, scales=scales or {}, queries=self.queries)
 
 
 def check_program(prog: Program, workers: int) -> list[list[int]]:

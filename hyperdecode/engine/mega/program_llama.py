@@ -48,9 +48,11 @@ def _by_kv_head(tiles: list[tuple[Op, dict]], n_head: int, n_kv: int, head_dim: 
 
 
 def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64, fp8: bool = False,
-                    kv_split: int | None = None) -> Program:
+                    kv_split: int | None = None, queries: int = 1) -> Program:
     """The decode step for `batch` rows of `max_seq` positions; `fp8`: projections as block-FP8 (the LM head stays
-    in the model's dtype); `kv_split`: positions per attention instruction (None: the whole context)."""
+    in the model's dtype); `kv_split`: positions per attention instruction (None: the whole context); `queries`:
+    tokens per row (verification: each attention instruction appends and attends its row's tokens in order, so
+    token j sees the tokens before it)."""
     why = unsupported(model)
     if why:
         raise ConfigError(f"the mega compiler cannot compile this model: {why}")
@@ -60,7 +62,7 @@ def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64, 
     inter, vocab, layers = cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
     kv_split = min(kv_split or max_seq, max_seq)
     splits = -(-max_seq // kv_split)
-    b = Builder(model.embed_tokens.weight.dtype, tile, batch, max_seq, fp8=fp8)
+    b = Builder(model.embed_tokens.weight.dtype, tile, batch, max_seq, fp8=fp8, queries=queries)
     b.put("embed", model.embed_tokens.weight)
     for i, layer in enumerate(model.layers):
         attn = layer.self_attn
@@ -97,7 +99,7 @@ def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64, 
                                         q_norm=q_norm, k_norm=k_norm, split=s, part=part), waits[g])
                          for row in range(batch) for g in range(n_kv) for s in range(splits)])
         if splits > 1:
-            b.stage([(Op.ATTN_MERGE, dict(part=part, out=b.buf["att"], row=row)) for row in range(batch)])
+            b.stage([(Op.ATTN_MERGE, dict(part=part, out=b.buf["att"], row=row)) for row in range(b.batch)])
         b.stage(b.gemv("att", n_head * head_dim, f"{i}.wo", "x", hidden, accumulate=True))
         b.stage(b.mlp_up(str(i), hidden, inter, norm=f"{i}.post_norm"))
         b.stage(b.mlp_down(str(i), hidden, inter))

@@ -70,9 +70,11 @@ def _weights(b: Builder, model: nn.Module) -> None:
 
 
 def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64, fp8: bool = False,
-                    kv_split: int | None = None) -> Program:
+                    kv_split: int | None = None, queries: int = 1) -> Program:
     """The decode step for `batch` rows of `max_seq` positions; `fp8`: projections and experts as block-FP8;
-    `kv_split` is taken for the family interface (MLA attention runs one instruction per (row, head))."""
+    `kv_split` is taken for the family interface (MLA attention runs one instruction per (row, head)); `queries`:
+    tokens per row (verification: every token's latent, roped key and indexer key are appended a stage before any
+    token's top-k and attention read them, so token j sees the tokens before it)."""
     why = unsupported(model)
     if why:
         raise ConfigError(f"the mega compiler cannot compile this model: {why}")
@@ -82,7 +84,8 @@ def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64, 
     index_dim, index_heads = c.index_head_dim, c.index_n_heads
     experts, top_k, moe_inter = c.n_routed_experts, c.num_experts_per_tok, c.moe_intermediate_size
     q_lora = c.q_lora_rank
-    b = Builder(model.embed_tokens.weight.dtype, tile, batch, max_seq, fp8=fp8)
+    b = Builder(model.embed_tokens.weight.dtype, tile, batch, max_seq, fp8=fp8, queries=queries)
+    batch = b.batch  # from here on, rows are the activation rows: one per query token
     _weights(b, model)
     inter_dense = max(c.intermediate_size, moe_inter * c.n_shared_experts)
     b.buffers({"x": hidden, "qa": q_lora or 1, "qlat": q_lora or 1, "q": heads * qk, "kva": kv_lora + rope,

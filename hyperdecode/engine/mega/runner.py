@@ -1,6 +1,8 @@
 """`backend="mega"`: S = 1 steps (decode rows, one-token prompt chunks) run in the megakernel over the compiled
 program's arenas (one program for all cache slots; rows not in the step run at a spare position and are ignored);
-longer chunks run on the reference model. The two caches are kept consistent lazily, per row: before a row runs
+with speculative decoding, steps of up to 1 + k tokens per row run in a second program compiled for 1 + k query
+tokens per row (verification in one launch; it shares the weights and the cache arena); longer chunks run on the
+reference model. The two caches are kept consistent lazily, per row: before a row runs
 on one side, the positions the other side wrote since are copied over."""
 from __future__ import annotations
 
@@ -35,19 +37,20 @@ def unsupported(model: nn.Module) -> str | None:
 
 
 def compile_model(model: nn.Module, batch: int, max_seq: int, tile: int | None = None, fp8: bool = False,
-                  kv_split: int | None = None) -> Program:
+                  kv_split: int | None = None, queries: int = 1) -> Program:
     """The decode-step program of any family (wide tiles under the interpreter, 16 output rows on a GPU); `fp8`:
-    block-FP8 projections and experts; `kv_split`: positions per attention instruction (Llama family)."""
+    block-FP8 projections and experts; `kv_split`: positions per attention instruction (Llama family); `queries`:
+    tokens per row and step (1 + k verifies k draft tokens)."""
     why = unsupported(model)
     if why:
         raise ConfigError(f"backend 'mega' cannot compile this model: {why}; use backend='reference' or 'graph'")
     tile = tile or (256 if interpreted() else 16)
     return family_of(model.cfg).mega_compiler().compile_program(model, batch, max_seq, tile=tile, fp8=fp8,
-                                                                kv_split=kv_split)
+                                                                kv_split=kv_split, queries=queries)
 
 
 class MegaRunner(ReferenceRunner):
-    FAST_SHAPES = "[B, 1]"
+    FAST_SHAPES = "[B, 1] and [B, <= verify_width]"
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
@@ -91,13 +94,36 @@ class MegaRunner(ReferenceRunner):
             self.C = torch.zeros(self.prog.c_size, device=self.device)
             pinned = self.device.type == "cuda"
             self.err_host = torch.zeros(1, dtype=torch.int32, pin_memory=pinned)
+            self.verify_progs: dict[int, tuple[Program, Launch, Tensor]] = {}  # by query tokens per row
         # per row, how many leading positions each cache holds that the other may lack
         self.arena_valid = [0] * self.prog.batch
         self.reference_valid = [0] * self.prog.batch
 
+    def verify_program(self, queries: int) -> tuple[Program, Launch, Tensor]:
+        """The program for `queries` tokens per row (compiled on first use), its launch and activation arena. Its
+        weights are the decode program's (the same layout) and its cache arena is `C`."""
+        if queries not in self.verify_progs:
+            prog = compile_model(self.model, self.prog.batch, self.prog.max_seq, tile=self.tile, fp8=self.fp8,
+                                 kv_split=self.kv_split, queries=queries)
+            if prog.cache != self.prog.cache or prog.W.numel() != self.prog.W.numel():
+                raise RuntimeError("the verify program's cache or weight layout differs from the decode program's")
+            prog.W, prog.W32, prog.W8 = self.prog.W, self.prog.W32, self.prog.W8
+            launch = Launch(prog, self.device, **self.launch)
+            self.verify_progs[queries] = (prog, launch, torch.zeros(prog.a_size, device=self.device))
+        return self.verify_progs[queries]
+
     def forward(self, tokens: Tensor, pos: Tensor, slots: Tensor | None, want: Tensor) -> Tensor:
         rows = list(range(tokens.shape[0])) if slots is None else slots.tolist()
         starts = pos[:, 0].tolist()
+        S = tokens.shape[1]
+        if 1 < S <= self.verify_width:
+            for row, start in zip(rows, starts):
+                self._sync(row, start, to_arena=True)
+            logits = self.verify(tokens, pos, rows)
+            for row, start, n in zip(rows, starts, (pos >= 0).sum(1).tolist()):
+                self.arena_valid[row] = start + n
+                self.reference_valid[row] = min(self.reference_valid[row], start)
+            return logits[want]
         if tokens.shape[1] != 1:
             for row, start in zip(rows, starts):
                 self._sync(row, start, to_arena=False)
@@ -113,6 +139,13 @@ class MegaRunner(ReferenceRunner):
             self.arena_valid[row] = start + 1
             self.reference_valid[row] = min(self.reference_valid[row], start)
         return logits[want[:, 0]]
+
+    def rollback(self, row: int, keep: int, end: int) -> None:
+        super().rollback(row, keep, end)
+        for view in self.prog.cache_views(self.C).values():
+            view[row, keep:end] = 0
+        self.arena_valid[row] = min(self.arena_valid[row], keep)
+        self.reference_valid[row] = min(self.reference_valid[row], keep)
 
     def _sync(self, row: int, upto: int, to_arena: bool) -> None:
         """Makes positions < upto of `row` current on the side about to run."""
@@ -132,9 +165,40 @@ class MegaRunner(ReferenceRunner):
         all_pos[index] = pos[:, 0]
         self.step.run(self.A, self.C, all_tokens, all_pos)
         logits = self.prog.logits(self.A)[index].clone()
-        self.err_host.copy_(self.step.err, non_blocking=True)
-        self.pending = True
+        if self.keep_hidden:
+            self.hidden = self._hidden(self.prog, self.A)[index][:, None]
+        self._after(self.step)
         return logits
+
+    def verify(self, tokens: Tensor, pos: Tensor, rows: list[int]) -> Tensor:
+        """One launch of the verify program for tokens, pos [B, S <= verify_width] (pos -1: padding) in cache rows
+        `rows` -> logits [B, S, vocab]. Padding and rows not in the step run at the spare position."""
+        prog, launch, A = self.verify_program(self.verify_width)
+        Q, S = prog.queries, tokens.shape[1]
+        spare = prog.max_seq - 1
+        index = torch.tensor(rows, device=tokens.device)
+        all_tokens = torch.zeros(prog.cache_rows, Q, dtype=torch.long, device=tokens.device)
+        all_pos = torch.full((prog.cache_rows, Q), spare, dtype=torch.long, device=tokens.device)
+        all_tokens[index, :S] = tokens
+        all_pos[index, :S] = pos.masked_fill(pos < 0, spare)
+        launch.run(A, self.C, all_tokens.view(-1), all_pos.view(-1))
+        logits = prog.logits(A).view(prog.cache_rows, Q, -1)[index, :S].clone()
+        if self.keep_hidden:
+            self.hidden = self._hidden(prog, A).view(prog.cache_rows, Q, -1)[index, :S]
+        self._after(launch)
+        return logits
+
+    def _hidden(self, prog: Program, A: Tensor) -> Tensor:
+        """The final-norm hidden states of every activation row: the residual stream the LM head reads, normed."""
+        start, width = prog.buf["x"], prog.dims.hidden
+        x = A[start:start + prog.batch * width].view(prog.batch, width)
+        return self.model.norm(x.to(self.model.norm.weight.dtype))
+
+    def _after(self, launch: Launch) -> None:
+        """The step's error word is copied to the host behind the logits, not waited for: `confirm` reads it."""
+        self.err_host.copy_(launch.err, non_blocking=True)
+        self.last_launch = launch
+        self.pending = True
 
     def confirm(self) -> None:
         """Raises MegakernelTimeout if the last step's dependency waits ran out (read after the logits reached the
@@ -144,7 +208,7 @@ class MegaRunner(ReferenceRunner):
         self.pending = False
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # done already once the logits are on the host
-        error = self.step.failure(int(self.err_host[0]))
+        error = self.last_launch.failure(int(self.err_host[0]))
         if error is not None:
-            self.step.err.zero_()
+            self.last_launch.err.zero_()
             raise error

@@ -27,7 +27,7 @@ def copy_cache_rows(prog: Program, C: Tensor, model: nn.Module, row: int | None 
     `C` (both hold the same tensors by name, [batch, max_seq, ...]): into the arena, or back when `to_arena` is
     False."""
     views = prog.cache_views(C)
-    rows = slice(None, prog.batch) if row is None else slice(row, row + 1)
+    rows = slice(None, prog.cache_rows) if row is None else slice(row, row + 1)
     end = prog.max_seq if end is None else end
     for name, ref in model.cache_tensors().items():
         arena = views[name]
@@ -54,9 +54,13 @@ class VM:
         return self.A[off:off + self.prog.batch * width].view(self.prog.batch, width)
 
     def cached(self, off: int, *shape: int) -> Tensor:
-        """A [batch, max_seq, *shape] cache tensor at cache-arena offset `off`."""
-        size = self.prog.batch * self.prog.max_seq * math.prod(shape)
-        return self.C[off:off + size].view(self.prog.batch, self.prog.max_seq, *shape)
+        """A [cache rows, max_seq, *shape] cache tensor at cache-arena offset `off`."""
+        size = self.prog.cache_rows * self.prog.max_seq * math.prod(shape)
+        return self.C[off:off + size].view(self.prog.cache_rows, self.prog.max_seq, *shape)
+
+    def _crow(self, row: int) -> int:
+        """The cache row of activation row `row`."""
+        return row // self.prog.queries
 
     def load_cache(self, model: nn.Module) -> None:
         copy_cache_rows(self.prog, self.C, model)
@@ -124,6 +128,13 @@ class VM:
 
     def attn(self, qkv: int, out: int, row: int, kv_head: int, c_k: int, c_v: int, q_norm: int, k_norm: int,
              split: int, part: int) -> None:
+        """One cache row's tokens in order: each appends its key and value, then attends (causal in the row)."""
+        q_per_row = self.prog.queries
+        for t in range(q_per_row):
+            self._attn_query(qkv, out, row, row * q_per_row + t, kv_head, c_k, c_v, q_norm, k_norm, split, part)
+
+    def _attn_query(self, qkv: int, out: int, crow: int, row: int, kv_head: int, c_k: int, c_v: int, q_norm: int,
+                    k_norm: int, split: int, part: int) -> None:
         d = self.prog.dims
         hd, nh, nkv = d.head_dim, d.n_head, d.n_kv
         group = nh // nkv
@@ -142,21 +153,21 @@ class VM:
         values = self.cached(c_v, nkv, hd)
         lo, hi = split * d.kv_split, min((split + 1) * d.kv_split, p + 1)
         if lo <= p < hi:  # the split that holds the new position appends it
-            keys[row, p, kv_head] = k_new[0]
-            values[row, p, kv_head] = heads[nh + nkv + kv_head]
+            keys[crow, p, kv_head] = k_new[0]
+            values[crow, p, kv_head] = heads[nh + nkv + kv_head]
         heads_out = slice(kv_head * group, (kv_head + 1) * group)
         if part < 0:
-            attn = torch.softmax(q @ keys[row, :p + 1, kv_head].T / hd ** 0.5, dim=-1)
-            self.rows(out, nh * hd)[row].view(nh, hd)[heads_out] = attn @ values[row, :p + 1, kv_head]
+            attn = torch.softmax(q @ keys[crow, :p + 1, kv_head].T / hd ** 0.5, dim=-1)
+            self.rows(out, nh * hd)[row].view(nh, hd)[heads_out] = attn @ values[crow, :p + 1, kv_head]
             return
         partial = self.rows(part, d.splits * nh * (hd + 2))[row].view(d.splits, nh, hd + 2)[split, heads_out]
         if hi <= lo:  # nothing of this row's context is in this split
             partial[:, :hd], partial[:, hd], partial[:, hd + 1] = 0.0, float("-inf"), 0.0
             return
-        scores = q @ keys[row, lo:hi, kv_head].T / hd ** 0.5
+        scores = q @ keys[crow, lo:hi, kv_head].T / hd ** 0.5
         m = scores.max(-1).values
         e = torch.exp(scores - m[:, None])
-        partial[:, :hd] = e @ values[row, lo:hi, kv_head]
+        partial[:, :hd] = e @ values[crow, lo:hi, kv_head]
         partial[:, hd] = m
         partial[:, hd + 1] = e.sum(-1)
 
@@ -202,15 +213,15 @@ class VM:
         p = int(self.pos[row])
         qh = self.rows(q, h * (nope + r))[row].view(h, nope + r)
         qh[:, nope:] = self._rope(qh[:, nope:].clone(), p, d.rope_interleave)
-        self.cached(c_lat, lora)[row, p] = self.rows(lat, lora)[row]
-        self.cached(c_pe, r)[row, p] = self._rope(self.rows(kva, lora + r)[row, lora:].clone(), p, d.rope_interleave)
+        self.cached(c_lat, lora)[self._crow(row), p] = self.rows(lat, lora)[row]
+        self.cached(c_pe, r)[self._crow(row), p] = self._rope(self.rows(kva, lora + r)[row, lora:].clone(), p, d.rope_interleave)
 
     def index_key(self, ik: int, row: int, c_ik: int) -> None:
         d = self.prog.dims
         p = int(self.pos[row])
         k = self.rows(ik, d.index_dim)[row].clone()
         k[:d.rope] = self._rope(k[:d.rope].clone(), p, d.index_interleave)
-        self.cached(c_ik, d.index_dim)[row, p] = k
+        self.cached(c_ik, d.index_dim)[self._crow(row), p] = k
 
     def index_topk(self, iq: int, iw: int, sel: int, row: int, c_ik: int) -> None:
         d = self.prog.dims
@@ -224,7 +235,7 @@ class VM:
             return
         q = self.rows(iq, Hi * D)[row].view(Hi, D)
         q[:, :r] = self._rope(q[:, :r].clone(), p, d.index_interleave)  # in place, as the kernel
-        keys = self.cached(c_ik, D)[row, :p + 1]
+        keys = self.cached(c_ik, D)[self._crow(row), :p + 1]
         scores = torch.relu(q @ keys.T * D ** -0.5)
         index = (self.rows(iw, Hi)[row] * Hi ** -0.5) @ scores
         mask[torch.sort(index, descending=True, stable=True).indices[:k]] = 1.0
@@ -242,8 +253,8 @@ class VM:
         p = int(self.pos[row])
         q_lat = self.rows(qlat, h * lora)[row].view(h, lora)[head]
         q_pe = self.rows(q, h * (nope + r))[row].view(h, nope + r)[head, nope:]
-        lat = self.cached(c_lat, lora)[row, :p + 1]
-        pe = self.cached(c_pe, r)[row, :p + 1]
+        lat = self.cached(c_lat, lora)[self._crow(row), :p + 1]
+        pe = self.cached(c_pe, r)[self._crow(row), :p + 1]
         scores = (q_lat @ lat.T + q_pe @ pe.T) * self.prog.scales["softmax"]
         if sel >= 0:
             scores = scores.masked_fill(self.rows(sel, self.prog.max_seq)[row, :p + 1] == 0, float("-inf"))

@@ -223,6 +223,7 @@ def make_drafter(config: SpeculativeConfig, model):
     if config.method == "ngram":
         return NgramDrafter(k, config.prompt_lookup_min, config.prompt_lookup_max)
     if config.method == "suffix":
-        return SuffixDrafter(k, config.suffix_decoding_max_cached_requests)
+        return SuffixDrafter(k, config.suffix_decoding_max_cached_requests, config.suffix_decoding_max_spec_factor,
+                             config.suffix_decoding_min_token_prob, config.suffix_decoding_max_tree_depth)
     from .mtp import MtpDrafter
     return MtpDrafter(model, k)

@@ -4,15 +4,16 @@ distribution q, for a model drafter that samples) for the decoding sequences the
 - `NgramDrafter` (prompt lookup): the longest n-gram (prompt_lookup_max down to prompt_lookup_min) ending the
   sequence that also occurs earlier in its prompt + output; the draft is what followed its latest occurrence.
 - `SuffixDrafter` (suffix decoding, as Arctic Inference's): every earlier occurrence of the longest suffix of the
-  sequence, in its own tokens and, optionally, in earlier requests' outputs; the draft walks their continuations,
-  each token the most frequent next token among the occurrences still agreeing, stopping when that token's share
-  falls below `MIN_SHARE`.
+  sequence (up to `max_tree_depth` tokens), in its own tokens and, optionally, in earlier requests' outputs; the
+  draft walks their continuations, each token the most frequent next token among the occurrences still agreeing,
+  stopping when that token's share falls below `min_token_prob`, and is at most `max_spec_factor` times the matched
+  length (a one-token match drafts one token: short matches are mostly chance).
 
 Both are deterministic (q = one-hot) and work for every family. The MTP drafter is mtp.py.
 
 >>> from hyperdecode.engine.sampling import SamplingParams
 >>> seq = Sequence([1, 2, 3, 4, 9, 1, 2, 3], SamplingParams())
->>> NgramDrafter(3, 1, 3).propose([seq], [3]); seq.draft
+>>> NgramDrafter(3).propose([seq], [3]); seq.draft
 [4, 9, 1]
 """
 from __future__ import annotations
@@ -24,8 +25,6 @@ from .sequence import Sequence
 __all__ = ["TokenIndex", "NgramDrafter", "SuffixDrafter", "longest_match"]
 
 MAX_OCCURRENCES = 64  # the latest occurrences of a suffix a drafter looks at (bounds its work per step)
-MIN_SHARE = 0.1  # the suffix walk stops when the best next token has less than this share of the occurrences
-SUFFIX_MAX_MATCH = 32  # longest suffix the suffix drafter matches
 
 
 class TokenIndex:
@@ -75,7 +74,7 @@ def _own_index(seq: Sequence) -> TokenIndex:
 class NgramDrafter:
     needs_hidden = False
 
-    def __init__(self, k: int, prompt_lookup_min: int = 1, prompt_lookup_max: int = 4):
+    def __init__(self, k: int, prompt_lookup_min: int = 3, prompt_lookup_max: int = 4):
         self.k = k
         self.min_n = prompt_lookup_min
         self.max_n = prompt_lookup_max
@@ -99,9 +98,13 @@ class NgramDrafter:
 class SuffixDrafter:
     needs_hidden = False
 
-    def __init__(self, k: int, max_cached_requests: int = 0):
+    def __init__(self, k: int, max_cached_requests: int = 0, max_spec_factor: float = 1.0,
+                 min_token_prob: float = 0.1, max_tree_depth: int = 24):
         self.k = k
         self.max_cached = max_cached_requests
+        self.spec_factor = max_spec_factor
+        self.min_share = min_token_prob
+        self.max_depth = max_tree_depth
         self.earlier: collections.deque[TokenIndex] = collections.deque()  # earlier requests' outputs, oldest first
 
     def propose(self, seqs: list[Sequence], limits: list[int]) -> None:
@@ -112,12 +115,13 @@ class SuffixDrafter:
     def _walk(self, own: TokenIndex, tail: list[int], k: int) -> list[int]:
         best, found = 0, []
         for index in [own, *reversed(self.earlier)]:
-            length, ends = longest_match(index, tail, SUFFIX_MAX_MATCH)
+            length, ends = longest_match(index, tail, self.max_depth)
             if length > best:
                 best, found = length, [(index, e) for e in ends]
             elif length == best and length:
                 found += [(index, e) for e in ends]
         draft = []
+        k = min(k, int(self.spec_factor * best))
         live = found[:MAX_OCCURRENCES]
         while live and len(draft) < k:
             depth = len(draft) + 1
@@ -131,7 +135,7 @@ class SuffixDrafter:
             if not counts:
                 break
             token = max(counts, key=lambda t: (counts[t], -first[t]))  # ties: the newest occurrence's
-            if counts[token] < MIN_SHARE * len(live):
+            if counts[token] < self.min_share * len(live):
                 break
             draft.append(token)
             live = [(index, e) for index, e in live if e + depth < len(index.tokens) and index.tokens[e + depth] == token]

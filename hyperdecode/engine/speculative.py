@@ -9,8 +9,9 @@ draws from the normalised residual max(p - q, 0), so every token has the model's
 drafts (n-gram, suffix) have q = one-hot.
 
 >>> parse_speculative("ngram:4")
-SpeculativeConfig(method='ngram', num_speculative_tokens=4, prompt_lookup_min=1, prompt_lookup_max=4, \
-suffix_decoding_max_cached_requests=0)
+SpeculativeConfig(method='ngram', num_speculative_tokens=4, prompt_lookup_min=3, prompt_lookup_max=4, \
+suffix_decoding_max_cached_requests=0, suffix_decoding_max_spec_factor=1.0, suffix_decoding_min_token_prob=0.1, \
+suffix_decoding_max_tree_depth=24)
 >>> parse_speculative({"method": "mtp", "num_speculative_tokens": 3}).num_speculative_tokens
 3
 """
@@ -35,23 +36,33 @@ MAX_SPECULATIVE_TOKENS = 16
 @dataclass(frozen=True)
 class SpeculativeConfig:
     """vLLM's `--speculative-config` fields: `method`, `num_speculative_tokens` (k), n-gram's
-    `prompt_lookup_min/max` (the n-gram lengths matched), suffix's `suffix_decoding_max_cached_requests` (how many
-    earlier requests' outputs the suffix drafter also searches; 0: the sequence's own tokens only)."""
+    `prompt_lookup_min/max` (the n-gram lengths matched), suffix decoding's `max_cached_requests` (how many earlier
+    requests' outputs it also searches; 0: the sequence's own tokens only), `max_spec_factor` (a draft is at most
+    this times the matched suffix's length), `min_token_prob` (a draft stops at a token fewer than this share of the
+    matches continue with) and `max_tree_depth` (the longest suffix matched)."""
     method: str
     num_speculative_tokens: int
-    prompt_lookup_min: int = 1
+    prompt_lookup_min: int = 3  # shorter matches are mostly chance: on the CPU they cost more than they win
     prompt_lookup_max: int = 4
     suffix_decoding_max_cached_requests: int = 0
+    suffix_decoding_max_spec_factor: float = 1.0
+    suffix_decoding_min_token_prob: float = 0.1
+    suffix_decoding_max_tree_depth: int = 24
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"speculative method '{self.method}' is not available (available: {', '.join(METHODS)})")
         checks = [("num_speculative_tokens", 1, MAX_SPECULATIVE_TOKENS), ("prompt_lookup_min", 1, 64),
-                  ("prompt_lookup_max", self.prompt_lookup_min, 64), ("suffix_decoding_max_cached_requests", 0, 10 ** 6)]
+                  ("prompt_lookup_max", self.prompt_lookup_min, 64), ("suffix_decoding_max_cached_requests", 0, 10 ** 6),
+                  ("suffix_decoding_max_tree_depth", 1, 1024)]
         for name, low, high in checks:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
                 raise ConfigError(f"speculative '{name}' must be an integer in [{low}, {high}], got {value!r}")
+        for name, low, high in (("suffix_decoding_max_spec_factor", 0.0, 64.0), ("suffix_decoding_min_token_prob", 0.0, 1.0)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high):
+                raise ConfigError(f"speculative '{name}' must be a number in [{low}, {high}], got {value!r}")
 
 
 def parse_speculative(spec: str | dict | SpeculativeConfig | None) -> SpeculativeConfig | None:
@@ -68,7 +79,7 @@ def parse_speculative(spec: str | dict | SpeculativeConfig | None) -> Speculativ
         if not k.isdigit():
             raise ConfigError(f"speculative '{spec}' must be METHOD:K with K the number of draft tokens "
                               f"(e.g. ngram:4; methods: {', '.join(METHODS)})")
-        return SpeculativeConfig(method, int(k), prompt_lookup_max=max(1, min(int(k), 4)))
+        return SpeculativeConfig(method, int(k))
     if not isinstance(spec, dict):
         raise ConfigError(f"speculative config must be a string or an object, got {type(spec).__name__}")
     known = {f.name for f in fields(SpeculativeConfig)}

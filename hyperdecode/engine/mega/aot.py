@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--bodies", action="store_true", help="compile the GEMV and expert bodies alone and report "
                     "their load widths instead")
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--queries", type=int, default=1, help="tokens per row: 1 + k compiles the program that verifies "
+                                                           "k draft tokens")
     ap.add_argument("--max-seq", type=int, default=256)
     ap.add_argument("--kv-split", type=int, default=None, help="positions per attention instruction (Llama family)")
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90 = Hopper)")
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = preset_config(a.model)
     with torch.device("meta"):
         model = family_of(cfg).model(cfg).to(torch.bfloat16)
-    prog = compile_model(model, a.batch, a.max_seq, tile=a.tile, fp8=a.fp8, kv_split=a.kv_split)
+    prog = compile_model(model, a.batch, a.max_seq, tile=a.tile, fp8=a.fp8, kv_split=a.kv_split, queries=a.queries)
     megakernel = load_kernel()
     consts = constexprs(prog, 64, tile=a.tile, k_block=a.k_block, budget=REGISTER_BUDGET, stages=a.stages,
                         prefetch=a.prefetch)
@@ -190,9 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
     ints = dict(n_instr=n, n_rounds=-(-n // workers), n_workers=workers, inv_freq=prog.dims.inv_freq)
     t = time.perf_counter()
     compiled, log = compile_kernel(megakernel, SIGNATURE, consts, ints, a.arch,
-                                  a.num_warps or default_warps(a.batch), cooperative=True)
-    report = dict(model=a.model, batch=a.batch, arch=a.arch, prefetch=a.prefetch, fp8=a.fp8,
-                  num_warps=a.num_warps or default_warps(a.batch), instructions=n,
+                                  a.num_warps or default_warps(prog.batch), cooperative=True)
+    report = dict(model=a.model, batch=a.batch, queries=a.queries, arch=a.arch, prefetch=a.prefetch, fp8=a.fp8,
+                  num_warps=a.num_warps or default_warps(prog.batch), instructions=n,
                   stages=prog.num_counters, table_bytes=encode(prog).numel() * 8,
                   compile_s=round(time.perf_counter() - t, 2), shared_bytes=compiled.metadata.shared,
                   ptx_lines=compiled.asm["ptx"].count("\n"), **resources(log))

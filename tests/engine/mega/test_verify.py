@@ -73,7 +73,8 @@ def test_verify_program_shares_the_decode_programs_cache_and_weights():
     assert four.batch == 8 and four.cache_rows == 2
 
 
-@pytest.mark.parametrize("name, spec", [("tiny-llama", "ngram:3"), ("tiny-glm5", "mtp:2")])
+@pytest.mark.parametrize("name, spec", [("tiny-llama", {"method": "ngram", "num_speculative_tokens": 3,
+                                                        "prompt_lookup_min": 1}), ("tiny-glm5", "mtp:2")])
 def test_mega_backend_speculative_greedy_equals_reference(name, spec):
     """Speculative decoding on the mega backend: verify steps in the (1 + k)-token program, drafts of every length
     (and rows without one) mixed in a batch; the greedy tokens of the plain reference."""
@@ -86,3 +87,4 @@ def test_mega_backend_speculative_greedy_equals_reference(name, spec):
     got = mega.generate_batch(prompts, speculative=spec, **kw)
     assert [r.token_ids for r in got] == expected
     assert mega.runner.verify_progs  # the verify program ran
+    assert sum(r.stats.speculative.num_drafts for r in got) > 0

@@ -59,3 +59,17 @@ def test_soak_fails_on_a_server_fault(monkeypatch):
         assert soak.run(server.url, None, args) == 1
     finally:
         server.stop()
+
+
+def test_spec_decode_gpu_path_smoke(tmp_path):
+    """bench/spec_decode.py --gpu on tiny models in the interpreter: verify-step rows, then MTP after distillation
+    (accepting something, with plain greedy's tokens)."""
+    cmd = [sys.executable, str(ROOT / "bench" / "spec_decode.py"), "--gpu", "--smoke", "--out", str(tmp_path)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "spec_decode.json").read_text())
+    verify, mtp = rows[:-1], rows[-1]
+    assert [(r["model"], r["k"]) for r in verify] == [("tiny-llama", 3), ("tiny-glm5", 3)]
+    assert all(r["one_ms"] > 0 and r["verify_ms"] > 0 for r in verify)
+    assert mtp["same_tokens"] and mtp["losses"][-1] < mtp["losses"][0] and mtp["mean_accepted_length"] > 1

@@ -192,9 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
     ints = dict(n_instr=n, n_rounds=-(-n // workers), n_workers=workers, inv_freq=prog.dims.inv_freq)
     t = time.perf_counter()
     compiled, log = compile_kernel(megakernel, SIGNATURE, consts, ints, a.arch,
-                                  a.num_warps or default_warps(prog.batch), cooperative=True)
+                                  a.num_warps or default_warps(prog.batch, prog.queries), cooperative=True)
     report = dict(model=a.model, batch=a.batch, queries=a.queries, arch=a.arch, prefetch=a.prefetch, fp8=a.fp8,
-                  num_warps=a.num_warps or default_warps(prog.batch), instructions=n,
+                  num_warps=a.num_warps or default_warps(prog.batch, prog.queries), instructions=n,
                   stages=prog.num_counters, table_bytes=encode(prog).numel() * 8,
                   compile_s=round(time.perf_counter() - t, 2), shared_bytes=compiled.metadata.shared,
                   ptx_lines=compiled.asm["ptx"].count("\n"), **resources(log))

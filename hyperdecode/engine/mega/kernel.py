@@ -99,9 +99,10 @@ def constexprs(prog: Program, block: int = 64, tile: int | None = None, k_block:
     return out
 
 
-def default_warps(batch: int) -> int:
-    """Warps per program: 4, or 8 for batches that take the tensor-core GEMV (the compiled kernel spills with 4)."""
-    return 8 if batch > 4 else 4
+def default_warps(batch: int, queries: int = 1) -> int:
+    """Warps per program: 4, or 8 for batches that take the tensor-core GEMV and for verify programs (queries > 1:
+    the attention's loop over a row's tokens); with 4 the compiled kernel spills (aot: 128–880 B at 2–4 tokens)."""
+    return 8 if batch > 4 or queries > 1 else 4
 
 
 def load_kernel():
@@ -153,7 +154,7 @@ class Launch:
                                  asm=not interpreted())
         # all workers must be resident at once (they wait on each other): ask the driver for a cooperative launch
         self.options = {} if interpreted() else dict(launch_cooperative_grid=True,
-                                                     num_warps=num_warps or default_warps(prog.batch))
+                                                     num_warps=num_warps or default_warps(prog.batch, prog.queries))
 
     def run(self, A: torch.Tensor, C: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor) -> None:
         """Launches one decode step over the arenas in place; returns without waiting for the device (see

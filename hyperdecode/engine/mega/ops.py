@@ -194,7 +194,7 @@ def attn(W, W32, A, C, pos, inv_freq, eps, qkv, out, row, kv_head, c_k, c_v, q_n
     the cache ([rows, max_seq, kv_heads, head_dim]); then online-softmax attention of the query heads over the
     split's positions <= pos, into A[out] (part < 0) or as a partial (acc, max, sum) into A[part]. Token t's append
     comes before token t + 1's attention, so a verified draft is causal inside itself."""
-    for t in range(QUERIES):
+    for t in range(QUERIES):  # a loop, not unrolled: unrolled, the whole kernel spills (aot: 128 B at 4 tokens)
         attn_query(W, W32, A, C, pos, inv_freq, eps, qkv, out, row, row * QUERIES + t, kv_head, c_k, c_v, q_norm,
                    k_norm, split, part, NH, NKV, HD, MAX_SEQ, KV_SPLIT, SPLITS, BLOCK)
 

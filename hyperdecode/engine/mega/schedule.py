@@ -156,9 +156,10 @@ def instruction_bytes(prog: Program, ins: Instr, context: int) -> float:
 
 def predict(prog: Program, context: int, workers: int | None = None, hw: Hardware = H200,
             prefetch: bool = True) -> Prediction:
-    """The predicted step of a compiled program at `context` positions per row."""
+    """The predicted step of a compiled program at `context` positions per row (tokens per step: one per cache row,
+    the least a verify step yields)."""
     nbytes = [instruction_bytes(prog, ins, context) for ins in prog.instrs]
-    return simulate(prog.instrs, nbytes, workers or hw.sms, hw, prog.batch, prefetch)
+    return simulate(prog.instrs, nbytes, workers or hw.sms, hw, prog.cache_rows, prefetch)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -166,6 +167,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                  description="Predicted megakernel step time, MBU and critical path")
     ap.add_argument("model", help="a preset (built on the meta device: no weights are made)")
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--queries", type=int, default=1, help="tokens per row (1 + k: a verify step of k drafts)")
     ap.add_argument("--context", type=int, default=1024, help="positions per row at this step")
     ap.add_argument("--tiles", default="16", help="GEMV output rows per instruction, comma-separated: one row each")
     ap.add_argument("--kv-split", type=int, default=512)
@@ -183,9 +185,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         model = family_of(cfg).model(cfg).to(torch.bfloat16)
     rows = []
     for tile in (int(t) for t in a.tiles.split(",")):
-        prog = compile_model(model, a.batch, max(a.context + 1, 2), tile=tile, fp8=a.fp8, kv_split=a.kv_split)
+        prog = compile_model(model, a.batch, max(a.context + 1, 2), tile=tile, fp8=a.fp8, kv_split=a.kv_split,
+                             queries=a.queries)
         p = predict(prog, a.context, prefetch=not a.no_prefetch)
-        rows.append(dict(model=a.model, batch=a.batch, context=a.context, tile=tile, fp8=a.fp8,
+        rows.append(dict(model=a.model, batch=a.batch, queries=a.queries, context=a.context, tile=tile, fp8=a.fp8,
                          instructions=len(prog.instrs), stages=prog.num_counters, **p.summary(),
                          hardware=asdict(H200)))
         print(json.dumps(rows[-1]))

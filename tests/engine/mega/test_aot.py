@@ -23,7 +23,10 @@ def aot(*args: str) -> dict:
 @pytest.mark.parametrize("args", [["tiny-llama", "--batch", "3", "--prefetch"], ["tiny-qwen3", "--batch", "2"],
                                   ["tiny-dsv32", "--batch", "3"],
                                   ["medium-glm5", "--batch", "1"],  # medium: nope 192, moe_inter 384 (not 2^n)
-                                  ["llama-3.2-1b", "--batch", "8", "--max-seq", "4096", "--kv-split", "512"]])
+                                  ["llama-3.2-1b", "--batch", "8", "--max-seq", "4096", "--kv-split", "512"],
+                                  # verify programs (4 tokens per row: 3 drafts), 8 warps by default
+                                  ["llama-3.2-1b", "--batch", "1", "--queries", "4", "--max-seq", "1100", "--prefetch"],
+                                  ["medium-glm5", "--batch", "1", "--queries", "4"]])
 def test_megakernel_compiles_for_sm90_without_spills(args):
     report = aot(*args)
     assert report["model"] == args[0] and report["arch"] == 90 and report["ptx_lines"] > 1000

@@ -77,6 +77,8 @@ def test_static_verify_step_decodes_like_plain_greedy(name, spec):
     while core.has_unfinished:
         core.step()
     assert [s.output_ids for s in seqs] == expected
+    drafted = llm.generate_batch(prompts, speculative=spec, **params)  # the reference's own speculative run
+    assert [s.spec for s in seqs] == [g.stats.speculative for g in drafted]
     width = 1 + parse_speculative(spec).num_speculative_tokens
     assert any(w == width for _, w in runner.steps)  # verification ran in the static step
     assert sum(s.spec.num_accepted_tokens for s in seqs) > 0 or parse_speculative(spec).method == "mtp"

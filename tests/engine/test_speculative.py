@@ -264,3 +264,31 @@ def test_mtp_drafts_equal_the_uncached_mtp_layer():
         chained_hidden = torch.cat([hidden, x_last[None, None]], dim=1)
         chained = m.mtp_logits(chained_hidden, torch.tensor([tokens[1:] + [draft[0]]]), torch.arange(n + 1)[None])
         assert draft[1] == int(chained[0, -1].argmax())
+
+
+def test_eos_inside_an_accepted_draft_ends_the_sequence_there():
+    """An EOS among the accepted tokens ends the sequence at it, as plain decoding would (nothing after it is
+    appended); and a stop string cuts the speculative text where it cuts the plain text."""
+    from hyperdecode.engine.core import EngineCore
+    from hyperdecode.engine.runner import ReferenceRunner
+    llm = hd.LLM("tiny-llama", device="cpu", seed=0)
+    plain = llm.generate_batch(PROMPTS, max_tokens=MAX_TOKENS, ignore_eos=True)
+    outputs = {}
+    for spec in (None, "suffix:4"):
+        core = EngineCore(ReferenceRunner(llm.model))
+        core.reserve(len(PROMPTS), 128)
+        core.speculate(spec)
+        seqs = [Sequence(p, SamplingParams(max_tokens=MAX_TOKENS), eos_ids=frozenset({g.token_ids[9]}))
+                for p, g in zip(PROMPTS, plain)]
+        for s in seqs:
+            core.add(s)
+        while core.has_unfinished:
+            core.step()
+        outputs[spec] = [(s.output_ids, s.finish_reason) for s in seqs]
+    assert outputs[None] == outputs["suffix:4"]
+    assert all(reason == "stop" and len(ids) <= 9 for ids, reason in outputs[None])
+    text = llm.generate("abc abc abc", max_tokens=40, ignore_eos=True).text
+    stop = text[12:14]
+    cut = [llm.generate("abc abc abc", max_tokens=40, ignore_eos=True, stop=[stop], speculative=spec)
+           for spec in (None, "ngram:3", "suffix:6")]
+    assert len({(g.text, g.finish_reason, tuple(g.token_ids)) for g in cut}) == 1 and cut[0].finish_reason == "stop"

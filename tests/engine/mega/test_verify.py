@@ -84,7 +84,10 @@ def test_mega_backend_speculative_greedy_equals_reference(name, spec):
     prompts = [(torch.randint(0, 30, (n,), generator=g).tolist() * 3)[:3 * n] for n in (6, 2)]
     kw = dict(max_tokens=7, ignore_eos=True)
     expected = [r.token_ids for r in ref.generate_batch(prompts, **kw)]
+    drafted = ref.generate_batch(prompts, speculative=spec, **kw)
     got = mega.generate_batch(prompts, speculative=spec, **kw)
     assert [r.token_ids for r in got] == expected
+    # the same drafts were made and accepted: the MTP drafter read the same hidden states from the arena
+    assert [r.stats.speculative for r in got] == [r.stats.speculative for r in drafted]
     assert mega.runner.verify_progs  # the verify program ran
     assert sum(r.stats.speculative.num_drafts for r in got) > 0

@@ -53,17 +53,23 @@ def check_engine_args(args: argparse.Namespace) -> None:
     """generate / chat: the sampling, --device and --backend flags, checked before the model loads (seconds)."""
     from .engine.llm import check_backend
     from .engine.sampling import SamplingParams
-    from .errors import ConfigError, RequestError
+    from .errors import RequestError
     from .model.loader import resolve_device
     try:
         SamplingParams(**sampling(args))
     except RequestError as e:
         raise RequestError(flag_message(str(e), e.param), param=e.param) from None
     check_backend(args.backend, resolve_device(args.device, name="--device"), name="--backend")
+    speculative_flag(args.speculative, "--speculative")
+
+
+def speculative_flag(value: str | None, flag_name: str) -> Any:
+    """A speculative-decoding flag's config (None: off), or a ConfigError naming the flag."""
+    from .errors import ConfigError
     try:
-        parse_speculative(args.speculative)
+        return parse_speculative(value)
     except ConfigError as e:
-        raise ConfigError(f"--speculative: {e}") from None
+        raise ConfigError(f"{flag_name}: {e}") from None
 
 
 def load_llm(args: argparse.Namespace) -> Any:
@@ -76,6 +82,10 @@ def load_llm(args: argparse.Namespace) -> Any:
     except ConfigError:
         raise ConfigError(f"--model {args.model}: the model has no tokenizer (no tokenizer.json), so it cannot "
                           "encode text") from None
+    spec = parse_speculative(args.speculative)
+    if spec is not None and spec.method == "mtp" and getattr(llm.model, "mtp", None) is None:
+        raise ConfigError(f"--speculative {args.speculative}: model '{args.model}' has no MTP layer; use ngram:K or "
+                          "suffix:K")
     return llm
 
 
@@ -284,7 +294,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                           max_queue=args.max_queue, max_model_len=args.max_model_len,
                           request_timeout=args.request_timeout, max_num_batched_tokens=args.max_num_batched_tokens,
                           max_request_bytes=args.max_request_bytes,
-                          speculative_config=parse_speculative(args.speculative_config))
+                          speculative_config=speculative_flag(args.speculative_config, "--speculative-config"))
     logging.basicConfig(level=logging.INFO, format="hyperdecode: %(levelname)s %(name)s: %(message)s")
     failures: list[str] = []
     servers: list[uvicorn.Server] = []

@@ -55,3 +55,12 @@ def test_help_everywhere():
     for args in ((), ("generate",), ("chat",), ("models",)):
         r = cli(*args, "--help")
         assert r.returncode == 0 and "usage" in r.stdout
+
+
+def test_generate_with_speculation_prints_the_same_text_and_its_acceptance():
+    args = ("generate", "abc abc abc abc abc", "--model", "tiny-llama", "--device", "cpu", "--max-tokens", "24")
+    plain = cli(*args)
+    spec = cli(*args, "--speculative", "suffix:4")
+    assert plain.returncode == spec.returncode == 0, spec.stderr
+    assert spec.stdout == plain.stdout
+    assert "speculative: mean accepted length" in spec.stderr and "speculative" not in plain.stderr

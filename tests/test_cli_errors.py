@@ -74,6 +74,14 @@ ERRORS = [  # (command line, exit code, text of the one-line message); {tmp}: th
     (("serve", "--max-request-bytes", "0"), 1, "--max-request-bytes must be at least 1, got 0"),
     (("serve", "--max-queue", "0"), 1, "--max-queue must be at least 1, got 0"),
     (("serve", "--request-timeout", "-1"), 1, "--request-timeout must be a positive number"),
+    (NOPE + ("--speculative", "eagle:3"), 1, "--speculative: speculative method 'eagle' is not available"),
+    (NOPE + ("--speculative", "ngram"), 1, "--speculative: speculative 'ngram' must be METHOD:K"),
+    (NOPE + ("--speculative", "ngram:99"), 1, "'num_speculative_tokens' must be an integer in [1, 16], got 99"),
+    (("generate", "x", "--model", "tiny-llama", "--device", "cpu", "--speculative", "mtp:2"), 1,
+     "--speculative mtp:2: model 'tiny-llama' has no MTP layer"),
+    (("serve", "--speculative-config", '{"method": "ngram"'), 1, "--speculative-config: speculative config is not "
+                                                                  "valid JSON"),
+    (("serve", "--speculative-config", '{"method": "ngram", "k": 2}'), 1, "unknown field(s) k"),
 ]
 
 

@@ -248,15 +248,22 @@ class VM:
         self.rows(qlat, h * lora).view(-1, h, lora)[:, head, c0:c1] = q_nope @ w_ukt[c0:c1].T
 
     def mla_attn(self, q: int, qlat: int, olat: int, sel: int, row: int, head: int, c_lat: int, c_pe: int) -> None:
+        """One cache row's tokens; a token at the spare position (padding) attends position 0 only, as the kernel."""
+        for t in range(self.prog.queries):
+            self._mla_attn_query(q, qlat, olat, sel, row, row * self.prog.queries + t, head, c_lat, c_pe)
+
+    def _mla_attn_query(self, q: int, qlat: int, olat: int, sel: int, crow: int, row: int, head: int, c_lat: int,
+                        c_pe: int) -> None:
         d = self.prog.dims
         h, nope, r, lora = d.n_head, d.nope, d.rope, d.kv_lora
-        p = int(self.pos[row])
+        spare = int(self.pos[row]) == self.prog.max_seq - 1
+        p = 0 if spare else int(self.pos[row])
         q_lat = self.rows(qlat, h * lora)[row].view(h, lora)[head]
         q_pe = self.rows(q, h * (nope + r))[row].view(h, nope + r)[head, nope:]
-        lat = self.cached(c_lat, lora)[self._crow(row), :p + 1]
-        pe = self.cached(c_pe, r)[self._crow(row), :p + 1]
+        lat = self.cached(c_lat, lora)[crow, :p + 1]
+        pe = self.cached(c_pe, r)[crow, :p + 1]
         scores = (q_lat @ lat.T + q_pe @ pe.T) * self.prog.scales["softmax"]
-        if sel >= 0:
+        if sel >= 0 and not spare:
             scores = scores.masked_fill(self.rows(sel, self.prog.max_seq)[row, :p + 1] == 0, float("-inf"))
         self.rows(olat, h * lora)[row].view(h, lora)[head] = torch.softmax(scores, dim=-1) @ lat
 

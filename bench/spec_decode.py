@@ -67,7 +67,8 @@ def cpu(args: argparse.Namespace) -> list[dict]:
                              mean_accepted_length=round(s.mean_accepted_length, 2) if s else 1.0,
                              acceptance_per_pos=s.as_dict()["acceptance_per_pos"] if s else [],
                              same_tokens=tokens[spec] == tokens[None]))
-    print(f"{'prompt':10} {'method':9} {'tokens':>6} {'tok/s':>7} {'x plain':>7} {'mean acc':>8}  acceptance by position")
+    print(f"{'prompt':10} {'method':9} {'tokens':>6} {'tok/s':>7} {'x plain':>7} {'mean acc':>8}  "
+          "acceptance by position")
     for r in rows:
         print(f"{r['prompt']:10} {r['method']:9} {r['output_tokens']:6d} {r['tok_s']:7.1f} {r['speedup']:7.2f} "
               f"{r['mean_accepted_length']:8.2f}  {r['acceptance_per_pos']}  same tokens: {r['same_tokens']}")
@@ -183,10 +184,12 @@ def mtp_speed(name: str, backend: str, dtype: str, steps: int, tokens: int, reps
 
 
 def gpu(args: argparse.Namespace) -> list[dict]:
-    if args.smoke:
-        shapes, dtype, context, mtp_model, backend = ["tiny-llama", "tiny-glm5"], "float32", 24, "tiny-glm5", "reference"
+    if args.smoke:  # tiny models in the interpreter; MTP on the reference backend
+        shapes, dtype, context, mtp_model, backend = ["tiny-llama", "tiny-glm5"], "float32", 24, "tiny-glm5", \
+            "reference"
     else:
-        shapes, dtype, context, mtp_model, backend = ["llama-3.2-1b", "medium-glm5"], "bfloat16", 1024, "medium-glm5", "mega"
+        shapes, dtype, context, mtp_model, backend = ["llama-3.2-1b", "medium-glm5"], "bfloat16", 1024, \
+            "medium-glm5", "mega"
     rows = []
     for name in shapes:
         for k in ((3,) if args.smoke else (1, 3)):

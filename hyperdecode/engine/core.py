@@ -6,14 +6,18 @@ sequences that sampled. `hd.LLM` and the server both drive one.
 A fault is the fault of one sequence: when a forward fails, each row of the plan is run again alone (rows write
 the same cache positions, so a retry is exact) and only the rows that still fail end, with finish_reason "error"
 and `seq.error` naming the exception; a failure while seeding or sampling ends that sequence alone. The others
-go on as if nothing happened."""
+go on as if nothing happened.
+
+With speculative decoding on (`speculate`), a decoding row feeds its newest token and its draft, gets a logit row
+for each, and keeps the accepted prefix plus one token (speculative.py); the runner clears the rejected positions
+(`rollback`), and the drafter then proposes the next draft from what the step computed."""
 from __future__ import annotations
 
 import torch
-
-from torch import Tensor
+from torch import Tensor, nn
 
 from .drafts import NgramDrafter, SuffixDrafter
+from .mtp import MtpDrafter
 from .runner import ReferenceRunner
 from .sampling import sample
 from .scheduler import Scheduler, StepPlan
@@ -217,7 +221,7 @@ class EngineCore:
         return torch.tensor(slots, device=self.device)
 
 
-def make_drafter(config: SpeculativeConfig, model):
+def make_drafter(config: SpeculativeConfig, model: nn.Module) -> NgramDrafter | SuffixDrafter | MtpDrafter:
     """The draft source a config names (the MTP drafter needs the model's MTP layer)."""
     k = config.num_speculative_tokens
     if config.method == "ngram":
@@ -225,5 +229,4 @@ def make_drafter(config: SpeculativeConfig, model):
     if config.method == "suffix":
         return SuffixDrafter(k, config.suffix_decoding_max_cached_requests, config.suffix_decoding_max_spec_factor,
                              config.suffix_decoding_min_token_prob, config.suffix_decoding_max_tree_depth)
-    from .mtp import MtpDrafter
     return MtpDrafter(model, k)

@@ -138,7 +138,8 @@ class SuffixDrafter:
             if counts[token] < self.min_share * len(live):
                 break
             draft.append(token)
-            live = [(index, e) for index, e in live if e + depth < len(index.tokens) and index.tokens[e + depth] == token]
+            live = [(index, e) for index, e in live
+                    if e + depth < len(index.tokens) and index.tokens[e + depth] == token]
         return draft
 
     def retire(self, seq: Sequence) -> None:

@@ -1,8 +1,9 @@
 """Model runners: run one step's shape on the model and return the logits the scheduler wants. Every runner has
 one entry, `forward(tokens [B, S], pos [B, S], slots, want) -> logits [wanted, vocab]`, used for steps that mix
 prompt chunks and decode rows (shorter rows right-padded with pos = -1), plain decode (S = 1) and speculative
-verification (S = k + 1; `rollback` then clears the rejected positions). The reference runner runs any shape; `graph` and `mega` run S = 1 steps themselves and
-hand other shapes to the reference (`FAST_SHAPES` says which)."""
+verification (S = k + 1; `rollback` then clears the rejected positions). The reference runner runs any shape;
+`graph` and `mega` run S = 1 and verify steps themselves and hand other shapes to the reference (`FAST_SHAPES` says
+which)."""
 from __future__ import annotations
 
 import torch

@@ -27,7 +27,8 @@ from torch import Tensor
 from ..errors import ConfigError
 from .sampling import SamplingParams, probabilities
 
-__all__ = ["SpeculativeConfig", "parse_speculative", "SpecStats", "accept", "accept_greedy", "METHODS", "MAX_SPECULATIVE_TOKENS"]
+__all__ = ["SpeculativeConfig", "parse_speculative", "SpecStats", "accept", "accept_greedy", "METHODS",
+           "MAX_SPECULATIVE_TOKENS"]
 
 METHODS = ("mtp", "ngram", "suffix")
 MAX_SPECULATIVE_TOKENS = 16
@@ -53,13 +54,14 @@ class SpeculativeConfig:
         if self.method not in METHODS:
             raise ConfigError(f"speculative method '{self.method}' is not available (available: {', '.join(METHODS)})")
         checks = [("num_speculative_tokens", 1, MAX_SPECULATIVE_TOKENS), ("prompt_lookup_min", 1, 64),
-                  ("prompt_lookup_max", self.prompt_lookup_min, 64), ("suffix_decoding_max_cached_requests", 0, 10 ** 6),
-                  ("suffix_decoding_max_tree_depth", 1, 1024)]
+                  ("prompt_lookup_max", self.prompt_lookup_min, 64),
+                  ("suffix_decoding_max_cached_requests", 0, 10 ** 6), ("suffix_decoding_max_tree_depth", 1, 1024)]
         for name, low, high in checks:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
                 raise ConfigError(f"speculative '{name}' must be an integer in [{low}, {high}], got {value!r}")
-        for name, low, high in (("suffix_decoding_max_spec_factor", 0.0, 64.0), ("suffix_decoding_min_token_prob", 0.0, 1.0)):
+        numbers = (("suffix_decoding_max_spec_factor", 0.0, 64.0), ("suffix_decoding_min_token_prob", 0.0, 1.0))
+        for name, low, high in numbers:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high):
                 raise ConfigError(f"speculative '{name}' must be a number in [{low}, {high}], got {value!r}")
@@ -85,7 +87,8 @@ def parse_speculative(spec: str | dict | SpeculativeConfig | None) -> Speculativ
     known = {f.name for f in fields(SpeculativeConfig)}
     unknown = sorted(set(spec) - known)
     if unknown:
-        raise ConfigError(f"speculative config has unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        raise ConfigError(f"speculative config has unknown field(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(known))})")
     for name in ("method", "num_speculative_tokens"):
         if name not in spec:
             raise ConfigError(f"speculative config needs '{name}'")

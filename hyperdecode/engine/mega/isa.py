@@ -45,8 +45,8 @@ class Op(IntEnum):
     ROPE_MLA = 5  # rope every head's q_pe in A[q] and k_pe of A[kva]; append latent A[lat] and k_pe to the cache
     INDEX_KEY = 6  # rope the indexer key A[ik] (first `rope` dims, its family's style), append it to C[c_ik]
     INDEX_TOPK = 7  # one row: rope the indexer queries, score its cache prefix, A[sel] = top-k mask (lower wins ties)
-    MLA_ATTN = 8  # one (cache row, head), each of the row's tokens: absorbed MLA of A[qlat] and its q_pe over the
-    #               latent cache, masked by A[sel] unless sel < 0 -> the head's latent mix A[olat]
+    MLA_ATTN = 8  # one (row, head): absorbed MLA of A[qlat] and its q_pe over the latent cache, masked by A[sel]
+    #               unless sel < 0 -> the head's latent mix A[olat]
     ROUTE = 9  # one row's MoE routing: sigmoid + W32[bias], group-limited top-k; A[route] = ids, scaled weights
     EXPERT_UP = 10  # (row, slot, rows c0:c1 of the expert read at run time): h = rmsnorm(A[x]) * W[norm];
     #                 A[act] = silu(gate(h)) * up(h)

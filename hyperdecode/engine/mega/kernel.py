@@ -80,7 +80,7 @@ def constexprs(prog: Program, block: int = 64, tile: int | None = None, k_block:
                GEMV_K8=min(gemv_k, 128), GEMV_K32=elementwise_k, EXPERT_K=expert_k, EXPERT_K8=min(expert_k, 128),
                MLA=prog.family == "mla", N_HEAD=d.n_head, HIDDEN=d.hidden, STAGES=stages, WIDTH=WIDTH,
                MAX_SPIN=max_spin, PREFETCH=prefetch, LINE=128 // prog.W.element_size(), ASM=asm,
-               QUERIES=prog.queries, QUERIES_P=_pow2(prog.queries))
+               QUERIES=prog.queries)
     unused = dict.fromkeys(("N_KV", "HEAD_DIM", "KV_SPLIT", "SPLITS", "SPLITS_P", "NOPE", "ROPE", "KV_LORA", "V_HEAD",
                             "INDEX_DIM", "INDEX_HEADS", "INDEX_HEADS_P", "INDEX_TOPK", "EXPERTS", "EXPERTS_P", "TOP_K",
                             "TOP_K_P", "MOE_INTER", "N_GROUP", "N_GROUP_P", "TOPK_GROUP", "NORM_TOPK",
@@ -94,9 +94,7 @@ def constexprs(prog: Program, block: int = 64, tile: int | None = None, k_block:
                    EXPERTS=d.experts, EXPERTS_P=_pow2(d.experts), TOP_K=d.top_k, TOP_K_P=_pow2(d.top_k),
                    MOE_INTER=d.moe_inter, N_GROUP=d.n_group, N_GROUP_P=_pow2(d.n_group), TOPK_GROUP=d.topk_group,
                    NORM_TOPK=int(d.norm_topk), ROPE_INTERLEAVE=int(d.rope_interleave),
-                   INDEX_INTERLEAVE=int(d.index_interleave),
-                   # [tokens, positions, kv_lora] products in registers: fewer positions per block for more tokens
-                   LATENT_BLOCK=max(1, max(2, min(32, 4096 // d.kv_lora)) // _pow2(prog.queries)),
+                   INDEX_INTERLEAVE=int(d.index_interleave), LATENT_BLOCK=max(2, min(32, 4096 // d.kv_lora)),
                    POS_BLOCK=16)
     return out
 

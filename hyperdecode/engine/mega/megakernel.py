@@ -41,7 +41,7 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, W8, A, C, tok, pos, 
                MOE_INTER: tl.constexpr, N_GROUP: tl.constexpr, N_GROUP_P: tl.constexpr, TOPK_GROUP: tl.constexpr,
                NORM_TOPK: tl.constexpr, ROPE_INTERLEAVE: tl.constexpr, INDEX_INTERLEAVE: tl.constexpr,
                LATENT_BLOCK: tl.constexpr, POS_BLOCK: tl.constexpr, WIDTH: tl.constexpr, PREFETCH: tl.constexpr,
-               LINE: tl.constexpr, ASM: tl.constexpr, QUERIES: tl.constexpr, QUERIES_P: tl.constexpr):
+               LINE: tl.constexpr, ASM: tl.constexpr, QUERIES: tl.constexpr):
     pid = tl.program_id(0)
     ready_c = tl.full((), -1, tl.int64)  # the last counter this worker saw reach ready_t
     ready_t = tl.full((), 0, tl.int64)
@@ -139,7 +139,7 @@ def megakernel(table, n_instr, n_rounds, n_workers, W, W32, W8, A, C, tok, pos, 
                                            POS_BLOCK, BLOCK, QUERIES)
                     elif op == OP_MLA_ATTN:
                         ops_mla.mla_attn(A, C, pos, softmax_scale, a0, a1, a2, a3, a4, a5, a6, a7, N_HEAD, NOPE,
-                                         ROPE, KV_LORA, MAX_SEQ, LATENT_BLOCK, QUERIES, QUERIES_P)
+                                         ROPE, KV_LORA, MAX_SEQ, LATENT_BLOCK, QUERIES)
                     elif op == OP_ROUTE:
                         ops_mla.route(W32, A, a0, a1, a2, a3, routed_scale, EXPERTS, EXPERTS_P, TOP_K, TOP_K_P,
                                       N_GROUP, N_GROUP_P, TOPK_GROUP, NORM_TOPK)

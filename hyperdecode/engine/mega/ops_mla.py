@@ -128,28 +128,15 @@ def index_topk(W32, A, C, pos, inv_freq, factor, iq, iw, sel, row, c_ik, HI: tl.
 
 @triton.jit
 def mla_attn(A, C, pos, scale, q, qlat, olat, sel, row, head, c_lat, c_pe, NH: tl.constexpr, NOPE: tl.constexpr,
-             R: tl.constexpr, L: tl.constexpr, MAX_SEQ: tl.constexpr, LB: tl.constexpr, QUERIES: tl.constexpr,
-             QUERIES_P: tl.constexpr):
-    """Absorbed MLA of one (cache row, head) for all the row's QUERIES tokens at once (activation rows
-    row * QUERIES + t): each token's q_lat (W_UK's product, from MLA_UK) against the latents plus its q_pe against
-    the roped keys, online softmax over the positions <= its own that A[sel] keeps (all when sel < 0) -> the
-    latent mix A[olat] (MLA_UV applies W_UV). Every block of latents is read once for all the tokens. A token at
-    the spare position (padding, or a row not in the step) attends position 0 only, unmasked: its output is never
-    used."""
-    if QUERIES == 1:  # decode: the 2-D body (the 3-D one below costs the whole kernel spills at batch 3, aot)
-        mla_attn_token(A, C, pos, scale, q, qlat, olat, sel, row, head, c_lat, c_pe, NH, NOPE, R, L, MAX_SEQ, LB)
-    else:
-        mla_attn_tokens(A, C, pos, scale, q, qlat, olat, sel, row, head, c_lat, c_pe, NH, NOPE, R, L, MAX_SEQ, LB,
-                        QUERIES, QUERIES_P)
-
-
-@triton.jit
-def mla_attn_token(A, C, pos, scale, q, qlat, olat, sel, row, head, c_lat, c_pe, NH: tl.constexpr,
-                   NOPE: tl.constexpr, R: tl.constexpr, L: tl.constexpr, MAX_SEQ: tl.constexpr, LB: tl.constexpr):
-    """`mla_attn` for one token per row (row: its cache row and its activation row)."""
+             R: tl.constexpr, L: tl.constexpr, MAX_SEQ: tl.constexpr, LB: tl.constexpr, QUERIES: tl.constexpr):
+    """Absorbed MLA of one (row, head) (the latents of cache row row // QUERIES): its q_lat (W_UK's product, from
+    MLA_UK) against the latents plus q_pe against the roped keys, online softmax over the positions <= its own that
+    A[sel] keeps (all when sel < 0) -> the latent mix A[olat] (MLA_UV applies W_UV). A token at the spare position
+    (padding, or a row not in the step) attends position 0 only, unmasked: its output is never used."""
     p = tl.load(pos + row)
     spare = p == MAX_SEQ - 1
     n = tl.where(spare, 1, p + 1)
+    crow = row // QUERIES
     lidx = tl.arange(0, L)
     rr = tl.arange(0, R)
     q_lat = tl.load(A + qlat + (row * NH + head) * L + lidx)
@@ -161,52 +148,12 @@ def mla_attn_token(A, C, pos, scale, q, qlat, olat, sel, row, head, c_lat, c_pe,
         ps = p0 + tl.arange(0, LB)
         pm = ps < n
         keep = (tl.load(A + sel + row * MAX_SEQ + ps, mask=pm & (sel >= 0), other=1.0) != 0.0) | spare
-        lat = tl.load(C + c_lat + (row * MAX_SEQ + ps[:, None]) * L + lidx[None, :], mask=pm[:, None], other=0.0)
-        pe = tl.load(C + c_pe + (row * MAX_SEQ + ps[:, None]) * R + rr[None, :], mask=pm[:, None], other=0.0)
+        lat = tl.load(C + c_lat + (crow * MAX_SEQ + ps[:, None]) * L + lidx[None, :], mask=pm[:, None], other=0.0)
+        pe = tl.load(C + c_pe + (crow * MAX_SEQ + ps[:, None]) * R + rr[None, :], mask=pm[:, None], other=0.0)
         s = (tl.sum(lat * q_lat[None, :], axis=1) + tl.sum(pe * q_pe[None, :], axis=1)) * scale
         s = tl.where(pm & keep, s, float("-inf"))
         m_i, l_i, acc = softmax_update(m_i, l_i, acc, s, lat)
     tl.store(A + olat + (row * NH + head) * L + lidx, acc / l_i)
-
-
-@triton.jit
-def mla_attn_tokens(A, C, pos, scale, q, qlat, olat, sel, row, head, c_lat, c_pe, NH: tl.constexpr,
-                    NOPE: tl.constexpr, R: tl.constexpr, L: tl.constexpr, MAX_SEQ: tl.constexpr, LB: tl.constexpr,
-                    QUERIES: tl.constexpr, QUERIES_P: tl.constexpr):
-    """`mla_attn` for QUERIES > 1 tokens per row: [tokens, positions, kv_lora] products per latent block."""
-    ts = tl.arange(0, QUERIES_P)
-    tm = ts < QUERIES
-    arow = row * QUERIES + ts
-    p_t = tl.load(pos + arow, mask=tm, other=0)
-    spare = p_t == MAX_SEQ - 1
-    n_t = tl.where(tm, tl.where(spare, 1, p_t + 1), 0)  # positions each token sees
-    n = tl.max(n_t, axis=0)
-    lidx = tl.arange(0, L)
-    rr = tl.arange(0, R)
-    q_lat = tl.load(A + qlat + (arow[:, None] * NH + head) * L + lidx[None, :], mask=tm[:, None], other=0.0)
-    q_pe = tl.load(A + q + (arow[:, None] * NH + head) * (NOPE + R) + NOPE + rr[None, :], mask=tm[:, None],
-                   other=0.0)
-    m_i = tl.full((QUERIES_P,), float("-inf"), tl.float32)
-    l_i = tl.zeros((QUERIES_P,), dtype=tl.float32)
-    acc = tl.zeros((QUERIES_P, L), dtype=tl.float32)
-    for p0 in range(0, n, LB):
-        ps = p0 + tl.arange(0, LB)
-        pm = ps < n
-        see = ps[None, :] < n_t[:, None]
-        keep = tl.load(A + sel + arow[:, None] * MAX_SEQ + ps[None, :], mask=see & (sel >= 0), other=1.0) != 0.0
-        keep = keep | spare[:, None]
-        lat = tl.load(C + c_lat + (row * MAX_SEQ + ps[:, None]) * L + lidx[None, :], mask=pm[:, None], other=0.0)
-        pe = tl.load(C + c_pe + (row * MAX_SEQ + ps[:, None]) * R + rr[None, :], mask=pm[:, None], other=0.0)
-        s = (tl.sum(lat[None, :, :] * q_lat[:, None, :], axis=2) + tl.sum(pe[None, :, :] * q_pe[:, None, :], axis=2))
-        s = tl.where(see & keep, s * scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_use)
-        e = tl.exp(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(e, axis=1)
-        acc = acc * alpha[:, None] + tl.sum(e[:, :, None] * lat[None, :, :], axis=1)
-        m_i = m_new
-    tl.store(A + olat + (arow[:, None] * NH + head) * L + lidx[None, :], acc / l_i[:, None], mask=tm[:, None])
 
 
 @triton.jit

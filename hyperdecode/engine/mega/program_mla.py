@@ -143,10 +143,10 @@ def compile_program(model: nn.Module, batch: int, max_seq: int, tile: int = 64, 
             b.stage(rows(Op.INDEX_TOPK, iq=buf["iq"], iw=buf["iw"], sel=buf["sel"], c_ik=c_ik))
         # IndexShare layers (no indexer of their own) reuse the selection the previous indexer left in A[sel]
         sel = buf["sel"] if c.has_indexer else -1
-        # one attention instruction per (cache row, head) for all the row's tokens: each latent block is read once
+        # one attention instruction per (token, head): a verify row's tokens attend on separate SMs (see NOTES)
         b.stage([(Op.MLA_ATTN, dict(q=buf["q"], qlat=buf["q_latent"], olat=buf["o_latent"], sel=sel, row=row,
                                     head=head, c_lat=c_lat, c_pe=c_pe))
-                 for row in range(b.cache_rows) for head in range(heads)])
+                 for row in range(batch) for head in range(heads)])
         b.stage([(Op.MLA_UV, dict(olat=buf["o_latent"], att=buf["att"], head=h, c0=c0,
                                   c1=min(c0 + tile, v_head), w=woff[f"{i}.w_uv"]))
                  for h in range(heads) for c0 in range(0, v_head, tile)])

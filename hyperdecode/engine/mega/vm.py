@@ -214,7 +214,8 @@ class VM:
         qh = self.rows(q, h * (nope + r))[row].view(h, nope + r)
         qh[:, nope:] = self._rope(qh[:, nope:].clone(), p, d.rope_interleave)
         self.cached(c_lat, lora)[self._crow(row), p] = self.rows(lat, lora)[row]
-        self.cached(c_pe, r)[self._crow(row), p] = self._rope(self.rows(kva, lora + r)[row, lora:].clone(), p, d.rope_interleave)
+        k_pe = self.rows(kva, lora + r)[row, lora:].clone()
+        self.cached(c_pe, r)[self._crow(row), p] = self._rope(k_pe, p, d.rope_interleave)
 
     def index_key(self, ik: int, row: int, c_ik: int) -> None:
         d = self.prog.dims
@@ -248,13 +249,9 @@ class VM:
         self.rows(qlat, h * lora).view(-1, h, lora)[:, head, c0:c1] = q_nope @ w_ukt[c0:c1].T
 
     def mla_attn(self, q: int, qlat: int, olat: int, sel: int, row: int, head: int, c_lat: int, c_pe: int) -> None:
-        """One cache row's tokens; a token at the spare position (padding) attends position 0 only, as the kernel."""
-        for t in range(self.prog.queries):
-            self._mla_attn_query(q, qlat, olat, sel, row, row * self.prog.queries + t, head, c_lat, c_pe)
-
-    def _mla_attn_query(self, q: int, qlat: int, olat: int, sel: int, crow: int, row: int, head: int, c_lat: int,
-                        c_pe: int) -> None:
+        """A token at the spare position (padding, a row not in the step) attends position 0 only, as the kernel."""
         d = self.prog.dims
+        crow = self._crow(row)
         h, nope, r, lora = d.n_head, d.nope, d.rope, d.kv_lora
         spare = int(self.pos[row]) == self.prog.max_seq - 1
         p = 0 if spare else int(self.pos[row])

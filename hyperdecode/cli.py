@@ -1,4 +1,4 @@
-"""The `hyperdecode` command: generate, chat, models, inspect, export, serve, bench serve, fabric."""
+"""The `hyperdecode` command: generate, chat, models, inspect, plan, export, serve, bench serve, fabric."""
 from __future__ import annotations
 
 import argparse
@@ -119,6 +119,9 @@ def build_parser() -> Parser:
     i.add_argument("--weight-dtype", choices=list(WEIGHT_BYTES), default="bf16")
     i.add_argument("--kv-dtype", choices=list(WEIGHT_BYTES), default="bf16")
     i.add_argument("--json", action="store_true", help="print one JSON object")
+    pl = sub.add_parser("plan", help="multi-GPU batch-1 decode latency model: TP vs hetero (indexer rank), MTP")
+    from .parallel.report import add_plan_args
+    add_plan_args(pl)
     v = sub.add_parser("serve", help="OpenAI-compatible HTTP server (streaming, metrics, continuous batching)")
     v.add_argument("--model", default="smollm2", help="preset, HF checkpoint directory or .gguf (default smollm2)")
     v.add_argument("--served-model-name", default=None, help="the name clients pass as 'model' (default --model)")
@@ -279,6 +282,11 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(f"HBM roofline     {s.roofline_tok_s:,.1f} tok/s at {s.hbm_tbps} TB/s")
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from .parallel.report import run_plan
+    run_plan(args)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import logging
     import uvicorn
@@ -360,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"generate": cmd_generate, "chat": cmd_chat, "models": cmd_models, "inspect": cmd_inspect,
-                    "export": cmd_export, "serve": cmd_serve, "bench": cmd_bench,
+                    "plan": cmd_plan, "export": cmd_export, "serve": cmd_serve, "bench": cmd_bench,
                     "fabric": cmd_fabric}
         commands[args.command](args)
     except (HyperdecodeError, ValueError) as e:

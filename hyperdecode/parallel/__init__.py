@@ -1,0 +1,1 @@
+"""Parallel plans: the multi-GPU decode latency model (latency.py)."""

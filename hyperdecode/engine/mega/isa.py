@@ -54,6 +54,11 @@ class Op(IntEnum):
     ATTN_MERGE = 12  # one row: A[out] = the softmax-weighted merge of every KV split's partial in A[part]
     MLA_UK = 13  # (head, latent rows c0:c1), every row: A[qlat][:, head, c0:c1] = W_UK^T[head][c0:c1] @ q_nope
     MLA_UV = 14  # (head, value rows c0:c1), every row: A[att][:, head, c0:c1] = W_UV[head][c0:c1] @ A[olat][:, head]
+    # Multi-GPU (VM only so far; the kernel needs peer pointers into symmetric memory and a flag array per rank):
+    PEER_WRITE = 15  # copy A[src:src+n] into rank `peer`'s A[dst:dst+n], then add 1 to that rank's flag F[flag]
+    #                  (a one-sided NVLink store, then a release atomic on the peer's flag)
+    PEER_WAIT = 16  # wait (bounded) until this rank's F[flag] reaches `value` (acquire): the peers' writes are in
+    REDUCE = 17  # A[dst][:n] += the sum of `slots` blocks A[src + s * n][:n] (an all-reduce's received partials)
 # Expert weights are FP8 (block scales at W32[scale], [experts, row blocks, k blocks]) when scale >= 0.
 # Every add into the residual stream A[x] (GEMV with ACCUMULATE, EXPERT_DOWN) is atomic, so such instructions may
 # share a stage.
@@ -75,6 +80,9 @@ ARGS: dict[Op, tuple[str, ...]] = {
     Op.ATTN_MERGE: ("part", "out", "row"),
     Op.MLA_UK: ("q", "qlat", "head", "c0", "c1", "w"),  # w: W_UK^T stacked [heads, kv_lora, nope]
     Op.MLA_UV: ("olat", "att", "head", "c0", "c1", "w"),  # w: W_UV stacked [heads, v_head, kv_lora]
+    Op.PEER_WRITE: ("src", "dst", "n", "peer", "flag"),
+    Op.PEER_WAIT: ("flag", "value"),
+    Op.REDUCE: ("src", "dst", "n", "slots"),
 }
 ACCUMULATE, FP32_WEIGHTS, NORM_INPUT, SWIGLU_INPUT, FP8_WEIGHTS = 1, 2, 4, 8, 16  # GEMV flags
 ARGMAX_SLICE = 4096  # logits per ARGMAX instruction

@@ -1,8 +1,9 @@
-"""The Python VM: runs a `Program` instruction by instruction with plain torch ops — the megakernel's oracle."""
+"""The Python VM: runs a `Program` instruction by instruction with plain torch ops — the megakernel's oracle.
+`PeerGroup` runs one VM per rank together, for programs that exchange data with PEER_WRITE / PEER_WAIT."""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,9 @@ from .isa import ACCUMULATE, BEST_EMPTY, FP8_BLOCK, FP8_WEIGHTS, FP32_WEIGHTS, N
     pack_best, row_stride
 from .program import Program
 
-__all__ = ["VM", "DependencyError", "copy_cache_rows"]
+__all__ = ["VM", "PeerGroup", "DependencyError", "copy_cache_rows"]
+
+NUM_FLAGS = 64  # peer flags per rank
 
 
 class DependencyError(RuntimeError):
@@ -49,6 +52,9 @@ class VM:
         self.C = torch.zeros(prog.c_size)
         self.tokens = torch.zeros(prog.batch, dtype=torch.long)
         self.pos = torch.zeros(prog.batch, dtype=torch.long)
+        self.flags = [0] * NUM_FLAGS  # this rank's peer flags (PEER_WRITE adds to them, PEER_WAIT reads them)
+        self.peers: list[VM] = [self]  # every rank's VM, by rank (a PeerGroup sets them)
+        self.rank = 0
 
     def rows(self, off: int, width: int) -> Tensor:
         return self.A[off:off + self.prog.batch * width].view(self.prog.batch, width)
@@ -68,6 +74,15 @@ class VM:
     def step(self, tokens: list[int], pos: list[int], before: Callable[[Instr], None] | None = None) -> Tensor:
         """One decode step: returns logits [batch, vocab]; the greedy next tokens are in `self.next`. `before`, if
         given, is called with each instruction before it runs (to look at the arenas in between)."""
+        for blocked in self.run(tokens, pos, before):
+            raise DependencyError(f"instruction {blocked} (PEER_WAIT) waits for a peer's flag; a program that "
+                                  "exchanges data with other ranks runs in a PeerGroup")
+        return self.prog.logits(self.A).clone()
+
+    def run(self, tokens: list[int], pos: list[int],
+            before: Callable[[Instr], None] | None = None) -> Iterator[int]:
+        """The step as a generator: it yields the index of a PEER_WAIT whose flag is not reached yet (resume it once
+        a peer may have written) and ends when the step is done."""
         self.tokens[:] = torch.tensor(tokens)
         self.pos[:] = torch.tensor(pos)
         counters = [0] * self.prog.num_counters
@@ -76,12 +91,14 @@ class VM:
                 if counters[c] < target:
                     raise DependencyError(f"instruction {i} ({ins.op.name}) waits for counter {c} to reach {target}; "
                                           f"it is {counters[c]} and nothing earlier can raise it")
+            while ins.op.name == "PEER_WAIT" and self.flags[ins.args["flag"]] < ins.args["value"]:
+                yield i
             if before is not None:
                 before(ins)
             getattr(self, ins.op.name.lower())(**ins.args)
             counters[ins.signal] += 1
-        self.next = self.prog.next_tokens(self.A)
-        return self.prog.logits(self.A).clone()
+        if "logits" in self.prog.buf:  # a whole decode step (not a hand-built exchange)
+            self.next = self.prog.next_tokens(self.A)
 
     def _best(self, best: int) -> Tensor:
         return self.A[best:best + 2 * self.prog.batch].view(torch.int64)
@@ -188,6 +205,19 @@ class VM:
         key = bits if bits >= 0 else bits ^ 0x7FFFFFFF  # an int32 that orders like the float
         packed = self._best(best)
         packed[row] = max(int(packed[row]), pack_best(key, index))
+
+    # --- multi-GPU ------------------------------------------------------------------------------------------------
+
+    def peer_write(self, src: int, dst: int, n: int, peer: int, flag: int) -> None:
+        target = self.peers[peer]
+        target.A[dst:dst + n] = self.A[src:src + n]
+        target.flags[flag] += 1
+
+    def peer_wait(self, flag: int, value: int) -> None:
+        """Nothing left to do: `run` only gets here once the flag has reached the value."""
+
+    def reduce(self, src: int, dst: int, n: int, slots: int) -> None:
+        self.A[dst:dst + n] += self.A[src:src + slots * n].view(slots, n).sum(0)
 
     # --- the GLM-5 / DeepSeek family ------------------------------------------------------------------------------
 
@@ -311,3 +341,40 @@ class VM:
         e, weight = self._expert(route, row, slot)
         down = self._expert_matrix(w2, e, H, I, scale)[c0:c1]
         self.rows(x, H)[row, c0:c1] += weight * (down @ self.rows(act, d.top_k * I)[row].view(-1, I)[slot])
+
+
+class PeerGroup:
+    """One VM per rank, each with its own arenas, running one step together. Ranks take turns, each running until
+    it blocks on a PEER_WAIT, in the order given (any order a machine could interleave them in gives the same
+    result when the program's flags are right); a round in which no rank moves is a deadlock, reported by rank and
+    instruction instead of spinning."""
+
+    def __init__(self, vms: list[VM]):
+        self.vms = vms
+        for rank, vm in enumerate(vms):
+            vm.rank = rank
+            vm.peers = vms
+
+    def step(self, tokens: list[list[int]], pos: list[list[int]], order: list[int] | None = None) -> None:
+        """Every rank's step (tokens, pos per rank; results in each VM's arenas). `order`: the ranks' turn order."""
+        for vm in self.vms:
+            vm.flags = [0] * NUM_FLAGS  # a fresh step (the kernel would compare against a step epoch instead)
+        order = list(range(len(self.vms))) if order is None else order
+        running = {r: self.vms[r].run(tokens[r], pos[r]) for r in order}
+        blocked: dict[int, int] = {}
+        while running:
+            moved = False
+            for r in list(running):
+                before = blocked.get(r)
+                try:
+                    blocked[r] = next(running[r])
+                except StopIteration:
+                    del running[r]
+                    blocked.pop(r, None)
+                    moved = True
+                    continue
+                moved = moved or blocked[r] != before
+            if not moved:
+                where = ", ".join(f"rank {r} at instruction {i}" for r, i in sorted(blocked.items()))
+                raise DependencyError(f"deadlock: every running rank waits for a peer flag nobody will set ({where})")
+

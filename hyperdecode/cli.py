@@ -32,6 +32,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    p.add_argument("--parallel", default=None, choices=["tp"],
+                   help="tensor parallel over the ranks torchrun starts: torchrun --nproc-per-node W -m hyperdecode "
+                        "generate ... --parallel tp (rank 0 prints; NCCL on GPUs, gloo on the CPU)")
     p.add_argument("--speculative", default=None, metavar="METHOD:K",
                    help="speculative decoding, K draft tokens verified per step: mtp:K (GLM-5 / DeepSeek checkpoints "
                         "with an MTP layer), ngram:K (prompt lookup), suffix:K (suffix decoding); or vLLM's JSON "
@@ -76,7 +79,12 @@ def load_llm(args: argparse.Namespace) -> Any:
     """The LLM of generate / chat, which take text, so the model needs a tokenizer."""
     from .engine.llm import LLM
     from .errors import ConfigError
-    llm = LLM(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, backend=args.backend, parallel=args.parallel)
+    if args.parallel:
+        import os
+        import torch.distributed as dist
+        if dist.get_rank() != 0:  # every rank runs the same steps; only rank 0 speaks
+            sys.stdout = sys.stderr = open(os.devnull, "w")
     try:
         llm.tokenizer  # noqa: B018 (the property raises when the model has none)
     except ConfigError:

@@ -7,7 +7,7 @@ import torch
 
 from ..errors import ConfigError, SequenceError
 from ..model.embedded import cache_dir
-from ..model.loader import load_model, resolve_device
+from ..model.loader import LoadedModel, load_model, resolve_device, resolve_dtype
 from .autoselect import cached_choice, choice_key
 from .core import EngineCore
 from .graph import GraphRunner
@@ -57,9 +57,17 @@ class LLM:
     """
 
     def __init__(self, model: str = "smollm2", device: str = "auto", dtype: str = "float32",
-                 backend: str = "reference", seed: int = 0, max_num_batched_tokens: int | None = None):
+                 backend: str = "reference", seed: int = 0, max_num_batched_tokens: int | None = None,
+                 parallel: str | None = None):
         check_backend(backend, resolve_device(device))
-        loaded = load_model(model, device=device, dtype=dtype, seed=seed)
+        if parallel is not None:  # one process per GPU under torchrun: this rank's shard of the model
+            if backend != "reference":
+                raise ConfigError(f"parallel='{parallel}' runs the reference backend (got backend '{backend}')")
+            from ..parallel.launch import load_parallel
+            cfg, local, tok = load_parallel(model, parallel, resolve_device(device), resolve_dtype(dtype), seed)
+            loaded = LoadedModel(model, cfg, local, tok)
+        else:
+            loaded = load_model(model, device=device, dtype=dtype, seed=seed)
         self.name = loaded.name
         self.config = loaded.cfg
         self.model = loaded.model
@@ -74,6 +82,10 @@ class LLM:
         self.runner = runners[backend](self.model)
         self.backend = backend
         self.core = EngineCore(self.runner, max_num_batched_tokens)
+        self.parallel = parallel
+        if parallel is not None:  # every rank runs the same steps: unseeded sampling takes rank 0's seed
+            from ..parallel.launch import shared_seed
+            self.core.seed_source = shared_seed
         self.inputs = InputProcessor(self._tokenizer, self.config.vocab_size, self.config.eos_token_ids,
                                      self.max_context)
 

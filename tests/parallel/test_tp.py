@@ -108,3 +108,22 @@ def test_head_split_plans():
     assert split_range(10, 4, 0) == (0, 3) and split_range(10, 4, 3) == (8, 10)
     assert split_heads(8, 4, 2) == [([0, 1, 2, 3], [0, 1]), ([4, 5, 6, 7], [2, 3])]  # grouped
     assert split_heads(6, 3, 2) == [([0, 1, 2], [0, 0, 1]), ([3, 4, 5], [1, 2, 2])]  # a kv slot per query head
+
+
+def test_torchrun_generate_prints_what_one_process_prints(tmp_path):
+    """`torchrun --nproc-per-node 2 -m hyperdecode generate ... --parallel tp` (gloo on the CPU), greedy and seeded
+    sampling, against one process; a saved checkpoint is read by slices."""
+    import subprocess
+    import sys
+    from hyperdecode.model.loader import export_model
+    ckpt = export_model("tiny-llama", tmp_path / "ckpt", seed=0, dtype=torch.float32)
+    for model in ("tiny-llama", str(ckpt)):
+        for extra in ((), ("--temperature", "0.8", "--seed", "5")):
+            args = ["generate", "hello world", "--model", model, "--device", "cpu", "--max-tokens", "12", *extra]
+            one = subprocess.run([sys.executable, "-m", "hyperdecode", *args], capture_output=True, text=True,
+                                 timeout=120)
+            ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                                    "--master-port", str(free_port()), "-m", "hyperdecode", *args, "--parallel", "tp"],
+                                   capture_output=True, text=True, timeout=180)
+            assert one.returncode == 0 and ranks.returncode == 0, ranks.stderr[-2000:]
+            assert ranks.stdout == one.stdout and one.stdout.strip()

@@ -370,6 +370,12 @@ def http_error_message(e: Any) -> str:
     return f"request to {url} failed ({type(e).__name__}: {e}); is the server running?"
 
 
+def error_stream(args: argparse.Namespace) -> Any:
+    """Where errors go: stderr, or the process's own stderr on ranks whose output is silenced (they still report
+    their errors)."""
+    return sys.__stderr__ if getattr(args, "parallel", None) else sys.stderr
+
+
 def main(argv: list[str] | None = None) -> int:
     import httpx
     from .errors import HyperdecodeError
@@ -380,7 +386,14 @@ def main(argv: list[str] | None = None) -> int:
                     "fabric": cmd_fabric}
         commands[args.command](args)
     except (HyperdecodeError, ValueError) as e:
-        print(f"hyperdecode: error: {e}", file=sys.stderr)
+        print(f"hyperdecode: error: {e}", file=error_stream(args))
+        return 1
+    except RuntimeError as e:
+        if not getattr(args, "parallel", None):
+            raise
+        import torch.distributed as dist
+        rank = dist.get_rank() if dist.is_initialized() else "?"
+        print(f"hyperdecode: error: rank {rank}: {type(e).__name__}: {e} (did another rank end?)", file=sys.__stderr__)
         return 1
     except OSError as e:
         print(f"hyperdecode: error: {os_error_message(e)}", file=sys.stderr)

@@ -38,6 +38,9 @@ class EngineCore:
         self.driver: str | None = None  # who steps it from another thread (a server), if anyone
         self.speculative: SpeculativeConfig | None = None
         self.seed_source: Callable[[], int] | None = None  # where an unseeded request's seed comes from (ranks)
+        # a failed forward is retried row by row, and only the failing rows end; not across ranks, whose steps
+        # must stay in lockstep: there a fault ends the step (and the job)
+        self.isolate_faults = True
         self.drafter = None
 
     @property
@@ -118,6 +121,8 @@ class EngineCore:
         try:
             return self._run(plan)
         except Exception as e:
+            if not self.isolate_faults:
+                raise
             if len(plan) == 1:
                 self.fail(plan[0][0], e)
                 return [plan[0][0]]

@@ -86,6 +86,7 @@ class LLM:
         if parallel is not None:  # every rank runs the same steps: unseeded sampling takes rank 0's seed
             from ..parallel.launch import shared_seed
             self.core.seed_source = shared_seed
+            self.core.isolate_faults = False
         self.inputs = InputProcessor(self._tokenizer, self.config.vocab_size, self.config.eos_token_ids,
                                      self.max_context)
 

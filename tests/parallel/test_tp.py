@@ -14,6 +14,13 @@ from hyperdecode.model.weights import random_state_dict
 from hyperdecode.parallel.tp import attach_all_reduce, local_config, shard_tensors, split_heads, split_range
 
 CPU = torch.device("cpu")
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def checkout_env() -> dict:
+    """The subprocesses import this checkout's package (not whichever one pip installed in editable mode)."""
+    import os
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def free_port() -> int:
@@ -121,9 +128,28 @@ def test_torchrun_generate_prints_what_one_process_prints(tmp_path):
         for extra in ((), ("--temperature", "0.8", "--seed", "5")):
             args = ["generate", "hello world", "--model", model, "--device", "cpu", "--max-tokens", "12", *extra]
             one = subprocess.run([sys.executable, "-m", "hyperdecode", *args], capture_output=True, text=True,
-                                 timeout=120)
+                                 timeout=120, env=checkout_env())
             ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                                     "--master-port", str(free_port()), "-m", "hyperdecode", *args, "--parallel", "tp"],
-                                   capture_output=True, text=True, timeout=180)
-            assert one.returncode == 0 and ranks.returncode == 0, ranks.stderr[-2000:]
+                                   capture_output=True, text=True, timeout=180, env=checkout_env())
+            assert one.returncode == 0 and ranks.returncode == 0, (one.stderr[-1500:], ranks.stderr[-2500:])
             assert ranks.stdout == one.stdout and one.stdout.strip()
+
+
+@pytest.mark.parametrize("mode", ["raise", "kill"])
+def test_a_failing_rank_ends_the_job_with_an_error_within_a_bound(mode):
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).with_name("fault_rank.py")
+    args = ["generate", "hello", "--model", "tiny-llama", "--device", "cpu", "--max-tokens", "8", "--parallel", "tp"]
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           str(free_port()), str(script), mode, "1", *args], capture_output=True, text=True,
+                          timeout=150, env=checkout_env())
+    assert done.returncode != 0
+    assert time.monotonic() - start < 120
+    if mode == "raise":
+        assert "hyperdecode: error: rank 1: RuntimeError: a fault planted" in done.stderr
+    else:
+        assert "Signals.SIGKILL" in done.stderr or "exitcode" in done.stderr

@@ -80,11 +80,8 @@ def load_llm(args: argparse.Namespace) -> Any:
     from .engine.llm import LLM
     from .errors import ConfigError
     llm = LLM(args.model, device=args.device, dtype=args.dtype, backend=args.backend, parallel=args.parallel)
-    if args.parallel:
-        import os
-        import torch.distributed as dist
-        if dist.get_rank() != 0:  # every rank runs the same steps; only rank 0 speaks
-            sys.stdout = sys.stderr = open(os.devnull, "w")
+    if args.parallel and llm.rank != 0:
+        follow_and_exit(llm)
     try:
         llm.tokenizer  # noqa: B018 (the property raises when the model has none)
     except ConfigError:
@@ -147,6 +144,8 @@ def build_parser() -> Parser:
     v.add_argument("--max-num-batched-tokens", type=int, default=None,
                    help="tokens one step may feed (decode rows + prompt chunks): longer prompts are prefilled in "
                         "chunks next to the decoding requests (chunked prefill; default: whole prompts)")
+    v.add_argument("--parallel", default=None, choices=["tp"],
+                   help="tensor parallel under torchrun (rank 0 serves, the others follow its steps)")
     v.add_argument("--speculative-config", default=None,
                    help='speculative decoding as vLLM takes it: a JSON object, e.g. \'{"method": "ngram", '
                         '"num_speculative_tokens": 4}\' (methods: mtp, ngram, suffix; suffix also takes '
@@ -305,12 +304,19 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.max_num_batched_tokens is not None and args.max_num_batched_tokens < args.max_batch + 1:
         raise ValueError("--max-num-batched-tokens must be at least --max-batch + 1 (each decoding request feeds one "
                          "token per step, and one cache row is kept for readiness probes)")
+    if args.parallel:  # rank 0 serves; the other ranks load their shards and replay its steps
+        from .parallel.launch import join_ranks
+        from .model.loader import resolve_device
+        if join_ranks(resolve_device(args.device))[0] != 0:
+            from .engine.llm import LLM
+            follow_and_exit(LLM(args.model, device=args.device, dtype=args.dtype, parallel=args.parallel))
     config = ServerConfig(model=args.model, served_model_name=args.served_model_name, device=args.device,
                           dtype=args.dtype, backend=args.backend, api_key=args.api_key, max_batch=args.max_batch,
                           max_queue=args.max_queue, max_model_len=args.max_model_len,
                           request_timeout=args.request_timeout, max_num_batched_tokens=args.max_num_batched_tokens,
                           max_request_bytes=args.max_request_bytes,
-                          speculative_config=speculative_flag(args.speculative_config, "--speculative-config"))
+                          speculative_config=speculative_flag(args.speculative_config, "--speculative-config"),
+                          parallel=args.parallel)
     logging.basicConfig(level=logging.INFO, format="hyperdecode: %(levelname)s %(name)s: %(message)s")
     failures: list[str] = []
     servers: list[uvicorn.Server] = []
@@ -370,10 +376,11 @@ def http_error_message(e: Any) -> str:
     return f"request to {url} failed ({type(e).__name__}: {e}); is the server running?"
 
 
-def error_stream(args: argparse.Namespace) -> Any:
-    """Where errors go: stderr, or the process's own stderr on ranks whose output is silenced (they still report
-    their errors)."""
-    return sys.__stderr__ if getattr(args, "parallel", None) else sys.stderr
+def follow_and_exit(llm: Any) -> NoReturn:
+    """A rank other than 0: replay rank 0's steps until it ends the job."""
+    from .parallel.follow import follow
+    follow(llm.runner)
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,14 +393,14 @@ def main(argv: list[str] | None = None) -> int:
                     "fabric": cmd_fabric}
         commands[args.command](args)
     except (HyperdecodeError, ValueError) as e:
-        print(f"hyperdecode: error: {e}", file=error_stream(args))
+        print(f"hyperdecode: error: {e}", file=sys.stderr)
         return 1
     except RuntimeError as e:
         if not getattr(args, "parallel", None):
             raise
         import torch.distributed as dist
         rank = dist.get_rank() if dist.is_initialized() else "?"
-        print(f"hyperdecode: error: rank {rank}: {type(e).__name__}: {e} (did another rank end?)", file=sys.__stderr__)
+        print(f"hyperdecode: error: rank {rank}: {type(e).__name__}: {e} (did another rank end?)", file=sys.stderr)
         return 1
     except OSError as e:
         print(f"hyperdecode: error: {os_error_message(e)}", file=sys.stderr)

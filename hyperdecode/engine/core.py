@@ -13,8 +13,6 @@ for each, and keeps the accepted prefix plus one token (speculative.py); the run
 (`rollback`), and the drafter then proposes the next draft from what the step computed."""
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor, nn
 
@@ -37,7 +35,6 @@ class EngineCore:
         self.steps = 0
         self.driver: str | None = None  # who steps it from another thread (a server), if anyone
         self.speculative: SpeculativeConfig | None = None
-        self.seed_source: Callable[[], int] | None = None  # where an unseeded request's seed comes from (ranks)
         # a failed forward is retried row by row, and only the failing rows end; not across ranks, whose steps
         # must stay in lockstep: there a fault ends the step (and the job)
         self.isolate_faults = True
@@ -85,8 +82,6 @@ class EngineCore:
         generator = torch.Generator(device=self.device)
         if seq.params.seed is not None:
             generator.manual_seed(seq.params.seed)
-        elif self.seed_source is not None:
-            generator.manual_seed(self.seed_source())
         else:
             generator.seed()
         seq.generator = generator

@@ -79,14 +79,18 @@ class LLM:
         runners = {"reference": ReferenceRunner, "graph": GraphRunner,
                    # an FP8 checkpoint's projections stay FP8 in the megakernel (re-quantized on its 128 x 128 grid)
                    "mega": lambda model: MegaRunner(model, fp8=bool(self.fp8_weights))}
+        self.rank = 0
+        if parallel is not None:  # rank 0 leads the steps, the other ranks replay them (parallel/follow.py)
+            import torch.distributed as dist
+            from ..parallel.follow import LeaderRunner
+            self.rank = dist.get_rank()
+            runners["reference"] = LeaderRunner if self.rank == 0 else ReferenceRunner
         self.runner = runners[backend](self.model)
         self.backend = backend
         self.core = EngineCore(self.runner, max_num_batched_tokens)
         self.parallel = parallel
-        if parallel is not None:  # every rank runs the same steps: unseeded sampling takes rank 0's seed
-            from ..parallel.launch import shared_seed
-            self.core.seed_source = shared_seed
-            self.core.isolate_faults = False
+        if parallel is not None:
+            self.core.isolate_faults = False  # a retry row by row would be rank 0's alone
         self.inputs = InputProcessor(self._tokenizer, self.config.vocab_size, self.config.eos_token_ids,
                                      self.max_context)
 

@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import ConfigError
 from .tp import attach_all_reduce, local_config, shard_tensors
 
-__all__ = ["join_ranks", "load_parallel", "shared_seed", "PLANS", "TIMEOUT_S"]
+__all__ = ["join_ranks", "load_parallel", "PLANS", "TIMEOUT_S"]
 
 PLANS = ("tp",)
 TIMEOUT_S = 120
@@ -38,13 +38,6 @@ def join_ranks(device: torch.device) -> tuple[int, int]:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=TIMEOUT_S))
     return dist.get_rank(), dist.get_world_size()
-
-
-def shared_seed() -> int:
-    """A random seed drawn on rank 0 and given to every rank, so that sampling agrees across the ranks."""
-    seed = torch.randint(0, 2 ** 62, (1,)) if dist.get_rank() == 0 else torch.zeros(1, dtype=torch.long)
-    dist.broadcast(seed, src=0)
-    return int(seed)
 
 
 def safetensors_slices(path: Path) -> Callable[[str], Any]:

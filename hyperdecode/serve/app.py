@@ -60,6 +60,7 @@ class ServerConfig:
     max_num_batched_tokens: int | None = None  # chunked prefill: tokens per step (None: whole prompts)
     max_request_bytes: int | None = None  # None: 1 MiB + 64 B per token of max_model_len
     speculative_config: str | dict | None = None  # vLLM's --speculative-config (e.g. {"method": "ngram", ...})
+    parallel: str | None = None  # "tp": this process is rank 0 of a torchrun job (parallel/follow.py)
 
     @property
     def name(self) -> str:
@@ -86,7 +87,7 @@ class State:
         try:
             c = self.config
             self._start(LLM(c.model, device=c.device, dtype=c.dtype, backend=c.backend,
-                            max_num_batched_tokens=c.max_num_batched_tokens))
+                            max_num_batched_tokens=c.max_num_batched_tokens, parallel=c.parallel))
         except Exception as e:  # reported by /health and every request
             self.error = f"{type(e).__name__}: {e}"
             log.error("the model '%s' failed to load: %s", self.config.model, self.error)

@@ -74,6 +74,7 @@ def worker(rank, world, port, name, heads, out):
         params = sum(p.numel() for p in model.parameters())
         out.put((rank, logits.tolist(), tokens_out, params))  # plain data: the process ends before it is read
     finally:
+        dist.barrier()  # nobody tears the group down while a peer still uses it
         dist.destroy_process_group()
 
 
@@ -153,3 +154,41 @@ def test_a_failing_rank_ends_the_job_with_an_error_within_a_bound(mode):
         assert "hyperdecode: error: rank 1: RuntimeError: a fault planted" in done.stderr
     else:
         assert "Signals.SIGKILL" in done.stderr or "exitcode" in done.stderr
+
+
+def test_serve_under_torchrun_answers_the_openai_client():
+    """Rank 0 serves, rank 1 follows its steps; the answer equals a one-process server's at temperature 0."""
+    import subprocess
+    import sys
+    import httpx
+    import openai
+    import hyperdecode as hd
+    from tests.serve.conftest import LiveServer
+    port = free_port()
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                            str(free_port()), "-m", "hyperdecode", "serve", "--model", "tiny-llama", "--device", "cpu",
+                            "--port", str(port), "--parallel", "tp", "--max-batch", "2", "--max-model-len", "256"],
+                           env=checkout_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    single = LiveServer(hd.LLM("tiny-llama", device="cpu", seed=0), max_batch=2, max_model_len=256)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert job.poll() is None, job.communicate()[1][-2000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the torchrun server did not come up"
+            time.sleep(0.5)
+        answers = []
+        for url in (f"http://127.0.0.1:{port}/v1", f"{single.url}/v1"):
+            client = openai.OpenAI(base_url=url, api_key="none", timeout=60)
+            r = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi there"}],
+                                               max_tokens=12, temperature=0)
+            answers.append((r.choices[0].message.content, r.usage.completion_tokens))
+        assert answers[0] == answers[1] and answers[0][1] > 0
+    finally:
+        single.stop()
+        job.terminate()
+        job.wait(timeout=30)

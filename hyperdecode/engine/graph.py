@@ -95,12 +95,12 @@ class GraphRunner(ReferenceRunner):
         else:
             return self.reference(tokens, pos, slots, want)
         hidden, logits = self.run(tokens, pos, slots, width)
-        self.hidden = hidden if self.keep_hidden else None
+        self.hidden = hidden.clone() if self.keep_hidden else None  # the static output is overwritten next step
         return logits[want]
 
     def run(self, tokens: Tensor, pos: Tensor, slots: Tensor | None, width: int) -> tuple[Tensor, Tensor]:
         """The captured step of this width for tokens, pos [B, S <= width] (pos -1: padding, written at the spare
-        position) -> hidden [B, S, hidden] and logits [B, S, vocab]."""
+        position) -> hidden [B, S, hidden] (a view of the static output) and logits [B, S, vocab]."""
         B, S = tokens.shape
         bucket = next(b for b in self.buckets if b >= B)
         if (bucket, width) not in self.steps:
@@ -112,4 +112,4 @@ class GraphRunner(ReferenceRunner):
         slot_in[:B] = torch.arange(B, device=self.device) if slots is None else slots
         tok_in[B:], pos_in[B:], slot_in[B:] = 0, 0, self.spare
         hidden, logits = step()
-        return hidden[:B, :S].clone(), logits[:B, :S].clone()
+        return hidden[:B, :S], logits[:B, :S].clone()

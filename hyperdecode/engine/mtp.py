@@ -85,4 +85,3 @@ class MtpDrafter:
 
     def retire(self, seq: Sequence) -> None:
         self.last.pop(seq, None)
-        seq.spec_state = None

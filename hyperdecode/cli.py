@@ -32,9 +32,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    p.add_argument("--parallel", default=None, choices=["tp"],
-                   help="tensor parallel over the ranks torchrun starts: torchrun --nproc-per-node W -m hyperdecode "
-                        "generate ... --parallel tp (rank 0 prints; NCCL on GPUs, gloo on the CPU)")
+    p.add_argument("--parallel", default=None, choices=["tp", "hetero"],
+                   help="split the model over the ranks torchrun starts: torchrun --nproc-per-node W -m hyperdecode "
+                        "generate ... --parallel tp (tensor parallel) | hetero (GLM-5 / DeepSeek-V3.2: rank 0 runs "
+                        "the DSA indexer, the others attend; the MoE on all); rank 0 prints; NCCL on GPUs, gloo on "
+                        "the CPU")
     p.add_argument("--speculative", default=None, metavar="METHOD:K",
                    help="speculative decoding, K draft tokens verified per step: mtp:K (GLM-5 / DeepSeek checkpoints "
                         "with an MTP layer), ngram:K (prompt lookup), suffix:K (suffix decoding); or vLLM's JSON "
@@ -144,8 +146,8 @@ def build_parser() -> Parser:
     v.add_argument("--max-num-batched-tokens", type=int, default=None,
                    help="tokens one step may feed (decode rows + prompt chunks): longer prompts are prefilled in "
                         "chunks next to the decoding requests (chunked prefill; default: whole prompts)")
-    v.add_argument("--parallel", default=None, choices=["tp"],
-                   help="tensor parallel under torchrun (rank 0 serves, the others follow its steps)")
+    v.add_argument("--parallel", default=None, choices=["tp", "hetero"],
+                   help="tp or hetero under torchrun, as for generate (rank 0 serves, the others follow its steps)")
     v.add_argument("--speculative-config", default=None,
                    help='speculative decoding as vLLM takes it: a JSON object, e.g. \'{"method": "ngram", '
                         '"num_speculative_tokens": 4}\' (methods: mtp, ngram, suffix; suffix also takes '
@@ -409,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hyperdecode: error: {http_error_message(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if getattr(args, "parallel", None):  # every rank got it: none waits for another on its way out
+            from .parallel.follow import interrupted
+            interrupted()
         print(file=sys.stderr)
         return 130
     return 0

@@ -54,6 +54,8 @@ class LLM:
 
     max_num_batched_tokens: tokens one step may feed (decode rows plus prompt chunks): prompts longer than what
     is left are fed in chunks over several steps (chunked prefill); None feeds whole prompts.
+    parallel: "tp" (tensor parallel) or "hetero" (GLM-5 / DeepSeek-V3.2: rank 0 runs the DSA indexer, the other
+    ranks the attention, all of them the MoE) over the ranks torchrun started; rank 0 leads, the others follow.
     """
 
     def __init__(self, model: str = "smollm2", device: str = "auto", dtype: str = "float32",

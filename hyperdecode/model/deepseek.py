@@ -21,7 +21,7 @@ from .layers import MLP, CausalLM, LayerCache, Linear, RMSNorm, fuse, rope, rope
 from .static import is_static
 from .step import Step
 
-__all__ = ["DeepseekForCausalLM", "hf_shapes"]
+__all__ = ["DeepseekForCausalLM", "hf_shapes", "topk_mask"]
 
 
 class Indexer(nn.Module):
@@ -44,18 +44,28 @@ class Indexer(nn.Module):
     def key(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         return self._rope(self.k_norm(self.wk(x)), cos, sin)
 
-    def select(self, x: Tensor, q_lat: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, causal: Tensor) -> Tensor:
-        """Boolean [B, S, T]: the top-k keys of each query (all of them while T <= index_topk)."""
+    def top(self, x: Tensor, q_lat: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, causal: Tensor) -> Tensor | None:
+        """Positions [B, S, index_topk] of each query's top keys, best first (ties: the lower position wins); None
+        while T <= index_topk (every key is kept)."""
         B, S, _ = x.shape
+        if self.topk >= keys.shape[1]:
+            return None
         q = self._rope(self.wq_b(q_lat).view(B, S, self.n_heads, self.dim), cos[:, :, None], sin[:, :, None])
         scores = F.relu(torch.einsum("bshd,btd->bsht", q.float(), keys.float()) * self.dim ** -0.5)
         w = self.weights_proj(x.to(self.weights_proj.weight.dtype)).float() * self.n_heads ** -0.5
         index = torch.einsum("bsh,bsht->bst", w, scores).masked_fill(~causal, float("-inf"))
-        k = min(self.topk, index.shape[-1])
-        if k == index.shape[-1]:
-            return torch.ones_like(causal)
-        order = torch.sort(index, dim=-1, descending=True, stable=True).indices[..., :k]  # ties: lower position
-        return torch.zeros_like(causal).scatter_(-1, order, True)
+        return torch.sort(index, dim=-1, descending=True, stable=True).indices[..., :self.topk]
+
+    def select(self, x: Tensor, q_lat: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, causal: Tensor) -> Tensor:
+        """Boolean [B, S, T]: the top-k keys of each query (all of them while T <= index_topk)."""
+        return topk_mask(self.top(x, q_lat, cos, sin, keys, causal), causal)
+
+
+def topk_mask(top: Tensor | None, causal: Tensor) -> Tensor:
+    """Boolean [B, S, T] of the positions `top` [B, S, k] names (every position when None)."""
+    if top is None:
+        return torch.ones_like(causal)
+    return torch.zeros_like(causal).scatter_(-1, top, True)
 
 
 class MLA(nn.Module):
@@ -80,6 +90,14 @@ class MLA(nn.Module):
         self.indexer = Indexer(cfg) if cfg.has_indexer and full_indexer else None
         self.cache = None
 
+    def cache_shapes(self) -> dict[str, tuple[int, ...]]:
+        """What each cached token holds: the latent, the roped key and, with an indexer of its own, its key."""
+        c = self.cfg
+        shapes = {"lat": (c.kv_lora_rank,), "pe": (c.qk_rope_head_dim,)}
+        if isinstance(self.indexer, Indexer):
+            shapes["ik"] = (c.index_head_dim,)
+        return shapes
+
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, step: Step, causal: list[Tensor],
                 prev_topk: list[Tensor | None]) -> tuple[Tensor, list[Tensor | None]]:
         """x: the step's tokens, flat [N, hidden]; projections run on all of them, attention per row group. Returns
@@ -93,7 +111,7 @@ class MLA(nn.Module):
         q_pe = rope(q_pe, cos[:, None], sin[:, None], c.rope_interleave)
         latent, k_pe = self.kv_a_proj_with_mqa(x).split([lora, r], dim=-1)
         cached = [self.kv_a_layernorm(latent), rope(k_pe, cos, sin, c.rope_interleave)]
-        if self.indexer is not None:
+        if isinstance(self.indexer, Indexer):
             cached.append(self.indexer.key(x, cos, sin))
         w = self.kv_b_proj.weight.view(lora, h, nope + c.v_head_dim)
         q_abs = torch.einsum("nhd,lhd->nhl", q_nope, w[..., :nope])  # W_UK folded into q
@@ -105,9 +123,10 @@ class MLA(nn.Module):
             latent_g, pe_g = values[:2]
             if self.indexer is None:
                 topk = prev  # IndexShare: the previous indexer's selection
-            else:
-                topk = self.indexer.select(group.take(x), group.take(q_lat), group.take(cos), group.take(sin),
-                                           values[2], causal_g)
+            else:  # its own indexer's selection (under the hetero plan: the one the indexer rank sent; no keys here)
+                keys = values[2] if len(values) > 2 else None
+                topk = self.indexer.select(group.take(x), group.take(q_lat), group.take(cos), group.take(sin), keys,
+                                           causal_g)
             mask = causal_g if topk is None else causal_g & topk
             scores = (torch.einsum("bshl,btl->bsht", group.take(q_abs), latent_g)
                       + torch.einsum("bshr,btr->bsht", group.take(q_pe), pe_g)) * c.softmax_scale
@@ -226,11 +245,7 @@ class DeepseekForCausalLM(CausalLM):
             self.inv_freq.copy_(inv_freq)
 
     def cache_shapes(self, layer: int) -> dict[str, tuple[int, ...]]:
-        c = self.cfg
-        shapes = {"lat": (c.kv_lora_rank,), "pe": (c.qk_rope_head_dim,)}
-        if self.layers[layer].self_attn.indexer is not None:
-            shapes["ik"] = (c.index_head_dim,)
-        return shapes
+        return self.layers[layer].self_attn.cache_shapes()
 
     def forward(self, tokens: Tensor, pos: Tensor, slots: Tensor | None = None, use_cache: bool = True) -> Tensor:
         """tokens, pos: [B, S] -> final-norm hidden states [B, S, hidden] (as the Llama family's)."""
@@ -253,11 +268,8 @@ class DeepseekForCausalLM(CausalLM):
         m = self.mtp
         if m is not None and (m.self_attn.cache is None or m.self_attn.cache.lat.shape[:2] != (self.max_batch,
                                                                                                self.max_seq)):
-            shapes = {"lat": (self.cfg.kv_lora_rank,), "pe": (self.cfg.qk_rope_head_dim,)}
-            if m.self_attn.indexer is not None:
-                shapes["ik"] = (self.cfg.index_head_dim,)
-            m.self_attn.cache = LayerCache(self.max_batch, self.max_seq, shapes, self.embed_tokens.weight.dtype,
-                                           self.device)
+            m.self_attn.cache = LayerCache(self.max_batch, self.max_seq, m.self_attn.cache_shapes(),
+                                           self.embed_tokens.weight.dtype, self.device)
 
     def keep_cache(self, row: int, n: int, end: int | None = None) -> None:
         super().keep_cache(row, n, end)

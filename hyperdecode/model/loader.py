@@ -6,7 +6,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -77,16 +77,24 @@ def expected_shapes(cfg: ModelConfig, mtp: bool) -> dict[str, tuple[int, ...]]:
     return family_of(cfg).shapes(cfg, mtp)
 
 
-def build(cfg: ModelConfig, sd: dict[str, Tensor], source: str, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """The family's module for `cfg` with the HF-named tensors `sd` loaded (checked, converted, cast)."""
+def build(cfg: ModelConfig, sd: dict[str, Tensor], source: str, device: torch.device, dtype: torch.dtype,
+          adapt: Callable[[nn.Module], None] | None = None) -> nn.Module:
+    """The family's module for `cfg` with the HF-named tensors `sd` loaded (checked, converted, cast). `adapt`
+    reshapes the module while it is still on the meta device (a parallel plan's roles); `sd` then holds just the
+    tensors the adapted module keeps, each checked against the family's shape for its name."""
     family = family_of(cfg)
     mtp = family.has_mtp(cfg, sd)
     with torch.device("meta"):  # shapes and dtypes only: the weights are allocated once, by the load
         model = family.model(cfg, mtp).to(dtype)
+        if adapt is not None:
+            adapt(model)
     for name, p in model.named_parameters():
         if model.FP32_PARAMS and model.FP32_PARAMS.match(name):
             p.data = p.data.float()
-    load_state_dict(model, sd, family.shapes(cfg, mtp), source, device)
+    shapes = family.shapes(cfg, mtp)
+    if adapt is not None:
+        shapes = {name: shape for name, shape in shapes.items() if name in sd}
+    load_state_dict(model, sd, shapes, source, device)
     model.inv_freq = torch.zeros(model.inv_freq.shape, dtype=torch.float32, device=device)
     model.init_buffers()
     return model.eval()

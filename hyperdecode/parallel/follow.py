@@ -16,11 +16,12 @@ from torch import Tensor, nn
 
 from ..engine.runner import ReferenceRunner
 
-__all__ = ["LeaderRunner", "follow", "leave", "HEARTBEAT_S"]
+__all__ = ["LeaderRunner", "follow", "leave", "interrupted", "HEARTBEAT_S"]
 
 STOP, FORWARD, ROLLBACK, SETUP, NOOP = 0, 1, 2, 3, 4
 HEADER = 6  # command, then up to 5 integers
 HEARTBEAT_S = 10.0
+INTERRUPTED = threading.Event()
 
 
 class LeaderRunner(ReferenceRunner):
@@ -44,8 +45,12 @@ class LeaderRunner(ReferenceRunner):
     def _heartbeat(self) -> None:
         while not self.stopped.wait(HEARTBEAT_S):
             with self.lock:
-                if not self.stopped.is_set():
+                if self.stopped.is_set():
+                    return
+                try:
                     self._send(NOOP)
+                except RuntimeError:  # a follower is gone: the next step reports it; the heartbeat just ends
+                    return
 
     def setup(self, max_batch: int, max_seq: int) -> None:
         with self.lock:
@@ -65,12 +70,24 @@ class LeaderRunner(ReferenceRunner):
             super().rollback(row, keep, end)
 
     def stop(self) -> None:
-        """Ends the followers' loops (once), and the process group with them."""
+        """Ends the followers' loops (once), and the process group with them. After an interrupt every rank is
+        ending on its own (Ctrl-C reaches them all, torchrun signals them too): nothing is sent."""
         with self.lock:
-            if not self.stopped.is_set():
-                self.stopped.set()
+            if self.stopped.is_set():
+                return
+            self.stopped.set()
+            if INTERRUPTED.is_set():
+                return
+            try:
                 self._send(STOP)
                 leave()
+            except RuntimeError:  # a follower had already ended (its own error says why)
+                pass
+
+
+def interrupted() -> None:
+    """This rank was interrupted (Ctrl-C): its exit tells no peer anything, and waits for none."""
+    INTERRUPTED.set()
 
 
 def leave() -> None:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..model.registry import family_of
 
-__all__ = ["split_heads", "split_range", "local_config", "shard_tensors", "attach_all_reduce"]
+__all__ = ["split_heads", "split_range", "mla_heads", "local_config", "shard_tensors", "attach_all_reduce"]
 
 
 def split_range(n: int, world: int, rank: int) -> tuple[int, int]:
@@ -54,14 +54,19 @@ def _mla(cfg: Any) -> bool:
     return hasattr(cfg, "kv_lora_rank")
 
 
-def local_config(cfg: Any, world: int, rank: int) -> Any:
-    """The config of rank `rank`'s model: its heads and its share of the MLP's (and experts') intermediate
-    columns."""
+def mla_heads(cfg: Any, world: int, rank: int) -> list[int]:
+    """Rank `rank`'s attention heads under plain TP (the GLM-5 family: no kv heads to group)."""
+    return list(range(*split_range(cfg.num_attention_heads, world, rank)))
+
+
+def local_config(cfg: Any, world: int, rank: int, heads: list[int] | None = None) -> Any:
+    """The config of rank `rank`'s model: its heads (the GLM-5 family: `heads`, default `mla_heads`) and its share
+    of the MLP's (and experts') intermediate columns."""
     i0, i1 = split_range(cfg.intermediate_size, world, rank)
     if _mla(cfg):
-        h0, h1 = split_range(cfg.num_attention_heads, world, rank)
+        heads = mla_heads(cfg, world, rank) if heads is None else heads
         m0, m1 = split_range(cfg.moe_intermediate_size, world, rank)
-        return dataclasses.replace(cfg, num_attention_heads=h1 - h0, intermediate_size=i1 - i0,
+        return dataclasses.replace(cfg, num_attention_heads=len(heads), intermediate_size=i1 - i0,
                                    moe_intermediate_size=m1 - m0)
     q_heads, kv_slots = split_heads(cfg.num_attention_heads, cfg.num_key_value_heads, world)[rank]
     return dataclasses.replace(cfg, num_attention_heads=len(q_heads), num_key_value_heads=len(kv_slots),
@@ -77,12 +82,13 @@ def _cols(t: Any, index: list[int], size: int) -> Tensor:
     return torch.cat([t[:, i * size:(i + 1) * size] for i in index], dim=1)
 
 
-def shard_tensors(cfg: Any, get: Callable[[str], Any], world: int, rank: int) -> dict[str, Tensor]:
-    """Rank `rank`'s HF-named tensors; `get(name)` returns something sliceable like a tensor (a safetensors slice
-    reads only the rows asked for). Biases of row-parallel projections stay on rank 0 (their outputs are summed)."""
+def shard_tensors(cfg: Any, get: Callable[[str], Any], world: int, rank: int, heads: list[int] | None = None,
+                  keep: Callable[[str], bool] = lambda name: True) -> dict[str, Tensor]:
+    """Rank `rank`'s HF-named tensors among those `keep` accepts; `get(name)` returns something sliceable like a
+    tensor (a safetensors slice reads only the rows asked for). `heads` as in `local_config`. Biases of row-parallel
+    projections stay on one rank (their outputs are summed): the MLP's on rank 0, o_proj's with head 0."""
     if _mla(cfg):
-        heads = list(range(*split_range(cfg.num_attention_heads, world, rank)))
-        q_heads = kv_slots = heads
+        q_heads = kv_slots = mla_heads(cfg, world, rank) if heads is None else heads
         per_head = {"q_b_proj": cfg.qk_head_dim, "kv_b_proj": cfg.qk_nope_head_dim + cfg.v_head_dim,
                     "o_proj": cfg.v_head_dim}
     else:
@@ -90,13 +96,15 @@ def shard_tensors(cfg: Any, get: Callable[[str], Any], world: int, rank: int) ->
         per_head = dict.fromkeys(("q_proj", "k_proj", "v_proj", "o_proj"), cfg.head_dim)
     out = {}
     for name, shape in family_of(cfg).shapes(cfg, False).items():
+        if not keep(name):
+            continue
         t = get(name)
         leaf = name.rsplit(".", 2)[-2] if name.count(".") >= 2 else ""
         weight = name.endswith(".weight")
         if leaf in ("q_proj", "q_b_proj", "kv_b_proj") or (leaf in ("k_proj", "v_proj") and not _mla(cfg)):
             out[name] = _rows(t, kv_slots if leaf in ("k_proj", "v_proj") else q_heads, per_head[leaf])
         elif leaf == "o_proj":
-            out[name] = _cols(t, q_heads, per_head[leaf]) if weight else torch.as_tensor(t[:]) * (rank == 0)
+            out[name] = _cols(t, q_heads, per_head[leaf]) if weight else torch.as_tensor(t[:]) * (0 in q_heads)
         elif leaf in ("gate_proj", "up_proj"):  # a dense MLP's, an expert's or the shared experts' columns
             out[name] = torch.as_tensor(t[slice(*split_range(shape[0], world, rank))])
         elif leaf == "down_proj":
@@ -107,14 +115,17 @@ def shard_tensors(cfg: Any, get: Callable[[str], Any], world: int, rank: int) ->
     return out
 
 
-def attach_all_reduce(model: nn.Module, group: Any = None) -> list[Any]:
-    """Sums every layer's o_proj and MLP (or MoE: routed + shared experts) outputs over the ranks (forward hooks);
-    returns the hooks' handles."""
-    def reduce(_module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
-        dist.all_reduce(output, group=group)
+def attach_all_reduce(model: nn.Module, reduce: Callable[[Tensor], None] | None = None) -> list[Any]:
+    """Sums every layer's o_proj and MLP (or MoE: routed + shared experts) outputs over the ranks (forward hooks)
+    with `reduce` (in place; default `dist.all_reduce`, on GPUs peer.links' one-shot all-reduce); returns the
+    hooks' handles."""
+    reduce = reduce or dist.all_reduce
+
+    def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
+        reduce(output)
         return output
     handles = []
     for layer in model.layers:
-        handles.append(layer.self_attn.o_proj.register_forward_hook(reduce))
-        handles.append(layer.mlp.register_forward_hook(reduce))
+        handles.append(layer.self_attn.o_proj.register_forward_hook(hook))
+        handles.append(layer.mlp.register_forward_hook(hook))
     return handles

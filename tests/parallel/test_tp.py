@@ -1,115 +1,32 @@
 """Plain tensor parallelism of both families over torch.distributed (gloo, W processes on the CPU): the logits of
 a [B, S] forward and 16 greedy steps equal one process's, heads that do not divide W included, and each rank holds
 only its slices (plus the replicated embedding, norms and LM head)."""
-import socket
 import time
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from hyperdecode.model.loader import build, expected_shapes, preset_config
-from hyperdecode.model.weights import random_state_dict
-from hyperdecode.parallel.tp import attach_all_reduce, local_config, shard_tensors, split_heads, split_range
-
-CPU = torch.device("cpu")
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
-
-
-def checkout_env() -> dict:
-    """The subprocesses import this checkout's package (not whichever one pip installed in editable mode)."""
-    import os
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def config(name, heads=None):
-    cfg = preset_config(name)
-    cfg.num_nextn_predict_layers = 0  # the MTP layer is not split here
-    if heads is not None:  # uneven: heads, kv heads that W does not divide
-        cfg.num_attention_heads, cfg.num_key_value_heads = heads
-    return cfg
-
-
-def greedy(model, prompts, steps):
-    from hyperdecode.engine.core import EngineCore
-    from hyperdecode.engine.runner import ReferenceRunner
-    from hyperdecode.engine.sampling import SamplingParams
-    from hyperdecode.engine.sequence import Sequence
-    core = EngineCore(ReferenceRunner(model))
-    core.reserve(len(prompts), 96)
-    seqs = [Sequence(p, SamplingParams(max_tokens=steps, ignore_eos=True)) for p in prompts]
-    for s in seqs:
-        core.add(s)
-    while core.has_unfinished:
-        core.step()
-    return [s.output_ids for s in seqs]
-
-
-def inputs(cfg):
-    g = torch.Generator().manual_seed(1)
-    tokens = torch.randint(0, cfg.vocab_size, (2, 9), generator=g)
-    prompts = [torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist() for n in (7, 3)]
-    return tokens, prompts
-
-
-def worker(rank, world, port, name, heads, out):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        cfg = config(name, heads)
-        full = random_state_dict(expected_shapes(cfg, False), 3)  # the test's source; a checkpoint is sliced on read
-        local = local_config(cfg, world, rank)
-        model = build(local, shard_tensors(cfg, full.__getitem__, world, rank), "shard", CPU, torch.float32)
-        attach_all_reduce(model)
-        tokens, prompts = inputs(cfg)
-        with torch.inference_mode():
-            logits = model.logits(model(tokens, torch.arange(tokens.shape[1]).expand(2, -1), use_cache=False))
-        tokens_out = greedy(model, prompts, 16)
-        params = sum(p.numel() for p in model.parameters())
-        out.put((rank, logits.tolist(), tokens_out, params))  # plain data: the process ends before it is read
-    finally:
-        dist.barrier()  # nobody tears the group down while a peer still uses it
-        dist.destroy_process_group()
+from hyperdecode.parallel.tp import split_heads, split_range
+from tests.parallel.ranks import ROOT, checkout_env, expected_params, free_port, one_process, run_world
 
 
 @pytest.mark.parametrize("name, heads, worlds", [("tiny-llama", None, (2, 3, 4)), ("tiny-qwen3", None, (2, 3)),
-                                                 ("tiny-llama", (6, 3), (2, 4)), ("tiny-glm5", None, (2, 3)),
-                                                 ("tiny-dsv32", None, (2, 4))])
+                                                 ("tiny-llama", (6, 3), (2, 4)), ("tiny-glm5", None, (2, 3, 4)),
+                                                 ("tiny-dsv32", None, (2, 3, 4))])
 def test_tensor_parallel_equals_one_process(name, heads, worlds):
-    cfg = config(name, heads)
-    full = build(cfg, random_state_dict(expected_shapes(cfg, False), 3), "full", CPU, torch.float32)
-    tokens, prompts = inputs(cfg)
-    with torch.inference_mode():
-        ref = full.logits(full(tokens, torch.arange(tokens.shape[1]).expand(2, -1), use_cache=False))
-    ref_tokens = greedy(full, prompts, 16)
+    ref, ref_tokens, full = one_process(name, heads)
     total = sum(p.numel() for p in full.parameters())
     # replicated: embedding, LM head, norms; in the GLM-5 family also q_a, kv_a, the indexer and the router
     kept = ("norm", "q_a_proj", "kv_a_proj", "indexer", "mlp.gate.")
     replicated = sum(p.numel() for n, p in full.named_parameters() if "layers." not in n or any(k in n for k in kept))
-    ctx = mp.get_context("spawn")
     for world in worlds:
-        out = ctx.Queue()
-        job = mp.start_processes(worker, args=(world, free_port(), name, heads, out), nprocs=world, join=False,
-                                 start_method="spawn")
-        results = sorted(out.get(timeout=120) for _ in range(world))  # read before joining: the queue must drain
-        deadline = time.monotonic() + 120  # bounded: a hung rank fails the test instead of hanging it
-        while not job.join(timeout=5):  # True once every rank has ended (join returns as each one ends)
-            if time.monotonic() > deadline:
-                for p in job.processes:
-                    p.kill()
-                pytest.fail(f"world {world}: a rank did not finish")
-        for rank, logits, got_tokens, params in results:
+        for rank, logits, got_tokens, params in run_world("tp", name, heads, world):
             torch.testing.assert_close(torch.tensor(logits), ref, rtol=1e-5, atol=1e-5)
             assert got_tokens == ref_tokens, (world, rank)
             # its shard: the split layers' share (uneven splits: at most one head / column more) + the replicated
-            split = total - replicated
-            assert params - replicated <= split / world * 1.5 + 1, (world, rank, params)
+            assert params - replicated <= (total - replicated) / world * 1.5 + 1, (world, rank, params)
+            if hasattr(full.cfg, "kv_lora_rank"):  # exactly: counted from the checkpoint's shapes
+                assert params == expected_params(full.cfg, "tp", world, rank), (world, rank)
 
 
 def test_head_split_plans():
@@ -192,3 +109,46 @@ def test_serve_under_torchrun_answers_the_openai_client():
         single.stop()
         job.terminate()
         job.wait(timeout=30)
+
+
+@pytest.mark.parametrize("command", ["serve", "generate"])
+def test_ctrl_c_shuts_every_rank_down(command):
+    """Ctrl-C at the terminal (SIGINT to torchrun's whole process group) while `serve` idles or `generate` runs:
+    every process ends within a bound, with no traceback of ours and no peer waited for."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import httpx
+    port = free_port()
+    args = {"serve": ["serve", "--model", "tiny-llama", "--port", str(port)],
+            "generate": ["generate", "hello", "--model", "tiny-glm5", "--max-tokens", "4000"]}[command]
+    plan = {"serve": "tp", "generate": "hetero"}[command]
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                            str(free_port()), "-m", "hyperdecode", *args, "--device", "cpu", "--parallel", plan],
+                           env=checkout_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while command == "serve":
+            assert job.poll() is None and time.monotonic() < deadline, "the server did not come up"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        if command == "generate":
+            time.sleep(6)  # loading or generating: either way Ctrl-C must end it
+        assert job.poll() is None
+        start = time.monotonic()
+        os.killpg(job.pid, signal.SIGINT)
+        _, err = job.communicate(timeout=60)
+        assert time.monotonic() - start < 45
+        assert job.returncode != 0
+        assert str(ROOT / "hyperdecode") not in err, err[-3000:]  # torchrun's own traceback may follow; ours not
+        time.sleep(1)
+        with pytest.raises(ProcessLookupError):  # nothing of the job is left
+            os.killpg(job.pid, 0)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)

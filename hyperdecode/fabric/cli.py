@@ -14,14 +14,15 @@ from .builders import fattree, roft, zcube
 from .cost import load_prices
 from .report import compare, describe
 from .topology import Topology
+from .workload import ModelProfile
 
 __all__ = ["add_parser", "run"]
 
 # smallest value of each count flag (a command checks the ones it has, when set) and the flags that must be > 0
 AT_LEAST = {"n": 1, "gpus": 1, "gpus_per_switch": 1, "links_per_pair": 1, "port_gbps": 1, "switch_radix": 1,
             "nic_gbps": 1, "gpus_per_server": 1, "oversubscription": 1, "max_requests": 1, "gpus_per_instance": 1,
-            "qps": 1, "seed": 0}
-POSITIVE = ("switch_tbps", "ttft_slo", "prefill_tok_s", "decode_step_s", "rate_scale")
+            "qps": 1, "seed": 0, "senders": 1}
+POSITIVE = ("switch_tbps", "ttft_slo", "prefill_tok_s", "decode_step_s", "rate_scale", "gbps", "ms")
 # the builders' parameter names and the flags that set them (build, describe, draw)
 BUILDER_FLAGS = {"num_gpus": "--gpus", "gpus_per_switch": "--gpus-per-switch", "gpus_per_server": "--gpus-per-server",
                  "switch_radix": "--switch-radix", "links_per_pair": "--links-per-pair", "port_gbps": "--port-gbps",
@@ -106,7 +107,9 @@ def add_parser(sub: Any, parser_class: type) -> None:
         sp.add_argument("--ttft-slo", type=float, default=2.0, help="TTFT SLO for goodput, seconds")
         sp.add_argument("--model", default="glm-5", help="model preset whose KV bytes/token are sent")
         sp.add_argument("--kv-dtype", default="bf16", choices=["bf16", "fp8"])
-        sp.add_argument("--prefill-tok-s", type=float, default=73_700.0, help="per prefill instance")
+        sp.add_argument("--prefill-tok-s", type=float, default=ModelProfile.prefill_tok_s,
+                        help="computed prompt tokens/s per prefill instance (default: DeepSeek's 73.7k per H800 "
+                             "node less its 56.3 %% prefix-cache hits; no prefix cache here)")
         sp.add_argument("--decode-step-s", type=float, default=0.025)
         sp.add_argument("--seed", type=int, default=0)
         if name == "simulate":
@@ -117,6 +120,16 @@ def add_parser(sub: Any, parser_class: type) -> None:
         else:
             sp.add_argument("--scales", default="1,8,32", help="comma-separated load multipliers")
             sp.add_argument("--out-dir", required=True, help="writes study.md, study.json and PNG plots here")
+    pd = fs.add_parser("pfc-demo", help="PFC's victim flow: H1 and N incast senders to R, a victim V to an idle "
+                                        "host; each flow's rate with PFC next to max-min's",
+                       description="The textbook PFC case: H1 and an upstream switch T (N incast senders and a victim "
+                                   "V, uplink 2C) feed switch S; H1 and the senders send to R, V to an idle host. "
+                                   "With PFC: H1 C/2, each sender and V C/(2N); max-min: C/(N+1) and C.")
+    pd.add_argument("--senders", type=int, required=True, help="incast senders behind T (N)")
+    pd.add_argument("--gbps", type=float, required=True, help="link speed C (T's uplink is 2C)")
+    pd.add_argument("--pfc", default="on", choices=["on", "off"], help="off: senders paced at max-min (ideal CC)")
+    pd.add_argument("--ms", type=float, default=4.0, help="simulated milliseconds (rates over the second half)")
+    pd.add_argument("--json", action="store_true")
     w = fs.add_parser("draw", help="a PNG of a small topology")
     add_topology_args(w)
     w.add_argument("--out", required=True, help="PNG file")
@@ -190,7 +203,7 @@ def named_topology(name: str, args: argparse.Namespace) -> Topology:
 
 def sim_inputs(args: argparse.Namespace):
     from .simulate import SimConfig, parse_failure, parse_pd_ratio
-    from .workload import ModelProfile, load_trace, synthetic
+    from .workload import load_trace, synthetic
     work = load_trace(args.trace)
     if args.synthetic:
         work = synthetic(work, seed=args.seed)
@@ -252,6 +265,19 @@ def run_study(args: argparse.Namespace) -> None:
     print(header + table)
 
 
+def run_pfc_demo(args: argparse.Namespace) -> None:
+    from .pfccases import pfc_demo
+    d = pfc_demo(args.senders, args.gbps, pfc=args.pfc == "on", until=args.ms / 1e3)
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return
+    print(f"victim-flow case, N = {args.senders}, C = {args.gbps:g} Gb/s, PFC {args.pfc}: {d['pause_frames']} pause "
+          f"frames, {d['drops']} drops, {100 * d['headroom_used']:.0f} % of the headroom used")
+    print(f"{'flow':<12}{'Gb/s':>9}{'max-min':>9}")
+    for r in d["flows"]:
+        print(f"{r['name']:<12}{r['gbps']:>9.2f}{r['maxmin_gbps']:>9.2f}")
+
+
 def run(args: argparse.Namespace) -> None:
     cmd = args.fabric_command
     check_args(args)
@@ -259,6 +285,8 @@ def run(args: argparse.Namespace) -> None:
         return run_simulate(args)
     if cmd == "study":
         return run_study(args)
+    if cmd == "pfc-demo":
+        return run_pfc_demo(args)
     if cmd == "compare":
         switch_radix(args, args.nic_gbps)
         rows = flagged(DERIVED_FLAGS, compare, args.gpus, args.switch_tbps, args.nic_gbps,

@@ -58,7 +58,8 @@ class Router:
         """The NIC ports a flow uses. With two ports (ZCube) the flows of a GPU pair use a port-disjoint set of
         pairings, {A->B, B->A} (cross) or {A->A, B->B}, whichever has fewer switches in total (cross on ties), so both
         NIC ports carry traffic at both ends: `fixed` always takes the set's first live pairing, `balanced`
-        alternates a source's flows over the set, `hashed` picks by the flow key. One port: that port."""
+        alternates a source's flows over the set, `hashed` picks by the flow key. A pair that shares a switch takes
+        the pairing(s) through it (one switch). One port: that port."""
         a, b = self.att[src], self.att[dst]
 
         def hops(p: int, q: int) -> float:
@@ -66,6 +67,9 @@ class Router:
             return self.dist[a[p], b[q]] + 1 if ok else float("inf")
         if self.topo.nic_ports == 1:
             return (0, 0) if hops(0, 0) < float("inf") else None
+        shared = [(p, q) for p in (0, 1) for q in (0, 1) if hops(p, q) == 1]
+        if shared:  # the pair shares a switch: its one-switch path(s), never a longer pairing on a tie
+            return shared[0] if self.policy == "fixed" or len(shared) == 1 else self._pick(shared, src, dst, key)
         sets = [[(0, 1), (1, 0)], [(0, 0), (1, 1)]]
         live = [[pq for pq in ps if hops(*pq) < float("inf")] for ps in sets]
         cost = [sum(hops(*pq) for pq in ps) if len(ps) == 2 else float("inf") for ps in live]
@@ -75,10 +79,14 @@ class Router:
             return min(single, key=lambda pq: hops(*pq)) if single else None
         if self.policy == "fixed" or len(chosen) == 1:
             return chosen[0]
+        return self._pick(chosen, src, dst, key)
+
+    def _pick(self, pairings: list[tuple[int, int]], src: int, dst: int, key: int) -> tuple[int, int]:
+        """`balanced`: a source's flows in turn over the pairings; `hashed`: by the flow key."""
         if self.policy == "balanced":
             turn = self._turn[src] = self._turn.get(src, -1) + 1
-            return chosen[turn % len(chosen)]
-        return chosen[mix(key, src, dst) % len(chosen)]
+            return pairings[turn % len(pairings)]
+        return pairings[mix(key, src, dst) % len(pairings)]
 
     def path(self, src: int, dst: int, key: int) -> list[int] | None:
         """Directed links from GPU `src` to GPU `dst`; None if the failure left no path."""

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import ConfigError
 from .cost import network_cost
 from .routing import link_class
 from .simulate import SimConfig, simulate
@@ -18,6 +19,15 @@ __all__ = ["summarize", "study", "plot_run", "study_markdown"]
 def _pct(x: np.ndarray, qs=(50, 90, 99)) -> dict[str, float]:
     x = x[np.isfinite(x)]
     return {f"p{q}": float(np.percentile(x, q)) if len(x) else float("nan") for q in qs}
+
+
+def cost_of(topo: Topology) -> dict[str, Any]:
+    """{"cost_total": $} at the default prices, or None and the price that is missing (a summary never fails on
+    a port speed the price table lacks: the simulation's figures are kept)."""
+    try:
+        return {"cost_total": network_cost(topo)["total"]}
+    except ConfigError as e:
+        return {"cost_total": None, "cost_missing": str(e)}
 
 
 def summarize(r: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +74,7 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         "throttled_share": {k: v / total_throttled for k, v in throttled.items()} if total_throttled else {},
         "throttled_flow_s": total_throttled, "rerouted_flows": r["rerouted_flows"],
         "dropped_requests": r["dropped_requests"], "sim_end_s": float(r["end_s"]), "sim_wall_s": r["sim_wall_s"],
-        "cost_total": network_cost(topo)["total"],
+        **cost_of(topo),
         "config": {"pd_ratio": f"{cfg.pd_ratio[0]}:{cfg.pd_ratio[1]}", "placement": cfg.placement,
                    "kv_split": cfg.kv_split, "port_policy": cfg.port_policy, "qps": cfg.qps,
                    "gpus_per_instance": cfg.gpus_per_instance,
@@ -95,10 +105,11 @@ def study_markdown(rows: list[dict[str, Any]]) -> str:
     lines = []
     for r in rows:
         t = r["throttled_share"]
+        cost = "-" if r["cost_total"] is None else f"{r['cost_total'] / 1e6:.2f}"
         lines.append(f"| x{r['rate_scale']:g} | {r['name']} | {r['ttft_p50_s']:.3f} | {r['ttft_p99_s']:.3f} | "
                      f"{1e3 * r['kv_fct_p99_s']:.1f} | {r['goodput_tok_s']:,.0f} | {r['max_link_util']:.3f} | "
                      f"{t.get('nic_down', 0):.2f}/{t.get('fabric', 0):.2f}/{t.get('nic_up', 0):.2f} | "
-                     f"{r['cost_total'] / 1e6:.2f} |")
+                     f"{cost} |")
     return head + "\n".join(lines) + "\n"
 
 

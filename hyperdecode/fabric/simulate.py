@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .flowsim import EventQueue, Flow, FlowNetwork
-from .routing import Router, link_class
+from .routing import Router, link_class, mix
 from .topology import Topology
 from .workload import ModelProfile, Workload
 
@@ -151,7 +151,7 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
         share = total / len(senders) / cfg.qps
         for r in senders:
             for qp in range(cfg.qps):
-                path = router.path(src0 + r, dst0 + r, key=req * 1024 + r * 16 + qp)
+                path = router.path(src0 + r, dst0 + r, key=mix(req, r, qp))  # distinct for any QP / rank count
                 if path is None:
                     fail_request(req)
                     return

@@ -15,7 +15,7 @@ import numpy as np
 
 from .topology import Topology
 
-__all__ = ["all_pairs", "PairSet", "gpu_pairs", "pairing_matrix", "diameter", "path_table", "bisection", "failure_impact"]
+__all__ = ["all_pairs", "PairSet", "gpu_pairs", "pairing_matrix", "streamed_hops", "diameter", "path_table", "bisection", "failure_impact"]
 
 EXACT_LIMIT = 5_000_000
 
@@ -85,14 +85,64 @@ def pairing_matrix(topo: Topology, pairs: PairSet, dist: np.ndarray, count: np.n
     return hops, paths
 
 
+NO_PATH = np.iinfo(np.int16).max
+
+
+def _hop_table(dist: np.ndarray) -> np.ndarray:
+    """[S + 1, S + 1] GPU-to-GPU switch hops between attachment switches (NO_PATH if none; index S = unplugged),
+    int16: the streamed minimum reads these tables O(signatures²) times."""
+    S = len(dist)
+    hops = np.full((S + 1, S + 1), NO_PATH, dtype=np.int16)
+    hops[:S, :S] = np.where(dist >= 0, dist + 1, NO_PATH)
+    return hops
+
+
+def streamed_hops(topos: list[Topology], dists: list[np.ndarray], block: int = 256):
+    """Every ordered pair of distinct GPUs, exactly, in blocks of source signatures (GPUs plugged into the same
+    switches in every topology behave alike): yields (weights [b, U], [best hops [b, U] per topology, inf where
+    none]), each pair using its best port pairing. Memory O(block × signatures), time O(signatures²)."""
+    atts = [t.attachments() for t in topos]
+    sigs, counts = np.unique(np.concatenate(atts, axis=1), axis=0, return_counts=True)
+    P = topos[0].nic_ports
+    tables = [_hop_table(d) for d in dists]
+    parts = [np.where(sigs[:, k * P:(k + 1) * P] >= 0, sigs[:, k * P:(k + 1) * P], len(d)) for k, d in enumerate(dists)]
+    for i0 in range(0, len(sigs), block):
+        i1 = min(i0 + block, len(sigs))
+        w = counts[i0:i1, None] * counts[None, :]
+        w[np.arange(i1 - i0), np.arange(i0, i1)] -= counts[i0:i1]  # a GPU is not paired with itself
+        bests = []
+        for hops, att in zip(tables, parts):
+            a = att[i0:i1]
+            best = np.full((i1 - i0, len(sigs)), NO_PATH, dtype=np.int16)
+            for p in range(P):
+                rows = hops[a[:, p]]  # [b, S + 1]: from each source's port-p switch
+                for q in range(P):
+                    np.minimum(best, np.take(rows, att[:, q], axis=1), out=best)
+            bests.append(np.where(best < NO_PATH, best.astype(np.float64), np.inf))
+        yield w, bests
+
+
 def diameter(topo: Topology, pairs: PairSet | None = None, ap: tuple | None = None) -> dict[str, Any]:
-    """Largest switch-hop distance between two GPUs (each pair using its best port pairing).
+    """Largest switch-hop distance between two GPUs (each pair using its best port pairing) and the mean: over
+    every GPU pair exactly (streamed), or over `pairs`.
 
     >>> from hyperdecode.fabric import zcube
-    >>> diameter(zcube(4))["diameter"]
-    2
+    >>> d = diameter(zcube(32))  # the paper's APL counts links: 1 + mean switch hops = 3 - 2 / (n + 1)
+    >>> d["diameter"], round(1 + d["mean_hops"], 5), d["exact"]
+    (2, 2.93939, True)
     """
-    pairs = pairs or gpu_pairs(topo)
+    dist = (ap or all_pairs(topo))[0]
+    if pairs is None:
+        worst, total, weight, unreachable = 0.0, 0.0, 0, 0
+        for w, (best,) in streamed_hops([topo], [dist]):
+            finite = np.isfinite(best) & (w > 0)
+            if finite.any():
+                worst = max(worst, float(best[finite].max()))
+            total += float((best[finite] * w[finite]).sum())
+            weight += int(w[finite].sum())
+            unreachable += int(w[~np.isfinite(best)].sum())
+        return {"diameter": int(worst) if weight else None, "mean_hops": total / weight if weight else float("nan"),
+                "unreachable_pairs": unreachable // 2, "pairs": (weight + unreachable) // 2, "exact": True}
     hops, _ = pairing_matrix(topo, pairs, *(ap or all_pairs(topo)))
     best = hops.min(axis=(1, 2))
     finite = np.isfinite(best)
@@ -189,18 +239,25 @@ def failure_impact(topo: Topology, switch: int | None = None, link: int | None =
     if link is not None and not 0 <= link < topo.num_links:
         raise ValueError(f"link {link} is not in 0..{topo.num_links - 1}")
     after = without(topo, switch, () if link is None else (link,))
-    pairs = gpu_pairs(topo, seed=seed)
-    ap_before, ap_after = all_pairs(topo), all_pairs(after)
-    before_best = pairing_matrix(topo, pairs, *ap_before)[0].min(axis=(1, 2))
-    after_best = pairing_matrix(after, pairs, *ap_after)[0].min(axis=(1, 2))
-    w = pairs.weight
+    before_dist, after_dist = all_pairs(topo)[0], all_pairs(after)[0]
+    sums = dict.fromkeys(("all", "before", "after", "after_w", "longer", "unreachable", "worst_before",
+                          "worst_after"), 0.0)
+    for w, (b, a) in streamed_hops([topo, after], [before_dist, after_dist]):
+        live = w > 0
+        sums["all"] += w.sum()
+        sums["before"] += (np.where(np.isfinite(b), b, 0) * w).sum()
+        ok = np.isfinite(a) & live
+        sums["after"] += (a[ok] * w[ok]).sum()
+        sums["after_w"] += w[ok].sum()
+        sums["longer"] += w[ok & (a > b)].sum()
+        sums["unreachable"] += w[~np.isfinite(a)].sum()
+        sums["worst_before"] = max(sums["worst_before"], float(b[live & np.isfinite(b)].max(initial=0)))
+        sums["worst_after"] = max(sums["worst_after"], float(a[ok].max(initial=0)))
     lost = (topo.attachments() >= 0) & (after.attachments() < 0)
     return {"removed": {"switch": switch} if switch is not None else {"link": link},
             "gpu_ports_lost": int(lost.sum()), "gpus_disconnected": int((after.attachments() < 0).all(1).sum()),
-            "diameter_before": diameter(topo, pairs, ap_before)["diameter"],
-            "diameter_after": diameter(after, pairs, ap_after)["diameter"],
-            "mean_hops_before": float((before_best * w).sum() / w.sum()),
-            "mean_hops_after": float((np.where(np.isfinite(after_best), after_best, 0) * w).sum()
-                                     / max(w[np.isfinite(after_best)].sum(), 1)),
-            "pairs_longer": float(w[(after_best > before_best) & np.isfinite(after_best)].sum() / w.sum()),
-            "pairs_unreachable": float(w[~np.isfinite(after_best)].sum() / w.sum()), "exact": pairs.exact}
+            "diameter_before": int(sums["worst_before"]), "diameter_after": int(sums["worst_after"]),
+            "mean_hops_before": float(sums["before"] / sums["all"]),
+            "mean_hops_after": float(sums["after"] / max(sums["after_w"], 1)),
+            "pairs_longer": float(sums["longer"] / sums["all"]),
+            "pairs_unreachable": float(sums["unreachable"] / sums["all"]), "exact": True}

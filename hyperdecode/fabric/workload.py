@@ -129,18 +129,24 @@ def synthetic(like: Workload, num_requests: int | None = None, rate: float | Non
 
 @dataclass
 class ModelProfile:
-    """Per-instance speeds and KV size. Defaults: GLM-5 bf16 KV (89,856 B/token, `hyperdecode inspect glm-5`);
-    prefill 73,700 tok/s per 8-GPU node, DeepSeek's published H800 rate (network.md §5); a 25 ms decode step (the
-    first token's step is part of TTFT; later steps only set how long a decode instance stays loaded)."""
-    kv_bytes_per_token: int = 89_856
-    prefill_tok_s: float = 73_700.0
+    """Per-instance speeds and KV size. Defaults: GLM-5's bf16 latent cache (89,856 B/token) plus its DSA indexer
+    keys (78 layers × (128 FP8 + 4 B scale) = 10,296 B/token), 100,152 B/token in all (`hyperdecode inspect glm-5`);
+    prefill 32,200 computed tok/s per 8-GPU node: DeepSeek's published H800 rate of 73,700 input tok/s counts the
+    56.3 % of tokens its prefix cache served (network.md §5), and this simulator has no prefix cache, so
+    73,700 × (1 − 0.563) [derived]; a 25 ms decode step (the first token's step is part of TTFT; later steps only
+    set how long a decode instance stays loaded)."""
+    kv_bytes_per_token: int = 100_152
+    prefill_tok_s: float = 32_200.0
     decode_step_s: float = 0.025
 
     @classmethod
     def from_model(cls, name: str = "glm-5", kv_dtype: str = "bf16", **overrides: float) -> "ModelProfile":
+        """The preset's KV bytes per token: the latent cache and, with DSA, the indexer keys that go with it."""
         from ..model.loader import preset_config
-        kv = preset_config(name).kv_bytes_per_token(2, fp8=kv_dtype == "fp8")
-        return cls(kv_bytes_per_token=kv, **overrides)
+        cfg = preset_config(name)
+        kv = cfg.kv_bytes_per_token(2, fp8=kv_dtype == "fp8")
+        index_keys = getattr(cfg, "index_key_bytes_per_token", lambda: 0)()
+        return cls(kv_bytes_per_token=kv + index_keys, **overrides)
 
     def prefill_s(self, tokens: int) -> float:
         return tokens / self.prefill_tok_s

@@ -207,3 +207,42 @@ def test_simulate_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "hyperdecode.cli", "fabric", "simulate", "--gpus", "16",
                           "--trace", str(MOONCAKE), "--pd-ratio", "3:1"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "does not fit" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_pairs_sharing_a_switch_take_the_one_switch_path():
+    """A ZCube pair in the same block (or residue group) goes through that switch under every port policy, never
+    on a two-switch pairing that ties with it in total (the paper form and the blog form with parallel links)."""
+    from hyperdecode.fabric import zcube
+    from hyperdecode.fabric.routing import Router
+    for topo in (zcube(4), zcube(num_gpus=64, gpus_per_switch=16, links_per_pair=4)):
+        att = topo.attachments()
+        for policy in ("fixed", "balanced", "hashed"):
+            router = Router(topo, policy)
+            for src in range(topo.num_gpus):
+                for dst in range(topo.num_gpus):
+                    if src != dst and set(att[src]) & set(att[dst]):
+                        for key in range(3):
+                            assert len(router.path(src, dst, key)) == 2, (topo.params, policy, src, dst)
+
+
+def test_flow_keys_stay_distinct_beyond_16_qps_and_64_ranks():
+    from hyperdecode.fabric.routing import mix
+    keys = {mix(req, r, qp) for req in range(8) for r in range(128) for qp in range(32)}
+    assert len(keys) == 8 * 128 * 32
+
+
+def test_model_profile_counts_indexer_keys_and_computed_prefill():
+    from hyperdecode.fabric.workload import ModelProfile
+    glm5 = ModelProfile.from_model("glm-5")
+    assert glm5.kv_bytes_per_token == 89_856 + 78 * (128 + 4)  # latent + DSA indexer keys (FP8 + fp32 scale)
+    assert ModelProfile().kv_bytes_per_token == glm5.kv_bytes_per_token
+    assert ModelProfile().prefill_tok_s == pytest.approx(73_700 * (1 - 0.563), rel=1e-3)  # no prefix cache here
+    assert ModelProfile.from_model("deepseek-v3.2").kv_bytes_per_token == 61 * (576 * 2 + 128 + 4)
+
+
+def test_a_summary_survives_a_port_speed_without_a_price():
+    from hyperdecode.fabric import zcube
+    from hyperdecode.fabric.simreport import cost_of
+    assert cost_of(zcube(2))["cost_total"] > 0
+    c = cost_of(zcube(2, port_gbps=300))
+    assert c["cost_total"] is None and "300G" in c["cost_missing"]

@@ -98,8 +98,30 @@ def test_single_failures_in_roft():
 
 def test_sampling_for_large_instances():
     t = zcube(128)
-    d = diameter(t)
+    pairs = gpu_pairs(t)  # the per-pairing path table samples this large an instance ...
+    assert not pairs.exact and pairs.total == 200_000
+    d = diameter(t, pairs)
     assert not d["exact"] and d["pairs"] == 200_000 and d["diameter"] == 2
+
+
+@pytest.mark.parametrize("n, apl, apl_fail", [(32, 2.93939, 2.94129), (64, 2.96923, None), (128, 2.98450, 2.98462)])
+def test_exact_average_path_length_reproduces_the_paper(n, apl, apl_fail):
+    """APL counts links: 1 + switch hops (GPU -> switch -> switch -> GPU = 3), over every GPU pair, no sampling;
+    by hand 3 - 2 / (n + 1) (a pair shares a switch with probability 2 / (n + 1)). The paper's table: ZCube(128,2)
+    2.98450, 2.98462 after one switch failure."""
+    t = zcube(n)
+    d = diameter(t)  # ... the diameter and mean are exact at any size
+    assert d["exact"] and d["pairs"] == n * n * (n * n - 1) // 2
+    assert round(1 + d["mean_hops"], 5) == pytest.approx(apl, abs=1e-9)
+    assert 1 + d["mean_hops"] == pytest.approx(3 - 2 / (n + 1), abs=1e-12)
+    if apl_fail is not None:
+        f = failure_impact(t, switch=0)
+        assert f["exact"] and round(1 + f["mean_hops_after"], 5) == pytest.approx(apl_fail, abs=1e-9)
+
+
+def test_exact_average_path_length_of_roft():
+    assert round(1 + diameter(roft(1024, 32, tiers=3))["mean_hops"], 5) == 5.47214
+    assert round(1 + diameter(roft(16384, 128, tiers=3))["mean_hops"], 2) == 5.49  # the paper's ROFT 16k: 5.49
 
 
 def test_cost_by_hand_and_override(tmp_path):

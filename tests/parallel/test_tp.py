@@ -10,7 +10,7 @@ from hyperdecode.parallel.tp import split_heads, split_range
 from tests.parallel.ranks import ROOT, checkout_env, expected_params, free_port, one_process, run_world
 
 
-@pytest.mark.parametrize("name, heads, worlds", [("tiny-llama", None, (2, 3, 4)), ("tiny-qwen3", None, (2, 3)),
+@pytest.mark.parametrize("name, heads, worlds", [("tiny-llama", None, (2, 3, 4)), ("tiny-qwen3", None, (2, 3, 4)),
                                                  ("tiny-llama", (6, 3), (2, 4)), ("tiny-glm5", None, (2, 3, 4)),
                                                  ("tiny-dsv32", None, (2, 3, 4))])
 def test_tensor_parallel_equals_one_process(name, heads, worlds):

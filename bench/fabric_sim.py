@@ -29,15 +29,15 @@ def topologies(gpus: int):
 
 def row(label: str, topo, work) -> None:
     s = summarize(simulate(topo, work))
-    print(f"{label:<34}{len(work):>8}{s['sim_wall_s']:>9.2f}{s['ttft_p50_s']:>10.3f}{s['ttft_p99_s']:>10.3f}"
-          f"{1e3 * s['kv_fct_p99_s']:>12.1f}{s['max_link_util']:>10.4f}")
+    print(f"{label:<34}{len(work):>8}{s['sim_wall_s']:>9.2f}{s['throughput_tok_s']:>12.0f}{s['ttft_p50_s']:>10.3f}"
+          f"{s['ttft_p99_s']:>10.3f}{1e3 * s['kv_fct_p99_s']:>12.1f}{s['max_link_util']:>10.4f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trace", default=str(DEFAULT))
     work = load_trace(ap.parse_args().trace)
-    print(f"{'run':<34}{'requests':>8}{'wall s':>9}{'TTFT p50':>10}{'TTFT p99':>10}{'KV FCT p99 ms':>12}"
+    print(f"{'run':<34}{'requests':>8}{'wall s':>9}{'tok/s':>12}{'TTFT p50':>10}{'TTFT p99':>10}{'KV FCT p99 ms':>12}"
           f"{'max util':>10}")
     for name, topo in topologies(1024).items():
         row(f"1024 GPUs {name}", topo, work)

@@ -21,15 +21,16 @@ __all__ = ["add_parser", "run"]
 # smallest value of each count flag (a command checks the ones it has, when set) and the flags that must be > 0
 AT_LEAST = {"n": 1, "gpus": 1, "gpus_per_switch": 1, "links_per_pair": 1, "port_gbps": 1, "switch_radix": 1,
             "nic_gbps": 1, "gpus_per_server": 1, "oversubscription": 1, "max_requests": 1, "gpus_per_instance": 1,
-            "qps": 1, "seed": 0, "senders": 1}
-POSITIVE = ("switch_tbps", "ttft_slo", "prefill_tok_s", "decode_step_s", "rate_scale", "gbps", "ms")
+            "qps": 1, "seed": 0, "senders": 1, "nic_slices": 1, "decode_batch": 1}
+POSITIVE = ("switch_tbps", "ttft_slo", "tpot_slo", "prefill_tok_s", "decode_step_s", "rate_scale", "gbps", "ms",
+            "prefill_kv_gb", "decode_kv_gb")
 # the builders' parameter names and the flags that set them (build, describe, draw)
 BUILDER_FLAGS = {"num_gpus": "--gpus", "gpus_per_switch": "--gpus-per-switch", "gpus_per_server": "--gpus-per-server",
                  "switch_radix": "--switch-radix", "links_per_pair": "--links-per-pair", "port_gbps": "--port-gbps",
                  "nic_gbps": "--nic-gbps", "oversubscription": "--oversubscription", "tiers": "--tiers"}
 # compare, simulate, study: the radix comes from --switch-tbps and servers hold 8 GPUs
 DERIVED_FLAGS = {"num_gpus": "--gpus", "gpus_per_server": "the GPUs per server"}
-SIM_FLAGS = {"gpus_per_instance": "--gpus-per-instance", "failure": "--fail"}
+SIM_FLAGS = {"gpus_per_instance": "--gpus-per-instance", "failure": "--fail", "nic_slices": "--nic-slices"}
 
 
 def with_flags(message: str, names: dict[str, str]) -> str:
@@ -100,7 +101,17 @@ def add_parser(sub: Any, parser_class: type) -> None:
         sp.add_argument("--pd-ratio", default="1:1", help="prefill:decode instances (default 1:1)")
         sp.add_argument("--placement", default="interleaved", choices=["contiguous", "interleaved", "random"])
         sp.add_argument("--gpus-per-instance", type=int, default=8)
-        sp.add_argument("--kv-split", default="striped", choices=["striped", "single"])
+        sp.add_argument("--kv-split", default="dp", choices=["dp", "striped", "single"],
+                        help="dp: one random rank at each end (most transfers cross rails); striped: every rank to "
+                             "the same rank; single: rank 0 to rank 0 (default dp)")
+        sp.add_argument("--nic-slices", type=int, default=1, help="NICs per server a KV transfer is sliced over")
+        sp.add_argument("--traffic", default="kv", choices=["kv", "kv+ep"],
+                        help="kv+ep: also each prefill's and decode step's expert-parallel all-to-all between the "
+                             "servers of an instance (give --gpus-per-instance above a server's GPUs)")
+        sp.add_argument("--decode-batch", type=int, default=128, help="running requests per decode instance")
+        sp.add_argument("--prefill-kv-gb", type=float, default=64.0, help="KV memory per prefill instance")
+        sp.add_argument("--decode-kv-gb", type=float, default=320.0, help="KV memory per decode instance")
+        sp.add_argument("--tpot-slo", type=float, default=0.1, help="TPOT SLO for goodput, seconds")
         sp.add_argument("--port-policy", default="balanced", choices=["fixed", "balanced", "hashed"])
         sp.add_argument("--qps", type=int, default=2, help="flows (QPs) per GPU pair; ECMP hashes each, ZCube "
                         "alternates them over its two cross-port pairings (default 2)")
@@ -108,9 +119,12 @@ def add_parser(sub: Any, parser_class: type) -> None:
         sp.add_argument("--model", default="glm-5", help="model preset whose KV bytes/token are sent")
         sp.add_argument("--kv-dtype", default="bf16", choices=["bf16", "fp8"])
         sp.add_argument("--prefill-tok-s", type=float, default=ModelProfile.prefill_tok_s,
-                        help="computed prompt tokens/s per prefill instance (default: DeepSeek's 73.7k per H800 "
-                             "node less its 56.3 %% prefix-cache hits; no prefix cache here)")
-        sp.add_argument("--decode-step-s", type=float, default=0.025)
+                        help="computed prompt tokens/s per server of a prefill instance (default: DeepSeek's 73.7k "
+                             "per H800 node less its 56.3 %% prefix-cache hits; no prefix cache here)")
+        sp.add_argument("--decode-step-s", type=float, default=ModelProfile.decode_step_s,
+                        help="decode step compute at batch 1, seconds")
+        sp.add_argument("--decode-step-per-seq-s", type=float, default=ModelProfile.decode_step_per_seq_s,
+                        help="added per running sequence, seconds")
         sp.add_argument("--seed", type=int, default=0)
         if name == "simulate":
             sp.add_argument("--rate-scale", type=float, default=1.0, help="arrivals this many times faster")
@@ -210,11 +224,13 @@ def sim_inputs(args: argparse.Namespace):
     if args.max_requests is not None:
         work = work.head(args.max_requests)
     model = ModelProfile.from_model(args.model, args.kv_dtype, prefill_tok_s=args.prefill_tok_s,
-                                    decode_step_s=args.decode_step_s)
+                                    decode_step_s=args.decode_step_s, decode_step_per_seq_s=args.decode_step_per_seq_s)
     pd_ratio = flagged({}, parse_pd_ratio, args.pd_ratio, prefix="--pd-ratio")
     failure = flagged({}, parse_failure, args.fail, prefix="--fail") if getattr(args, "fail", None) else None
     cfg = SimConfig(gpus_per_instance=args.gpus_per_instance, pd_ratio=pd_ratio, placement=args.placement,
-                    kv_split=args.kv_split, port_policy=args.port_policy, qps=args.qps, ttft_slo_s=args.ttft_slo,
+                    kv_split=args.kv_split, nic_slices=args.nic_slices, traffic=args.traffic,
+                    decode_batch=args.decode_batch, prefill_kv_gb=args.prefill_kv_gb, decode_kv_gb=args.decode_kv_gb,
+                    port_policy=args.port_policy, qps=args.qps, ttft_slo_s=args.ttft_slo, tpot_slo_s=args.tpot_slo,
                     seed=args.seed, failure=failure)
     return work, model, cfg
 
@@ -231,8 +247,9 @@ def run_simulate(args: argparse.Namespace) -> None:
             bar.update(done - bar.n)
         r = flagged(SIM_FLAGS, simulate, topo, work, model, cfg, progress)
     s = summarize(r)
-    print(json.dumps({k: s[k] for k in ("topology", "gpus", "requests_completed", "ttft_p50_s", "ttft_p99_s",
-                                        "kv_fct_p99_s", "goodput_tok_s", "max_link_util", "sim_wall_s")}, indent=1))
+    print(json.dumps({k: s[k] for k in ("topology", "gpus", "requests_completed", "throughput_tok_s",
+                                        "goodput_per_gpu", "ttft_p50_s", "ttft_p99_s", "kv_fct_p99_s", "tpot_p99_s",
+                                        "max_link_util", "sim_wall_s")}, indent=1))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(s, f, indent=2)

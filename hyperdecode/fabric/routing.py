@@ -20,7 +20,7 @@ def mix(*values: int) -> int:
     """A deterministic 64-bit hash of integers (splitmix-style), the stand-in for a switch's 5-tuple hash."""
     h = 0x9E3779B97F4A7C15
     for v in values:
-        h ^= (v + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2)) & 0xFFFFFFFFFFFFFFFF
+        h ^= (int(v) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2)) & 0xFFFFFFFFFFFFFFFF
         h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
         h ^= h >> 31
     return h

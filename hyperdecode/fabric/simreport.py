@@ -30,22 +30,46 @@ def cost_of(topo: Topology) -> dict[str, Any]:
         return {"cost_total": None, "cost_missing": str(e)}
 
 
-def summarize(r: dict[str, Any]) -> dict[str, Any]:
-    """The JSON summary: TTFT and KV-transfer percentiles, goodput under the TTFT SLO, link utilisation by class,
-    hotspots, per-NIC imbalance inside servers, where flows were throttled, failure effects, and cost.
+def _weighted_pct(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    if not len(values):
+        return float("nan")
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cum, q / 100 * cum[-1])])
 
-    Throughput and goodput are per second of the request window (first arrival to the last first token), so that
-    compressing a trace (`rate_scale`) raises them; utilisation is over the whole simulated time."""
+
+def _cross_rail(topo: Topology, pairs: np.ndarray) -> float:
+    """The share of KV transfers whose two GPUs sit at different local ranks (on different rails in ROFT)."""
+    pairs = pairs[(pairs >= 0).all(axis=1)]
+    if not len(pairs):
+        return float("nan")
+    return float((pairs[:, 0] % topo.gpus_per_server != pairs[:, 1] % topo.gpus_per_server).mean())
+
+
+def summarize(r: dict[str, Any]) -> dict[str, Any]:
+    """The JSON summary: throughput and goodput, TTFT by stage, TPOT and decode-step time, KV transfers, link
+    utilisation by class, hotspots, per-NIC imbalance inside servers, where flows were throttled, failure effects,
+    and cost.
+
+    Throughput is the completed requests' output tokens over the time from the first arrival to the last
+    completion, so a network that delays completions lowers it; goodput counts only the requests within both the
+    TTFT and the TPOT SLO. Utilisation is averaged over the whole simulated time. `pause_s_total` is 0: max-min flows
+    have no PFC (pfc.py models it)."""
     topo: Topology = r["topology"]
     work: Workload = r["workload"]
     cfg: SimConfig = r["config"]
-    ttft, ok = r["ttft_s"], ~r["failed"] & np.isfinite(r["ttft_s"])
-    kv_fct = r["kv_done_s"] - r["prefill_end_s"]
-    span = max(r["end_s"], 1e-9)
-    first_tokens = work.arrival_s + ttft
-    window = max(float(np.nanmax(first_tokens[ok])) if ok.any() else 0.0, 1e-9)  # first arrival to last 1st token
-    good = ok & (ttft <= cfg.ttft_slo_s)
-    util = r["link_bytes"] / (np.repeat(topo.link_gbps * 1e9 / 8, 2) * span)
+    ttft = r["ttft_s"]
+    ok = ~r["failed"] & np.isfinite(r["finish_s"])
+    out_tokens = work.output_tokens
+    tpot = np.where(out_tokens > 1, (r["finish_s"] - r["first_token_s"]) / np.maximum(out_tokens - 1, 1), 0.0)
+    span = max(float(np.nanmax(r["finish_s"][ok])) - float(work.arrival_s[0]) if ok.any() else 0.0, 1e-9)
+    good = ok & (ttft <= cfg.ttft_slo_s) & (tpot <= cfg.tpot_slo_s)
+    stages = {"queue": r["prefill_start_s"] - work.arrival_s, "prefill": r["prefill_end_s"] - r["prefill_start_s"],
+              "admission": r["admitted_s"] - r["prefill_end_s"], "kv_transfer": r["kv_done_s"] - r["admitted_s"],
+              "first_step": r["first_token_s"] - r["kv_done_s"]}
+    steps = r["steps"]
+    end = max(r["end_s"], 1e-9)
+    util = r["link_bytes"] / (np.repeat(topo.link_gbps * 1e9 / 8, 2) * end)
     classes = np.array([link_class(topo, i) for i in range(len(util))])
     by_class = {c: {"max": float(util[classes == c].max()), "mean": float(util[classes == c].mean())}
                 for c in ("nic_up", "nic_down", "fabric") if (classes == c).any()}
@@ -57,16 +81,23 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
     throttled = r["throttled"]
     total_throttled = sum(throttled.values())
     flows = r["flows"]
+    kv_fct = stages["kv_transfer"]
     out = {
         "topology": topo.kind, "gpus": topo.num_gpus, "requests": len(work), "trace": work.source,
         "requests_completed": int(ok.sum()), "requests_failed": int(r["failed"].sum()),
+        "throughput_tok_s": float(out_tokens[ok].sum() / span), "span_s": span,
+        "goodput_tok_s": float(out_tokens[good].sum() / span), "goodput_req_s": float(good.sum() / span),
+        "goodput_per_gpu": float(out_tokens[good].sum() / span / topo.num_gpus),
         "ttft_p50_s": _pct(ttft[ok])["p50"], "ttft_p90_s": _pct(ttft[ok])["p90"], "ttft_p99_s": _pct(ttft[ok])["p99"],
+        "ttft_stages": {k: {"p50": _pct(v[ok])["p50"], "p99": _pct(v[ok])["p99"]} for k, v in stages.items()},
+        "tpot_p50_s": _pct(tpot[ok & (out_tokens > 1)])["p50"], "tpot_p99_s": _pct(tpot[ok & (out_tokens > 1)])["p99"],
+        "decode_step_p99_s": _weighted_pct(steps[:, 0], steps[:, 1], 99) if len(steps) else float("nan"),
+        "decode_batch_mean": float((steps[:, 2] * steps[:, 1]).sum() / steps[:, 1].sum()) if len(steps) else 0.0,
         "kv_fct_p50_s": _pct(kv_fct[ok])["p50"], "kv_fct_p99_s": _pct(kv_fct[ok])["p99"],
         "flow_fct_p99_s": _pct(flows[:, 2] - flows[:, 1])["p99"] if len(flows) else float("nan"),
-        "throughput_tok_s": float(work.output_tokens[ok].sum() / window),
-        "goodput_req_s": float(good.sum() / window), "goodput_tok_s": float(work.output_tokens[good].sum() / window),
-        "window_s": window,
-        "ttft_slo_s": cfg.ttft_slo_s, "max_link_util": float(util.max()), "link_util": by_class,
+        "kv_cross_rail_share": _cross_rail(topo, r["kv_pairs"][ok]), "ep_bytes": r["ep_bytes"], "pause_s_total": 0.0,
+        "ttft_slo_s": cfg.ttft_slo_s, "tpot_slo_s": cfg.tpot_slo_s,
+        "max_link_util": float(util.max()), "link_util": by_class,
         "hotspots": [{"link": int(i // 2), "direction": "a->b" if i % 2 == 0 else "b->a", "class": str(classes[i]),
                       "util": float(util[i])} for i in top],
         "nic_imbalance_mean": float(np.mean(imbalance)) if imbalance else None,
@@ -76,8 +107,10 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         "dropped_requests": r["dropped_requests"], "sim_end_s": float(r["end_s"]), "sim_wall_s": r["sim_wall_s"],
         **cost_of(topo),
         "config": {"pd_ratio": f"{cfg.pd_ratio[0]}:{cfg.pd_ratio[1]}", "placement": cfg.placement,
-                   "kv_split": cfg.kv_split, "port_policy": cfg.port_policy, "qps": cfg.qps,
-                   "gpus_per_instance": cfg.gpus_per_instance,
+                   "kv_split": cfg.kv_split, "nic_slices": cfg.nic_slices, "traffic": cfg.traffic,
+                   "port_policy": cfg.port_policy, "qps": cfg.qps, "gpus_per_instance": cfg.gpus_per_instance,
+                   "decode_batch": cfg.decode_batch, "prefill_kv_gb": cfg.prefill_kv_gb,
+                   "decode_kv_gb": cfg.decode_kv_gb,
                    "failure": None if cfg.failure is None else list(cfg.failure)},
     }
     return out
@@ -100,14 +133,15 @@ def study(topologies: dict[str, Topology], work: Workload, scales: list[float], 
 
 
 def study_markdown(rows: list[dict[str, Any]]) -> str:
-    head = ("| load | topology | TTFT p50 s | TTFT p99 s | KV FCT p99 ms | goodput tok/s | max link util | "
-            "throttled (nic_down/fabric/nic_up) | cost $M |\n|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| load | topology | TTFT p50 s | TTFT p99 s | KV FCT p99 ms | throughput tok/s | goodput tok/s | "
+            "max link util | throttled (nic_down/fabric/nic_up) | cost $M |\n|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         t = r["throttled_share"]
         cost = "-" if r["cost_total"] is None else f"{r['cost_total'] / 1e6:.2f}"
         lines.append(f"| x{r['rate_scale']:g} | {r['name']} | {r['ttft_p50_s']:.3f} | {r['ttft_p99_s']:.3f} | "
-                     f"{1e3 * r['kv_fct_p99_s']:.1f} | {r['goodput_tok_s']:,.0f} | {r['max_link_util']:.3f} | "
+                     f"{1e3 * r['kv_fct_p99_s']:.1f} | {r['throughput_tok_s']:,.0f} | {r['goodput_tok_s']:,.0f} | "
+                     f"{r['max_link_util']:.3f} | "
                      f"{t.get('nic_down', 0):.2f}/{t.get('fabric', 0):.2f}/{t.get('nic_up', 0):.2f} | "
                      f"{cost} |")
     return head + "\n".join(lines) + "\n"
@@ -122,7 +156,7 @@ def plot_run(results: dict[str, dict[str, Any]], out: str | Path) -> Path:
     for name, r in results.items():
         topo = r["topology"]
         ok = ~r["failed"] & np.isfinite(r["ttft_s"])
-        for ax, values in ((axes[0], r["ttft_s"][ok]), (axes[1], (r["kv_done_s"] - r["prefill_end_s"])[ok] * 1e3)):
+        for ax, values in ((axes[0], r["ttft_s"][ok]), (axes[1], (r["kv_done_s"] - r["admitted_s"])[ok] * 1e3)):
             v = np.sort(values)
             ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=name)
         util = r["link_bytes"] / (np.repeat(topo.link_gbps * 1e9 / 8, 2) * max(r["end_s"], 1e-9))

@@ -1,16 +1,24 @@
-"""Prefill→decode (PD-disaggregated) inference traffic on a topology: requests queue at prefill instances, their KV
-cache crosses the network to a decode instance as flows, and TTFT = queueing + prefill + KV transfer + first decode
-step.
+"""PD-disaggregated serving on a topology, coupled to the network: what the network does changes how much the
+cluster serves.
 
-Model and its simplifications (parameters, not facts): instances of `gpus_per_instance` consecutive GPUs (whole
-servers); requests go to the prefill instance that frees up first and, once prefilled, to the decode instance with
-the fewest running requests; prefill is FIFO at `prefill_tok_s`; no prefix caching; the KV cache is split evenly
-over the instance's GPUs, each sending its share to the decode GPU of the same local rank (`kv_split="striped"`),
-or all of it leaves rank 0's NIC (`"single"`, MLA's replicated latent); `qps` flows per GPU pair. No PFC model:
-flows share links max-min fairly, so congestion shows as lower rates, not as pauses spreading upstream.
+A request queues at the prefill instance with the least queued work; a prefill needs the request's KV memory on the
+instance (`prefill_kv_gb`) from its start until its KV transfer has ended, so a slow transfer stalls the next
+prefill. Once prefilled it waits for a decode instance with a free batch slot and KV memory (`decode_batch`,
+`decode_kv_gb`); then its KV crosses the network (`kv_split`: by default from one random DP rank of the prefill
+instance to one of the decode instance, so most transfers cross rails; sliced over `nic_slices` NICs of each
+server, as Mooncake's transfer engine slices large transfers; `qps` flows each), and it joins the decode batch at
+the next step. A decode step takes `step_s(batch)` of compute and, with `traffic="kv+ep"`, cannot end before its
+expert-parallel all-to-all between the instance's servers has (per-step flows on the same rail, sized from the
+model's MoE); a prefill likewise. TTFT = queue + prefill + decode admission + KV transfer + first step.
+
+Flows share links max-min fairly (flowsim.py); PFC's pauses are pfc.py's, for hot windows. No prefix caching.
+Without EP traffic, decode steps between batch changes are simulated as one stretch (the same step time), so an
+hour-long trace costs a few events per request.
 """
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -22,9 +30,12 @@ from .routing import Router, link_class, mix
 from .topology import Topology
 from .workload import ModelProfile, Workload
 
-__all__ = ["SimConfig", "simulate", "parse_pd_ratio", "parse_failure"]
+__all__ = ["SimConfig", "simulate", "check_config", "parse_pd_ratio", "parse_failure", "roles"]
 
 PLACEMENTS = ("contiguous", "interleaved", "random")
+KV_SPLITS = ("dp", "striped", "single")
+TRAFFIC = ("kv", "kv+ep")
+PHASES = ("prefill", "kv", "step")  # what waits for flows: a prefill, a KV transfer, a decode step
 
 
 @dataclass
@@ -32,10 +43,16 @@ class SimConfig:
     gpus_per_instance: int = 8
     pd_ratio: tuple[int, int] = (1, 1)
     placement: str = "interleaved"
-    kv_split: str = "striped"
+    kv_split: str = "dp"  # "dp": one random rank at each end; "striped": every rank to the same rank; "single": rank 0
+    nic_slices: int = 1  # NICs per server a KV transfer is sliced over (at both ends)
     port_policy: str = "balanced"
     qps: int = 2
+    traffic: str = "kv"  # or "kv+ep": with the MoE's expert-parallel all-to-all
+    prefill_kv_gb: float = 64.0  # KV memory of a prefill instance (requests being prefilled or sent) [assumption]
+    decode_batch: int = 128  # running requests per decode instance [assumption]
+    decode_kv_gb: float = 320.0  # KV memory of a decode instance [assumption]
     ttft_slo_s: float = 2.0
+    tpot_slo_s: float = 0.1
     failure: tuple[str, int, float] | None = None  # ("link" | "switch", id, time in s)
     seed: int = 0
 
@@ -86,29 +103,62 @@ def roles(topo: Topology, cfg: SimConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero(is_p)[0], np.nonzero(~is_p)[0]
 
 
+def check_config(topo: Topology, cfg: SimConfig) -> None:
+    if cfg.kv_split not in KV_SPLITS:
+        raise ConfigError(f"kv_split '{cfg.kv_split}' is not one of {KV_SPLITS}")
+    if cfg.traffic not in TRAFFIC:
+        raise ConfigError(f"traffic '{cfg.traffic}' is not one of {TRAFFIC}")
+    for name in ("qps", "nic_slices", "decode_batch"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.nic_slices > topo.gpus_per_server:
+        raise ConfigError(f"nic_slices {cfg.nic_slices} exceeds the {topo.gpus_per_server} NICs of a server")
+    for name in ("prefill_kv_gb", "decode_kv_gb", "ttft_slo_s", "tpot_slo_s"):
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"{name} must be positive, got {getattr(cfg, name)}")
+
+
 def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, cfg: SimConfig | None = None,
              progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Runs the whole workload; returns per-request arrays and network statistics (see `summarize`)."""
+    """Runs the whole workload; returns per-request stage times, decode steps and network statistics (see
+    `summarize`)."""
     import time
     wall = time.perf_counter()
     model, cfg = model or ModelProfile(), cfg or SimConfig()
     model.check()
-    if cfg.kv_split not in ("striped", "single") or cfg.qps < 1:
-        raise ConfigError("kv_split must be 'striped' or 'single' and qps >= 1")
+    check_config(topo, cfg)
     prefill_ids, decode_ids = roles(topo, cfg)
-    g = cfg.gpus_per_instance
+    g, gps = cfg.gpus_per_instance, topo.gpus_per_server
+    servers = max(g // gps, 1)
+    ep = cfg.traffic == "kv+ep" and servers > 1 and model.top_k > 0
     router = Router(topo, cfg.port_policy)
     ev = EventQueue()
     n = len(work)
-    prefill_free = np.zeros(len(prefill_ids))
-    decode_load = np.zeros(len(decode_ids), dtype=np.int64)
-    t_prefill_end = np.full(n, np.nan)
-    t_kv_done = np.full(n, np.nan)
+    rng = np.random.default_rng(cfg.seed)
+    src_rank, dst_rank = rng.integers(0, g, n), rng.integers(0, g, n)
+    tokens_in, tokens_out = work.input_tokens, work.output_tokens
+    kv_bytes = tokens_in.astype(np.float64) * model.kv_bytes_per_token
+    need = (tokens_in + tokens_out).astype(np.float64) * model.kv_bytes_per_token  # its decode-side reservation
+    times = {k: np.full(n, np.nan) for k in ("prefill_start", "prefill_end", "admitted", "kv_done", "first_token",
+                                             "finish")}
     failed = np.zeros(n, dtype=bool)
-    pending = np.zeros(n, dtype=np.int64)
+    prefill_of = np.full(n, -1)
+    kv_pair = np.full((n, 2), -1)  # the GPUs of each request's (first) KV slice
+    decode_of = np.full(n, -1)
+    p_queue = [deque() for _ in prefill_ids]
+    p_work = np.zeros(len(prefill_ids))  # queued prompt tokens (where an arrival goes)
+    p_busy = np.zeros(len(prefill_ids), dtype=bool)
+    p_mem = np.zeros(len(prefill_ids))
+    d_reserved = np.zeros(len(decode_ids), dtype=np.int64)
+    d_mem = np.zeros(len(decode_ids))
+    admission: deque = deque()
+    decoders = [{"running": {}, "joining": [], "version": 0, "start": 0.0, "step": 0.0, "steps": 0, "busy": False}
+                for _ in decode_ids]
+    steps_log: list[tuple[float, int, int]] = []  # (step seconds, steps, batch)
     flow_log: list[tuple[float, float, float]] = []  # (size, start, end)
-    rerouted = dropped = 0
-    state = {"done": 0}
+    waits: dict[Any, list] = {}  # a phase -> [flows and timers left, what to do when none are]
+    state = {"done": 0, "rerouted": 0, "dropped": 0, "ep_bytes": 0.0}
+    prefill_cap, decode_cap = cfg.prefill_kv_gb * 1e9, cfg.decode_kv_gb * 1e9
 
     def on_rates(f: Flow, eta: float) -> None:
         ev.at(eta, finish_flow, f, f.version)
@@ -120,84 +170,216 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
             return
         net.remove(f, ev.now)
         flow_log.append((f.size, f.start, ev.now))
-        req, d = f.tag
-        pending[req] -= 1
-        if pending[req] == 0 and not failed[req]:
-            t_kv_done[req] = ev.now
-            ev.at(ev.now + model.decode_step_s * max(int(work.output_tokens[req]), 1), end_decode, d)
-            done(req)
+        tick(f.tag)
+
+    def tick(phase: Any) -> None:
+        wait = waits[phase]
+        wait[0] -= 1
+        if wait[0] == 0:
+            del waits[phase]
+            wait[1]()
+
+    def phase(key: Any, compute_s: float, flows: list[tuple[int, int, float]], then: Callable[[], None]) -> bool:
+        """Runs `then` once compute_s has passed and every (src GPU, dst GPU, bytes) flow has arrived; False if a
+        flow has no path (a failure cut it off)."""
+        ids = (PHASES.index(key[0]), *key[1:])
+        paths = [router.path(a, b, key=mix(*ids, a, b, k)) for k, (a, b, _) in enumerate(flows)]
+        if any(p is None for p in paths):
+            return False
+        waits[key] = [1 + len(flows), then]
+        ev.at(ev.now + compute_s, tick, key)
+        for path, (_, _, size) in zip(paths, flows):
+            net.add(path, size, ev.now, tag=key)
+        return True
 
     def done(req: int) -> None:
         state["done"] += 1
         if progress and state["done"] % 256 == 0:
             progress(state["done"])
 
-    def end_decode(d: int) -> None:
-        decode_load[d] -= 1
-
-    def arrive(req: int) -> None:
-        i = int(np.argmin(np.maximum(prefill_free, ev.now)))
-        start = max(prefill_free[i], ev.now)
-        prefill_free[i] = start + model.prefill_s(int(work.input_tokens[req]))
-        ev.at(prefill_free[i], prefilled, req, i)
-
-    def prefilled(req: int, i: int) -> None:
-        t_prefill_end[req] = ev.now
-        d = int(np.argmin(decode_load))
-        decode_load[d] += 1
-        total = float(work.input_tokens[req]) * model.kv_bytes_per_token
-        src0, dst0 = prefill_ids[i] * g, decode_ids[d] * g
-        senders = range(g) if cfg.kv_split == "striped" else range(1)
-        share = total / len(senders) / cfg.qps
-        for r in senders:
-            for qp in range(cfg.qps):
-                path = router.path(src0 + r, dst0 + r, key=mix(req, r, qp))  # distinct for any QP / rank count
-                if path is None:
-                    fail_request(req)
-                    return
-                pending[req] += 1
-                net.add(path, share, ev.now, tag=(req, d))
-
-    def fail_request(req: int) -> None:
-        nonlocal dropped
+    def fail(req: int) -> None:
         if not failed[req]:
             failed[req] = True
-            dropped += 1
+            state["dropped"] += 1
             done(req)
 
+    def ep_flows(base: int, tokens: float, prefill: bool) -> list[tuple[int, int, float]]:
+        """The all-to-all of `tokens` spread over an instance's GPUs: each GPU to the GPU of its rail on every other
+        server of the instance."""
+        if not ep:
+            return []
+        per_gpu = tokens / g * model.moe_layers * model.ep_copies(servers, prefill) * model.ep_bytes_per_copy
+        state["ep_bytes"] += per_gpu * g
+        return [(base + s * gps + r, base + t * gps + r, per_gpu / (servers - 1))
+                for s in range(servers) for t in range(servers) if t != s for r in range(gps)]
+
+    # prefill: least queued work; one request at a time; its KV held on the instance until sent
+    def arrive(req: int) -> None:
+        i = int(np.argmin(p_work))
+        p_work[i] += tokens_in[req]
+        p_queue[i].append(req)
+        start_prefill(i)
+
+    def start_prefill(i: int) -> None:
+        if p_busy[i] or not p_queue[i]:
+            return
+        req = p_queue[i][0]
+        if p_mem[i] > 0 and p_mem[i] + kv_bytes[req] > prefill_cap:
+            return  # waits for a KV transfer to end
+        p_queue[i].popleft()
+        p_busy[i] = True
+        p_mem[i] += kv_bytes[req]
+        prefill_of[req] = i
+        times["prefill_start"][req] = ev.now
+        flows = ep_flows(prefill_ids[i] * g, float(tokens_in[req]), prefill=True)
+        compute = model.prefill_s(int(tokens_in[req])) / servers  # prefill_tok_s is per server
+        if not phase(("prefill", req), compute, flows, lambda: prefilled(req, i)):
+            p_busy[i] = False
+            p_mem[i] -= kv_bytes[req]
+            p_work[i] -= tokens_in[req]
+            fail(req)
+            start_prefill(i)
+
+    def prefilled(req: int, i: int) -> None:
+        p_busy[i] = False
+        p_work[i] -= tokens_in[req]
+        times["prefill_end"][req] = ev.now
+        admission.append(req)
+        admit()
+        start_prefill(i)
+
+    # decode admission: a batch slot and KV memory on the least loaded decode instance, then the KV transfer
+    def admit() -> None:
+        while admission:
+            req = admission[0]
+            room = (d_reserved < cfg.decode_batch) & ((d_mem == 0) | (d_mem + need[req] <= decode_cap))
+            if not room.any():
+                return
+            admission.popleft()
+            d = int(np.argmin(np.where(room, d_reserved, np.iinfo(np.int64).max)))
+            d_reserved[d] += 1
+            d_mem[d] += need[req]
+            decode_of[req] = d
+            times["admitted"][req] = ev.now
+            if not phase(("kv", req), 0.0, kv_flows(req, d), lambda req=req: kv_done(req)):
+                release(req)
+                p_mem[prefill_of[req]] -= kv_bytes[req]
+                fail(req)
+                start_prefill(prefill_of[req])
+
+    def kv_flows(req: int, d: int) -> list[tuple[int, int, float]]:
+        src0, dst0 = prefill_ids[prefill_of[req]] * g, decode_ids[d] * g
+        if cfg.kv_split == "striped":
+            ends = [(r, r) for r in range(g)]
+        else:
+            a, b = (int(src_rank[req]), int(dst_rank[req])) if cfg.kv_split == "dp" else (0, 0)
+            ends = [(a // gps * gps + (a % gps + j) % gps, b // gps * gps + (b % gps + j) % gps)
+                    for j in range(cfg.nic_slices)]
+        share = kv_bytes[req] / len(ends) / cfg.qps
+        kv_pair[req] = (src0 + ends[0][0], dst0 + ends[0][1])
+        return [(src0 + a, dst0 + b, share) for a, b in ends for _ in range(cfg.qps)]
+
+    def kv_done(req: int) -> None:
+        i = prefill_of[req]
+        p_mem[i] -= kv_bytes[req]
+        start_prefill(i)
+        if failed[req]:  # a failure cut part of its transfer off
+            release(req)
+            admit()
+            return
+        times["kv_done"][req] = ev.now
+        join(int(decode_of[req]), req)
+
+    def release(req: int) -> None:
+        d = decode_of[req]
+        d_reserved[d] -= 1
+        d_mem[d] -= need[req]
+
+    # decode: every running request gets a token per step; without EP a run of equal steps is one stretch
+    def join(d: int, req: int) -> None:
+        dec = decoders[d]
+        dec["joining"].append(req)
+        if not dec["busy"]:
+            return next_stretch(d)
+        if not ep and dec["steps"] > 1:  # cut the stretch at the next step boundary, so that req joins there
+            k = max(1, math.ceil((ev.now - dec["start"]) / dec["step"] - 1e-12))
+            if k < dec["steps"]:
+                dec["steps"] = k
+                dec["version"] += 1
+                v = dec["version"]
+                ev.at(dec["start"] + k * dec["step"], lambda: end_stretch(d, v))
+
+    def next_stretch(d: int) -> None:
+        dec = decoders[d]
+        dec["running"].update({req: int(tokens_out[req]) for req in dec["joining"]})
+        dec["joining"] = []
+        if not dec["running"]:
+            dec["busy"] = False
+            return
+        batch = len(dec["running"])
+        dec.update(busy=True, start=ev.now, step=model.step_s(batch))
+        dec["steps"] = 1 if ep else min(dec["running"].values())
+        dec["version"] += 1
+        v = dec["version"]
+        if ep:  # the step ends when its compute and its all-to-all have
+            flows = ep_flows(decode_ids[d] * g, float(batch), prefill=False)
+            if not phase(("step", d, v), dec["step"], flows, lambda: end_stretch(d, v)):
+                ev.at(ev.now + dec["step"], lambda: end_stretch(d, v))  # a failure cut it: compute only
+        else:
+            ev.at(ev.now + dec["steps"] * dec["step"], lambda: end_stretch(d, v))
+
+    def end_stretch(d: int, version: int) -> None:
+        dec = decoders[d]
+        if version != dec["version"]:
+            return
+        k, step = dec["steps"], ev.now - dec["start"]
+        steps_log.append((step / k, k, len(dec["running"])))
+        for req in list(dec["running"]):
+            if np.isnan(times["first_token"][req]):
+                times["first_token"][req] = dec["start"] + step / k
+            dec["running"][req] -= k
+            if dec["running"][req] <= 0:
+                del dec["running"][req]
+                times["finish"][req] = ev.now
+                release(req)
+                done(req)
+        admit()
+        next_stretch(d)
+
     def inject() -> None:
-        nonlocal router, rerouted
+        nonlocal router
         kind, ident, _ = cfg.failure
+        limit = topo.num_links if kind == "link" else topo.num_switches
+        if not 0 <= ident < limit:
+            raise ConfigError(f"failure: {kind} {ident} is not in 0..{limit - 1}")
         if kind == "link":
-            if not 0 <= ident < topo.num_links:
-                raise ConfigError(f"failure: link {ident} is not in 0..{topo.num_links - 1}")
             cables = {ident}
         else:
-            if not 0 <= ident < topo.num_switches:
-                raise ConfigError(f"failure: switch {ident} is not in 0..{topo.num_switches - 1}")
             node = topo.num_gpus + ident
             cables = set(np.nonzero((topo.link_a == node) | (topo.link_b == node))[0].tolist())
         router = Router(topo, cfg.port_policy, cables | router.failed)
         dead = {2 * c for c in cables} | {2 * c + 1 for c in cables}
         for f in [f for f in net.flows.values() if dead & set(f.path)]:
-            req, _ = f.tag
             src, dst = int(topo.link_a[f.path[0] // 2]), int(topo.link_a[f.path[-1] // 2])
             path = router.path(src, dst, key=f.id)
-            if path is None:
+            if path is None:  # cut off: the flow is lost and so is what waited for it
                 net.remove(f, ev.now)
-                fail_request(req)
+                if f.tag[0] == "kv":
+                    fail(f.tag[1])
+                tick(f.tag)
             else:
                 net.reroute(f, path, ev.now)
-                rerouted += 1
+                state["rerouted"] += 1
 
     for req in range(n):
         ev.at(float(work.arrival_s[req]), arrive, req)
     if cfg.failure:
         ev.at(cfg.failure[2], inject)
     ev.run()
-    ttft = t_kv_done + model.decode_step_s - work.arrival_s
-    return {"ttft_s": ttft, "prefill_end_s": t_prefill_end, "kv_done_s": t_kv_done, "failed": failed,
-            "flows": np.array(flow_log).reshape(-1, 3), "link_bytes": net.link_bytes, "end_s": ev.now,
-            "throttled": net.throttled_by_class(lambda link: link_class(topo, link)), "rerouted_flows": rerouted, "dropped_requests": dropped,
-            "workload": work, "config": cfg, "model": model, "topology": topo, "sim_wall_s": time.perf_counter() - wall}
-
+    return {**{f"{k}_s": v for k, v in times.items()}, "arrival_s": work.arrival_s,
+            "ttft_s": times["first_token"] - work.arrival_s, "failed": failed,
+            "steps": np.array(steps_log).reshape(-1, 3), "flows": np.array(flow_log).reshape(-1, 3), "kv_pairs": kv_pair,
+            "link_bytes": net.link_bytes, "end_s": ev.now, "ep_bytes": state["ep_bytes"],
+            "throttled": net.throttled_by_class(lambda link: link_class(topo, link)),
+            "rerouted_flows": state["rerouted"], "dropped_requests": state["dropped"], "workload": work,
+            "config": cfg, "model": model, "topology": topo, "sim_wall_s": time.perf_counter() - wall}

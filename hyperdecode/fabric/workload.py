@@ -129,31 +129,63 @@ def synthetic(like: Workload, num_requests: int | None = None, rate: float | Non
 
 @dataclass
 class ModelProfile:
-    """Per-instance speeds and KV size. Defaults: GLM-5's bf16 latent cache (89,856 B/token) plus its DSA indexer
-    keys (78 layers × (128 FP8 + 4 B scale) = 10,296 B/token), 100,152 B/token in all (`hyperdecode inspect glm-5`);
-    prefill 32,200 computed tok/s per 8-GPU node: DeepSeek's published H800 rate of 73,700 input tok/s counts the
-    56.3 % of tokens its prefix cache served (network.md §5), and this simulator has no prefix cache, so
-    73,700 × (1 − 0.563) [derived]; a 25 ms decode step (the first token's step is part of TTFT; later steps only
-    set how long a decode instance stays loaded)."""
+    """Per-instance speeds, KV size and expert-parallel traffic. Defaults (GLM-5 on 8-GPU H800-class nodes):
+
+    - KV: GLM-5's bf16 latent cache (89,856 B/token) plus its DSA indexer keys (78 layers × (128 FP8 + 4 B scale)
+      = 10,296 B/token), 100,152 B/token in all (`hyperdecode inspect glm-5`);
+    - prefill: 32,200 computed tok/s per 8-GPU node. DeepSeek's published H800 rate of 73,700 input tok/s counts
+      the 56.3 % of tokens its prefix cache served (network.md §5) and this simulator has no prefix cache, so
+      73,700 × (1 − 0.563) [derived];
+    - decode step: 20 ms + 40 µs per running sequence (25 ms at a batch of 128) [assumption];
+    - EP: each token's copy to an expert on another server costs `ep_bytes_per_copy` per MoE layer, an FP8
+      dispatch (hidden + a 4 B scale per 128) and a bf16 combine (2 × hidden): 18,624 B at hidden 6,144, over
+      `moe_layers` = 75 layers with `top_k` = 8 experts per token.
+    """
     kv_bytes_per_token: int = 100_152
     prefill_tok_s: float = 32_200.0
-    decode_step_s: float = 0.025
+    decode_step_s: float = 0.020
+    decode_step_per_seq_s: float = 40e-6
+    ep_bytes_per_copy: int = 18_624
+    moe_layers: int = 75
+    top_k: int = 8
 
     @classmethod
     def from_model(cls, name: str = "glm-5", kv_dtype: str = "bf16", **overrides: float) -> "ModelProfile":
-        """The preset's KV bytes per token: the latent cache and, with DSA, the indexer keys that go with it."""
+        """The preset's KV bytes per token (the latent cache and, with DSA, the indexer keys that go with it) and
+        its MoE shape (no EP traffic for a dense model)."""
         from ..model.loader import preset_config
         cfg = preset_config(name)
         kv = cfg.kv_bytes_per_token(2, fp8=kv_dtype == "fp8")
         index_keys = getattr(cfg, "index_key_bytes_per_token", lambda: 0)()
-        return cls(kv_bytes_per_token=kv + index_keys, **overrides)
+        hidden = cfg.hidden_size
+        moe = list(getattr(cfg, "mlp_layer_types", [])).count("sparse")
+        shape = {"ep_bytes_per_copy": hidden + hidden // 128 * 4 + 2 * hidden, "moe_layers": moe,
+                 "top_k": getattr(cfg, "num_experts_per_tok", 0) if moe else 0}
+        return cls(kv_bytes_per_token=kv + index_keys, **(shape | overrides))
 
     def prefill_s(self, tokens: int) -> float:
         return tokens / self.prefill_tok_s
+
+    def step_s(self, batch: int) -> float:
+        """One decode step's compute at `batch` running sequences."""
+        return self.decode_step_s + self.decode_step_per_seq_s * batch
+
+    def ep_copies(self, servers: int, prefill: bool) -> float:
+        """Copies of one token per MoE layer sent to other servers, experts spread evenly over `servers`: decode
+        (DeepEP's low-latency kernels) sends one per remote expert, top_k · (1 − 1/N); prefill (its normal
+        kernels) one per remote server holding any of them, (N − 1)(1 − (1 − 1/N)^top_k)."""
+        if servers < 2 or not self.top_k:
+            return 0.0
+        if prefill:
+            return (servers - 1) * (1 - (1 - 1 / servers) ** self.top_k)
+        return self.top_k * (1 - 1 / servers)
 
     def check(self) -> None:
         for name in ("kv_bytes_per_token", "prefill_tok_s", "decode_step_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"model profile field '{name}' must be positive")
+        for name in ("decode_step_per_seq_s", "ep_bytes_per_copy", "moe_layers", "top_k"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"model profile field '{name}' must be >= 0")
         if not math.isfinite(self.prefill_tok_s):
             raise ConfigError("model profile field 'prefill_tok_s' must be finite")

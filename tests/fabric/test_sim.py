@@ -101,13 +101,82 @@ def small_work(n=400, rate=50.0, seed=0):
 
 
 def test_pd_simulation_by_hand():
-    """One request: TTFT = prefill + KV transfer at line rate + one decode step."""
-    t = roft(64, 16)
+    """One request: TTFT = prefill + KV transfer at one NIC's line rate + one decode step at batch 1; every stage
+    where it should be; with the transfer sliced over 8 NICs it takes an eighth of the time."""
+    t = roft(64, 16)  # 400G NICs: 50 GB/s
     w = Workload(np.array([0.0]), np.array([10_000]), np.array([5]), "one")
-    m = ModelProfile(kv_bytes_per_token=1000, prefill_tok_s=100_000.0, decode_step_s=0.02)
-    s = summarize(simulate(t, w, m, SimConfig(qps=1)))
-    per_gpu = 10_000 * 1000 / 8
-    assert s["ttft_p50_s"] == pytest.approx(0.1 + per_gpu / 50e9 + 0.02, rel=1e-9)
+    m = ModelProfile(kv_bytes_per_token=1000, prefill_tok_s=100_000.0, decode_step_s=0.02,
+                     decode_step_per_seq_s=0.001)
+    for slices in (1, 8):
+        r = simulate(t, w, m, SimConfig(qps=1, nic_slices=slices))
+        s = summarize(r)
+        kv = 10_000 * 1000 / (50e9 * slices)
+        st = s["ttft_stages"]
+        assert st["queue"]["p50"] == 0 and st["admission"]["p50"] == 0
+        assert st["prefill"]["p50"] == pytest.approx(0.1) and st["kv_transfer"]["p50"] == pytest.approx(kv, rel=1e-9)
+        assert st["first_step"]["p50"] == pytest.approx(0.021)
+        assert s["ttft_p50_s"] == pytest.approx(0.1 + kv + 0.021, rel=1e-9)
+        assert s["tpot_p50_s"] == pytest.approx(0.021)  # five steps at batch 1, one stretch
+        assert r["finish_s"][0] == pytest.approx(0.1 + kv + 5 * 0.021)
+        assert s["throughput_tok_s"] == pytest.approx(5 / r["finish_s"][0])
+
+
+def one_server_pd(kv_gb):
+    """Two 8-GPU instances (1 prefill, 1 decode) and two requests at t = 0 whose KV takes 0.4 s to send."""
+    t = roft(16, 16)
+    w = Workload(np.array([0.0, 0.0]), np.array([10_000, 10_000]), np.array([2, 2]), "two")
+    m = ModelProfile(kv_bytes_per_token=2_000_000, prefill_tok_s=100_000.0)  # 20 GB each: 0.4 s at 50 GB/s
+    return simulate(t, w, m, SimConfig(qps=1, prefill_kv_gb=kv_gb))
+
+
+def test_a_prefill_slot_stays_busy_until_its_kv_transfer_ends():
+    held = one_server_pd(kv_gb=25)  # room for one request's 20 GB: the second prefill waits for the first's send
+    assert held["prefill_start_s"][1] == pytest.approx(held["kv_done_s"][0])
+    assert held["kv_done_s"][0] == pytest.approx(0.1 + 0.4)
+    roomy = one_server_pd(kv_gb=64)  # room for both: the second starts when the first's compute ends
+    assert roomy["prefill_start_s"][1] == pytest.approx(roomy["prefill_end_s"][0]) == pytest.approx(0.1)
+
+
+def test_a_decode_step_waits_for_its_expert_parallel_all_to_all():
+    """A 16-GPU decode instance over two servers: each GPU sends its rail peer on the other server
+    1/16 · 75 layers · 8 · (1 − 1/2) copies · bytes per copy; at 50 GB/s that, not the 20 ms compute, sets the step."""
+    t = roft(64, 16)
+    w = Workload(np.array([0.0]), np.array([1000]), np.array([3]), "one")
+    m = ModelProfile(kv_bytes_per_token=1000, prefill_tok_s=1e6, ep_bytes_per_copy=1_000_000_000)
+    cfg = SimConfig(gpus_per_instance=16, qps=1, traffic="kv+ep")
+    s = summarize(simulate(t, w, m, cfg))
+    per_gpu = 1 / 16 * 75 * 4 * 1_000_000_000
+    assert s["decode_step_p99_s"] == pytest.approx(per_gpu / 50e9, rel=1e-6)
+    assert s["decode_step_p99_s"] > 10 * m.step_s(1)
+    kv_only = summarize(simulate(t, w, m, SimConfig(gpus_per_instance=16, qps=1)))
+    assert kv_only["decode_step_p99_s"] == pytest.approx(m.step_s(1)) and kv_only["ep_bytes"] == 0
+
+
+def halved(topo):
+    import dataclasses
+    return dataclasses.replace(topo, link_gbps=topo.link_gbps // 2, nic_gbps=topo.nic_gbps // 2)
+
+
+def test_throughput_falls_when_every_link_is_halved():
+    """KV-heavy load past saturation on 64 GPUs (a request's KV ≈ 20 GB, room for one on a prefill instance):
+    with every link at half speed, transfers hold prefill memory twice as long, so prefill stalls, completions
+    come later and throughput falls (TTFT rises)."""
+    w = small_work(300, rate=40.0)
+    m = ModelProfile(kv_bytes_per_token=2_000_000)
+    cfg = SimConfig(prefill_kv_gb=24)
+    rows = {}
+    for name, topo in (("full", roft(64, 16)), ("half", halved(roft(64, 16)))):
+        rows[name] = summarize(simulate(topo, w, m, cfg))
+    assert rows["half"]["requests_completed"] == rows["full"]["requests_completed"] == 300
+    assert rows["half"]["throughput_tok_s"] < 0.95 * rows["full"]["throughput_tok_s"]
+    assert rows["half"]["ttft_p99_s"] > rows["full"]["ttft_p99_s"]
+
+
+def test_kv_goes_between_random_ranks_so_most_transfers_cross_rails():
+    s = summarize(simulate(roft(64, 16), small_work(400, rate=20.0), cfg=SimConfig()))
+    assert s["kv_cross_rail_share"] == pytest.approx(7 / 8, abs=0.05)
+    striped = summarize(simulate(roft(64, 16), small_work(100, rate=20.0), cfg=SimConfig(kv_split="striped")))
+    assert striped["kv_cross_rail_share"] == 0
 
 
 def test_summary_and_failure_injection():

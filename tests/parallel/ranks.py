@@ -1,5 +1,6 @@
 """Shared by the parallel tests: W gloo processes on the CPU run one plan on a preset's random weights and report
 their logits, greedy tokens and parameter counts; `one_process` is the oracle they are compared with."""
+import functools
 import math
 import os
 import socket
@@ -79,34 +80,46 @@ def one_process(name, heads=None):
     return logits, tokens, full
 
 
-def worker(rank, world, port, plan, name, heads, out):
+# every plan and model the equality tests cover: one world of W processes runs them all (a spawn costs more than
+# a tiny model's forward)
+JOBS = (("tp", "tiny-llama", None), ("tp", "tiny-qwen3", None), ("tp", "tiny-llama", (6, 3)), ("tp", "tiny-glm5", None),
+        ("tp", "tiny-dsv32", None), ("hetero", "tiny-glm5", None), ("hetero", "tiny-dsv32", None))
+
+
+def worker(rank, world, port, jobs, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        cfg = config(name, heads)
-        full = random_state_dict(expected_shapes(cfg, False), 3)  # the test's source; a checkpoint is sliced on read
-        model = build_rank(cfg, full.__getitem__, plan, world, rank, CPU, torch.float32, "shard")
-        logits, tokens = run(model, cfg)
-        params = sum(p.numel() for p in model.parameters())
-        out.put((rank, logits.tolist(), tokens, params))  # plain data: the process ends before it is read
+        for plan, name, heads in jobs:
+            cfg = config(name, heads)
+            full = random_state_dict(expected_shapes(cfg, False), 3)  # the source; a checkpoint is sliced on read
+            model = build_rank(cfg, full.__getitem__, plan, world, rank, CPU, torch.float32, "shard")
+            logits, tokens = run(model, cfg)
+            params = sum(p.numel() for p in model.parameters())
+            out.put(((plan, name, heads), rank, logits.tolist(), tokens, params))  # plain data
     finally:
         dist.barrier()  # nobody tears the group down while a peer still uses it
         dist.destroy_process_group()
 
 
-def run_world(plan, name, heads, world):
-    """Every rank's (rank, logits, greedy tokens, parameter count), in rank order; bounded."""
+@functools.lru_cache(maxsize=None)
+def run_world(world):
+    """{job: every rank's (rank, logits, greedy tokens, parameter count), in rank order} for every job in JOBS,
+    from one world of W gloo processes; bounded."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    job = mp.start_processes(worker, args=(world, free_port(), plan, name, heads, out), nprocs=world, join=False,
+    job = mp.start_processes(worker, args=(world, free_port(), JOBS, out), nprocs=world, join=False,
                              start_method="spawn")
-    results = sorted(out.get(timeout=120) for _ in range(world))  # read before joining: the queue must drain
+    results = {}
+    for _ in range(world * len(JOBS)):  # read before joining: the queue must drain
+        key, *row = out.get(timeout=180)
+        results.setdefault(key, []).append(tuple(row))
     deadline = time.monotonic() + 120  # bounded: a hung rank fails the test instead of hanging it
     while not job.join(timeout=5):  # True once every rank has ended (join returns as each one ends)
         if time.monotonic() > deadline:
             for p in job.processes:
                 p.kill()
             pytest.fail(f"world {world}: a rank did not finish")
-    return results
+    return {key: sorted(rows) for key, rows in results.items()}
 
 
 def expected_params(cfg, plan, world, rank):

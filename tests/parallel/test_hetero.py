@@ -15,7 +15,7 @@ def test_hetero_equals_one_process(name, capsys):
     total = sum(p.numel() for p in full.parameters())
     for world in (2, 3, 4):  # 4 heads over 1, 2 and 3 attention ranks: 4 | 2, 2 | 2, 1, 1
         counts = []
-        for rank, logits, got_tokens, params in run_world("hetero", name, None, world):
+        for rank, logits, got_tokens, params in run_world(world)[("hetero", name, None)]:
             torch.testing.assert_close(torch.tensor(logits), ref, rtol=1e-5, atol=1e-5)
             assert got_tokens == ref_tokens, (world, rank)
             assert params == expected_params(full.cfg, "hetero", world, rank), (world, rank)

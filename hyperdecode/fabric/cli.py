@@ -267,19 +267,47 @@ def run_study(args: argparse.Namespace) -> None:
         raise ConfigError(f"--scales '{args.scales}' must be positive load multipliers")
     out = check_output_dir(args.out_dir, "--out-dir")
     work, model, cfg = sim_inputs(args)
-    topologies = {"zcube": named_topology("zcube", args), "roft": named_topology("roft", args)}
+    topologies = study_topologies(args)
     rows, raw = flagged(SIM_FLAGS, study, topologies, work, scales, model, cfg,
                         progress=lambda m: print(f"running {m}", file=sys.stderr))
     table = study_markdown(rows)
-    header = (f"# ZCube vs ROFT: {args.gpus} GPUs, {args.switch_tbps}T switches, {work.source}\n\n"
-              f"P:D {args.pd_ratio}, placement {args.placement}, KV split {args.kv_split}, port policy "
-              f"{args.port_policy}, model {args.model} ({model.kv_bytes_per_token:,} B/token), prefill "
-              f"{model.prefill_tok_s:,.0f} tok/s per instance, TTFT SLO {args.ttft_slo} s.\n\n")
+    forms = "".join(f"- {name}: {form_of(t)}\n" for name, t in topologies.items())
+    header = (f"# ZCube vs ROFT: {args.gpus} GPUs, {args.switch_tbps}T switches, {work.source}\n\n{forms}\n"
+              f"P:D {args.pd_ratio}, placement {args.placement}, KV split {args.kv_split} over {args.nic_slices} "
+              f"NIC(s), traffic {args.traffic}, port policy {args.port_policy}, model {args.model} "
+              f"({model.kv_bytes_per_token:,} B/token KV), prefill {model.prefill_tok_s:,.0f} tok/s per server, "
+              f"decode batch {args.decode_batch}, TTFT SLO {args.ttft_slo} s, TPOT SLO {args.tpot_slo} s; PFC off "
+              "(max-min flows).\n\n")
     (out / "study.md").write_text(header + table)
     (out / "study.json").write_text(json.dumps(rows, indent=2, default=str))
     for scale, runs in raw.items():
         plot_run(runs, out / f"cdf_x{scale:g}.png")
     print(header + table)
+
+
+def study_topologies(args: argparse.Namespace) -> dict[str, Topology]:
+    """ZCube in the form that fills the switches (the blog's, with parallel links, when N > (radix / 2)²) and, when
+    N is a square, the paper's single-path ZCube(√N, 2) too; ROFT with the fewest tiers and with 3 tiers."""
+    out = {"zcube": named_topology("zcube", args)}
+    n = math.isqrt(args.gpus)
+    if n * n == args.gpus and out["zcube"].params.get("links_per_pair", 1) > 1:
+        out["zcube-single-path"] = flagged(DERIVED_FLAGS, zcube, n, port_gbps=args.nic_gbps // 2)
+    out["roft"] = named_topology("roft", args)
+    if out["roft"].params["tiers"] == 2:
+        out["roft-3-tier"] = flagged(DERIVED_FLAGS, roft, args.gpus, switch_radix(args, args.nic_gbps),
+                                     nic_gbps=args.nic_gbps, tiers=3)
+    return out
+
+
+def form_of(t: Topology) -> str:
+    """Which form a study topology is, in words."""
+    if t.kind == "zcube":
+        p = t.params
+        form = "paper form, one path per port pairing" if p["links_per_pair"] == 1 else \
+            f"blog form, {p['links_per_pair']} parallel links per switch pair (as many equal paths)"
+        return (f"ZCube, {p['gpus_per_switch']} GPUs per switch, {p['switches_per_group']} switches per group, "
+                f"{t.num_switches} switches; {form}")
+    return f"{t.kind.upper()}, {t.params['tiers']} tiers, {t.num_switches} switches"
 
 
 def run_pfc_demo(args: argparse.Namespace) -> None:

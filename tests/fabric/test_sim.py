@@ -261,7 +261,12 @@ def test_study_cli_writes_report(tmp_path):
     assert "| x1 | zcube |" in md and "| x20 | roft |" in md
     assert (tmp_path / "cdf_x20.png").read_bytes()[:4] == b"\x89PNG"
     rows = json.loads((tmp_path / "study.json").read_text())
-    assert {r["name"] for r in rows} == {"zcube", "roft"} and all(r["requests_completed"] == 1500 for r in rows)
+    assert {r["name"] for r in rows} == {"zcube", "zcube-single-path", "roft", "roft-3-tier"}
+    assert all(r["requests_completed"] == 1500 for r in rows)
+    # the study says which forms it ran: 256 GPUs on radix-64 switches at 200G fill them in the blog form
+    assert "- zcube: ZCube, 32 GPUs per switch, 8 switches per group, 16 switches; blog form, 4 parallel links" in md
+    assert "- zcube-single-path: ZCube, 16 GPUs per switch, 16 switches per group, 32 switches; paper form" in md
+    assert "- roft: ROFT, 2 tiers" in md and "- roft-3-tier: ROFT, 3 tiers" in md
 
 
 def test_simulate_cli(tmp_path):
@@ -315,3 +320,21 @@ def test_a_summary_survives_a_port_speed_without_a_price():
     assert cost_of(zcube(2))["cost_total"] > 0
     c = cost_of(zcube(2, port_gbps=300))
     assert c["cost_total"] is None and "300G" in c["cost_missing"]
+
+
+def test_nic_ablation_moves_in_zai_direction():
+    """100 -> 200 Gb/s NICs on a 64-GPU ROFT with DeepSeek's prefill unit (4 servers, EP32) under load past the
+    prefill knee, KV + EP traffic: a prefill's all-to-all (1/32 of the prompt's tokens per GPU · 75 layers · 2.7
+    remote servers · 18.6 KB) outlasts its compute at 100 Gb/s and not at 200, so throughput rises and TTFT falls
+    (Z.ai's direction: +19 % / −22 % on 512 GPUs). Defaults otherwise; short outputs keep the decode steps (each
+    a set of EP flows) few."""
+    rng = np.random.default_rng(1)
+    n = 100
+    w = Workload(np.cumsum(rng.exponential(1 / 15.0, n)), rng.integers(500, 20000, n), rng.integers(1, 40, n), "short")
+    cfg = SimConfig(gpus_per_instance=32, traffic="kv+ep", decode_batch=512)
+    rows = {gbps: summarize(simulate(roft(64, 16, nic_gbps=gbps), w, ModelProfile.from_model("glm-5"), cfg))
+            for gbps in (100, 200)}
+    assert rows[100]["requests_completed"] == rows[200]["requests_completed"] == n
+    assert rows[200]["throughput_tok_s"] > 1.05 * rows[100]["throughput_tok_s"]
+    assert rows[200]["ttft_p99_s"] < rows[100]["ttft_p99_s"]
+    assert rows[200]["ttft_stages"]["prefill"]["p50"] < rows[100]["ttft_stages"]["prefill"]["p50"]

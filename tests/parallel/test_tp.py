@@ -136,7 +136,7 @@ def test_ctrl_c_shuts_every_rank_down(command):
             except httpx.HTTPError:
                 time.sleep(0.5)
         if command == "generate":
-            time.sleep(6)  # loading or generating: either way Ctrl-C must end it
+            time.sleep(3)  # loading or generating: either way Ctrl-C must end it
         assert job.poll() is None
         start = time.monotonic()
         os.killpg(job.pid, signal.SIGINT)

@@ -2,7 +2,9 @@
 (transitively) a link with a flow that arrived or finished; plus a tiny event queue.
 
 Links are directed (a full-duplex cable is two of them); capacities in bytes per second. The network keeps the bytes
-moved on every link (utilisation) and, per bottleneck link, the flow-seconds flows spent below their line rate.
+moved on every link (utilisation), how long each link spent at each utilisation level (`util_seconds`, bins of
+1/UTIL_BINS: max-min rates are piecewise constant, so this is exact for the model) and, per bottleneck link, the
+flow-seconds flows spent below their line rate.
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Flow", "FlowNetwork", "EventQueue"]
+__all__ = ["Flow", "FlowNetwork", "EventQueue", "UTIL_BINS"]
+
+UTIL_BINS = 50
 
 
 @dataclass
@@ -35,6 +39,9 @@ class FlowNetwork:
         """`on_rates(flow, eta)` is called whenever a flow gets a new rate, with its new completion time."""
         self.cap = np.asarray(capacity, dtype=np.float64)
         self.link_bytes = np.zeros_like(self.cap)
+        self.link_rate = np.zeros_like(self.cap)  # the sum of its flows' rates
+        self.link_since = np.zeros_like(self.cap)  # since when link_rate has held
+        self.util_seconds = np.zeros((len(self.cap), UTIL_BINS))
         self.link_flows: dict[int, set[int]] = {}
         self.flows: dict[int, Flow] = {}
         self.throttled: dict[int, float] = {}  # bottleneck link -> flow-seconds spent below line rate
@@ -53,6 +60,23 @@ class FlowNetwork:
                 self.throttled[f.bottleneck] = self.throttled.get(f.bottleneck, 0.0) + dt
         f.last = now
 
+    def _account(self, links: Any, now: float) -> None:
+        """Credits each link's time since its last change to its current utilisation level."""
+        links = np.unique(np.asarray(list(links), dtype=np.int64))
+        level = np.minimum((self.link_rate[links] / self.cap[links] * UTIL_BINS).astype(np.int64), UTIL_BINS - 1)
+        np.add.at(self.util_seconds, (links, level), now - self.link_since[links])
+        self.link_since[links] = now
+
+    def _set_rate(self, f: Flow, rate: float, now: float) -> None:
+        self._account(f.path, now)
+        for link in f.path:
+            self.link_rate[link] += rate - f.rate
+        f.rate = rate
+
+    def close(self, now: float) -> None:
+        """Brings every link's utilisation time up to `now` (the end of a run)."""
+        self._account(range(len(self.cap)), now)
+
     def add(self, path: list[int], size: float, now: float, tag: Any = None) -> Flow:
         if not path:
             raise ValueError("a flow needs a path of at least one link")
@@ -65,6 +89,7 @@ class FlowNetwork:
 
     def remove(self, f: Flow, now: float) -> None:
         self._settle(f, now)
+        self._set_rate(f, 0.0, now)
         del self.flows[f.id]
         for link in f.path:
             s = self.link_flows[link]
@@ -76,6 +101,7 @@ class FlowNetwork:
     def reroute(self, f: Flow, path: list[int], now: float) -> None:
         """Moves a flow (with what it has left) onto a new path."""
         self._settle(f, now)
+        self._set_rate(f, 0.0, now)
         old = f.path
         for link in old:
             self.link_flows[link].discard(f.id)
@@ -132,7 +158,7 @@ class FlowNetwork:
                         count[lk] -= 1
         for f in flows:
             if rate[f.id] != f.rate:
-                f.rate = rate[f.id]
+                self._set_rate(f, rate[f.id], now)
                 f.version += 1
                 self.on_rates(f, now + f.remaining / f.rate if f.rate > 0 else float("inf"))
 

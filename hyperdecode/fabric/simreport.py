@@ -38,6 +38,14 @@ def _weighted_pct(values: np.ndarray, weights: np.ndarray, q: float) -> float:
     return float(values[order][np.searchsorted(cum, q / 100 * cum[-1])])
 
 
+def link_util_p99(util_seconds: np.ndarray) -> np.ndarray:
+    """Per link, the utilisation it stayed at or below 99 % of the time (the upper edge of its level bin)."""
+    bins = util_seconds.shape[1]
+    cum = np.cumsum(util_seconds, axis=1)
+    total = np.maximum(cum[:, -1:], 1e-300)
+    return ((cum / total < 0.99).sum(axis=1) + 1) / bins
+
+
 def _cross_rail(topo: Topology, pairs: np.ndarray) -> float:
     """The share of KV transfers whose two GPUs sit at different local ranks (on different rails in ROFT)."""
     pairs = pairs[(pairs >= 0).all(axis=1)]
@@ -53,8 +61,10 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
 
     Throughput is the completed requests' output tokens over the time from the first arrival to the last
     completion, so a network that delays completions lowers it; goodput counts only the requests within both the
-    TTFT and the TPOT SLO. Utilisation is averaged over the whole simulated time. `pause_s_total` is 0: max-min flows
-    have no PFC (pfc.py models it)."""
+    TTFT and the TPOT SLO. `link_util` is averaged over the whole simulated time; `link_util_p99` is, per link, the
+    utilisation it stays at or below 99 % of the time (max-min rates are piecewise constant, so this is the
+    instantaneous level, which bounds a 100 µs window's average from above), then its max and mean per class.
+    `pause_s_total` is 0: max-min flows have no PFC (pfc.py models it)."""
     topo: Topology = r["topology"]
     work: Workload = r["workload"]
     cfg: SimConfig = r["config"]
@@ -73,6 +83,9 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
     classes = np.array([link_class(topo, i) for i in range(len(util))])
     by_class = {c: {"max": float(util[classes == c].max()), "mean": float(util[classes == c].mean())}
                 for c in ("nic_up", "nic_down", "fabric") if (classes == c).any()}
+    p99 = link_util_p99(r["util_seconds"])
+    p99_by_class = {c: {"max": float(p99[classes == c].max()), "mean": float(p99[classes == c].mean())}
+                    for c in ("nic_up", "nic_down", "fabric") if (classes == c).any()}
     top = np.argsort(util)[::-1][:5]
     sent = r["link_bytes"][0::2][topo.is_gpu_link]  # bytes each NIC port sent
     server = topo.link_a[topo.is_gpu_link] // topo.gpus_per_server
@@ -97,7 +110,7 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         "flow_fct_p99_s": _pct(flows[:, 2] - flows[:, 1])["p99"] if len(flows) else float("nan"),
         "kv_cross_rail_share": _cross_rail(topo, r["kv_pairs"][ok]), "ep_bytes": r["ep_bytes"], "pause_s_total": 0.0,
         "ttft_slo_s": cfg.ttft_slo_s, "tpot_slo_s": cfg.tpot_slo_s,
-        "max_link_util": float(util.max()), "link_util": by_class,
+        "max_link_util": float(util.max()), "link_util": by_class, "link_util_p99": p99_by_class,
         "hotspots": [{"link": int(i // 2), "direction": "a->b" if i % 2 == 0 else "b->a", "class": str(classes[i]),
                       "util": float(util[i])} for i in top],
         "nic_imbalance_mean": float(np.mean(imbalance)) if imbalance else None,

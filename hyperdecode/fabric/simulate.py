@@ -376,7 +376,8 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
     if cfg.failure:
         ev.at(cfg.failure[2], inject)
     ev.run()
-    return {**{f"{k}_s": v for k, v in times.items()}, "arrival_s": work.arrival_s,
+    net.close(ev.now)
+    return {**{f"{k}_s": v for k, v in times.items()}, "arrival_s": work.arrival_s, "util_seconds": net.util_seconds,
             "ttft_s": times["first_token"] - work.arrival_s, "failed": failed,
             "steps": np.array(steps_log).reshape(-1, 3), "flows": np.array(flow_log).reshape(-1, 3), "kv_pairs": kv_pair,
             "link_bytes": net.link_bytes, "end_s": ev.now, "ep_bytes": state["ep_bytes"],

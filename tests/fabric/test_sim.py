@@ -338,3 +338,15 @@ def test_nic_ablation_moves_in_zai_direction():
     assert rows[200]["throughput_tok_s"] > 1.05 * rows[100]["throughput_tok_s"]
     assert rows[200]["ttft_p99_s"] < rows[100]["ttft_p99_s"]
     assert rows[200]["ttft_stages"]["prefill"]["p50"] < rows[100]["ttft_stages"]["prefill"]["p50"]
+
+
+def test_link_utilisation_p99_by_hand():
+    """A link carrying one flow at half its capacity for 1 s, then idle for 1 s, spends half its time at 50 %; a
+    second link at full rate for 1 s of 2; P99 is the level a link stays at or below 99 % of the time."""
+    from hyperdecode.fabric.simreport import link_util_p99
+    finish, net = run_flows([10.0, 5.0], [(0.0, [0, 1], 5.0), (1.0, [1], 0.0001)])
+    net.close(2.0)
+    seconds = net.util_seconds
+    assert seconds.sum(axis=1) == pytest.approx([2.0, 2.0])
+    assert seconds[0, 25] == pytest.approx(1.0) and seconds[1, -1] == pytest.approx(1.0, abs=1e-4)
+    assert link_util_p99(seconds).tolist() == pytest.approx([0.52, 1.0])

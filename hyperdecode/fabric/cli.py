@@ -22,8 +22,8 @@ __all__ = ["add_parser", "run"]
 AT_LEAST = {"n": 1, "gpus": 1, "gpus_per_switch": 1, "links_per_pair": 1, "port_gbps": 1, "switch_radix": 1,
             "nic_gbps": 1, "gpus_per_server": 1, "oversubscription": 1, "max_requests": 1, "gpus_per_instance": 1,
             "qps": 1, "seed": 0, "senders": 1, "nic_slices": 1, "decode_batch": 1}
-POSITIVE = ("switch_tbps", "ttft_slo", "tpot_slo", "prefill_tok_s", "decode_step_s", "rate_scale", "gbps", "ms",
-            "prefill_kv_gb", "decode_kv_gb")
+POSITIVE = ("switch_tbps", "ttft_slo", "tpot_slo", "pfc_window_s", "prefill_tok_s", "decode_step_s", "rate_scale",
+            "gbps", "ms", "prefill_kv_gb", "decode_kv_gb")
 # the builders' parameter names and the flags that set them (build, describe, draw)
 BUILDER_FLAGS = {"num_gpus": "--gpus", "gpus_per_switch": "--gpus-per-switch", "gpus_per_server": "--gpus-per-server",
                  "switch_radix": "--switch-radix", "links_per_pair": "--links-per-pair", "port_gbps": "--port-gbps",
@@ -112,6 +112,10 @@ def add_parser(sub: Any, parser_class: type) -> None:
         sp.add_argument("--prefill-kv-gb", type=float, default=64.0, help="KV memory per prefill instance")
         sp.add_argument("--decode-kv-gb", type=float, default=320.0, help="KV memory per decode instance")
         sp.add_argument("--tpot-slo", type=float, default=0.1, help="TPOT SLO for goodput, seconds")
+        sp.add_argument("--pfc", default="off", choices=["on", "off"],
+                        help="on: also replay the run's hottest window packet by packet with PFC (pause time, "
+                             "slowdowns, victims); the serving run itself stays max-min")
+        sp.add_argument("--pfc-window-s", type=float, default=0.1, help="that window's length, seconds")
         sp.add_argument("--port-policy", default="balanced", choices=["fixed", "balanced", "hashed"])
         sp.add_argument("--qps", type=int, default=2, help="flows (QPs) per GPU pair; ECMP hashes each, ZCube "
                         "alternates them over its two cross-port pairings (default 2)")
@@ -237,7 +241,7 @@ def sim_inputs(args: argparse.Namespace):
 
 def run_simulate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
-    from .simreport import plot_run, summarize
+    from .simreport import plot_run, summarize, with_pfc
     from .simulate import simulate
     work, model, cfg = sim_inputs(args)
     work = work.scaled(args.rate_scale) if args.rate_scale != 1.0 else work
@@ -247,9 +251,11 @@ def run_simulate(args: argparse.Namespace) -> None:
             bar.update(done - bar.n)
         r = flagged(SIM_FLAGS, simulate, topo, work, model, cfg, progress)
     s = summarize(r)
+    if args.pfc == "on":
+        s = with_pfc(s, r, args.pfc_window_s)
     print(json.dumps({k: s[k] for k in ("topology", "gpus", "requests_completed", "throughput_tok_s",
                                         "goodput_per_gpu", "ttft_p50_s", "ttft_p99_s", "kv_fct_p99_s", "tpot_p99_s",
-                                        "max_link_util", "sim_wall_s")}, indent=1))
+                                        "max_link_util", "pause_s_total", "sim_wall_s")}, indent=1))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(s, f, indent=2)
@@ -269,15 +275,17 @@ def run_study(args: argparse.Namespace) -> None:
     work, model, cfg = sim_inputs(args)
     topologies = study_topologies(args)
     rows, raw = flagged(SIM_FLAGS, study, topologies, work, scales, model, cfg,
-                        progress=lambda m: print(f"running {m}", file=sys.stderr))
+                        progress=lambda m: print(f"running {m}", file=sys.stderr),
+                        pfc_window_s=args.pfc_window_s if args.pfc == "on" else None)
     table = study_markdown(rows)
     forms = "".join(f"- {name}: {form_of(t)}\n" for name, t in topologies.items())
     header = (f"# ZCube vs ROFT: {args.gpus} GPUs, {args.switch_tbps}T switches, {work.source}\n\n{forms}\n"
               f"P:D {args.pd_ratio}, placement {args.placement}, KV split {args.kv_split} over {args.nic_slices} "
               f"NIC(s), traffic {args.traffic}, port policy {args.port_policy}, model {args.model} "
               f"({model.kv_bytes_per_token:,} B/token KV), prefill {model.prefill_tok_s:,.0f} tok/s per server, "
-              f"decode batch {args.decode_batch}, TTFT SLO {args.ttft_slo} s, TPOT SLO {args.tpot_slo} s; PFC off "
-              "(max-min flows).\n\n")
+              f"decode batch {args.decode_batch}, TTFT SLO {args.ttft_slo} s, TPOT SLO {args.tpot_slo} s; max-min flows"
+              + (f", each run's hottest {args.pfc_window_s:g} s replayed with PFC" if args.pfc == "on" else ", PFC off")
+              + ".\n\n")
     (out / "study.md").write_text(header + table)
     (out / "study.json").write_text(json.dumps(rows, indent=2, default=str))
     for scale, runs in raw.items():

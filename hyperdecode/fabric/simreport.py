@@ -129,11 +129,19 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def with_pfc(summary: dict[str, Any], r: dict[str, Any], window_s: float) -> dict[str, Any]:
+    """The summary plus its hottest `window_s` seconds replayed with PFC (hotwindow.py): `pfc_window`, and
+    `pause_s_total` from that replay."""
+    from .hotwindow import hot_window, replay_window
+    replay = replay_window(r, hot_window(r, window_s))
+    return summary | {"pfc_window": replay, "pause_s_total": replay["pause_s_total"]}
+
+
 def study(topologies: dict[str, Topology], work: Workload, scales: list[float], model: ModelProfile | None = None,
-          cfg: SimConfig | None = None, progress: Callable[[str], None] | None = None
-          ) -> tuple[list[dict[str, Any]], dict[float, dict[str, dict]]]:
+          cfg: SimConfig | None = None, progress: Callable[[str], None] | None = None,
+          pfc_window_s: float | None = None) -> tuple[list[dict[str, Any]], dict[float, dict[str, dict]]]:
     """The same workload at each load level on each topology: one summary row per (topology, scale), and the raw
-    runs by scale and name (for plots)."""
+    runs by scale and name (for plots); with `pfc_window_s`, each run's hottest window replayed with PFC."""
     rows, raw = [], {}
     for scale in scales:
         for name, topo in topologies.items():
@@ -141,13 +149,17 @@ def study(topologies: dict[str, Topology], work: Workload, scales: list[float], 
                 progress(f"{name} x{scale:g}")
             r = simulate(topo, work.scaled(scale), model, cfg)
             raw.setdefault(scale, {})[name] = r
-            rows.append({"name": name, "rate_scale": scale, **summarize(r)})
+            summary = summarize(r)
+            if pfc_window_s:
+                summary = with_pfc(summary, r, pfc_window_s)
+            rows.append({"name": name, "rate_scale": scale, **summary})
     return rows, raw
 
 
 def study_markdown(rows: list[dict[str, Any]]) -> str:
     head = ("| load | topology | TTFT p50 s | TTFT p99 s | KV FCT p99 ms | throughput tok/s | goodput tok/s | "
-            "max link util | throttled (nic_down/fabric/nic_up) | cost $M |\n|---|---|---|---|---|---|---|---|---|---|\n")
+            "max link util | throttled (nic_down/fabric/nic_up) | PFC pause s | cost $M |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         t = r["throttled_share"]
@@ -156,7 +168,7 @@ def study_markdown(rows: list[dict[str, Any]]) -> str:
                      f"{1e3 * r['kv_fct_p99_s']:.1f} | {r['throughput_tok_s']:,.0f} | {r['goodput_tok_s']:,.0f} | "
                      f"{r['max_link_util']:.3f} | "
                      f"{t.get('nic_down', 0):.2f}/{t.get('fabric', 0):.2f}/{t.get('nic_up', 0):.2f} | "
-                     f"{cost} |")
+                     f"{r['pause_s_total']:.4f} | {cost} |")
     return head + "\n".join(lines) + "\n"
 
 

@@ -156,6 +156,7 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
                 for _ in decode_ids]
     steps_log: list[tuple[float, int, int]] = []  # (step seconds, steps, batch)
     flow_log: list[tuple[float, float, float]] = []  # (size, start, end)
+    flow_paths: list[list[int]] = []  # each logged flow's (last) path, for hot-window replays
     waits: dict[Any, list] = {}  # a phase -> [flows and timers left, what to do when none are]
     state = {"done": 0, "rerouted": 0, "dropped": 0, "ep_bytes": 0.0}
     prefill_cap, decode_cap = cfg.prefill_kv_gb * 1e9, cfg.decode_kv_gb * 1e9
@@ -170,6 +171,7 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
             return
         net.remove(f, ev.now)
         flow_log.append((f.size, f.start, ev.now))
+        flow_paths.append(f.path)
         tick(f.tag)
 
     def tick(phase: Any) -> None:
@@ -379,7 +381,8 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
     net.close(ev.now)
     return {**{f"{k}_s": v for k, v in times.items()}, "arrival_s": work.arrival_s, "util_seconds": net.util_seconds,
             "ttft_s": times["first_token"] - work.arrival_s, "failed": failed,
-            "steps": np.array(steps_log).reshape(-1, 3), "flows": np.array(flow_log).reshape(-1, 3), "kv_pairs": kv_pair,
+            "steps": np.array(steps_log).reshape(-1, 3), "flows": np.array(flow_log).reshape(-1, 3),
+            "flow_paths": flow_paths, "kv_pairs": kv_pair,
             "link_bytes": net.link_bytes, "end_s": ev.now, "ep_bytes": state["ep_bytes"],
             "throttled": net.throttled_by_class(lambda link: link_class(topo, link)),
             "rerouted_flows": state["rerouted"], "dropped_requests": state["dropped"], "workload": work,

@@ -15,7 +15,8 @@ import numpy as np
 
 from .topology import Topology
 
-__all__ = ["all_pairs", "PairSet", "gpu_pairs", "pairing_matrix", "streamed_hops", "diameter", "path_table", "bisection", "failure_impact"]
+__all__ = ["all_pairs", "PairSet", "gpu_pairs", "pairing_matrix", "streamed_hops", "diameter", "path_table",
+           "bisection", "failure_impact"]
 
 EXACT_LIMIT = 5_000_000
 

@@ -139,7 +139,8 @@ def test_a_prefill_slot_stays_busy_until_its_kv_transfer_ends():
 
 def test_a_decode_step_waits_for_its_expert_parallel_all_to_all():
     """A 16-GPU decode instance over two servers: each GPU sends its rail peer on the other server
-    1/16 · 75 layers · 8 · (1 − 1/2) copies · bytes per copy; at 50 GB/s that, not the 20 ms compute, sets the step."""
+    1/16 · 75 layers · 8 · (1 − 1/2) copies · bytes per copy; at 50 GB/s that, not the 20 ms compute, sets the
+    step."""
     t = roft(64, 16)
     w = Workload(np.array([0.0]), np.array([1000]), np.array([3]), "one")
     m = ModelProfile(kv_bytes_per_token=1000, prefill_tok_s=1e6, ep_bytes_per_copy=1_000_000_000)
@@ -350,3 +351,17 @@ def test_link_utilisation_p99_by_hand():
     assert seconds.sum(axis=1) == pytest.approx([2.0, 2.0])
     assert seconds[0, 25] == pytest.approx(1.0) and seconds[1, -1] == pytest.approx(1.0, abs=1e-4)
     assert link_util_p99(seconds).tolist() == pytest.approx([0.52, 1.0])
+
+
+def test_simulate_cli_with_pfc_replays_the_hot_window(tmp_path):
+    out = tmp_path / "s.json"
+    r = subprocess.run([sys.executable, "-m", "hyperdecode.cli", "fabric", "simulate", "--topology", "roft",
+                        "--gpus", "64", "--switch-tbps", "12.8", "--trace", str(MOONCAKE), "--max-requests", "200",
+                        "--rate-scale", "16", "--pfc", "on", "--pfc-window-s", "0.05", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(out.read_text())
+    w = s["pfc_window"]
+    assert w["flows"] >= 1 and w["unfinished"] == 0 and w["drops"] == 0
+    assert s["pause_s_total"] == w["pause_s_total"] >= 0
+    assert "pause_s_total" in json.loads(r.stdout)

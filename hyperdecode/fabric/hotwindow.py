@@ -3,9 +3,9 @@
 `hot_window` picks the window of `width` seconds in which the most flow bytes started; `replay_window` runs those
 flows (same start times, sizes and paths) twice on the same topology, in the max-min flow model and in the PFC
 model, and reports what PFC changes: pause frames and pause time per switch tier, each flow's slowdown
-(completion time with PFC over without), and the victims, flows slowed by PFC that do not end at an incast
-destination (a GPU that receives more than one flow in the window). The replay keeps only the window's flows, so
-both sides see the same traffic.
+(completion time with PFC over without), the egress queues' peak depths (P99 over the links that queued), and the
+victims, flows slowed by PFC that do not end at an incast destination (a GPU that receives more than one flow in
+the window). The replay keeps only the window's flows, so both sides see the same traffic.
 
 >>> r = {"flows": np.array([[1e6, 0.0, 0.1], [4e6, 2.0, 2.1], [4e6, 2.2, 2.3]])}  # (bytes, start, end)
 >>> hot_window(r, 0.5)
@@ -81,4 +81,6 @@ def replay_window(r: dict[str, Any], window: tuple[float, float], config: PfcCon
             "pause_frames": int(sum(result.pause_frames)), "pause_s_total": float(sum(result.pause_s)),
             "pause_s_by_tier": tree["pause_s_by_tier"], "pause_tiers": tree["depth"],
             "slowdown_p50": float(np.percentile(values, 50)), "slowdown_p99": float(np.percentile(values, 99)),
-            "victims": victims, "drops": result.drops, "events": result.events}
+            "victims": victims, "queue_peak_bytes_max": int(max(result.peak_queue, default=0)),
+            "queue_peak_bytes_p99": float(np.percentile([q for q in result.peak_queue if q] or [0], 99)),
+            "drops": result.drops, "events": result.events}

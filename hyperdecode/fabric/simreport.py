@@ -46,6 +46,17 @@ def link_util_p99(util_seconds: np.ndarray) -> np.ndarray:
     return ((cum / total < 0.99).sum(axis=1) + 1) / bins
 
 
+def _leaf_imbalance(topo: Topology, link_bytes: np.ndarray) -> float | None:
+    """Busiest over mean bytes delivered to GPUs by the first-tier switches (ROFT leaves, ZCube block and residue
+    switches alike: every switch a GPU plugs into)."""
+    g = np.nonzero(topo.is_gpu_link)[0]
+    down = link_bytes[2 * g + 1]  # switch -> GPU
+    per_switch = np.bincount(topo.link_b[g] - topo.num_gpus, weights=down, minlength=topo.num_switches)
+    attached = np.unique(topo.link_b[g] - topo.num_gpus)
+    values = per_switch[attached]
+    return float(values.max() / values.mean()) if values.sum() > 0 else None
+
+
 def _cross_rail(topo: Topology, pairs: np.ndarray) -> float:
     """The share of KV transfers whose two GPUs sit at different local ranks (on different rails in ROFT)."""
     pairs = pairs[(pairs >= 0).all(axis=1)]
@@ -56,8 +67,8 @@ def _cross_rail(topo: Topology, pairs: np.ndarray) -> float:
 
 def summarize(r: dict[str, Any]) -> dict[str, Any]:
     """The JSON summary: throughput and goodput, TTFT by stage, TPOT and decode-step time, KV transfers, link
-    utilisation by class, hotspots, per-NIC imbalance inside servers, where flows were throttled, failure effects,
-    and cost.
+    utilisation by class, hotspots, per-NIC imbalance inside servers (and bytes sent by local rank, relative to
+    their mean), leaf imbalance, where flows were throttled, failure effects, and cost.
 
     Throughput is the completed requests' output tokens over the time from the first arrival to the last
     completion, so a network that delays completions lowers it; goodput counts only the requests within both the
@@ -91,6 +102,9 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
     server = topo.link_a[topo.is_gpu_link] // topo.gpus_per_server
     per_server = [sent[server == s] for s in np.unique(server)]
     imbalance = [float(v.max() / v.mean()) for v in per_server if v.sum() > 0]
+    rank = topo.link_a[topo.is_gpu_link] % topo.gpus_per_server
+    by_rank = np.bincount(rank, weights=sent, minlength=topo.gpus_per_server)
+    leaf = _leaf_imbalance(topo, r["link_bytes"])
     throttled = r["throttled"]
     total_throttled = sum(throttled.values())
     flows = r["flows"]
@@ -115,6 +129,8 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
                       "util": float(util[i])} for i in top],
         "nic_imbalance_mean": float(np.mean(imbalance)) if imbalance else None,
         "nic_imbalance_max": float(np.max(imbalance)) if imbalance else None,
+        "nic_bytes_by_rank": (by_rank / by_rank.mean()).tolist() if by_rank.sum() > 0 else None,
+        "leaf_imbalance": leaf,
         "throttled_share": {k: v / total_throttled for k, v in throttled.items()} if total_throttled else {},
         "throttled_flow_s": total_throttled, "rerouted_flows": r["rerouted_flows"],
         "dropped_requests": r["dropped_requests"], "sim_end_s": float(r["end_s"]), "sim_wall_s": r["sim_wall_s"],

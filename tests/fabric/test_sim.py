@@ -365,3 +365,14 @@ def test_simulate_cli_with_pfc_replays_the_hot_window(tmp_path):
     assert w["flows"] >= 1 and w["unfinished"] == 0 and w["drops"] == 0
     assert s["pause_s_total"] == w["pause_s_total"] >= 0
     assert "pause_s_total" in json.loads(r.stdout)
+
+
+def test_bytes_by_local_rank_and_leaf_imbalance():
+    """KV from rank 0 only (`single`, MLA's replicated latent sent once): rank 0's NIC carries everything, 8× the
+    mean over a server's 8 ranks; random DP ranks spread it."""
+    w = small_work(200, rate=20.0)
+    single = summarize(simulate(roft(64, 16), w, cfg=SimConfig(kv_split="single")))
+    assert single["nic_bytes_by_rank"] == pytest.approx([8.0] + [0.0] * 7)
+    spread = summarize(simulate(roft(64, 16), w, cfg=SimConfig()))
+    assert max(spread["nic_bytes_by_rank"]) < 2.0
+    assert spread["leaf_imbalance"] >= 1.0 and single["leaf_imbalance"] > spread["leaf_imbalance"]

@@ -1,0 +1,61 @@
+"""The PFC packet-train model's cost: wall time and events for random GPU-to-GPU traffic at a given load on ROFT and
+ZCube of 64 / 128 / 256 GPUs, over a short simulated span, and the wall time that predicts for 1 s (events grow
+linearly with simulated time at a fixed load).
+
+    OMP_NUM_THREADS=1 python bench/pfc_scale.py [--ms 0.5] [--chunk-kb 64] [--loads 0.3,0.8]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from hyperdecode.fabric import roft
+from hyperdecode.fabric.pfc import Flow, PfcConfig, simulate
+from hyperdecode.fabric.pfccases import topology_net
+from hyperdecode.fabric.report import zcube_for
+from hyperdecode.fabric.routing import Router
+
+
+def traffic(topo, load: float, span: float, size: float, seed: int = 0) -> list[Flow]:
+    """Poisson flows of `size` bytes from every GPU to random others, offering `load` of each NIC's rate."""
+    rng = np.random.default_rng(seed)
+    router = Router(topo)
+    nic = topo.nic_gbps * topo.nic_ports / 8 * 1e9
+    rate = load * nic / size  # flows per second per GPU
+    flows = []
+    for src in range(topo.num_gpus):
+        t = rng.exponential(1 / rate)
+        while t < span:
+            dst = int(rng.integers(0, topo.num_gpus - 1))
+            dst += dst >= src
+            flows.append(Flow(f"{src}-{len(flows)}", router.path(src, dst, key=len(flows)), size=size, start=t))
+            t += rng.exponential(1 / rate)
+    return flows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ms", type=float, default=0.5, help="simulated milliseconds per run")
+    ap.add_argument("--chunk-kb", type=int, default=64)
+    ap.add_argument("--loads", default="0.3,0.8", help="offered load per NIC, comma-separated")
+    args = ap.parse_args()
+    span = args.ms / 1e3
+    config = PfcConfig(chunk=args.chunk_kb << 10)
+    print(f"{'topology':<22}{'load':>6}{'flows':>8}{'events':>10}{'wall s':>9}{'Mev/s':>7}{'pauses':>8}"
+          f"{'1 s at this rate':>18}")
+    for gpus in (64, 128, 256):
+        topos = {f"roft {gpus}": roft(gpus, 16 if gpus <= 128 else 32), f"zcube {gpus}": zcube_for(gpus, 32)}
+        for name, topo in topos.items():
+            for load in (float(x) for x in args.loads.split(",")):
+                flows = traffic(topo, load, span, size=1 << 20)
+                start = time.perf_counter()
+                r = simulate(topology_net(topo), flows, until=span, config=config)
+                wall = time.perf_counter() - start
+                print(f"{name:<22}{load:>6.2f}{len(flows):>8}{r.events:>10}{wall:>9.2f}{r.events / wall / 1e6:>7.2f}"
+                      f"{sum(r.pause_frames):>8}{wall / span / 3600:>15.1f} h")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,7 @@
 """Build + verify 16,384-GPU networks on one core: ZCube(128, 2) on 51.2T (256x200G) switches and a 3-tier ROFT on
-51.2T (128x400G) switches. Verify = all-pairs switch distances and path counts, diameter and path multiplicity over
-GPU pairs (exact over attachment signatures when small enough, else 200,000 sampled pairs), one switch failure.
+51.2T (128x400G) switches. Verify = all-pairs switch distances and path counts, diameter and mean hops over every
+GPU pair (exact, streamed), path multiplicity over GPU pairs (exact over attachment signatures when small enough,
+else 200,000 sampled pairs), one switch failure (exact).
 
     OMP_NUM_THREADS=1 python bench/fabric_scale.py
 """
@@ -27,12 +28,12 @@ def main() -> None:
         topo = build()
         t1 = time.perf_counter()
         ap, pairs = all_pairs(topo), gpu_pairs(topo)
-        d = diameter(topo, pairs, ap)
+        d = diameter(topo, ap=ap)
         m = path_multiplicity(topo, pairs, ap)
         t2 = time.perf_counter()
         failure_impact(topo, switch=0)
         t3 = time.perf_counter()
-        kind = "exact" if pairs.exact else "sampled"
+        kind = "exact" if pairs.exact else "sampled"  # the path-multiplicity pairs
         print(f"{name:<22}{t1 - t0:>9.3f}{t2 - t1:>10.3f}{topo.num_switches:>10}{d['diameter']:>6}"
               f"  {f'{pairs.total:,} {kind}':<24}{'{}-{}'.format(*m['paths_per_best_pairing']):>15}{t3 - t2:>8.2f}")
 

@@ -61,8 +61,9 @@ class FlowNetwork:
         f.last = now
 
     def _account(self, links: Any, now: float) -> None:
-        """Credits each link's time since its last change to its current utilisation level."""
-        links = np.unique(np.asarray(list(links), dtype=np.int64))
+        """Credits each link's time since its last change to its current utilisation level (`links` distinct: a
+        path, shortest, never repeats one)."""
+        links = np.asarray(links, dtype=np.int64)
         level = np.minimum((self.link_rate[links] / self.cap[links] * UTIL_BINS).astype(np.int64), UTIL_BINS - 1)
         np.add.at(self.util_seconds, (links, level), now - self.link_since[links])
         self.link_since[links] = now

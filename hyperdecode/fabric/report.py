@@ -39,7 +39,7 @@ def path_multiplicity(topo: Topology, pairs=None, ap=None) -> dict[str, Any]:
 def describe(topo: Topology, prices: dict | None = None, bisect: bool | None = None) -> dict[str, Any]:
     pairs, ap = gpu_pairs(topo), all_pairs(topo)
     out = {"kind": topo.kind, "params": topo.params, "counts": topo.counts(),
-           "diameter": diameter(topo, pairs, ap), "multiplicity": path_multiplicity(topo, pairs, ap),
+           "diameter": diameter(topo, ap=ap), "multiplicity": path_multiplicity(topo, pairs, ap),  # exact mean
            "cost": network_cost(topo, prices)}
     if bisect if bisect is not None else topo.num_gpus <= BISECTION_MAX_GPUS:
         out["bisection"] = min((bisection(topo, cut) for cut in ("halves", "interleave", "random")),

@@ -87,6 +87,7 @@ def pairing_matrix(topo: Topology, pairs: PairSet, dist: np.ndarray, count: np.n
 
 
 NO_PATH = np.iinfo(np.int16).max
+NO_PATH_LEVEL = 64  # the hop level of "no path" (switch-hop diameters stay far below it)
 
 
 def _hop_table(dist: np.ndarray) -> np.ndarray:
@@ -100,8 +101,9 @@ def _hop_table(dist: np.ndarray) -> np.ndarray:
 
 def streamed_hops(topos: list[Topology], dists: list[np.ndarray], block: int = 256):
     """Every ordered pair of distinct GPUs, exactly, in blocks of source signatures (GPUs plugged into the same
-    switches in every topology behave alike): yields (weights [b, U], [best hops [b, U] per topology, inf where
-    none]), each pair using its best port pairing. Memory O(block × signatures), time O(signatures²)."""
+    switches in every topology behave alike): yields (weights [b, U], [hop levels [b, U] per topology]), each pair
+    using its best port pairing; a level is the switch hops, or NO_PATH_LEVEL. Memory O(block × signatures),
+    time O(signatures²)."""
     atts = [t.attachments() for t in topos]
     sigs, counts = np.unique(np.concatenate(atts, axis=1), axis=0, return_counts=True)
     P = topos[0].nic_ports
@@ -119,8 +121,13 @@ def streamed_hops(topos: list[Topology], dists: list[np.ndarray], block: int = 2
                 rows = hops[a[:, p]]  # [b, S + 1]: from each source's port-p switch
                 for q in range(P):
                     np.minimum(best, np.take(rows, att[:, q], axis=1), out=best)
-            bests.append(np.where(best < NO_PATH, best.astype(np.float64), np.inf))
+            bests.append(np.minimum(best, NO_PATH_LEVEL))
         yield w, bests
+
+
+def _level_weights(levels: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """[NO_PATH_LEVEL + 1]: the weight of the pairs at each hop level."""
+    return np.bincount(levels.ravel(), weights=w.ravel(), minlength=NO_PATH_LEVEL + 1)
 
 
 def diameter(topo: Topology, pairs: PairSet | None = None, ap: tuple | None = None) -> dict[str, Any]:
@@ -134,15 +141,11 @@ def diameter(topo: Topology, pairs: PairSet | None = None, ap: tuple | None = No
     """
     dist = (ap or all_pairs(topo))[0]
     if pairs is None:
-        worst, total, weight, unreachable = 0.0, 0.0, 0, 0
-        for w, (best,) in streamed_hops([topo], [dist]):
-            finite = np.isfinite(best) & (w > 0)
-            if finite.any():
-                worst = max(worst, float(best[finite].max()))
-            total += float((best[finite] * w[finite]).sum())
-            weight += int(w[finite].sum())
-            unreachable += int(w[~np.isfinite(best)].sum())
-        return {"diameter": int(worst) if weight else None, "mean_hops": total / weight if weight else float("nan"),
+        hist = sum(_level_weights(levels, w) for w, (levels,) in streamed_hops([topo], [dist]))
+        reached, unreachable = hist[:NO_PATH_LEVEL], int(hist[NO_PATH_LEVEL])
+        weight = int(reached.sum())
+        mean = float((np.arange(NO_PATH_LEVEL) * reached).sum() / weight) if weight else float("nan")
+        return {"diameter": int(np.nonzero(reached)[0].max()) if weight else None, "mean_hops": mean,
                 "unreachable_pairs": unreachable // 2, "pairs": (weight + unreachable) // 2, "exact": True}
     hops, _ = pairing_matrix(topo, pairs, *(ap or all_pairs(topo)))
     best = hops.min(axis=(1, 2))
@@ -229,10 +232,9 @@ def without(topo: Topology, switch: int | None = None, links: Iterable[int] = ()
                     topo.switch_radix, topo.switch_gbps, topo.switch_tier, tier_names=topo.tier_names, **fields)
 
 
-def failure_impact(topo: Topology, switch: int | None = None, link: int | None = None, seed: int = 0
-                   ) -> dict[str, Any]:
+def failure_impact(topo: Topology, switch: int | None = None, link: int | None = None) -> dict[str, Any]:
     """What one switch or link failure does: GPU ports lost, GPUs cut off, diameter and mean hops before and
-    after, and the share of GPU pairs whose best path got longer or vanished (same pairs before and after)."""
+    after, and the share of GPU pairs whose best path got longer or vanished (every pair, exactly)."""
     if (switch is None) == (link is None):
         raise ValueError("give exactly one of switch or link")
     if switch is not None and not 0 <= switch < topo.num_switches:
@@ -241,24 +243,19 @@ def failure_impact(topo: Topology, switch: int | None = None, link: int | None =
         raise ValueError(f"link {link} is not in 0..{topo.num_links - 1}")
     after = without(topo, switch, () if link is None else (link,))
     before_dist, after_dist = all_pairs(topo)[0], all_pairs(after)[0]
-    sums = dict.fromkeys(("all", "before", "after", "after_w", "longer", "unreachable", "worst_before",
-                          "worst_after"), 0.0)
-    for w, (b, a) in streamed_hops([topo, after], [before_dist, after_dist]):
-        live = w > 0
-        sums["all"] += w.sum()
-        sums["before"] += (np.where(np.isfinite(b), b, 0) * w).sum()
-        ok = np.isfinite(a) & live
-        sums["after"] += (a[ok] * w[ok]).sum()
-        sums["after_w"] += w[ok].sum()
-        sums["longer"] += w[ok & (a > b)].sum()
-        sums["unreachable"] += w[~np.isfinite(a)].sum()
-        sums["worst_before"] = max(sums["worst_before"], float(b[live & np.isfinite(b)].max(initial=0)))
-        sums["worst_after"] = max(sums["worst_after"], float(a[ok].max(initial=0)))
+    n = NO_PATH_LEVEL + 1
+    joint = sum(np.bincount((b * n + a).ravel(), weights=w.ravel(), minlength=n * n)  # [before level, after level]
+                for w, (b, a) in streamed_hops([topo, after], [before_dist, after_dist])).reshape(n, n)
+    level = np.arange(NO_PATH_LEVEL)
+    before, after_w = joint.sum(axis=1), joint.sum(axis=0)
+    total = joint.sum()
+    longer = np.triu(joint[:NO_PATH_LEVEL, :NO_PATH_LEVEL], k=1).sum()  # reachable after, and further
     lost = (topo.attachments() >= 0) & (after.attachments() < 0)
     return {"removed": {"switch": switch} if switch is not None else {"link": link},
             "gpu_ports_lost": int(lost.sum()), "gpus_disconnected": int((after.attachments() < 0).all(1).sum()),
-            "diameter_before": int(sums["worst_before"]), "diameter_after": int(sums["worst_after"]),
-            "mean_hops_before": float(sums["before"] / sums["all"]),
-            "mean_hops_after": float(sums["after"] / max(sums["after_w"], 1)),
-            "pairs_longer": float(sums["longer"] / sums["all"]),
-            "pairs_unreachable": float(sums["unreachable"] / sums["all"]), "exact": True}
+            "diameter_before": int(np.nonzero(before[:NO_PATH_LEVEL])[0].max(initial=0)),
+            "diameter_after": int(np.nonzero(after_w[:NO_PATH_LEVEL])[0].max(initial=0)),
+            "mean_hops_before": float((level * before[:NO_PATH_LEVEL]).sum() / total),
+            "mean_hops_after": float((level * after_w[:NO_PATH_LEVEL]).sum() / max(after_w[:NO_PATH_LEVEL].sum(), 1)),
+            "pairs_longer": float(longer / total),
+            "pairs_unreachable": float(after_w[NO_PATH_LEVEL] / total), "exact": True}

@@ -22,29 +22,25 @@ class Metrics:
     def __init__(self, model_name: str):
         self.registry = r = CollectorRegistry()
         label = ["model_name"]
-        self.ttft = Histogram("vllm:time_to_first_token_seconds", "Time to first token", label,
-                              buckets=TTFT_BUCKETS, registry=r).labels(model_name)
-        self.itl = Histogram("vllm:inter_token_latency_seconds", "Time between consecutive output tokens", label,
-                             buckets=ITL_BUCKETS, registry=r).labels(model_name)
-        self.tpot = Histogram("vllm:request_time_per_output_token_seconds", "(e2e - TTFT) / (output tokens - 1)",
-                              label, buckets=ITL_BUCKETS, registry=r).labels(model_name)
-        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "End-to-end request latency", label,
-                             buckets=E2E_BUCKETS, registry=r).labels(model_name)
-        self.running = Gauge("vllm:num_requests_running", "Requests in the decode batch", label,
-                             registry=r).labels(model_name)
-        self.waiting = Gauge("vllm:num_requests_waiting", "Requests queued for a batch slot", label,
-                             registry=r).labels(model_name)
-        self.prompt_tokens = Counter("vllm:prompt_tokens", "Prefilled prompt tokens", label,
-                                     registry=r).labels(model_name)
-        self.generation_tokens = Counter("vllm:generation_tokens", "Generated tokens", label,
-                                         registry=r).labels(model_name)
+
+        def series(kind: type, name: str, doc: str, **kwargs):
+            """One metric of `kind` in this registry, as this server's model's series."""
+            return kind(name, doc, label, registry=r, **kwargs).labels(model_name)
+        self.ttft = series(Histogram, "vllm:time_to_first_token_seconds", "Time to first token", buckets=TTFT_BUCKETS)
+        self.itl = series(Histogram, "vllm:inter_token_latency_seconds", "Time between consecutive output tokens",
+                          buckets=ITL_BUCKETS)
+        self.tpot = series(Histogram, "vllm:request_time_per_output_token_seconds",
+                           "(e2e - TTFT) / (output tokens - 1)", buckets=ITL_BUCKETS)
+        self.e2e = series(Histogram, "vllm:e2e_request_latency_seconds", "End-to-end request latency",
+                          buckets=E2E_BUCKETS)
+        self.running = series(Gauge, "vllm:num_requests_running", "Requests in the decode batch")
+        self.waiting = series(Gauge, "vllm:num_requests_waiting", "Requests queued for a batch slot")
+        self.prompt_tokens = series(Counter, "vllm:prompt_tokens", "Prefilled prompt tokens")
+        self.generation_tokens = series(Counter, "vllm:generation_tokens", "Generated tokens")
         # speculative decoding (vLLM's names): verified drafts, their tokens, the accepted ones, and by position
-        self.spec_drafts = Counter("vllm:spec_decode_num_drafts", "Verified drafts (rows with draft tokens)", label,
-                                   registry=r).labels(model_name)
-        self.spec_draft_tokens = Counter("vllm:spec_decode_num_draft_tokens", "Draft tokens verified", label,
-                                         registry=r).labels(model_name)
-        self.spec_accepted_tokens = Counter("vllm:spec_decode_num_accepted_tokens", "Draft tokens accepted", label,
-                                            registry=r).labels(model_name)
+        self.spec_drafts = series(Counter, "vllm:spec_decode_num_drafts", "Verified drafts (rows with draft tokens)")
+        self.spec_draft_tokens = series(Counter, "vllm:spec_decode_num_draft_tokens", "Draft tokens verified")
+        self.spec_accepted_tokens = series(Counter, "vllm:spec_decode_num_accepted_tokens", "Draft tokens accepted")
         self._spec_per_pos = Counter("vllm:spec_decode_num_accepted_tokens_per_pos",
                                      "Draft tokens accepted, by position in the draft", label + ["position"],
                                      registry=r)

@@ -108,6 +108,9 @@ def add_parser(sub: Any, parser_class: type) -> None:
         sp.add_argument("--traffic", default="kv", choices=["kv", "kv+ep"],
                         help="kv+ep: also each prefill's and decode step's expert-parallel all-to-all between the "
                              "servers of an instance (give --gpus-per-instance above a server's GPUs)")
+        sp.add_argument("--traffic-classes", default="same", choices=["same", "separate"],
+                        help="same: EP and KV share one lossless class; separate: EP on its own class, served "
+                             "before KV at every port (strict priority; default same)")
         sp.add_argument("--decode-batch", type=int, default=128, help="running requests per decode instance")
         sp.add_argument("--prefill-kv-gb", type=float, default=64.0, help="KV memory per prefill instance")
         sp.add_argument("--decode-kv-gb", type=float, default=320.0, help="KV memory per decode instance")
@@ -233,6 +236,7 @@ def sim_inputs(args: argparse.Namespace):
     failure = flagged({}, parse_failure, args.fail, prefix="--fail") if getattr(args, "fail", None) else None
     cfg = SimConfig(gpus_per_instance=args.gpus_per_instance, pd_ratio=pd_ratio, placement=args.placement,
                     kv_split=args.kv_split, nic_slices=args.nic_slices, traffic=args.traffic,
+                    classes=args.traffic_classes,
                     decode_batch=args.decode_batch, prefill_kv_gb=args.prefill_kv_gb, decode_kv_gb=args.decode_kv_gb,
                     port_policy=args.port_policy, qps=args.qps, ttft_slo_s=args.ttft_slo, tpot_slo_s=args.tpot_slo,
                     seed=args.seed, failure=failure)
@@ -281,7 +285,7 @@ def run_study(args: argparse.Namespace) -> None:
     forms = "".join(f"- {name}: {form_of(t)}\n" for name, t in topologies.items())
     header = (f"# ZCube vs ROFT: {args.gpus} GPUs, {args.switch_tbps}T switches, {work.source}\n\n{forms}\n"
               f"P:D {args.pd_ratio}, placement {args.placement}, KV split {args.kv_split} over {args.nic_slices} "
-              f"NIC(s), traffic {args.traffic}, port policy {args.port_policy}, model {args.model} "
+              f"NIC(s), traffic {args.traffic} ({args.traffic_classes} class(es)), port policy {args.port_policy}, model {args.model} "
               f"({model.kv_bytes_per_token:,} B/token KV), prefill {model.prefill_tok_s:,.0f} tok/s per server, "
               f"decode batch {args.decode_batch}, TTFT SLO {args.ttft_slo} s, TPOT SLO {args.tpot_slo} s; max-min flows"
               + (f", each run's hottest {args.pfc_window_s:g} s replayed with PFC" if args.pfc == "on" else ", PFC off")

@@ -1,6 +1,9 @@
 """Flow-level network model: max-min fair rates by progressive filling, recomputed only for the flows that share
 (transitively) a link with a flow that arrived or finished; plus a tiny event queue.
 
+Flows carry a priority (0 first): the classes are served in strict priority, each filling max-min fairly what the
+classes above it left on every link (so with one class this is plain max-min).
+
 Links are directed (a full-duplex cable is two of them); capacities in bytes per second. The network keeps the bytes
 moved on every link (utilisation), how long each link spent at each utilisation level (`util_seconds`, bins of
 1/UTIL_BINS: max-min rates are piecewise constant, so this is exact for the model) and, per bottleneck link, the
@@ -32,11 +35,12 @@ class Flow:
     version: int = 0
     bottleneck: int = -1
     tag: Any = None
+    priority: int = 0
 
 
 class FlowNetwork:
     def __init__(self, capacity: np.ndarray, on_rates: Callable[[Flow, float], None]):
-        """`on_rates(flow, eta)` is called whenever a flow gets a new rate, with its new completion time."""
+        """`on_rates(flow, eta)` is called whenever a flow gets a new positive rate, with its new completion time."""
         self.cap = np.asarray(capacity, dtype=np.float64)
         self.link_bytes = np.zeros_like(self.cap)
         self.link_rate = np.zeros_like(self.cap)  # the sum of its flows' rates
@@ -78,10 +82,10 @@ class FlowNetwork:
         """Brings every link's utilisation time up to `now` (the end of a run)."""
         self._account(range(len(self.cap)), now)
 
-    def add(self, path: list[int], size: float, now: float, tag: Any = None) -> Flow:
+    def add(self, path: list[int], size: float, now: float, tag: Any = None, priority: int = 0) -> Flow:
         if not path:
             raise ValueError("a flow needs a path of at least one link")
-        f = Flow(next(self._ids), list(path), float(size), float(size), now, last=now, tag=tag)
+        f = Flow(next(self._ids), list(path), float(size), float(size), now, last=now, tag=tag, priority=priority)
         self.flows[f.id] = f
         for link in f.path:
             self.link_flows.setdefault(link, set()).add(f.id)
@@ -139,16 +143,30 @@ class FlowNetwork:
         flows = [self.flows[i] for i in ids]
         for f in flows:
             self._settle(f, now)
-        rem, count, users = {}, {}, {}
+        rem = {link: self.cap[link] for f in flows for link in f.path}
+        rate = {}
+        for level in sorted({f.priority for f in flows}):  # strict priority: each class fills what is left
+            self._fill([f for f in flows if f.priority == level], rem, rate)
+        for f in flows:
+            if rate[f.id] != f.rate:
+                self._set_rate(f, rate[f.id], now)
+                f.version += 1
+                if f.rate > 0:  # a flow stopped by the classes above it finishes only once it moves again
+                    self.on_rates(f, now + f.remaining / f.rate)
+
+    @staticmethod
+    def _fill(flows: list[Flow], rem: dict[int, float], rate: dict[int, float]) -> None:
+        """Progressive filling of `flows` over the capacities `rem` (used up in place): the tightest link fixes the
+        rate of all its unfrozen flows."""
+        count, users = {}, {}
         for f in flows:
             for link in f.path:
-                rem[link] = self.cap[link]
                 count[link] = count.get(link, 0) + 1
                 users.setdefault(link, []).append(f)
-        rate, unfrozen = {}, set(ids)
-        while unfrozen:  # progressive filling: the tightest link fixes the rate of all its unfrozen flows
+        unfrozen = {f.id for f in flows}
+        while unfrozen:
             link = min((lk for lk in count if count[lk] > 0), key=lambda lk: rem[lk] / count[lk])
-            share = rem[link] / count[link]
+            share = max(rem[link] / count[link], 0.0)
             for f in users[link]:
                 if f.id in unfrozen:
                     unfrozen.discard(f.id)
@@ -157,11 +175,6 @@ class FlowNetwork:
                     for lk in f.path:
                         rem[lk] -= share
                         count[lk] -= 1
-        for f in flows:
-            if rate[f.id] != f.rate:
-                self._set_rate(f, rate[f.id], now)
-                f.version += 1
-                self.on_rates(f, now + f.remaining / f.rate if f.rate > 0 else float("inf"))
 
 
 class EventQueue:

@@ -7,7 +7,7 @@ model, and reports what PFC changes: pause frames and pause time per switch tier
 victims, flows slowed by PFC that do not end at an incast destination (a GPU that receives more than one flow in
 the window). The replay keeps only the window's flows, so both sides see the same traffic.
 
->>> r = {"flows": np.array([[1e6, 0.0, 0.1], [4e6, 2.0, 2.1], [4e6, 2.2, 2.3]])}  # (bytes, start, end)
+>>> r = {"flows": np.array([[1e6, 0.0, 0.1, 0], [4e6, 2.0, 2.1, 0], [4e6, 2.2, 2.3, 1]])}  # bytes, start, end, class
 >>> hot_window(r, 0.5)
 (2.0, 2.5)
 """
@@ -48,7 +48,7 @@ def _maxmin_fct(topo: Topology, flows: list[Flow]) -> dict[str, float]:
             done[f.tag] = ev.now
 
     for fl in flows:
-        ev.at(fl.start, lambda fl=fl: net.add(fl.path, fl.size, ev.now, tag=fl.name))
+        ev.at(fl.start, lambda fl=fl: net.add(fl.path, fl.size, ev.now, tag=fl.name, priority=fl.priority))
     ev.run()
     return {fl.name: done[fl.name] - fl.start for fl in flows}
 
@@ -61,8 +61,8 @@ def replay_window(r: dict[str, Any], window: tuple[float, float], config: PfcCon
     t0, t1 = window
     logged = r["flows"]
     picked = [i for i in np.argsort(-logged[:, 0]) if t0 <= logged[i, 1] < t1][:max_flows]
-    flows = [Flow(f"f{i}", list(r["flow_paths"][i]), size=float(logged[i, 0]), start=float(logged[i, 1] - t0))
-             for i in sorted(picked)]
+    flows = [Flow(f"f{i}", list(r["flow_paths"][i]), size=float(logged[i, 0]), start=float(logged[i, 1] - t0),
+                  priority=int(logged[i, 3])) for i in sorted(picked)]
     if not flows:
         raise ValueError(f"no flow starts in the window [{t0:g}, {t1:g}) s")
     config = config or PfcConfig(chunk=64 << 10)

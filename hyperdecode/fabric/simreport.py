@@ -137,6 +137,7 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         **cost_of(topo),
         "config": {"pd_ratio": f"{cfg.pd_ratio[0]}:{cfg.pd_ratio[1]}", "placement": cfg.placement,
                    "kv_split": cfg.kv_split, "nic_slices": cfg.nic_slices, "traffic": cfg.traffic,
+                   "classes": cfg.classes,
                    "port_policy": cfg.port_policy, "qps": cfg.qps, "gpus_per_instance": cfg.gpus_per_instance,
                    "decode_batch": cfg.decode_batch, "prefill_kv_gb": cfg.prefill_kv_gb,
                    "decode_kv_gb": cfg.decode_kv_gb,

@@ -9,7 +9,7 @@ instance to one of the decode instance, so most transfers cross rails; sliced ov
 server, as Mooncake's transfer engine slices large transfers; `qps` flows each), and it joins the decode batch at
 the next step. A decode step takes `step_s(batch)` of compute and, with `traffic="kv+ep"`, cannot end before its
 expert-parallel all-to-all between the instance's servers has (per-step flows on the same rail, sized from the
-model's MoE); a prefill likewise. TTFT = queue + prefill + decode admission + KV transfer + first step.
+model's MoE); a prefill likewise (`classes="separate"` puts that all-to-all on a priority class above KV). TTFT = queue + prefill + decode admission + KV transfer + first step.
 
 Flows share links max-min fairly (flowsim.py); PFC's pauses are pfc.py's, for hot windows. No prefix caching.
 Without EP traffic, decode steps between batch changes are simulated as one stretch (the same step time), so an
@@ -35,6 +35,7 @@ __all__ = ["SimConfig", "simulate", "check_config", "parse_pd_ratio", "parse_fai
 PLACEMENTS = ("contiguous", "interleaved", "random")
 KV_SPLITS = ("dp", "striped", "single")
 TRAFFIC = ("kv", "kv+ep")
+CLASSES = ("same", "separate")  # one lossless class for all traffic, or EP strictly above KV
 PHASES = ("prefill", "kv", "step")  # what waits for flows: a prefill, a KV transfer, a decode step
 
 
@@ -48,6 +49,7 @@ class SimConfig:
     port_policy: str = "balanced"
     qps: int = 2
     traffic: str = "kv"  # or "kv+ep": with the MoE's expert-parallel all-to-all
+    classes: str = "same"  # or "separate": EP on its own class, served before KV at every port
     prefill_kv_gb: float = 64.0  # KV memory of a prefill instance (requests being prefilled or sent) [assumption]
     decode_batch: int = 128  # running requests per decode instance [assumption]
     decode_kv_gb: float = 320.0  # KV memory of a decode instance [assumption]
@@ -108,6 +110,8 @@ def check_config(topo: Topology, cfg: SimConfig) -> None:
         raise ConfigError(f"kv_split '{cfg.kv_split}' is not one of {KV_SPLITS}")
     if cfg.traffic not in TRAFFIC:
         raise ConfigError(f"traffic '{cfg.traffic}' is not one of {TRAFFIC}")
+    if cfg.classes not in CLASSES:
+        raise ConfigError(f"classes '{cfg.classes}' is not one of {CLASSES}")
     for name in ("qps", "nic_slices", "decode_batch"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
@@ -155,7 +159,7 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
     decoders = [{"running": {}, "joining": [], "version": 0, "start": 0.0, "step": 0.0, "steps": 0, "busy": False}
                 for _ in decode_ids]
     steps_log: list[tuple[float, int, int]] = []  # (step seconds, steps, batch)
-    flow_log: list[tuple[float, float, float]] = []  # (size, start, end)
+    flow_log: list[tuple[float, float, float, int]] = []  # (size, start, end, priority)
     flow_paths: list[list[int]] = []  # each logged flow's (last) path, for hot-window replays
     waits: dict[Any, list] = {}  # a phase -> [flows and timers left, what to do when none are]
     state = {"done": 0, "rerouted": 0, "dropped": 0, "ep_bytes": 0.0}
@@ -170,7 +174,7 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
         if f.version != version or f.id not in net.flows:
             return
         net.remove(f, ev.now)
-        flow_log.append((f.size, f.start, ev.now))
+        flow_log.append((f.size, f.start, ev.now, f.priority))
         flow_paths.append(f.path)
         tick(f.tag)
 
@@ -190,8 +194,9 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
             return False
         waits[key] = [1 + len(flows), then]
         ev.at(ev.now + compute_s, tick, key)
+        priority = int(cfg.classes == "separate" and key[0] == "kv")  # EP (prefill, step) at 0
         for path, (_, _, size) in zip(paths, flows):
-            net.add(path, size, ev.now, tag=key)
+            net.add(path, size, ev.now, tag=key, priority=priority)
         return True
 
     def done(req: int) -> None:
@@ -381,7 +386,7 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
     net.close(ev.now)
     return {**{f"{k}_s": v for k, v in times.items()}, "arrival_s": work.arrival_s, "util_seconds": net.util_seconds,
             "ttft_s": times["first_token"] - work.arrival_s, "failed": failed,
-            "steps": np.array(steps_log).reshape(-1, 3), "flows": np.array(flow_log).reshape(-1, 3),
+            "steps": np.array(steps_log).reshape(-1, 3), "flows": np.array(flow_log).reshape(-1, 4),
             "flow_paths": flow_paths, "kv_pairs": kv_pair,
             "link_bytes": net.link_bytes, "end_s": ev.now, "ep_bytes": state["ep_bytes"],
             "throttled": net.throttled_by_class(lambda link: link_class(topo, link)),

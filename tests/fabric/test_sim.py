@@ -59,6 +59,44 @@ def test_classic_max_min_two_bottlenecks():
     assert (rates["A"], rates["B"], rates["C"]) == (pytest.approx(8.0), pytest.approx(2.0), pytest.approx(2.0))
 
 
+def test_strict_priority_classes_by_hand():
+    """Two classes on a 10 B/s link: the high class (0) takes the line, the low class gets what is left, and moves
+    only once the high flow is done (20 B at 10 B/s ends at 2 s; the low flow's 30 B then take 3 s more). A
+    high-class flow that a narrower link holds to 4 B/s leaves the low class the other 6 B/s."""
+    ev, finish = EventQueue(), {}
+    net = FlowNetwork(np.array([10.0, 4.0]), lambda f, eta: ev.at(eta, done, f, f.version))
+
+    def done(f, version):
+        if f.version == version and f.id in net.flows:
+            net.remove(f, ev.now)
+            finish[f.tag] = ev.now
+
+    ev.at(0.0, lambda: net.add([0], 20.0, ev.now, tag="high", priority=0))
+    ev.at(0.0, lambda: net.add([0], 30.0, ev.now, tag="low", priority=1))
+    ev.run()
+    assert finish == {"high": pytest.approx(2.0), "low": pytest.approx(5.0)}
+    rates = {}
+    net = FlowNetwork(np.array([10.0, 4.0]), lambda f, eta: rates.__setitem__(f.tag, f.rate))
+    net.add([0, 1], 1e9, 0.0, tag="high", priority=0)
+    net.add([0], 1e9, 0.0, tag="low", priority=1)
+    assert rates == {"high": pytest.approx(4.0), "low": pytest.approx(6.0)}
+
+
+def test_separate_classes_put_the_all_to_all_above_kv():
+    """With EP and KV on one class every logged flow is class 0; with separate classes KV flows are class 1 and,
+    yielding to the all-to-all on shared NIC links, take longer."""
+    t = roft(64, 16)
+    w = small_work(200, rate=20.0)
+    m = ModelProfile(kv_bytes_per_token=500_000, ep_bytes_per_copy=200_000)
+    runs = {c: simulate(t, w, m, SimConfig(gpus_per_instance=16, traffic="kv+ep", classes=c))
+            for c in ("same", "separate")}
+    assert set(runs["same"]["flows"][:, 3]) == {0}
+    assert set(runs["separate"]["flows"][:, 3]) == {0, 1}
+    same, separate = (summarize(runs[c]) for c in ("same", "separate"))
+    assert separate["kv_fct_p99_s"] > 2 * same["kv_fct_p99_s"]
+    assert separate["requests_completed"] == same["requests_completed"] == 200
+
+
 def test_staggered_flows_complete_exactly():
     finish, _ = run_flows([10.0], [(0.0, [0], 10.0), (0.5, [0], 10.0)])
     assert finish == [pytest.approx(1.5), pytest.approx(2.0)]
@@ -237,6 +275,8 @@ def test_bad_cluster_parameters():
         parse_pd_ratio("one-to-two")
     with pytest.raises(ConfigError, match="link:12@30"):
         parse_failure("router:1")
+    with pytest.raises(ConfigError, match="classes 'two'"):
+        simulate(zcube(4), small_work(2), cfg=SimConfig(gpus_per_instance=4, classes="two"))
 
 
 def test_azure_trace_reads():

@@ -51,6 +51,7 @@ class FlowNetwork:
         self.throttled: dict[int, float] = {}  # bottleneck link -> flow-seconds spent below line rate
         self.on_rates = on_rates
         self._ids = itertools.count()
+        self._dirty: list[int] = []  # links of deferred removals
 
     def _settle(self, f: Flow, now: float) -> None:
         dt = now - f.last
@@ -83,16 +84,27 @@ class FlowNetwork:
         self._account(range(len(self.cap)), now)
 
     def add(self, path: list[int], size: float, now: float, tag: Any = None, priority: int = 0) -> Flow:
-        if not path:
-            raise ValueError("a flow needs a path of at least one link")
-        f = Flow(next(self._ids), list(path), float(size), float(size), now, last=now, tag=tag, priority=priority)
-        self.flows[f.id] = f
-        for link in f.path:
-            self.link_flows.setdefault(link, set()).add(f.id)
-        self._recompute(f.path, now)
-        return f
+        return self.add_many([(path, size, tag, priority)], now)[0]
 
-    def remove(self, f: Flow, now: float) -> None:
+    def add_many(self, specs: list[tuple[list[int], float, Any, int]], now: float) -> list[Flow]:
+        """Starts every (path, size, tag, priority) flow at `now` with one rate recomputation (an all-to-all's
+        flows arrive together)."""
+        made, touched = [], []
+        for path, size, tag, priority in specs:
+            if not path:
+                raise ValueError("a flow needs a path of at least one link")
+            f = Flow(next(self._ids), list(path), float(size), float(size), now, last=now, tag=tag, priority=priority)
+            self.flows[f.id] = f
+            for link in f.path:
+                self.link_flows.setdefault(link, set()).add(f.id)
+            made.append(f)
+            touched.extend(f.path)
+        self._recompute(touched, now)
+        return made
+
+    def remove(self, f: Flow, now: float, defer: bool = False) -> None:
+        """Ends a flow; with `defer`, the others' rates are recomputed at the next `flush` (call it before time
+        moves on: flows that end together then cost one recomputation)."""
         self._settle(f, now)
         self._set_rate(f, 0.0, now)
         del self.flows[f.id]
@@ -101,7 +113,16 @@ class FlowNetwork:
             s.discard(f.id)
             if not s:
                 del self.link_flows[link]
-        self._recompute(f.path, now)
+        if defer:
+            self._dirty.extend(f.path)
+        else:
+            self._recompute(f.path, now)
+
+    def flush(self, now: float) -> None:
+        """Recomputes the rates that deferred removals left stale."""
+        dirty, self._dirty = self._dirty, []
+        if dirty:
+            self._recompute(dirty, now)
 
     def reroute(self, f: Flow, path: list[int], now: float) -> None:
         """Moves a flow (with what it has left) onto a new path."""
@@ -147,12 +168,16 @@ class FlowNetwork:
         rate = {}
         for level in sorted({f.priority for f in flows}):  # strict priority: each class fills what is left
             self._fill([f for f in flows if f.priority == level], rem, rate)
-        for f in flows:
-            if rate[f.id] != f.rate:
-                self._set_rate(f, rate[f.id], now)
-                f.version += 1
-                if f.rate > 0:  # a flow stopped by the classes above it finishes only once it moves again
-                    self.on_rates(f, now + f.remaining / f.rate)
+        changed = [f for f in flows if rate[f.id] != f.rate]
+        if changed:  # one utilisation update for every link whose load changes
+            self._account(list({link for f in changed for link in f.path}), now)
+        for f in changed:
+            for link in f.path:
+                self.link_rate[link] += rate[f.id] - f.rate
+            f.rate = rate[f.id]
+            f.version += 1
+            if f.rate > 0:  # a flow stopped by the classes above it finishes only once it moves again
+                self.on_rates(f, now + f.remaining / f.rate)
 
     @staticmethod
     def _fill(flows: list[Flow], rem: dict[int, float], rate: dict[int, float]) -> None:

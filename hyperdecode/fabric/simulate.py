@@ -162,7 +162,7 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
     flow_log: list[tuple[float, float, float, int]] = []  # (size, start, end, priority)
     flow_paths: list[list[int]] = []  # each logged flow's (last) path, for hot-window replays
     waits: dict[Any, list] = {}  # a phase -> [flows and timers left, what to do when none are]
-    state = {"done": 0, "rerouted": 0, "dropped": 0, "ep_bytes": 0.0}
+    state = {"done": 0, "rerouted": 0, "dropped": 0, "ep_bytes": 0.0, "flush": False}
     prefill_cap, decode_cap = cfg.prefill_kv_gb * 1e9, cfg.decode_kv_gb * 1e9
 
     def on_rates(f: Flow, eta: float) -> None:
@@ -173,10 +173,17 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
     def finish_flow(f: Flow, version: int) -> None:
         if f.version != version or f.id not in net.flows:
             return
-        net.remove(f, ev.now)
+        net.remove(f, ev.now, defer=True)  # flows ending at this instant share one recomputation
+        if not state["flush"]:
+            state["flush"] = True
+            ev.at(ev.now, flush)
         flow_log.append((f.size, f.start, ev.now, f.priority))
         flow_paths.append(f.path)
         tick(f.tag)
+
+    def flush() -> None:
+        state["flush"] = False
+        net.flush(ev.now)
 
     def tick(phase: Any) -> None:
         wait = waits[phase]
@@ -195,8 +202,7 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
         waits[key] = [1 + len(flows), then]
         ev.at(ev.now + compute_s, tick, key)
         priority = int(cfg.classes == "separate" and key[0] == "kv")  # EP (prefill, step) at 0
-        for path, (_, _, size) in zip(paths, flows):
-            net.add(path, size, ev.now, tag=key, priority=priority)
+        net.add_many([(path, size, key, priority) for path, (_, _, size) in zip(paths, flows)], ev.now)
         return True
 
     def done(req: int) -> None:

@@ -97,6 +97,25 @@ def test_separate_classes_put_the_all_to_all_above_kv():
     assert separate["requests_completed"] == same["requests_completed"] == 200
 
 
+def test_flows_started_and_ended_together_give_the_rates_one_at_a_time_gives():
+    """add_many and deferred removals (one recomputation per instant) against one flow at a time."""
+    rng = np.random.default_rng(7)
+    cap = rng.uniform(5, 15, 6)
+    paths = [sorted(rng.choice(6, size=int(rng.integers(1, 4)), replace=False).tolist()) for _ in range(12)]
+    one = FlowNetwork(cap, lambda f, eta: None)
+    flows_one = [one.add(p, 100.0, 0.0, tag=i) for i, p in enumerate(paths)]
+    many = FlowNetwork(cap, lambda f, eta: None)
+    flows_many = many.add_many([(p, 100.0, i, 0) for i, p in enumerate(paths)], 0.0)
+    assert [f.rate for f in flows_many] == pytest.approx([f.rate for f in flows_one])
+    for k in (0, 3, 5):
+        one.remove(flows_one[k], 1.0)
+        many.remove(flows_many[k], 1.0, defer=True)
+    many.flush(1.0)
+    left = [k for k in range(12) if k not in (0, 3, 5)]
+    assert [flows_many[k].rate for k in left] == pytest.approx([flows_one[k].rate for k in left])
+    assert many.link_rate == pytest.approx(one.link_rate)
+
+
 def test_staggered_flows_complete_exactly():
     finish, _ = run_flows([10.0], [(0.0, [0], 10.0), (0.5, [0], 10.0)])
     assert finish == [pytest.approx(1.5), pytest.approx(2.0)]

@@ -28,10 +28,11 @@ def finite(value: float) -> bool:
 
 
 def check_at_least(args: argparse.Namespace, minimums: dict[str, int]) -> None:
-    """Each named value that the command has and that is set must be a number >= its minimum."""
+    """Each named value that the command has and that is set must be a number >= its minimum (a comma-separated
+    list, a string, is checked where it is parsed)."""
     for name, low in minimums.items():
         value = getattr(args, name, None)
-        if value is not None and not (finite(value) and value >= low):
+        if value is not None and not isinstance(value, str) and not (finite(value) and value >= low):
             raise ValueError(f"{flag(name)} must be at least {low}, got {value}")
 
 

@@ -94,7 +94,11 @@ def add_parser(sub: Any, parser_class: type) -> None:
             sp.add_argument("--topology", default="zcube", help="zcube, roft, fattree, or a topology .json file")
         sp.add_argument("--gpus", type=int, default=1024)
         sp.add_argument("--switch-tbps", type=float, default=51.2, help="switch capacity (default 51.2)")
-        sp.add_argument("--nic-gbps", type=int, default=400, help="per-GPU NIC speed (ZCube: 2 ports of half)")
+        if name == "simulate":
+            sp.add_argument("--nic-gbps", type=int, default=400, help="per-GPU NIC speed (ZCube: 2 ports of half)")
+        else:
+            sp.add_argument("--nic-gbps", default="400", help="per-GPU NIC speeds, comma-separated: several make a "
+                                                              "NIC ablation (ZCube: 2 ports of half; default 400)")
         sp.add_argument("--trace", required=True, help="Mooncake .jsonl or Azure .csv trace")
         sp.add_argument("--synthetic", action="store_true", help="replay a Poisson/log-normal fit of the trace")
         sp.add_argument("--max-requests", type=int, default=None)
@@ -105,8 +109,8 @@ def add_parser(sub: Any, parser_class: type) -> None:
                         help="dp: one random rank at each end (most transfers cross rails); striped: every rank to "
                              "the same rank; single: rank 0 to rank 0 (default dp)")
         sp.add_argument("--nic-slices", type=int, default=1, help="NICs per server a KV transfer is sliced over")
-        sp.add_argument("--traffic", default="kv", choices=["kv", "kv+ep"],
-                        help="kv+ep: also each prefill's and decode step's expert-parallel all-to-all between the "
+        sp.add_argument("--traffic", default="kv", choices=None if name == "study" else ["kv", "kv+ep"],
+                        help="study: kv, kv+ep or both comma-separated; kv+ep: also each prefill's and decode step's expert-parallel all-to-all between the "
                              "servers of an instance (give --gpus-per-instance above a server's GPUs)")
         sp.add_argument("--traffic-classes", default="same", choices=["same", "separate"],
                         help="same: EP and KV share one lossless class; separate: EP on its own class, served "
@@ -118,7 +122,8 @@ def add_parser(sub: Any, parser_class: type) -> None:
         sp.add_argument("--pfc", default="off", choices=["on", "off"],
                         help="on: also replay the run's hottest window packet by packet with PFC (pause time, "
                              "slowdowns, victims); the serving run itself stays max-min")
-        sp.add_argument("--pfc-window-s", type=float, default=0.1, help="that window's length, seconds")
+        sp.add_argument("--pfc-window-s", type=float, default=0.01,
+                        help="that window's length, seconds (default 0.01; the replay costs in proportion)")
         sp.add_argument("--port-policy", default="balanced", choices=["fixed", "balanced", "hashed"])
         sp.add_argument("--qps", type=int, default=2, help="flows (QPs) per GPU pair; ECMP hashes each, ZCube "
                         "alternates them over its two cross-port pairings (default 2)")
@@ -268,33 +273,58 @@ def run_simulate(args: argparse.Namespace) -> None:
 
 
 def run_study(args: argparse.Namespace) -> None:
-    from .simreport import plot_run, study, study_markdown
-    try:
-        scales = [float(x) for x in args.scales.split(",")]
-    except ValueError:
-        raise ConfigError(f"--scales '{args.scales}' must be comma-separated numbers") from None
-    if not all(math.isfinite(x) and x > 0 for x in scales):
-        raise ConfigError(f"--scales '{args.scales}' must be positive load multipliers")
+    from .report import compare
+    from .simreport import study_markdown
+    from .study import claims, knee, plot_study, study
+    scales = number_list(args.scales, "--scales", float)
+    nics = number_list(args.nic_gbps, "--nic-gbps", int)
+    traffics = args.traffic.split(",")
+    if not traffics or any(t not in ("kv", "kv+ep") for t in traffics):
+        raise ConfigError(f"--traffic '{args.traffic}' must be kv, kv+ep or both, comma-separated")
     out = check_output_dir(args.out_dir, "--out-dir")
-    work, model, cfg = sim_inputs(args)
-    topologies = study_topologies(args)
-    rows, raw = flagged(SIM_FLAGS, study, topologies, work, scales, model, cfg,
-                        progress=lambda m: print(f"running {m}", file=sys.stderr),
-                        pfc_window_s=args.pfc_window_s if args.pfc == "on" else None)
-    table = study_markdown(rows)
-    forms = "".join(f"- {name}: {form_of(t)}\n" for name, t in topologies.items())
-    header = (f"# ZCube vs ROFT: {args.gpus} GPUs, {args.switch_tbps}T switches, {work.source}\n\n{forms}\n"
-              f"P:D {args.pd_ratio}, placement {args.placement}, KV split {args.kv_split} over {args.nic_slices} "
-              f"NIC(s), traffic {args.traffic} ({args.traffic_classes} class(es)), port policy {args.port_policy}, model {args.model} "
-              f"({model.kv_bytes_per_token:,} B/token KV), prefill {model.prefill_tok_s:,.0f} tok/s per server, "
-              f"decode batch {args.decode_batch}, TTFT SLO {args.ttft_slo} s, TPOT SLO {args.tpot_slo} s; max-min flows"
+    rows, runs, forms, knees = [], {}, [], []
+    for nic in nics:
+        for traffic in traffics:
+            v = argparse.Namespace(**{**vars(args), "nic_gbps": nic, "traffic": traffic})
+            variant = f"{nic}G {traffic}"
+            work, model, cfg = sim_inputs(v)
+            topologies = study_topologies(v)
+            forms += [f"- {variant}, {name}: {form_of(t)}\n" for name, t in topologies.items()]
+            got, runs[variant] = flagged(SIM_FLAGS, study, topologies, work, scales, model, cfg,
+                                         progress=lambda m: print(f"running {variant} {m}", file=sys.stderr),
+                                         pfc_window_s=args.pfc_window_s if args.pfc == "on" else None)
+            rows += [{"variant": variant, "nic_gbps": nic, **r} for r in got]
+            knees += [f"{variant} {name} x{k:g}" if (k := knee([r for r in got if r["name"] == name])) else
+                      f"{variant} {name}: none within the loads run" for name in topologies]
+    counts = {r["topology"]: r for r in flagged(DERIVED_FLAGS, compare, args.gpus, args.switch_tbps, nics[-1],
+                                                               zcube_port_gbps=nics[-1] // 2)}
+    header = (f"# ZCube vs ROFT: {args.gpus} GPUs, {args.switch_tbps}T switches, {work.source}\n\n{''.join(forms)}\n"
+              f"P:D {args.pd_ratio}, {args.gpus_per_instance} GPUs per instance, placement {args.placement}, KV split "
+              f"{args.kv_split} over {args.nic_slices} NIC(s), traffic classes {args.traffic_classes}, port policy "
+              f"{args.port_policy}, model {args.model} ({model.kv_bytes_per_token:,} B/token KV), prefill "
+              f"{model.prefill_tok_s:,.0f} tok/s per server, decode batch {args.decode_batch}, TTFT SLO "
+              f"{args.ttft_slo} s, TPOT SLO {args.tpot_slo} s; max-min flows"
               + (f", each run's hottest {args.pfc_window_s:g} s replayed with PFC" if args.pfc == "on" else ", PFC off")
               + ".\n\n")
-    (out / "study.md").write_text(header + table)
+    verdicts = ("## The seed's claims\n\nA claim is reproduced at a load when the model's change has its sign and at "
+                "least half its size.\n\n" + "\n".join(claims(rows, counts)) + "\n\nKnees (throughput per unit "
+                "of load below 90 % of the lowest load's): " + "; ".join(knees) + ".\n\n")
+    plots = plot_study(rows, runs, out)
+    figures = "".join(f"![{p.stem}]({p.name})\n\n" for p in plots)
+    (out / "study.md").write_text(header + verdicts + "## Runs\n\n" + study_markdown(rows) + "\n" + figures)
     (out / "study.json").write_text(json.dumps(rows, indent=2, default=str))
-    for scale, runs in raw.items():
-        plot_run(runs, out / f"cdf_x{scale:g}.png")
-    print(header + table)
+    print(header + verdicts + study_markdown(rows))
+
+
+def number_list(text: str, flag: str, kind: type) -> list:
+    """A comma-separated list of positive numbers, or a ConfigError naming the flag."""
+    try:
+        values = [kind(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} '{text}' must be comma-separated numbers") from None
+    if not all(math.isfinite(x) and x > 0 for x in values):
+        raise ConfigError(f"{flag} '{text}' must be positive")
+    return values
 
 
 def study_topologies(args: argparse.Namespace) -> dict[str, Topology]:

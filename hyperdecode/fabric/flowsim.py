@@ -79,6 +79,11 @@ class FlowNetwork:
             self.link_rate[link] += rate - f.rate
         f.rate = rate
 
+    def settle(self, now: float) -> None:
+        """Brings every running flow's `remaining` bytes up to `now`."""
+        for f in self.flows.values():
+            self._settle(f, now)
+
     def close(self, now: float) -> None:
         """Brings every link's utilisation time up to `now` (the end of a run)."""
         self._account(range(len(self.cap)), now)

@@ -1,8 +1,9 @@
 """Hot windows: the busiest stretch of a max-min serving run, replayed packet by packet with PFC (pfc.py).
 
 `hot_window` picks the window of `width` seconds in which the most flow bytes started; `replay_window` runs those
-flows (same start times, sizes and paths) twice on the same topology, in the max-min flow model and in the PFC
-model, and reports what PFC changes: pause frames and pause time per switch tier, each flow's slowdown
+flows (same start times, sizes, paths and classes) twice on the same topology, in the max-min flow model and in the
+PFC model, for the window and at most as long again (an EP burst can hold hundreds of GB: the replay is bounded by
+time, not by the flows' ends), and reports what PFC changes: pause frames and pause time per switch tier, each flow's slowdown
 (completion time with PFC over without), the egress queues' peak depths (P99 over the links that queued), and the
 victims, flows slowed by PFC that do not end at an incast destination (a GPU that receives more than one flow in
 the window). The replay keeps only the window's flows, so both sides see the same traffic.
@@ -38,8 +39,9 @@ def hot_window(r: dict[str, Any], width: float) -> tuple[float, float]:
     return float(starts[best]), float(starts[best] + width)
 
 
-def _maxmin_fct(topo: Topology, flows: list[Flow]) -> dict[str, float]:
-    ev, done = EventQueue(), {}
+def _maxmin(topo: Topology, flows: list[Flow], until: float) -> tuple[dict[str, float], dict[str, float]]:
+    """The flows in the max-min model up to `until`: (finish times of those done, bytes delivered by each)."""
+    ev, done, made = EventQueue(), {}, {}
     net = FlowNetwork(np.repeat(topo.link_gbps * 1e9 / 8, 2), lambda f, eta: ev.at(eta, finish, f, f.version))
 
     def finish(f, version):
@@ -47,16 +49,22 @@ def _maxmin_fct(topo: Topology, flows: list[Flow]) -> dict[str, float]:
             net.remove(f, ev.now)
             done[f.tag] = ev.now
 
+    def start(fl):
+        made[fl.name] = net.add(fl.path, fl.size, ev.now, tag=fl.name, priority=fl.priority)
+
     for fl in flows:
-        ev.at(fl.start, lambda fl=fl: net.add(fl.path, fl.size, ev.now, tag=fl.name, priority=fl.priority))
-    ev.run()
-    return {fl.name: done[fl.name] - fl.start for fl in flows}
+        ev.at(fl.start, start, fl)
+    ev.run(until)
+    net.settle(until)
+    return done, {name: f.size - f.remaining for name, f in made.items()}
 
 
 def replay_window(r: dict[str, Any], window: tuple[float, float], config: PfcConfig | None = None,
                   max_flows: int = 64) -> dict[str, Any]:
-    """The window's flows (at most `max_flows`, largest first) with and without PFC: pause figures per tier,
-    slowdowns, victims. Chunks of 64 KB unless `config` says otherwise."""
+    """The window's flows (at most `max_flows`, largest first) with and without PFC, for the window and at most as
+    long again to drain: pause figures per tier, slowdowns, victims. A flow's slowdown is its completion time with
+    PFC over without when it ends in both, else the bytes max-min delivered by the end over those PFC did. Chunks of
+    64 KB unless `config` says otherwise."""
     topo: Topology = r["topology"]
     t0, t1 = window
     logged = r["flows"]
@@ -67,17 +75,24 @@ def replay_window(r: dict[str, Any], window: tuple[float, float], config: PfcCon
         raise ValueError(f"no flow starts in the window [{t0:g}, {t1:g}) s")
     config = config or PfcConfig(chunk=64 << 10)
     net = topology_net(topo)
-    horizon = (t1 - t0) + sum(f.size for f in flows) / (min(topo.link_gbps) * 1e9 / 8)  # all done well before
-    result = simulate(net, flows, until=horizon, config=config)
-    maxmin = _maxmin_fct(topo, flows)
-    slowdown = {f.name: (result.finish.get(f.name, float("inf")) - f.start) / maxmin[f.name] for f in flows}
+    drained = (t1 - t0) + sum(f.size for f in flows) / (min(topo.link_gbps) * 1e9 / 8)  # all done well before
+    horizon = min(drained, 2 * (t1 - t0))
+    result = simulate(net, flows, until=horizon, warmup=0.0, config=config)
+    done, sent = _maxmin(topo, flows, horizon)
+    slowdown = {}
+    for f in flows:
+        if f.name in done and f.name in result.finish:
+            slowdown[f.name] = (result.finish[f.name] - f.start) / (done[f.name] - f.start)
+        else:
+            slowdown[f.name] = sent[f.name] / max(result.delivered[f.name], 1.0)
     receivers: dict[int, int] = {}
     for f in flows:
         receivers[f.path[-1]] = receivers.get(f.path[-1], 0) + 1
     victims = [f.name for f in flows if receivers[f.path[-1]] == 1 and slowdown[f.name] > 1.1]
     values = np.array(list(slowdown.values()))
     tree = pause_tree(net, result)
-    return {"window": window, "flows": len(flows), "unfinished": int(np.isinf(values).sum()),
+    return {"window": window, "replayed_s": horizon, "flows": len(flows),
+            "unfinished": sum(f.name not in result.finish for f in flows),
             "pause_frames": int(sum(result.pause_frames)), "pause_s_total": float(sum(result.pause_s)),
             "pause_s_by_tier": tree["pause_s_by_tier"], "pause_tiers": tree["depth"],
             "slowdown_p50": float(np.percentile(values, 50)), "slowdown_p99": float(np.percentile(values, 99)),

@@ -1,19 +1,19 @@
-"""Metrics of a simulation run, the ZCube-vs-ROFT study across load levels, and its plots."""
+"""Metrics of a simulation run, the study's table of them (study.py runs it), and a run's plots."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
 from .cost import network_cost
 from .routing import link_class
-from .simulate import SimConfig, simulate
+from .simulate import SimConfig
 from .topology import Topology
-from .workload import ModelProfile, Workload
+from .workload import Workload
 
-__all__ = ["summarize", "study", "plot_run", "study_markdown"]
+__all__ = ["summarize", "with_pfc", "link_util_p99", "plot_run", "study_markdown"]
 
 
 def _pct(x: np.ndarray, qs=(50, 90, 99)) -> dict[str, float]:
@@ -154,38 +154,20 @@ def with_pfc(summary: dict[str, Any], r: dict[str, Any], window_s: float) -> dic
     return summary | {"pfc_window": replay, "pause_s_total": replay["pause_s_total"]}
 
 
-def study(topologies: dict[str, Topology], work: Workload, scales: list[float], model: ModelProfile | None = None,
-          cfg: SimConfig | None = None, progress: Callable[[str], None] | None = None,
-          pfc_window_s: float | None = None) -> tuple[list[dict[str, Any]], dict[float, dict[str, dict]]]:
-    """The same workload at each load level on each topology: one summary row per (topology, scale), and the raw
-    runs by scale and name (for plots); with `pfc_window_s`, each run's hottest window replayed with PFC."""
-    rows, raw = [], {}
-    for scale in scales:
-        for name, topo in topologies.items():
-            if progress:
-                progress(f"{name} x{scale:g}")
-            r = simulate(topo, work.scaled(scale), model, cfg)
-            raw.setdefault(scale, {})[name] = r
-            summary = summarize(r)
-            if pfc_window_s:
-                summary = with_pfc(summary, r, pfc_window_s)
-            rows.append({"name": name, "rate_scale": scale, **summary})
-    return rows, raw
-
-
 def study_markdown(rows: list[dict[str, Any]]) -> str:
-    head = ("| load | topology | TTFT p50 s | TTFT p99 s | KV FCT p99 ms | throughput tok/s | goodput tok/s | "
-            "max link util | throttled (nic_down/fabric/nic_up) | PFC pause s | cost $M |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| variant | load | topology | TTFT p50 s | TTFT p99 s | KV FCT p99 ms | step p99 ms | throughput tok/s | "
+            "goodput tok/s/GPU | max link util | throttled (nic_down/fabric/nic_up) | PFC pause s | cost $M |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         t = r["throttled_share"]
         cost = "-" if r["cost_total"] is None else f"{r['cost_total'] / 1e6:.2f}"
-        lines.append(f"| x{r['rate_scale']:g} | {r['name']} | {r['ttft_p50_s']:.3f} | {r['ttft_p99_s']:.3f} | "
-                     f"{1e3 * r['kv_fct_p99_s']:.1f} | {r['throughput_tok_s']:,.0f} | {r['goodput_tok_s']:,.0f} | "
-                     f"{r['max_link_util']:.3f} | "
-                     f"{t.get('nic_down', 0):.2f}/{t.get('fabric', 0):.2f}/{t.get('nic_up', 0):.2f} | "
-                     f"{r['pause_s_total']:.4f} | {cost} |")
+        cells = [r.get("variant", "-"), f"x{r['rate_scale']:g}", r["name"], f"{r['ttft_p50_s']:.3f}",
+                 f"{r['ttft_p99_s']:.3f}", f"{1e3 * r['kv_fct_p99_s']:.1f}", f"{1e3 * r['decode_step_p99_s']:.1f}",
+                 f"{r['throughput_tok_s']:,.0f}", f"{r['goodput_per_gpu']:.1f}", f"{r['max_link_util']:.3f}",
+                 f"{t.get('nic_down', 0):.2f}/{t.get('fabric', 0):.2f}/{t.get('nic_up', 0):.2f}",
+                 f"{r['pause_s_total']:.4f}", cost]
+        lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,34 @@
+"""ns-3 (the optional `ns3` wheel: pip install -e ".[ns3]") against the max-min flow model on small fabrics, with
+the project's own routes: long-lived TCP flows' goodput equals their max-min rate times TCP's payload share."""
+import numpy as np
+import pytest
+
+from hyperdecode.fabric import fattree, roft
+from hyperdecode.fabric.ns3check import cross_check, destination_routes, flow_paths, maxmin_gbps, routable
+
+pytestmark = pytest.mark.slow
+
+
+def random_pairs(topo, n, seed):
+    rng = np.random.default_rng(seed)
+    pairs = [tuple(int(x) for x in rng.choice(topo.num_gpus, 2, replace=False)) for _ in range(4 * n)]
+    return routable(topo, pairs)[:n]
+
+
+def test_routes_refuse_two_ways_to_one_gpu():
+    t = roft(16, 8, gpus_per_server=4)
+    pairs = [(a, 15) for a in range(12)]
+    kept = routable(t, pairs)
+    destination_routes(t, kept, flow_paths(t, kept))  # what it keeps, static routes carry
+    assert 1 <= len(kept) <= len(pairs)
+
+
+@pytest.mark.parametrize("topo, n, seed", [(fattree(8, 4, gpus_per_server=1), 6, 1)])
+def test_ns3_goodput_equals_max_min(topo, n, seed):
+    pytest.importorskip("ns")
+    pairs = random_pairs(topo, n, seed)
+    rates = maxmin_gbps(topo, flow_paths(topo, pairs))
+    assert len(set(np.round(rates, 3))) > 1 or len(pairs) < 3  # more than one bottleneck level, where it can
+    rows = cross_check(topo, pairs)
+    for r in rows:
+        assert r["ratio"] == pytest.approx(1.0, abs=0.05), r

@@ -110,8 +110,9 @@ def add_parser(sub: Any, parser_class: type) -> None:
                              "the same rank; single: rank 0 to rank 0 (default dp)")
         sp.add_argument("--nic-slices", type=int, default=1, help="NICs per server a KV transfer is sliced over")
         sp.add_argument("--traffic", default="kv", choices=None if name == "study" else ["kv", "kv+ep"],
-                        help="study: kv, kv+ep or both comma-separated; kv+ep: also each prefill's and decode step's expert-parallel all-to-all between the "
-                             "servers of an instance (give --gpus-per-instance above a server's GPUs)")
+                        help="kv+ep: also each prefill's and decode step's expert-parallel all-to-all between the "
+                             "servers of an instance (give --gpus-per-instance above a server's GPUs); study: kv, "
+                             "kv+ep or both comma-separated")
         sp.add_argument("--traffic-classes", default="same", choices=["same", "separate"],
                         help="same: EP and KV share one lossless class; separate: EP on its own class, served "
                              "before KV at every port (strict priority; default same)")
@@ -275,12 +276,13 @@ def run_simulate(args: argparse.Namespace) -> None:
 def run_study(args: argparse.Namespace) -> None:
     from .report import compare
     from .simreport import study_markdown
+    from .simulate import TRAFFIC
     from .study import claims, knee, plot_study, study
     scales = number_list(args.scales, "--scales", float)
     nics = number_list(args.nic_gbps, "--nic-gbps", int)
     traffics = args.traffic.split(",")
-    if not traffics or any(t not in ("kv", "kv+ep") for t in traffics):
-        raise ConfigError(f"--traffic '{args.traffic}' must be kv, kv+ep or both, comma-separated")
+    if any(t not in TRAFFIC for t in traffics):
+        raise ConfigError(f"--traffic '{args.traffic}' must be {' or '.join(TRAFFIC)}, or both comma-separated")
     out = check_output_dir(args.out_dir, "--out-dir")
     rows, runs, forms, knees = [], {}, [], []
     for nic in nics:
@@ -311,9 +313,10 @@ def run_study(args: argparse.Namespace) -> None:
                 "of load below 90 % of the lowest load's): " + "; ".join(knees) + ".\n\n")
     plots = plot_study(rows, runs, out)
     figures = "".join(f"![{p.stem}]({p.name})\n\n" for p in plots)
-    (out / "study.md").write_text(header + verdicts + "## Runs\n\n" + study_markdown(rows) + "\n" + figures)
+    table = study_markdown(rows)
+    (out / "study.md").write_text(header + verdicts + "## Runs\n\n" + table + "\n" + figures)
     (out / "study.json").write_text(json.dumps(rows, indent=2, default=str))
-    print(header + verdicts + study_markdown(rows))
+    print(header + verdicts + table)
 
 
 def number_list(text: str, flag: str, kind: type) -> list:

@@ -75,7 +75,7 @@ def replay_window(r: dict[str, Any], window: tuple[float, float], config: PfcCon
         raise ValueError(f"no flow starts in the window [{t0:g}, {t1:g}) s")
     config = config or PfcConfig(chunk=64 << 10)
     net = topology_net(topo)
-    drained = (t1 - t0) + sum(f.size for f in flows) / (min(topo.link_gbps) * 1e9 / 8)  # all done well before
+    drained = (t1 - t0) + sum(f.size for f in flows) / (min(topo.link_gbps) * 1e9 / 8)  # every flow done by then
     horizon = min(drained, 2 * (t1 - t0))
     result = simulate(net, flows, until=horizon, warmup=0.0, config=config)
     done, sent = _maxmin(topo, flows, horizon)

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from .flowsim import FlowNetwork
+from .pfc import Flow, maxmin_rates
+from .pfccases import topology_net
 from .routing import Router, mix
 from .topology import Topology
 
@@ -28,9 +27,8 @@ PAYLOAD_SHARE = 1448 / 1502
 
 def maxmin_gbps(topo: Topology, paths: list[list[int]]) -> list[float]:
     """The flows' max-min rates in Gb/s, on the topology's directed links."""
-    net = FlowNetwork(np.repeat(topo.link_gbps * 1e9 / 8, 2), lambda f, eta: None)
-    made = [net.add(p, 1e30, 0.0) for p in paths]
-    return [f.rate * 8 / 1e9 for f in made]
+    rates = maxmin_rates(topology_net(topo), [Flow(str(k), p) for k, p in enumerate(paths)])
+    return [rates[str(k)] * 8 / 1e9 for k in range(len(paths))]
 
 
 def _nodes_of(topo: Topology, path: list[int]) -> list[int]:

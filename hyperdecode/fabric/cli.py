@@ -229,7 +229,7 @@ def named_topology(name: str, args: argparse.Namespace) -> Topology:
 
 
 def sim_inputs(args: argparse.Namespace):
-    from .simulate import SimConfig, parse_failure, parse_pd_ratio
+    from .simconfig import SimConfig, parse_failure, parse_pd_ratio
     from .workload import load_trace, synthetic
     work = load_trace(args.trace)
     if args.synthetic:
@@ -275,9 +275,8 @@ def run_simulate(args: argparse.Namespace) -> None:
 
 def run_study(args: argparse.Namespace) -> None:
     from .report import compare
-    from .simreport import study_markdown
-    from .simulate import TRAFFIC
-    from .study import claims, knee, plot_study, study
+    from .simconfig import TRAFFIC
+    from .study import form_of, knee, study, write_report
     scales = number_list(args.scales, "--scales", float)
     nics = number_list(args.nic_gbps, "--nic-gbps", int)
     traffics = args.traffic.split(",")
@@ -308,15 +307,7 @@ def run_study(args: argparse.Namespace) -> None:
               f"{args.ttft_slo} s, TPOT SLO {args.tpot_slo} s; max-min flows"
               + (f", each run's hottest {args.pfc_window_s:g} s replayed with PFC" if args.pfc == "on" else ", PFC off")
               + ".\n\n")
-    verdicts = ("## The seed's claims\n\nA claim is reproduced at a load when the model's change has its sign and at "
-                "least half its size.\n\n" + "\n".join(claims(rows, counts)) + "\n\nKnees (throughput per unit "
-                "of load below 90 % of the lowest load's): " + "; ".join(knees) + ".\n\n")
-    plots = plot_study(rows, runs, out)
-    figures = "".join(f"![{p.stem}]({p.name})\n\n" for p in plots)
-    table = study_markdown(rows)
-    (out / "study.md").write_text(header + verdicts + "## Runs\n\n" + table + "\n" + figures)
-    (out / "study.json").write_text(json.dumps(rows, indent=2, default=str))
-    print(header + verdicts + table)
+    print(write_report(out, header, rows, runs, counts, knees))
 
 
 def number_list(text: str, flag: str, kind: type) -> list:
@@ -342,17 +333,6 @@ def study_topologies(args: argparse.Namespace) -> dict[str, Topology]:
         out["roft-3-tier"] = flagged(DERIVED_FLAGS, roft, args.gpus, switch_radix(args, args.nic_gbps),
                                      nic_gbps=args.nic_gbps, tiers=3)
     return out
-
-
-def form_of(t: Topology) -> str:
-    """Which form a study topology is, in words."""
-    if t.kind == "zcube":
-        p = t.params
-        form = "paper form, one path per port pairing" if p["links_per_pair"] == 1 else \
-            f"blog form, {p['links_per_pair']} parallel links per switch pair (as many equal paths)"
-        return (f"ZCube, {p['gpus_per_switch']} GPUs per switch, {p['switches_per_group']} switches per group, "
-                f"{t.num_switches} switches; {form}")
-    return f"{t.kind.upper()}, {t.params['tiers']} tiers, {t.num_switches} switches"
 
 
 def run_pfc_demo(args: argparse.Namespace) -> None:

@@ -31,10 +31,9 @@ def maxmin_gbps(topo: Topology, paths: list[list[int]]) -> list[float]:
     return [rates[str(k)] * 8 / 1e9 for k in range(len(paths))]
 
 
-def _nodes_of(topo: Topology, path: list[int]) -> list[int]:
-    """The nodes a path of directed links visits, source first."""
-    ends = [(int(topo.link_a[d // 2]), int(topo.link_b[d // 2]))[:: 1 if d % 2 == 0 else -1] for d in path]
-    return [ends[0][0]] + [b for _, b in ends]
+def _hops(topo: Topology, path: list[int]) -> list[tuple[int, int]]:
+    """(node it leaves, cable) for each directed link of a path, source first."""
+    return [(int((topo.link_a if d % 2 == 0 else topo.link_b)[d // 2]), d // 2) for d in path]
 
 
 def flow_paths(topo: Topology, pairs: list[tuple[int, int]], port_policy: str = "balanced") -> list[list[int]]:
@@ -44,17 +43,18 @@ def flow_paths(topo: Topology, pairs: list[tuple[int, int]], port_policy: str = 
 
 
 def destination_routes(topo: Topology, pairs: list[tuple[int, int]], paths: list[list[int]]) -> dict[tuple[int, int], int]:
-    """{(node, destination GPU): next node} carrying every flow's data and its ACKs (the same links back); a
-    ValueError when two flows to one GPU leave a node on different links."""
-    next_hop: dict[tuple[int, int], int] = {}
+    """{(node, destination GPU): cable it leaves on} carrying every flow's data and its ACKs (the same cables back,
+    so parallel cables between two switches stay apart); a ValueError when two flows to one GPU leave a node on
+    different cables."""
+    out: dict[tuple[int, int], int] = {}
     for (src, dst), path in zip(pairs, paths):
-        nodes = _nodes_of(topo, path)
-        for end, way in ((dst, nodes), (src, nodes[::-1])):
-            for here, there in zip(way, way[1:]):
-                if next_hop.setdefault((here, end), there) != there:
+        back = [d ^ 1 for d in reversed(path)]
+        for end, way in ((dst, path), (src, back)):
+            for here, cable in _hops(topo, way):
+                if out.setdefault((here, end), cable) != cable:
                     raise ValueError(f"flows to GPU {end} leave node {here} on two different links: static "
                                      "destination routes cannot carry both")
-    return next_hop
+    return out
 
 
 def routable(topo: Topology, pairs: list[tuple[int, int]], port_policy: str = "balanced") -> list[tuple[int, int]]:
@@ -77,7 +77,7 @@ def cross_check(topo: Topology, pairs: list[tuple[int, int]], scale: float = 100
     after TCP's header share."""
     from ns import ns  # the optional wheel: imported only here
     paths = flow_paths(topo, pairs, port_policy)
-    next_hop = destination_routes(topo, pairs, paths)
+    leave_on = destination_routes(topo, pairs, paths)
     ns.Config.SetDefault("ns3::TcpSocket::SegmentSize", ns.UintegerValue(1448))
     ns.Config.SetDefault("ns3::TcpSocket::SndBufSize", ns.UintegerValue(1 << 22))
     ns.Config.SetDefault("ns3::TcpSocket::RcvBufSize", ns.UintegerValue(1 << 22))
@@ -89,7 +89,7 @@ def cross_check(topo: Topology, pairs: list[tuple[int, int]], scale: float = 100
     p2p.SetChannelAttribute("Delay", ns.StringValue(f"{delay_us}us"))
     address = ns.Ipv4AddressHelper()
     address.SetBase(ns.Ipv4Address("10.0.0.0"), ns.Ipv4Mask("255.255.255.252"))
-    where: dict[tuple[int, int], tuple[int, str]] = {}  # (node, neighbour) -> (interface, neighbour's address)
+    where: dict[tuple[int, int], tuple[int, str]] = {}  # (node, cable) -> (interface, far end's address)
     gpu_address: dict[int, str] = {}
     used = {c for p in paths for c in (d // 2 for d in p)}
     for cable in sorted(used):
@@ -101,13 +101,13 @@ def cross_check(topo: Topology, pairs: list[tuple[int, int]], scale: float = 100
         ip = [f"{ifaces.GetAddress(k)}" for k in (0, 1)]
         for node, dev, peer_ip in ((a, devices.Get(0), ip[1]), (b, devices.Get(1), ip[0])):
             ipv4 = nodes.Get(node).GetObject[ns.Ipv4]()
-            where[node, b if node == a else a] = (ipv4.GetInterfaceForDevice(dev), peer_ip)
+            where[node, cable] = (ipv4.GetInterfaceForDevice(dev), peer_ip)
         for node, own in ((a, ip[0]), (b, ip[1])):
             if node < topo.num_gpus:
                 gpu_address.setdefault(node, own)
     static = ns.Ipv4StaticRoutingHelper()
-    for (node, dst), there in next_hop.items():
-        iface, peer_ip = where[node, there]
+    for (node, dst), cable in leave_on.items():
+        iface, peer_ip = where[node, cable]
         routing = static.GetStaticRouting(nodes.Get(node).GetObject[ns.Ipv4]())
         routing.AddHostRouteTo(ns.Ipv4Address(gpu_address[dst]), ns.Ipv4Address(peer_ip), iface)
     sinks = []

@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import ConfigError
 from .cost import network_cost
 from .routing import link_class
-from .simulate import SimConfig
+from .simconfig import SimConfig
 from .topology import Topology
 from .workload import Workload
 

@@ -10,17 +10,19 @@ A claim counts as reproduced at a load when the model's change has the claim's s
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from .simreport import link_util_p99, summarize, with_pfc
-from .simulate import SimConfig, simulate
+from .simreport import link_util_p99, study_markdown, summarize, with_pfc
+from .simconfig import SimConfig
+from .simulate import simulate
 from .topology import Topology
 from .workload import ModelProfile, Workload
 
-__all__ = ["study", "slim", "knee", "reproduced", "claims", "plot_study", "CLAIMS"]
+__all__ = ["study", "slim", "knee", "reproduced", "claims", "plot_study", "write_report", "form_of", "CLAIMS"]
 
 # the seed's claims for ZCube over ROFT (seed-article.txt; network.md)
 CLAIMS = {"throughput": 0.15, "ttft_p99": -0.406, "switches": -1 / 3, "optics": -1 / 3}
@@ -139,6 +141,32 @@ def plot_study(rows: list[dict[str, Any]], runs: dict[str, dict[float, dict[str,
         ax.set(ylabel="pause time in the hottest window (ms)", title="PFC pause by switch tier")
         written.append(_save(fig, np.array([[ax]]), out / "pause_by_tier.png"))
     return written
+
+
+def form_of(t: Topology) -> str:
+    """Which form a study topology is, in words."""
+    if t.kind == "zcube":
+        p = t.params
+        form = "paper form, one path per port pairing" if p["links_per_pair"] == 1 else \
+            f"blog form, {p['links_per_pair']} parallel links per switch pair (as many equal paths)"
+        return (f"ZCube, {p['gpus_per_switch']} GPUs per switch, {p['switches_per_group']} switches per group, "
+                f"{t.num_switches} switches; {form}")
+    return f"{t.kind.upper()}, {t.params['tiers']} tiers, {t.num_switches} switches"
+
+
+def write_report(out: Path, header: str, rows: list[dict[str, Any]], runs: dict[str, dict[float, dict[str, dict]]],
+                 counts: dict[str, dict[str, int]], knees: list[str]) -> str:
+    """study.md (the header, the claims' verdicts, the knees, the table of runs and the plots) and study.json (the
+    rows) in `out`; returns the report's text without the plots."""
+    verdicts = ("## The seed's claims\n\nA claim is reproduced at a load when the model's change has its sign and at "
+                "least half its size.\n\n" + "\n".join(claims(rows, counts)) + "\n\nKnees (throughput per unit "
+                "of load below 90 % of the lowest load's): " + "; ".join(knees) + ".\n\n")
+    plots = plot_study(rows, runs, out)
+    figures = "".join(f"![{p.stem}]({p.name})\n\n" for p in plots)
+    table = study_markdown(rows)
+    (out / "study.md").write_text(header + verdicts + "## Runs\n\n" + table + "\n" + figures)
+    (out / "study.json").write_text(json.dumps(rows, indent=2, default=str))
+    return header + verdicts + table
 
 
 def _save(fig: Any, axes: np.ndarray, path: Path) -> Path:

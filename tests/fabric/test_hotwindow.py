@@ -5,7 +5,8 @@ import pytest
 
 from hyperdecode.fabric import roft
 from hyperdecode.fabric.hotwindow import hot_window, replay_window
-from hyperdecode.fabric.simulate import SimConfig, simulate
+from hyperdecode.fabric.simconfig import SimConfig
+from hyperdecode.fabric.simulate import simulate
 from hyperdecode.fabric.workload import ModelProfile, Workload
 
 

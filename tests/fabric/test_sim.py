@@ -14,7 +14,8 @@ from hyperdecode.fabric import roft, zcube
 from hyperdecode.fabric.flowsim import EventQueue, FlowNetwork
 from hyperdecode.fabric.routing import Router
 from hyperdecode.fabric.simreport import summarize
-from hyperdecode.fabric.simulate import SimConfig, parse_failure, parse_pd_ratio, roles, simulate
+from hyperdecode.fabric.simconfig import SimConfig, parse_failure, parse_pd_ratio, roles
+from hyperdecode.fabric.simulate import simulate
 from hyperdecode.fabric.workload import ModelProfile, Workload, load_trace, synthetic
 
 # the project's shared/ folder sits beside the checkout (and beside CI's clone)

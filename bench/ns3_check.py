@@ -1,0 +1,59 @@
+"""ns-3 against the max-min flow model: random routable GPU pairs on small leaf-spines (one rate level or several,
+with and without oversubscription), long-lived TCP flows on the project's routes; per case the goodput / (max-min x
+TCP payload share) ratios and which flows share their data links with other flows' ACKs (max-min has no ACKs).
+
+    pip install -e ".[ns3]"; OMP_NUM_THREADS=1 python bench/ns3_check.py [--seeds 0,1,2] [--flows 8]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from hyperdecode.fabric import fattree
+from hyperdecode.fabric.ns3check import cross_check, routable
+
+CASES = {
+    "leaf-spine 8 GPUs, 2 leaves, 1:1": lambda: fattree(8, 4, gpus_per_server=1),
+    "leaf-spine 16 GPUs, 3:1 oversubscribed": lambda: fattree(16, 8, gpus_per_server=1, oversubscription=3),
+}
+
+
+def pairs_for(topo, n: int, seed: int) -> list[tuple[int, int]]:
+    """`n` random (src, dst) GPU pairs that static destination routes can carry."""
+    rng = np.random.default_rng(seed)
+    pairs = [tuple(int(x) for x in rng.choice(topo.num_gpus, 2, replace=False)) for _ in range(4 * n)]
+    return routable(topo, pairs)[:n]
+
+
+def acks_on_data(rows: list[dict]) -> list[int]:
+    """For each flow, how many other flows send their ACKs over one of its data links."""
+    back = [{d ^ 1 for d in r["links"]} for r in rows]
+    return [sum(1 for j, b in enumerate(back) if j != i and b & set(r["links"])) for i, r in enumerate(rows)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--flows", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=0.4, help="simulated seconds (goodput over the second half)")
+    args = ap.parse_args()
+    print(f"{'case':<42}{'seed':>5}{'flows':>6}{'levels':>7}{'ratio min':>10}{'median':>8}{'max':>7}"
+          f"{'worst: ACK-sharing flows':>26}{'wall s':>8}")
+    for name, build in CASES.items():
+        topo = build()
+        for seed in (int(s) for s in args.seeds.split(",")):
+            pairs = pairs_for(topo, args.flows, seed)
+            start = time.perf_counter()
+            rows = cross_check(topo, pairs, seconds=args.seconds)
+            wall = time.perf_counter() - start
+            ratios = np.array([r["ratio"] for r in rows])
+            levels = len(set(np.round([r["maxmin_gbps"] for r in rows], 1)))
+            worst = int(np.argmax(abs(ratios - 1)))
+            print(f"{name:<42}{seed:>5}{len(rows):>6}{levels:>7}{ratios.min():>10.3f}{np.median(ratios):>8.3f}"
+                  f"{ratios.max():>7.3f}{acks_on_data(rows)[worst]:>26}{wall:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -30,7 +30,8 @@ BUILDER_FLAGS = {"num_gpus": "--gpus", "gpus_per_switch": "--gpus-per-switch", "
                  "nic_gbps": "--nic-gbps", "oversubscription": "--oversubscription", "tiers": "--tiers"}
 # compare, simulate, study: the radix comes from --switch-tbps and servers hold 8 GPUs
 DERIVED_FLAGS = {"num_gpus": "--gpus", "gpus_per_server": "the GPUs per server"}
-SIM_FLAGS = {"gpus_per_instance": "--gpus-per-instance", "failure": "--fail", "nic_slices": "--nic-slices"}
+SIM_FLAGS = {"gpus_per_instance": "--gpus-per-instance", "failure": "--fail", "nic_slices": "--nic-slices",
+             "prefix_cache": "--prefix-cache"}
 
 
 def with_flags(message: str, names: dict[str, str]) -> str:
@@ -116,6 +117,9 @@ def add_parser(sub: Any, parser_class: type) -> None:
         sp.add_argument("--traffic-classes", default="same", choices=["same", "separate"],
                         help="same: EP and KV share one lossless class; separate: EP on its own class, served "
                              "before KV at every port (strict priority; default same)")
+        sp.add_argument("--prefix-cache", default="off", choices=["on", "off"],
+                        help="on: prompts' cached leading blocks (the trace's hash_ids) are fetched from the KV store "
+                             "(host memory of the server that first computed them) instead of computed")
         sp.add_argument("--decode-batch", type=int, default=128, help="running requests per decode instance")
         sp.add_argument("--prefill-kv-gb", type=float, default=64.0, help="KV memory per prefill instance")
         sp.add_argument("--decode-kv-gb", type=float, default=320.0, help="KV memory per decode instance")
@@ -242,7 +246,7 @@ def sim_inputs(args: argparse.Namespace):
     failure = flagged({}, parse_failure, args.fail, prefix="--fail") if getattr(args, "fail", None) else None
     cfg = SimConfig(gpus_per_instance=args.gpus_per_instance, pd_ratio=pd_ratio, placement=args.placement,
                     kv_split=args.kv_split, nic_slices=args.nic_slices, traffic=args.traffic,
-                    classes=args.traffic_classes,
+                    classes=args.traffic_classes, prefix_cache=args.prefix_cache == "on",
                     decode_batch=args.decode_batch, prefill_kv_gb=args.prefill_kv_gb, decode_kv_gb=args.decode_kv_gb,
                     port_policy=args.port_policy, qps=args.qps, ttft_slo_s=args.ttft_slo, tpot_slo_s=args.tpot_slo,
                     seed=args.seed, failure=failure)
@@ -301,8 +305,8 @@ def run_study(args: argparse.Namespace) -> None:
                                                                zcube_port_gbps=nics[-1] // 2)}
     header = (f"# ZCube vs ROFT: {args.gpus} GPUs, {args.switch_tbps}T switches, {work.source}\n\n{''.join(forms)}\n"
               f"P:D {args.pd_ratio}, {args.gpus_per_instance} GPUs per instance, placement {args.placement}, KV split "
-              f"{args.kv_split} over {args.nic_slices} NIC(s), traffic classes {args.traffic_classes}, port policy "
-              f"{args.port_policy}, model {args.model} ({model.kv_bytes_per_token:,} B/token KV), prefill "
+              f"{args.kv_split} over {args.nic_slices} NIC(s), traffic classes {args.traffic_classes}, prefix cache "
+              f"{args.prefix_cache}, port policy {args.port_policy}, model {args.model} ({model.kv_bytes_per_token:,} B/token KV), prefill "
               f"{model.prefill_tok_s:,.0f} tok/s per server, decode batch {args.decode_batch}, TTFT SLO "
               f"{args.ttft_slo} s, TPOT SLO {args.tpot_slo} s; max-min flows"
               + (f", each run's hottest {args.pfc_window_s:g} s replayed with PFC" if args.pfc == "on" else ", PFC off")

@@ -40,6 +40,7 @@ class SimConfig:
     ttft_slo_s: float = 2.0
     tpot_slo_s: float = 0.1
     failure: tuple[str, int, float] | None = None  # ("link" | "switch", id, time in s)
+    prefix_cache: bool = False  # prompts' cached prefix blocks (the trace's hash_ids) fetched from the KV store
     seed: int = 0
 
 

@@ -11,7 +11,7 @@ from .cost import network_cost
 from .routing import link_class
 from .simconfig import SimConfig
 from .topology import Topology
-from .workload import Workload
+from .workload import BLOCK_TOKENS, Workload
 
 __all__ = ["summarize", "with_pfc", "link_util_p99", "plot_run", "study_markdown"]
 
@@ -68,7 +68,7 @@ def _cross_rail(topo: Topology, pairs: np.ndarray) -> float:
 def summarize(r: dict[str, Any]) -> dict[str, Any]:
     """The JSON summary: throughput and goodput, TTFT by stage, TPOT and decode-step time, KV transfers, link
     utilisation by class, hotspots, per-NIC imbalance inside servers (and bytes sent by local rank, relative to
-    their mean), leaf imbalance, where flows were throttled, failure effects, and cost.
+    their mean), the share of prompt tokens the prefix cache served and the KV store's fetched bytes, leaf imbalance, where flows were throttled, failure effects, and cost.
 
     Throughput is the completed requests' output tokens over the time from the first arrival to the last
     completion, so a network that delays completions lowers it; goodput counts only the requests within both the
@@ -123,6 +123,8 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         "kv_fct_p50_s": _pct(kv_fct[ok])["p50"], "kv_fct_p99_s": _pct(kv_fct[ok])["p99"],
         "flow_fct_p99_s": _pct(flows[:, 2] - flows[:, 1])["p99"] if len(flows) else float("nan"),
         "kv_cross_rail_share": _cross_rail(topo, r["kv_pairs"][ok]), "ep_bytes": r["ep_bytes"], "pause_s_total": 0.0,
+        "prefix_cached_share": float((r["prefix_hit_blocks"] * BLOCK_TOKENS)[ok].sum() / work.input_tokens[ok].sum())
+        if ok.any() else 0.0, "kv_store_fetch_bytes": r["fetch_bytes"],
         "ttft_slo_s": cfg.ttft_slo_s, "tpot_slo_s": cfg.tpot_slo_s,
         "max_link_util": float(util.max()), "link_util": by_class, "link_util_p99": p99_by_class,
         "hotspots": [{"link": int(i // 2), "direction": "a->b" if i % 2 == 0 else "b->a", "class": str(classes[i]),
@@ -137,7 +139,7 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         **cost_of(topo),
         "config": {"pd_ratio": f"{cfg.pd_ratio[0]}:{cfg.pd_ratio[1]}", "placement": cfg.placement,
                    "kv_split": cfg.kv_split, "nic_slices": cfg.nic_slices, "traffic": cfg.traffic,
-                   "classes": cfg.classes,
+                   "classes": cfg.classes, "prefix_cache": cfg.prefix_cache,
                    "port_policy": cfg.port_policy, "qps": cfg.qps, "gpus_per_instance": cfg.gpus_per_instance,
                    "decode_batch": cfg.decode_batch, "prefill_kv_gb": cfg.prefill_kv_gb,
                    "decode_kv_gb": cfg.decode_kv_gb,

@@ -9,9 +9,16 @@ instance to one of the decode instance, so most transfers cross rails; sliced ov
 server, as Mooncake's transfer engine slices large transfers; `qps` flows each), and it joins the decode batch at
 the next step. A decode step takes `step_s(batch)` of compute and, with `traffic="kv+ep"`, cannot end before its
 expert-parallel all-to-all between the instance's servers has (per-step flows on the same rail, sized from the
-model's MoE); a prefill likewise (`classes="separate"` puts that all-to-all on a priority class above KV). TTFT = queue + prefill + decode admission + KV transfer + first step.
+model's MoE); a prefill likewise (`classes="separate"` puts that all-to-all on a priority class above KV). TTFT =
+queue + prefill + decode admission + KV transfer + first step.
 
-Flows share links max-min fairly (flowsim.py); PFC's pauses are pfc.py's, for hot windows. No prefix caching.
+With `prefix_cache`, a prompt's leading blocks (the trace's `hash_ids`, 512 tokens each) already in the KV store
+when its prefill starts are not computed (at least one token is): they are fetched from the store, which keeps each
+block in the host memory of the server whose GPU first computed it (Mooncake's store), on the KV class, overlapped
+with the prefill of the rest (layer by layer). A block is in the store from its first prefill's start; the store
+never evicts.
+
+Flows share links max-min fairly (flowsim.py); PFC's pauses are pfc.py's, for hot windows.
 Without EP traffic, decode steps between batch changes are simulated as one stretch (the same step time), so an
 hour-long trace costs a few events per request.
 """
@@ -28,7 +35,7 @@ from .flowsim import EventQueue, Flow, FlowNetwork
 from .routing import Router, link_class, mix
 from .simconfig import PHASES, SimConfig, check_config, roles
 from .topology import Topology
-from .workload import ModelProfile, Workload
+from .workload import BLOCK_TOKENS, ModelProfile, Workload
 
 __all__ = ["simulate"]
 
@@ -52,6 +59,10 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
     src_rank, dst_rank = rng.integers(0, g, n), rng.integers(0, g, n)
     tokens_in, tokens_out = work.input_tokens, work.output_tokens
     kv_bytes = tokens_in.astype(np.float64) * model.kv_bytes_per_token
+    if cfg.prefix_cache and work.hash_ids is None:
+        raise ConfigError(f"{work.source}: prefix_cache needs the trace's hash_ids (prefix blocks); it has none")
+    hits = np.zeros(n, dtype=np.int64)  # cached leading blocks, set when the prefill starts
+    stored_at: dict[int, int] = {}  # a prefix block -> the GPU whose server's host memory holds it
     need = (tokens_in + tokens_out).astype(np.float64) * model.kv_bytes_per_token  # its decode-side reservation
     times = {k: np.full(n, np.nan) for k in ("prefill_start", "prefill_end", "admitted", "kv_done", "first_token",
                                              "finish")}
@@ -72,7 +83,7 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
     flow_log: list[tuple[float, float, float, int]] = []  # (size, start, end, priority)
     flow_paths: list[list[int]] = []  # each logged flow's (last) path, for hot-window replays
     waits: dict[Any, list] = {}  # a phase -> [flows and timers left, what to do when none are]
-    state = {"done": 0, "rerouted": 0, "dropped": 0, "ep_bytes": 0.0, "flush": False}
+    state = {"done": 0, "rerouted": 0, "dropped": 0, "ep_bytes": 0.0, "fetch_bytes": 0.0, "flush": False}
     prefill_cap, decode_cap = cfg.prefill_kv_gb * 1e9, cfg.decode_kv_gb * 1e9
 
     def on_rates(f: Flow, eta: float) -> None:
@@ -102,17 +113,18 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
             del waits[phase]
             wait[1]()
 
-    def phase(key: Any, compute_s: float, flows: list[tuple[int, int, float]], then: Callable[[], None]) -> bool:
-        """Runs `then` once compute_s has passed and every (src GPU, dst GPU, bytes) flow has arrived; False if a
-        flow has no path (a failure cut it off)."""
+    def phase(key: Any, compute_s: float, flows: list[tuple[int, int, float, str]], then: Callable[[], None]) -> bool:
+        """Runs `then` once compute_s has passed and every (src GPU, dst GPU, bytes, "ep" | "kv") flow has arrived;
+        False if a flow has no path (a failure cut it off)."""
         ids = (PHASES.index(key[0]), *key[1:])
-        paths = [router.path(a, b, key=mix(*ids, a, b, k)) for k, (a, b, _) in enumerate(flows)]
+        paths = [router.path(a, b, key=mix(*ids, a, b, k)) for k, (a, b, _, _) in enumerate(flows)]
         if any(p is None for p in paths):
             return False
         waits[key] = [1 + len(flows), then]
         ev.at(ev.now + compute_s, tick, key)
-        priority = int(cfg.classes == "separate" and key[0] == "kv")  # EP (prefill, step) at 0
-        net.add_many([(path, size, key, priority) for path, (_, _, size) in zip(paths, flows)], ev.now)
+        separate = cfg.classes == "separate"
+        net.add_many([(path, size, key, int(separate and kind == "kv"))  # EP at priority 0
+                      for path, (_, _, size, kind) in zip(paths, flows)], ev.now)
         return True
 
     def done(req: int) -> None:
@@ -126,15 +138,34 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
             state["dropped"] += 1
             done(req)
 
-    def ep_flows(base: int, tokens: float, prefill: bool) -> list[tuple[int, int, float]]:
+    def ep_flows(base: int, tokens: float, prefill: bool) -> list[tuple[int, int, float, str]]:
         """The all-to-all of `tokens` spread over an instance's GPUs: each GPU to the GPU of its rail on every other
         server of the instance."""
         if not ep:
             return []
         per_gpu = tokens / g * model.moe_layers * model.ep_copies(servers, prefill) * model.ep_bytes_per_copy
         state["ep_bytes"] += per_gpu * g
-        return [(base + s * gps + r, base + t * gps + r, per_gpu / (servers - 1))
+        return [(base + s * gps + r, base + t * gps + r, per_gpu / (servers - 1), "ep")
                 for s in range(servers) for t in range(servers) if t != s for r in range(gps)]
+
+    def fetch_flows(req: int, gpu: int) -> list[tuple[int, int, float, str]]:
+        """The request's cached blocks from the servers that hold them to `gpu`, one flow per server; its other
+        blocks are stored at `gpu`'s server."""
+        ids = work.hash_ids[req] if cfg.prefix_cache else []
+        k = 0
+        while k < len(ids) and ids[k] in stored_at:
+            k += 1
+        hits[req] = min(k, (int(tokens_in[req]) - 1) // BLOCK_TOKENS)
+        held: dict[int, int] = {}
+        for block in ids[:hits[req]]:
+            src = stored_at[block]
+            if src // gps != gpu // gps:
+                held[src] = held.get(src, 0) + 1
+        for block in ids[hits[req]:]:
+            stored_at.setdefault(block, gpu)
+        flows = [(src, gpu, k * BLOCK_TOKENS * model.kv_bytes_per_token, "kv") for src, k in held.items()]
+        state["fetch_bytes"] += sum(f[2] for f in flows)
+        return flows
 
     # prefill: least queued work; one request at a time; its KV held on the instance until sent
     def arrive(req: int) -> None:
@@ -154,8 +185,11 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
         p_mem[i] += kv_bytes[req]
         prefill_of[req] = i
         times["prefill_start"][req] = ev.now
-        flows = ep_flows(prefill_ids[i] * g, float(tokens_in[req]), prefill=True)
-        compute = model.prefill_s(int(tokens_in[req])) / servers  # prefill_tok_s is per server
+        base = prefill_ids[i] * g
+        fetch = fetch_flows(req, base + int(src_rank[req]))
+        computed = int(tokens_in[req] - hits[req] * BLOCK_TOKENS)
+        flows = ep_flows(base, float(computed), prefill=True) + fetch
+        compute = model.prefill_s(computed) / servers  # prefill_tok_s is per server
         if not phase(("prefill", req), compute, flows, lambda: prefilled(req, i)):
             p_busy[i] = False
             p_mem[i] -= kv_bytes[req]
@@ -190,7 +224,7 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
                 fail(req)
                 start_prefill(prefill_of[req])
 
-    def kv_flows(req: int, d: int) -> list[tuple[int, int, float]]:
+    def kv_flows(req: int, d: int) -> list[tuple[int, int, float, str]]:
         src0, dst0 = prefill_ids[prefill_of[req]] * g, decode_ids[d] * g
         if cfg.kv_split == "striped":
             ends = [(r, r) for r in range(g)]
@@ -200,7 +234,7 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
                     for j in range(cfg.nic_slices)]
         share = kv_bytes[req] / len(ends) / cfg.qps
         kv_pair[req] = (src0 + ends[0][0], dst0 + ends[0][1])
-        return [(src0 + a, dst0 + b, share) for a, b in ends for _ in range(cfg.qps)]
+        return [(src0 + a, dst0 + b, share, "kv") for a, b in ends for _ in range(cfg.qps)]
 
     def kv_done(req: int) -> None:
         i = prefill_of[req]
@@ -305,6 +339,7 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
             "steps": np.array(steps_log).reshape(-1, 3), "flows": np.array(flow_log).reshape(-1, 4),
             "flow_paths": flow_paths, "kv_pairs": kv_pair,
             "link_bytes": net.link_bytes, "end_s": ev.now, "ep_bytes": state["ep_bytes"],
+            "fetch_bytes": state["fetch_bytes"], "prefix_hit_blocks": hits,
             "throttled": net.throttled_by_class(lambda link: link_class(topo, link)),
             "rerouted_flows": state["rerouted"], "dropped_requests": state["dropped"], "workload": work,
             "config": cfg, "model": model, "topology": topo, "sim_wall_s": time.perf_counter() - wall}

@@ -16,7 +16,9 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["Workload", "load_trace", "synthetic", "ModelProfile"]
+__all__ = ["Workload", "load_trace", "synthetic", "ModelProfile", "BLOCK_TOKENS"]
+
+BLOCK_TOKENS = 512  # tokens per Mooncake `hash_ids` block (the traces' README)
 
 
 @dataclass
@@ -25,6 +27,7 @@ class Workload:
     input_tokens: np.ndarray
     output_tokens: np.ndarray
     source: str
+    hash_ids: list[list[int]] | None = None  # per request, its prompt's 512-token block ids (Mooncake traces)
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -34,10 +37,11 @@ class Workload:
         if not rate_scale > 0:
             raise ConfigError(f"rate scale must be positive, got {rate_scale}")
         return Workload(self.arrival_s / rate_scale, self.input_tokens, self.output_tokens,
-                        f"{self.source} x{rate_scale:g}")
+                        f"{self.source} x{rate_scale:g}", self.hash_ids)
 
     def head(self, n: int) -> "Workload":
-        return Workload(self.arrival_s[:n], self.input_tokens[:n], self.output_tokens[:n], f"{self.source}[:{n}]")
+        ids = self.hash_ids[:n] if self.hash_ids is not None else None
+        return Workload(self.arrival_s[:n], self.input_tokens[:n], self.output_tokens[:n], f"{self.source}[:{n}]", ids)
 
     @property
     def rate(self) -> float:
@@ -45,7 +49,7 @@ class Workload:
         return (len(self) - 1) / span if span > 0 else float("inf")
 
 
-def _check(arrival: list, inputs: list, outputs: list, source: str) -> Workload:
+def _check(arrival: list, inputs: list, outputs: list, source: str, hash_ids: list | None = None) -> Workload:
     if not arrival:
         raise ConfigError(f"{source}: the trace has no requests")
     a, i, o = (np.asarray(x, dtype=np.float64) for x in (arrival, inputs, outputs))
@@ -55,7 +59,7 @@ def _check(arrival: list, inputs: list, outputs: list, source: str) -> Workload:
             raise ConfigError(f"{source}: request {int(bad[0])} has {name} {v[bad[0]]:g} (must be >= 1)")
     if (np.diff(a) < 0).any():
         raise ConfigError(f"{source}: timestamps go backwards at request {int(np.nonzero(np.diff(a) < 0)[0][0]) + 1}")
-    return Workload(a - a[0], i.astype(np.int64), o.astype(np.int64), source)
+    return Workload(a - a[0], i.astype(np.int64), o.astype(np.int64), source, hash_ids)
 
 
 def load_trace(path: str | Path) -> Workload:
@@ -79,7 +83,7 @@ def load_trace(path: str | Path) -> Workload:
         raise ConfigError(f"{path}: cannot read the trace ({e.strerror})") from None
     first = text.lstrip()[:1]
     if first == "{":
-        arrival, inputs, outputs = [], [], []
+        arrival, inputs, outputs, ids = [], [], [], []
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
@@ -88,12 +92,13 @@ def load_trace(path: str | Path) -> Workload:
                 stamp = float(row["timestamp"])
                 inputs.append(row["input_length"])
                 outputs.append(row["output_length"])
+                ids.append([int(h) for h in row["hash_ids"]] if "hash_ids" in row else None)
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 raise ConfigError(f"{path}:{n}: not a Mooncake trace row ({type(e).__name__}: {e})") from None
             if not (math.isfinite(stamp) and stamp >= 0):
                 raise ConfigError(f"{path}:{n}: timestamp {row['timestamp']} must be a time in ms >= 0")
             arrival.append(stamp / 1000.0)
-        return _check(arrival, inputs, outputs, str(path))
+        return _check(arrival, inputs, outputs, str(path), ids if all(h is not None for h in ids) else None)
     rows = list(csv.reader(text.splitlines()))
     if rows and [c.strip() for c in rows[0][:3]] == ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]:
         arrival, inputs, outputs = [], [], []

@@ -64,6 +64,7 @@ def tmp(tmp_path):
         json.dumps({"timestamp": t, "input_length": n, "output_length": 4}) + "\n" for t, n in rows))
     (tmp_path / "neg.jsonl").write_text('{"timestamp": 0, "input_length": 9, "output_length": 2}\n'
                                         '{"timestamp": -500, "input_length": 9, "output_length": 2}\n')
+    (tmp_path / "badids.jsonl").write_text('{"timestamp": 0, "input_length": 9, "output_length": 2, "hash_ids": 5}\n')
     (tmp_path / "shape.json").write_text('{"switch_port": 400}')
     (tmp_path / "key.yaml").write_text("copper:\n  fast: 3\n")
     return tmp_path
@@ -94,6 +95,8 @@ FLAGS = [  # (fabric command line, exit code, text of the one-line message); {tm
     (SIM + ("--pd-ratio", "0:1"), 1, "--pd-ratio: "),
     (SIM + ("--fail", "foo"), 1, "--fail: failure 'foo' must look like"),
     (SIM + ("--fail", "link:99999@0"), 1, "--fail: link 99999 is not in"),
+    (SIM + ("--prefix-cache", "on"), 1, "t.jsonl: --prefix-cache needs the trace's hash_ids"),
+    (SIM[:-1] + ("{tmp}/badids.jsonl",), 1, "badids.jsonl:1: not a Mooncake trace row"),
     (SIM + ("--json", "{tmp}/adir"), 1, "--json {tmp}/adir: is a directory"),
     (SIM + ("--plot", "{tmp}/nodir/p.png"), 1, "--plot {tmp}/nodir/p.png: directory {tmp}/nodir does not exist"),
     (STUDY[:-1] + ("{tmp}/afile",), 1, "--out-dir {tmp}/afile: exists and is not a directory"),

@@ -8,6 +8,11 @@ ns-3's default queue discipline (FqCoDel: per-flow fair queueing, what max-min a
 the second half of the run is set against its max-min rate times TCP's payload share of the wire (1448 / 1502
 bytes: TCP/IP headers with timestamps, and PPP).
 
+Max-min has no ACKs; in ns-3 a flow's ACKs take a share of every link its data crosses the other way, so a flow
+whose links carry another's ACKs gets less (two opposed 400G flows on a leaf-spine: 5.1 % less at one ACK per
+segment, 3.4 % at ns-3's default of one per 2, 0.8 % at one per 8; bench/ns3_check.py). The check ACKs every
+`ack_every` = 8 segments, so that what it compares is how the data shares links.
+
     >>> from hyperdecode.fabric import fattree
     >>> rows = cross_check(fattree(8, 4, gpus_per_server=1), [(0, 4), (1, 4), (2, 5)])  # doctest: +SKIP
 """
@@ -71,14 +76,16 @@ def routable(topo: Topology, pairs: list[tuple[int, int]], port_policy: str = "b
 
 
 def cross_check(topo: Topology, pairs: list[tuple[int, int]], scale: float = 100.0, seconds: float = 0.4,
-                delay_us: float = 2.0, port_policy: str = "balanced") -> list[dict[str, Any]]:
+                delay_us: float = 2.0, port_policy: str = "balanced", ack_every: int = 8,
+                paths: list[list[int]] | None = None) -> list[dict[str, Any]]:
     """Runs the (src GPU, dst GPU) flows in ns-3 and in the flow model; one row per flow: its path, the max-min
     rate and ns-3's goodput (both in the topology's Gb/s, ns-3's scaled back up by `scale`), and their ratio
-    after TCP's header share."""
+    after TCP's header share. `paths` (directed links per flow) replaces the router's when given."""
     from ns import ns  # the optional wheel: imported only here
-    paths = flow_paths(topo, pairs, port_policy)
+    paths = paths if paths is not None else flow_paths(topo, pairs, port_policy)
     leave_on = destination_routes(topo, pairs, paths)
     ns.Config.SetDefault("ns3::TcpSocket::SegmentSize", ns.UintegerValue(1448))
+    ns.Config.SetDefault("ns3::TcpSocket::DelAckCount", ns.UintegerValue(ack_every))
     ns.Config.SetDefault("ns3::TcpSocket::SndBufSize", ns.UintegerValue(1 << 22))
     ns.Config.SetDefault("ns3::TcpSocket::RcvBufSize", ns.UintegerValue(1 << 22))
     n_nodes = topo.num_gpus + topo.num_switches

@@ -22,7 +22,7 @@ from .simulate import simulate
 from .topology import Topology
 from .workload import ModelProfile, Workload
 
-__all__ = ["study", "slim", "knee", "reproduced", "claims", "plot_study", "write_report", "form_of", "CLAIMS"]
+__all__ = ["study", "slim", "knee", "reproduced", "claims", "plot_study", "write_report", "form_of", "nic_ablation", "CLAIMS"]
 
 # the seed's claims for ZCube over ROFT (seed-article.txt; network.md)
 CLAIMS = {"throughput": 0.15, "ttft_p99": -0.406, "switches": -1 / 3, "optics": -1 / 3}
@@ -97,6 +97,32 @@ def claims(rows: list[dict[str, Any]], counts: dict[str, dict[str, int]], zcube:
     return out
 
 
+def nic_ablation(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: for each traffic kind and topology, throughput and TTFT P99 at each faster NIC over the
+    slowest one, at every load, and the loads where both move in Z.ai's direction (throughput up, TTFT down)."""
+    speeds = sorted({r["nic_gbps"] for r in rows})
+    if len(speeds) < 2:
+        return []
+    by = {(r["variant"].split(" ", 1)[1], r["name"], r["nic_gbps"], r["rate_scale"]): r for r in rows}
+    out = ["Z.ai's one controlled result: 100 -> 200 Gb/s NICs on a 512-GPU cluster gave +19 % throughput and -22 % "
+           "TTFT (network.md)."]
+    low = speeds[0]
+    for traffic, name in dict.fromkeys((k[0], k[1]) for k in by):
+        for fast in speeds[1:]:
+            loads = sorted(k[3] for k in by if k[:3] == (traffic, name, fast) and (traffic, name, low, k[3]) in by)
+            if not loads:
+                continue
+            pairs = {s: (by[traffic, name, fast, s], by[traffic, name, low, s]) for s in loads}
+            thr = {s: f["throughput_tok_s"] / b["throughput_tok_s"] - 1 for s, (f, b) in pairs.items()}
+            ttft = {s: f["ttft_p99_s"] / b["ttft_p99_s"] - 1 for s, (f, b) in pairs.items()}
+            both = [f"x{s:g}" for s in loads if thr[s] > 0 and ttft[s] < 0]
+            out.append(f"- {traffic}, {name}, {low}G -> {fast}G: throughput "
+                       + ", ".join(f"x{s:g} {100 * thr[s]:+.1f} %" for s in loads) + "; TTFT P99 "
+                       + ", ".join(f"x{s:g} {100 * ttft[s]:+.1f} %" for s in loads) + "; Z.ai's direction at "
+                       + (", ".join(both) if both else "no load") + ".")
+    return out
+
+
 def plot_study(rows: list[dict[str, Any]], runs: dict[str, dict[float, dict[str, dict]]], out: Path) -> list[Path]:
     """ttft_vs_load.png (TTFT P99 and throughput against load, per variant and topology), util_cdf.png (the CDF over
     fabric links of each link's P99 utilisation, at each variant's highest load) and, when PFC replays ran,
@@ -161,6 +187,9 @@ def write_report(out: Path, header: str, rows: list[dict[str, Any]], runs: dict[
     verdicts = ("## The seed's claims\n\nA claim is reproduced at a load when the model's change has its sign and at "
                 "least half its size.\n\n" + "\n".join(claims(rows, counts)) + "\n\nKnees (throughput per unit "
                 "of load below 90 % of the lowest load's): " + "; ".join(knees) + ".\n\n")
+    ablation = nic_ablation(rows)
+    if ablation:
+        verdicts += "## NIC ablation\n\n" + "\n".join(ablation) + "\n\n"
     plots = plot_study(rows, runs, out)
     figures = "".join(f"![{p.stem}]({p.name})\n\n" for p in plots)
     table = study_markdown(rows)

@@ -313,25 +313,6 @@ def test_mooncake_1024_gpus_runs_to_completion_on_both(tmp_path):
     assert rows["zcube"]["cost_total"] < rows["roft"]["cost_total"]
 
 
-def test_study_cli_writes_report(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "hyperdecode.cli", "fabric", "study", "--gpus", "256",
-                        "--switch-tbps", "12.8", "--trace", str(MOONCAKE), "--max-requests", "1500",
-                        "--scales", "1,20", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    md = (tmp_path / "study.md").read_text()
-    assert "| 400G kv | x1 | zcube |" in md and "| 400G kv | x20 | roft |" in md
-    for png in ("ttft_vs_load.png", "util_cdf.png"):
-        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in md
-    assert "## The seed's claims" in md and "- **-1/3 switches**: " in md
-    rows = json.loads((tmp_path / "study.json").read_text())
-    assert {r["name"] for r in rows} == {"zcube", "zcube-single-path", "roft", "roft-3-tier"}
-    assert all(r["requests_completed"] == 1500 for r in rows)
-    # the study says which forms it ran: 256 GPUs on radix-64 switches at 200G fill them in the blog form
-    assert "- 400G kv, zcube: ZCube, 32 GPUs per switch, 8 switches per group, 16 switches; blog form, 4 parallel links" in md
-    assert "- 400G kv, zcube-single-path: ZCube, 16 GPUs per switch, 16 switches per group, 32 switches; paper form" in md
-    assert "- 400G kv, roft: ROFT, 2 tiers" in md and "- 400G kv, roft-3-tier: ROFT, 3 tiers" in md
-
-
 def test_simulate_cli(tmp_path):
     out = tmp_path / "s.json"
     r = subprocess.run([sys.executable, "-m", "hyperdecode.cli", "fabric", "simulate", "--topology", "roft",

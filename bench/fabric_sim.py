@@ -1,5 +1,7 @@
 """Simulator speed: the Mooncake conversation trace (12,031 requests, ~1 h) on 1,024 GPUs, ZCube and ROFT, on one
-core; then how wall time grows with GPUs (256 / 1,024 / 4,096) and with requests (3k / 6k / 12k), and at 16x load.
+core; then how wall time grows with GPUs (256 / 1,024 / 4,096) and with requests (3k / 6k / 12k), at 16x load,
+with the prefix cache's KV-store fetches, and with expert-parallel traffic (1,000 requests at 50x, 32-GPU instances:
+every decode step is an all-to-all of flows, so this is the costly case).
 
     OMP_NUM_THREADS=1 python bench/fabric_sim.py [--trace PATH]
 """
@@ -16,6 +18,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 from hyperdecode.fabric import roft  # noqa: E402
 from hyperdecode.fabric.report import zcube_for  # noqa: E402
 from hyperdecode.fabric.simreport import summarize  # noqa: E402
+from hyperdecode.fabric.simconfig import SimConfig  # noqa: E402
 from hyperdecode.fabric.simulate import simulate  # noqa: E402
 from hyperdecode.fabric.workload import load_trace  # noqa: E402
 
@@ -27,8 +30,8 @@ def topologies(gpus: int):
     return {"zcube": zcube_for(gpus, 2 * radix), "roft": roft(gpus, radix, tiers=2 if gpus <= radix ** 2 // 2 else 3)}
 
 
-def row(label: str, topo, work) -> None:
-    s = summarize(simulate(topo, work))
+def row(label: str, topo, work, cfg: SimConfig | None = None) -> None:
+    s = summarize(simulate(topo, work, cfg=cfg))
     print(f"{label:<34}{len(work):>8}{s['sim_wall_s']:>9.2f}{s['throughput_tok_s']:>12.0f}{s['ttft_p50_s']:>10.3f}"
           f"{s['ttft_p99_s']:>10.3f}{1e3 * s['kv_fct_p99_s']:>12.1f}{s['max_link_util']:>10.4f}")
 
@@ -48,6 +51,11 @@ def main() -> None:
         row(f"1024 GPUs roft, first {n}", topologies(1024)["roft"], work.head(n))
     for name, topo in topologies(1024).items():
         row(f"1024 GPUs {name}, 16x load", topo, work.scaled(16))
+    for name, topo in topologies(1024).items():
+        row(f"1024 GPUs {name}, prefix cache", topo, work, SimConfig(prefix_cache=True))
+    ep = SimConfig(traffic="kv+ep", gpus_per_instance=32)
+    for name, topo in topologies(1024).items():
+        row(f"1024 GPUs {name}, kv+ep 1k x50", topo, work.head(1000).scaled(50), ep)
 
 
 if __name__ == "__main__":

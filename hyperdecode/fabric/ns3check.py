@@ -9,9 +9,10 @@ the second half of the run is set against its max-min rate times TCP's payload s
 bytes: TCP/IP headers with timestamps, and PPP).
 
 Max-min has no ACKs; in ns-3 a flow's ACKs take a share of every link its data crosses the other way, so a flow
-whose links carry another's ACKs gets less (two opposed 400G flows on a leaf-spine: 5.1 % less at one ACK per
-segment, 3.4 % at ns-3's default of one per 2, 0.8 % at one per 8; bench/ns3_check.py). The check ACKs every
-`ack_every` = 8 segments, so that what it compares is how the data shares links.
+whose links carry another's ACKs gets less (two opposed 400G flows on one leaf-spine path: 4.2 % less at one ACK
+per segment, 2.2 % at ns-3's default of one per 2, 0.9 % at one per 8; bench/ns3_check.py). The check ACKs every
+`ack_every` = 8 segments, so that what it compares is how the data shares links. A queue that drains or fills
+during the measured half moves a flow's figure by a few % either way at the default 0.4 s.
 
     >>> from hyperdecode.fabric import fattree
     >>> rows = cross_check(fattree(8, 4, gpus_per_server=1), [(0, 4), (1, 4), (2, 5)])  # doctest: +SKIP

@@ -1,5 +1,6 @@
 """ns-3 (the optional `ns3` wheel: pip install -e ".[ns3]") against the max-min flow model on small fabrics, with
-the project's own routes: long-lived TCP flows' goodput equals their max-min rate times TCP's payload share."""
+the project's own routes: long-lived TCP flows' goodput equals their max-min rate times TCP's payload share, on a
+leaf-spine and on a 3:1 oversubscribed one whose leaves have two parallel uplinks (routes are per cable)."""
 import numpy as np
 import pytest
 
@@ -27,7 +28,8 @@ def test_routes_refuse_two_ways_to_one_gpu():
     assert kept[0] == (0, 15) and 1 < len(kept) < len(pairs)
 
 
-@pytest.mark.parametrize("topo, n, seed", [(fattree(8, 4, gpus_per_server=1), 6, 1)])
+@pytest.mark.parametrize("topo, n, seed", [(fattree(8, 4, gpus_per_server=1), 6, 1),
+                                           (fattree(16, 8, gpus_per_server=1, oversubscription=3), 8, 0)])
 def test_ns3_goodput_equals_max_min(topo, n, seed):
     pytest.importorskip("ns")
     pairs = random_pairs(topo, n, seed)

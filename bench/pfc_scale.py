@@ -1,13 +1,15 @@
 """The PFC packet-train model's cost: wall time and events for random GPU-to-GPU traffic at a given load on ROFT and
 ZCube of 64 / 128 / 256 GPUs, over a short simulated span, and the wall time that predicts for 1 s (events grow
-linearly with simulated time at a fixed load).
+linearly with simulated time at a fixed load); then serving traffic: a kv+ep run of 64 / 256 GPUs at --scale x
+the conversation trace, its hottest windows of 2 / 5 / 10 ms replayed with every flow in them.
 
-    OMP_NUM_THREADS=1 python bench/pfc_scale.py [--ms 0.5] [--chunk-kb 64] [--loads 0.3,0.8]
+    OMP_NUM_THREADS=1 python bench/pfc_scale.py [--ms 0.5] [--chunk-kb 64] [--loads 0.3,0.8] [--scale 20]
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -15,7 +17,13 @@ from hyperdecode.fabric import roft
 from hyperdecode.fabric.pfc import Flow, PfcConfig, simulate
 from hyperdecode.fabric.pfccases import topology_net
 from hyperdecode.fabric.report import zcube_for
+from hyperdecode.fabric.hotwindow import hot_window, replay_window
 from hyperdecode.fabric.routing import Router
+from hyperdecode.fabric.simconfig import SimConfig
+from hyperdecode.fabric.simulate import simulate as serve
+from hyperdecode.fabric.workload import load_trace
+
+TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "mooncake_conversation_trace.jsonl"
 
 
 def traffic(topo, load: float, span: float, size: float, seed: int = 0) -> list[Flow]:
@@ -40,6 +48,8 @@ def main() -> None:
     ap.add_argument("--ms", type=float, default=0.5, help="simulated milliseconds per run")
     ap.add_argument("--chunk-kb", type=int, default=64)
     ap.add_argument("--loads", default="0.3,0.8", help="offered load per NIC, comma-separated")
+    ap.add_argument("--scale", type=float, default=20.0, help="serving load, x the trace's arrival rate")
+    ap.add_argument("--trace", default=str(TRACE))
     args = ap.parse_args()
     span = args.ms / 1e3
     config = PfcConfig(chunk=args.chunk_kb << 10)
@@ -55,6 +65,24 @@ def main() -> None:
                 wall = time.perf_counter() - start
                 print(f"{name:<22}{load:>6.2f}{len(flows):>8}{r.events:>10}{wall:>9.2f}{r.events / wall / 1e6:>7.2f}"
                       f"{sum(r.pause_frames):>8}{wall / span / 3600:>15.1f} h")
+    serving(args.trace, args.scale)
+
+
+def serving(trace: str, scale: float) -> None:
+    """Hot windows of kv+ep serving runs replayed with all their flows: wall time per simulated second."""
+    print(f"\n{'serving run, kv+ep':<28}{'window ms':>10}{'flows':>7}{'events':>10}{'wall s':>8}{'pauses':>8}"
+          f"{'1 s at this rate':>18}")
+    work = load_trace(trace).head(600).scaled(scale)
+    for gpus in (64, 256):
+        topos = {f"roft {gpus}": roft(gpus, 16 if gpus <= 128 else 32), f"zcube {gpus}": zcube_for(gpus, 32)}
+        for name, topo in topos.items():
+            r = serve(topo, work, cfg=SimConfig(traffic="kv+ep", gpus_per_instance=16))
+            for width in (0.002, 0.005, 0.01):
+                start = time.perf_counter()
+                w = replay_window(r, hot_window(r, width), max_flows=1 << 30)
+                wall = time.perf_counter() - start
+                print(f"{name:<28}{1e3 * width:>10g}{w['flows']:>7}{w['events']:>10}{wall:>8.2f}{w['pause_frames']:>8}"
+                      f"{wall / w['replayed_s'] / 60:>14.1f} min")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@
 `hot_window` picks the window of `width` seconds in which the most flow bytes started; `replay_window` runs those
 flows (same start times, sizes, paths and classes) twice on the same topology, in the max-min flow model and in the
 PFC model, for the window and at most as long again (an EP burst can hold hundreds of GB: the replay is bounded by
-time, not by the flows' ends), and reports what PFC changes: pause frames and pause time per switch tier, each flow's slowdown
-(completion time with PFC over without), the egress queues' peak depths (P99 over the links that queued), and the
-victims, flows slowed by PFC that do not end at an incast destination (a GPU that receives more than one flow in
-the window). The replay keeps only the window's flows, so both sides see the same traffic.
+time, not by the flows' ends), and reports what PFC changes: pause frames and pause time per switch tier, each flow's
+slowdown (completion time with PFC over without), the egress queues' peak depths (P99 over the links that queued),
+and the victims, flows slowed by PFC that do not end at an incast destination (a GPU that receives more than one
+flow in the window). The replay keeps only the window's flows, so both sides see the same traffic.
 
 >>> r = {"flows": np.array([[1e6, 0.0, 0.1, 0], [4e6, 2.0, 2.1, 0], [4e6, 2.2, 2.3, 1]])}  # bytes, start, end, class
 >>> hot_window(r, 0.5)

@@ -3,7 +3,8 @@
 The project's topology becomes ns-3 nodes joined by point-to-point links at the same relative speeds (scaled down
 by `scale` to keep the packet count small); every flow is a long-lived TCP transfer (BulkSend, 1,448-byte
 segments) on the path the project's router gives it (its ACKs on the same links back), set up as static host routes at
-every node (so two flows to one GPU must agree on the path from where they meet; `cross_check` refuses flows that do not). Switch ports keep
+every node (so two flows to one GPU must agree on the path from where they meet; `cross_check` refuses flows that
+do not). Switch ports keep
 ns-3's default queue discipline (FqCoDel: per-flow fair queueing, what max-min assumes). Each flow's goodput over
 the second half of the run is set against its max-min rate times TCP's payload share of the wire (1448 / 1502
 bytes: TCP/IP headers with timestamps, and PPP).
@@ -48,7 +49,8 @@ def flow_paths(topo: Topology, pairs: list[tuple[int, int]], port_policy: str = 
     return [router.path(a, b, key=mix(a, b, k)) for k, (a, b) in enumerate(pairs)]
 
 
-def destination_routes(topo: Topology, pairs: list[tuple[int, int]], paths: list[list[int]]) -> dict[tuple[int, int], int]:
+def destination_routes(topo: Topology, pairs: list[tuple[int, int]], paths: list[list[int]]
+                       ) -> dict[tuple[int, int], int]:
     """{(node, destination GPU): cable it leaves on} carrying every flow's data and its ACKs (the same cables back,
     so parallel cables between two switches stay apart); a ValueError when two flows to one GPU leave a node on
     different cables."""

@@ -22,7 +22,8 @@ from .simulate import simulate
 from .topology import Topology
 from .workload import ModelProfile, Workload
 
-__all__ = ["study", "slim", "knee", "reproduced", "claims", "plot_study", "write_report", "form_of", "nic_ablation", "CLAIMS"]
+__all__ = ["study", "slim", "knee", "reproduced", "claims", "nic_ablation", "plot_study", "write_report", "form_of",
+           "CLAIMS"]
 
 # the seed's claims for ZCube over ROFT (seed-article.txt; network.md)
 CLAIMS = {"throughput": 0.15, "ttft_p99": -0.406, "switches": -1 / 3, "optics": -1 / 3}
@@ -77,7 +78,7 @@ def claims(rows: list[dict[str, Any]], counts: dict[str, dict[str, int]], zcube:
     for variant in sorted({r["variant"] for r in rows}):
         mine = [r for r in rows if r["variant"] == variant]
         by = {(r["name"], r["rate_scale"]): r for r in mine}
-        loads = sorted({r["rate_scale"] for r in mine if (zcube, r["rate_scale"]) in by and (roft, r["rate_scale"]) in by})
+        loads = sorted({s for _, s in by if (zcube, s) in by and (roft, s) in by})
         if not loads:
             continue
         thr = {s: by[zcube, s]["throughput_tok_s"] / by[roft, s]["throughput_tok_s"] - 1 for s in loads}

@@ -207,8 +207,10 @@ def print_counts(t: Topology) -> None:
 
 
 def switch_radix(args: argparse.Namespace, port_gbps: int) -> int:
-    """Ports of a --switch-tbps switch at `port_gbps` per port (compare, simulate, study)."""
-    radix = int(args.switch_tbps * 1000 // port_gbps)
+    """Ports of a --switch-tbps switch at `port_gbps` per port (compare, simulate, study). A study's slower NICs run
+    on the switches of its fastest (`ports_at_gbps`): as many ports, each slower, so only the speed changes."""
+    speedup = getattr(args, "ports_at_gbps", args.nic_gbps) / args.nic_gbps
+    radix = int(args.switch_tbps * 1000 // (port_gbps * speedup))
     if radix < 2:
         raise ConfigError(f"--switch-tbps {args.switch_tbps:g} gives switches of {radix} port(s) at {port_gbps}G "
                           "(at least 2 are needed)")
@@ -290,7 +292,7 @@ def run_study(args: argparse.Namespace) -> None:
     rows, runs, forms, knees = [], {}, [], []
     for nic in nics:
         for traffic in traffics:
-            v = argparse.Namespace(**{**vars(args), "nic_gbps": nic, "traffic": traffic})
+            v = argparse.Namespace(**{**vars(args), "nic_gbps": nic, "traffic": traffic, "ports_at_gbps": max(nics)})
             variant = f"{nic}G {traffic}"
             work, model, cfg = sim_inputs(v)
             topologies = study_topologies(v)
@@ -301,10 +303,12 @@ def run_study(args: argparse.Namespace) -> None:
             rows += [{"variant": variant, "nic_gbps": nic, **r} for r in got]
             knees += [f"{variant} {name} x{k:g}" if (k := knee([r for r in got if r["name"] == name])) else
                       f"{variant} {name}: none within the loads run" for name in topologies]
-    counts = {r["topology"]: r for r in flagged(DERIVED_FLAGS, compare, args.gpus, args.switch_tbps, nics[-1],
-                                                               zcube_port_gbps=nics[-1] // 2)}
+    counts = {r["topology"]: r for r in flagged(DERIVED_FLAGS, compare, args.gpus, args.switch_tbps, max(nics),
+                                                               zcube_port_gbps=max(nics) // 2)}
     header = (f"# ZCube vs ROFT: {args.gpus} GPUs, {args.switch_tbps}T switches, {work.source}\n\n{''.join(forms)}\n"
-              f"P:D {args.pd_ratio}, {args.gpus_per_instance} GPUs per instance, placement {args.placement}, KV split "
+              + (f"Slower NICs run on the switches of the fastest ({max(nics)}G), their ports slower.\n\n"
+                 if len(nics) > 1 else "")
+              + f"P:D {args.pd_ratio}, {args.gpus_per_instance} GPUs per instance, placement {args.placement}, KV split "
               f"{args.kv_split} over {args.nic_slices} NIC(s), traffic classes {args.traffic_classes}, prefix cache "
               f"{args.prefix_cache}, port policy {args.port_policy}, model {args.model} "
               f"({model.kv_bytes_per_token:,} B/token KV), prefill "

@@ -308,8 +308,8 @@ def run_study(args: argparse.Namespace) -> None:
     header = (f"# ZCube vs ROFT: {args.gpus} GPUs, {args.switch_tbps}T switches, {work.source}\n\n{''.join(forms)}\n"
               + (f"Slower NICs run on the switches of the fastest ({max(nics)}G), their ports slower.\n\n"
                  if len(nics) > 1 else "")
-              + f"P:D {args.pd_ratio}, {args.gpus_per_instance} GPUs per instance, placement {args.placement}, KV split "
-              f"{args.kv_split} over {args.nic_slices} NIC(s), traffic classes {args.traffic_classes}, prefix cache "
+              + f"P:D {args.pd_ratio}, {args.gpus_per_instance} GPUs per instance, placement {args.placement}, "
+              f"KV split {args.kv_split} over {args.nic_slices} NIC(s), traffic classes {args.traffic_classes}, prefix cache "
               f"{args.prefix_cache}, port policy {args.port_policy}, model {args.model} "
               f"({model.kv_bytes_per_token:,} B/token KV), prefill "
               f"{model.prefill_tok_s:,.0f} tok/s per server, decode batch {args.decode_batch}, TTFT SLO "

@@ -65,16 +65,30 @@ def _cross_rail(topo: Topology, pairs: np.ndarray) -> float:
     return float((pairs[:, 0] % topo.gpus_per_server != pairs[:, 1] % topo.gpus_per_server).mean())
 
 
+def _steady(steps: np.ndarray, t0: float, t1: float) -> float:
+    """Output tokens per second generated in [t0, t1], each decode stretch's tokens spread evenly over it."""
+    if not t1 > t0 or not len(steps):
+        return float("nan")
+    step, k, batch, start = steps.T
+    end = start + step * k
+    inside = np.clip(np.minimum(end, t1) - np.maximum(start, t0), 0.0, None)
+    return float((k * batch * inside / np.maximum(end - start, 1e-300)).sum() / (t1 - t0))
+
+
 def summarize(r: dict[str, Any]) -> dict[str, Any]:
     """The JSON summary: throughput and goodput, TTFT by stage, TPOT and decode-step time, KV transfers, link
     utilisation by class, hotspots, per-NIC imbalance inside servers (and bytes sent by local rank, relative to
-    their mean), the share of prompt tokens the prefix cache served and the KV store's fetched bytes, leaf imbalance, where flows were throttled, failure effects, and cost.
+    their mean), the share of prompt tokens the prefix cache served and the KV store's fetched bytes, leaf
+    imbalance, where flows were throttled, failure effects, and cost.
 
     Throughput is the completed requests' output tokens over the time from the first arrival to the last
     completion, so a network that delays completions lowers it; goodput counts only the requests within both the
-    TTFT and the TPOT SLO. `link_util` is averaged over the whole simulated time; `link_util_p99` is, per link, the
-    utilisation it stays at or below 99 % of the time (max-min rates are piecewise constant, so this is the
-    instantaneous level, which bounds a 100 µs window's average from above), then its max and mean per class.
+    TTFT and the TPOT SLO. `steady_tok_s` is the output tokens generated while requests were still arriving, over
+    that window: what a long run's throughput tends to (a short run's throughput also counts the drain after the
+    last arrival, which its longest outputs set). `link_util` is averaged over the whole simulated time;
+    `link_util_p99` is, per link, the utilisation it stays at or below 99 % of the time (max-min rates are piecewise
+    constant, so this is the instantaneous level, which bounds a 100 µs window's average from above), then its max
+    and mean per class.
     `pause_s_total` is 0: max-min flows have no PFC (pfc.py models it)."""
     topo: Topology = r["topology"]
     work: Workload = r["workload"]
@@ -113,6 +127,7 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         "topology": topo.kind, "gpus": topo.num_gpus, "requests": len(work), "trace": work.source,
         "requests_completed": int(ok.sum()), "requests_failed": int(r["failed"].sum()),
         "throughput_tok_s": float(out_tokens[ok].sum() / span), "span_s": span,
+        "steady_tok_s": _steady(steps, float(work.arrival_s[0]), float(work.arrival_s[-1])),
         "goodput_tok_s": float(out_tokens[good].sum() / span), "goodput_req_s": float(good.sum() / span),
         "goodput_per_gpu": float(out_tokens[good].sum() / span / topo.num_gpus),
         "ttft_p50_s": _pct(ttft[ok])["p50"], "ttft_p90_s": _pct(ttft[ok])["p90"], "ttft_p99_s": _pct(ttft[ok])["p99"],
@@ -158,15 +173,17 @@ def with_pfc(summary: dict[str, Any], r: dict[str, Any], window_s: float) -> dic
 
 def study_markdown(rows: list[dict[str, Any]]) -> str:
     head = ("| variant | load | topology | TTFT p50 s | TTFT p99 s | KV FCT p99 ms | step p99 ms | throughput tok/s | "
-            "goodput tok/s/GPU | max link util | throttled (nic_down/fabric/nic_up) | PFC pause s | cost $M |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "steady tok/s | goodput tok/s/GPU | max link util | throttled (nic_down/fabric/nic_up) | PFC pause s | "
+            "cost $M |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         t = r["throttled_share"]
         cost = "-" if r["cost_total"] is None else f"{r['cost_total'] / 1e6:.2f}"
         cells = [r.get("variant", "-"), f"x{r['rate_scale']:g}", r["name"], f"{r['ttft_p50_s']:.3f}",
                  f"{r['ttft_p99_s']:.3f}", f"{1e3 * r['kv_fct_p99_s']:.1f}", f"{1e3 * r['decode_step_p99_s']:.1f}",
-                 f"{r['throughput_tok_s']:,.0f}", f"{r['goodput_per_gpu']:.1f}", f"{r['max_link_util']:.3f}",
+                 f"{r['throughput_tok_s']:,.0f}", f"{r['steady_tok_s']:,.0f}", f"{r['goodput_per_gpu']:.1f}",
+                 f"{r['max_link_util']:.3f}",
                  f"{t.get('nic_down', 0):.2f}/{t.get('fabric', 0):.2f}/{t.get('nic_up', 0):.2f}",
                  f"{r['pause_s_total']:.4f}", cost]
         lines.append("| " + " | ".join(cells) + " |")

@@ -79,7 +79,7 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
     admission: deque = deque()
     decoders = [{"running": {}, "joining": [], "version": 0, "start": 0.0, "step": 0.0, "steps": 0, "busy": False}
                 for _ in decode_ids]
-    steps_log: list[tuple[float, int, int]] = []  # (step seconds, steps, batch)
+    steps_log: list[tuple[float, int, int, float]] = []  # (step seconds, steps, batch, start) per stretch
     flow_log: list[tuple[float, float, float, int]] = []  # (size, start, end, priority)
     flow_paths: list[list[int]] = []  # each logged flow's (last) path, for hot-window replays
     waits: dict[Any, list] = {}  # a phase -> [flows and timers left, what to do when none are]
@@ -290,7 +290,7 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
         if version != dec["version"]:
             return
         k, step = dec["steps"], ev.now - dec["start"]
-        steps_log.append((step / k, k, len(dec["running"])))
+        steps_log.append((step / k, k, len(dec["running"]), dec["start"]))
         for req in list(dec["running"]):
             if np.isnan(times["first_token"][req]):
                 times["first_token"][req] = dec["start"] + step / k
@@ -336,7 +336,7 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
     net.close(ev.now)
     return {**{f"{k}_s": v for k, v in times.items()}, "arrival_s": work.arrival_s, "util_seconds": net.util_seconds,
             "ttft_s": times["first_token"] - work.arrival_s, "failed": failed,
-            "steps": np.array(steps_log).reshape(-1, 3), "flows": np.array(flow_log).reshape(-1, 4),
+            "steps": np.array(steps_log).reshape(-1, 4), "flows": np.array(flow_log).reshape(-1, 4),
             "flow_paths": flow_paths, "kv_pairs": kv_pair,
             "link_bytes": net.link_bytes, "end_s": ev.now, "ep_bytes": state["ep_bytes"],
             "fetch_bytes": state["fetch_bytes"], "prefix_hit_blocks": hits,

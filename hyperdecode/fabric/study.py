@@ -125,8 +125,9 @@ def nic_ablation(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def plot_study(rows: list[dict[str, Any]], runs: dict[str, dict[float, dict[str, dict]]], out: Path) -> list[Path]:
-    """ttft_vs_load.png (TTFT P99 and throughput against load, per variant and topology), util_cdf.png (the CDF over
-    fabric links of each link's P99 utilisation, at each variant's highest load) and, when PFC replays ran,
+    """ttft_vs_load.png (TTFT P99 and throughput, steady throughput dashed, against load, per variant and topology),
+    util_cdf.png (the CDF over fabric links of each link's P99 utilisation, at each variant's highest load) and, when
+    PFC replays ran,
     pause_by_tier.png (pause seconds per switch tier in each run's hottest window)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -140,9 +141,10 @@ def plot_study(rows: list[dict[str, Any]], runs: dict[str, dict[float, dict[str,
             mine = sorted((r for r in rows if r["variant"] == v and r["name"] == name), key=lambda r: r["rate_scale"])
             loads = [r["rate_scale"] for r in mine]
             axes[0, j].plot(loads, [r["ttft_p99_s"] for r in mine], marker="o", label=name)
-            axes[1, j].plot(loads, [r["throughput_tok_s"] for r in mine], marker="o", label=name)
+            line = axes[1, j].plot(loads, [r["throughput_tok_s"] for r in mine], marker="o", label=name)[0]
+            axes[1, j].plot(loads, [r["steady_tok_s"] for r in mine], ls="--", color=line.get_color())
         axes[0, j].set(title=v, xlabel="load (x trace rate)", ylabel="TTFT P99 (s)", yscale="log")
-        axes[1, j].set(xlabel="load (x trace rate)", ylabel="throughput (tok/s)")
+        axes[1, j].set(xlabel="load (x trace rate)", ylabel="throughput (tok/s; dashed: steady)")
     written.append(_save(fig, axes, out / "ttft_vs_load.png"))
     fig, axes = plt.subplots(1, len(variants), figsize=(5.5 * len(variants), 4), dpi=100, squeeze=False)
     for j, v in enumerate(variants):

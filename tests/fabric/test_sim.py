@@ -179,6 +179,19 @@ def test_pd_simulation_by_hand():
         assert s["throughput_tok_s"] == pytest.approx(5 / r["finish_s"][0])
 
 
+def test_steady_throughput_counts_the_tokens_made_while_requests_arrive():
+    """Two requests, at 0 s and 1 s: in [0, 1] only the first decodes, one token per 21 ms step from the end of its
+    prefill and KV transfer; the run's throughput also counts the second's decode after 1 s."""
+    t = roft(64, 16)
+    w = Workload(np.array([0.0, 1.0]), np.array([10_000, 10_000]), np.array([100, 100]), "two")
+    m = ModelProfile(kv_bytes_per_token=1000, prefill_tok_s=100_000.0, decode_step_s=0.02,
+                     decode_step_per_seq_s=0.001)
+    r = simulate(t, w, m, SimConfig(qps=1))
+    s = summarize(r)
+    assert s["steady_tok_s"] == pytest.approx((1.0 - r["kv_done_s"][0]) / 0.021, rel=1e-9)
+    assert s["throughput_tok_s"] == pytest.approx(200 / r["finish_s"].max())
+
+
 def one_server_pd(kv_gb):
     """Two 8-GPU instances (1 prefill, 1 decode) and two requests at t = 0 whose KV takes 0.4 s to send."""
     t = roft(16, 16)

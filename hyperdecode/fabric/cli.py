@@ -309,8 +309,8 @@ def run_study(args: argparse.Namespace) -> None:
               + (f"Slower NICs run on the switches of the fastest ({max(nics)}G), their ports slower.\n\n"
                  if len(nics) > 1 else "")
               + f"P:D {args.pd_ratio}, {args.gpus_per_instance} GPUs per instance, placement {args.placement}, "
-              f"KV split {args.kv_split} over {args.nic_slices} NIC(s), traffic classes {args.traffic_classes}, prefix cache "
-              f"{args.prefix_cache}, port policy {args.port_policy}, model {args.model} "
+              f"KV split {args.kv_split} over {args.nic_slices} NIC(s), traffic classes {args.traffic_classes}, "
+              f"prefix cache {args.prefix_cache}, port policy {args.port_policy}, model {args.model} "
               f"({model.kv_bytes_per_token:,} B/token KV), prefill "
               f"{model.prefill_tok_s:,.0f} tok/s per server, decode batch {args.decode_batch}, TTFT SLO "
               f"{args.ttft_slo} s, TPOT SLO {args.tpot_slo} s; max-min flows"

@@ -13,7 +13,7 @@ from .simconfig import SimConfig
 from .topology import Topology
 from .workload import BLOCK_TOKENS, Workload
 
-__all__ = ["summarize", "with_pfc", "link_util_p99", "plot_run", "study_markdown"]
+__all__ = ["summarize", "with_pfc", "link_util_p99", "plot_run", "study_markdown", "stages_markdown"]
 
 
 def _pct(x: np.ndarray, qs=(50, 90, 99)) -> dict[str, float]:
@@ -187,6 +187,19 @@ def study_markdown(rows: list[dict[str, Any]]) -> str:
                  f"{t.get('nic_down', 0):.2f}/{t.get('fabric', 0):.2f}/{t.get('nic_up', 0):.2f}",
                  f"{r['pause_s_total']:.4f}", cost]
         lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def stages_markdown(rows: list[dict[str, Any]], load: float) -> str:
+    """TTFT by stage (P50 / P99, ms) of each variant and topology at one load: where the time to first token goes."""
+    stages = ("queue", "prefill", "admission", "kv_transfer", "first_step")
+    head = ("| variant | topology | " + " | ".join(f"{k} p50 / p99 ms" for k in stages) + " |\n"
+            + "|---|---|" + "---|" * len(stages) + "\n")
+    lines = []
+    for r in rows:
+        if r["rate_scale"] == load:
+            cells = [f"{1e3 * r['ttft_stages'][k]['p50']:.1f} / {1e3 * r['ttft_stages'][k]['p99']:.1f}" for k in stages]
+            lines.append(f"| {r.get('variant', '-')} | {r['name']} | " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
 
 

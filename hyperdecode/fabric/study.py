@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .simreport import link_util_p99, study_markdown, summarize, with_pfc
+from .simreport import link_util_p99, stages_markdown, study_markdown, summarize, with_pfc
 from .simconfig import SimConfig
 from .simulate import simulate
 from .topology import Topology
@@ -195,7 +195,9 @@ def write_report(out: Path, header: str, rows: list[dict[str, Any]], runs: dict[
         verdicts += "## NIC ablation\n\n" + "\n".join(ablation) + "\n\n"
     plots = plot_study(rows, runs, out)
     figures = "".join(f"![{p.stem}]({p.name})\n\n" for p in plots)
-    table = study_markdown(rows)
+    loads = sorted({r["rate_scale"] for r in rows})
+    middle = loads[(len(loads) - 1) // 2]
+    table = (study_markdown(rows) + f"\n## TTFT by stage at x{middle:g}\n\n" + stages_markdown(rows, middle))
     (out / "study.md").write_text(header + verdicts + "## Runs\n\n" + table + "\n" + figures)
     (out / "study.json").write_text(json.dumps(rows, indent=2, default=str))
     return header + verdicts + table

@@ -65,4 +65,5 @@ def test_study_cli_writes_report(tmp_path):
     # the 200G runs are the same switches with slower ports: only the speed changes in the NIC ablation
     assert blog.replace("400G", "200G") in md and paper.replace("400G", "200G") in md
     assert "- 400G kv, roft: ROFT, 2 tiers" in md and "- 400G kv, roft-3-tier: ROFT, 3 tiers" in md
+    assert "## TTFT by stage at x1\n" in md and "| 400G kv | roft | " in md.split("## TTFT by stage")[1]
     assert "## NIC ablation" in md and "- kv, roft, 200G -> 400G: throughput x1 " in md

@@ -48,8 +48,8 @@ def test_megakernel_equals_vm(name, batch):
     check_kernel_step(hd.LLM(name, device="cpu", seed=7), (21, 6, 33)[:batch], 40, 10 + batch, tile=64)
 
 
-@pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("batch", [1, 3])
+# one row of the MLA models is test_megakernel_equals_vm's (kernel = VM); here their 3-row batches (CI time)
+@pytest.mark.parametrize("name, batch", [(n, b) for n in MODELS for b in (1, 3) if b == 3 or n == "tiny-llama"])
 def test_mega_backend_greedy_16_steps_equal_reference(name, batch):
     """Prefill on the reference, then 16 decode steps in the megakernel: the same greedy tokens."""
     ref = hd.LLM(name, device="cpu", seed=4)

@@ -28,10 +28,12 @@ __all__ = ["EngineCore"]
 
 
 class EngineCore:
-    def __init__(self, runner: ReferenceRunner, max_num_batched_tokens: int | None = None):
+    def __init__(self, runner: ReferenceRunner, max_num_batched_tokens: int | None = None,
+                 prefix_caching: bool = True):
         self.runner = runner
         self.device = runner.device
-        self.scheduler = Scheduler(0, 0, max_num_batched_tokens)
+        self.prefix_caching = prefix_caching
+        self.scheduler = Scheduler(0, 0, max_num_batched_tokens, prefix_caching)
         self.steps = 0
         self.driver: str | None = None  # who steps it from another thread (a server), if anyone
         self.speculative: SpeculativeConfig | None = None
@@ -74,6 +76,8 @@ class EngineCore:
         self.speculative = config
         self.drafter = None if config is None else make_drafter(config, self.runner.model)
         self.runner.keep_hidden = bool(self.drafter and self.drafter.needs_hidden)
+        # an MTP drafter's cache follows the hidden states of every position it saw: no prefix reuse under it
+        self.scheduler.prefix_caching = self.prefix_caching and not self.runner.keep_hidden
         self.runner.verify_width = 1 if config is None else 1 + config.num_speculative_tokens
 
     def add(self, seq: Sequence) -> None:
@@ -132,6 +136,10 @@ class EngineCore:
 
     def _run(self, plan: StepPlan) -> list[Sequence]:
         seqs = [seq for seq, _ in plan]
+        for seq in seqs:  # admitted with a cached prefix: it reaches the row before the step reads it
+            if seq.reuse is not None:
+                self.runner.reuse(*seq.reuse)
+                seq.reuse = None
         width = max(n for _, n in plan)
         tokens, pos, want = [], [], []
         for seq, n in plan:

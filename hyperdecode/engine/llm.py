@@ -56,11 +56,12 @@ class LLM:
     is left are fed in chunks over several steps (chunked prefill); None feeds whole prompts.
     parallel: "tp" (tensor parallel) or "hetero" (GLM-5 / DeepSeek-V3.2: rank 0 runs the DSA indexer, the other
     ranks the attention, all of them the MoE) over the ranks torchrun started; rank 0 leads, the others follow.
+    enable_prefix_caching: a prompt starts after the longest prefix a cache row still holds (engine/prefix.py).
     """
 
     def __init__(self, model: str = "smollm2", device: str = "auto", dtype: str = "float32",
                  backend: str = "reference", seed: int = 0, max_num_batched_tokens: int | None = None,
-                 parallel: str | None = None):
+                 parallel: str | None = None, enable_prefix_caching: bool = True):
         check_backend(backend, resolve_device(device))
         if parallel is not None:  # one process per GPU under torchrun: this rank's shard of the model
             if backend != "reference":
@@ -89,7 +90,7 @@ class LLM:
             runners["reference"] = LeaderRunner if self.rank == 0 else ReferenceRunner
         self.runner = runners[backend](self.model)
         self.backend = backend
-        self.core = EngineCore(self.runner, max_num_batched_tokens)
+        self.core = EngineCore(self.runner, max_num_batched_tokens, enable_prefix_caching)
         self.parallel = parallel
         if parallel is not None:
             self.core.isolate_faults = False  # a retry row by row would be rank 0's alone
@@ -105,6 +106,10 @@ class LLM:
         makers = {"graph": lambda: GraphRunner(self.model),
                   "mega": lambda: MegaRunner(self.model, fp8=bool(self.fp8_weights))}
         return cached_choice(cache_dir() / "backend_choice.json", choice_key(self.model, self.device), makers)
+
+    def reset_prefix_cache(self) -> None:
+        """Forgets every cached prefix (vLLM's `LLM.reset_prefix_cache`): later prompts are computed in full."""
+        self.core.scheduler.reset_prefix_cache()
 
     @property
     def tokenizer(self):

@@ -22,6 +22,7 @@ class GenerationStats:
     tokens_per_s: float
     e2e_s: float
     speculative: SpecStats | None = None  # drafts verified, accepted, per position (None: speculation was off)
+    cached_tokens: int = 0  # prompt tokens the prefix cache held (not computed)
 
 
 @dataclass
@@ -106,4 +107,4 @@ class OutputStream:
         tokens_per_s = 1.0 / tpot if tpot > 0 else (n / e2e if e2e > 0 else 0.0)
         return Generation(self.text, list(self.seq.output_ids), self.seq.finish_reason or "length",
                           GenerationStats(len(self.seq.prompt_ids), n, ttft, tpot, tokens_per_s, e2e,
-                                          self.seq.spec))
+                                          self.seq.spec, self.seq.num_cached))

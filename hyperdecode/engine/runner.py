@@ -1,7 +1,8 @@
 """Model runners: run one step's shape on the model and return the logits the scheduler wants. Every runner has
 one entry, `forward(tokens [B, S], pos [B, S], slots, want) -> logits [wanted, vocab]`, used for steps that mix
 prompt chunks and decode rows (shorter rows right-padded with pos = -1), plain decode (S = 1) and speculative
-verification (S = k + 1; `rollback` then clears the rejected positions). The reference runner runs any shape;
+verification (S = k + 1; `rollback` then clears the rejected positions); `reuse` gives a row a prefix another
+row (or it) already holds (prefix caching). The reference runner runs any shape;
 `graph` and `mega` run S = 1 and verify steps themselves and hand other shapes to the reference (`FAST_SHAPES` says
 which)."""
 from __future__ import annotations
@@ -42,6 +43,14 @@ class ReferenceRunner:
         """Cache row `row` keeps its first `keep` positions; positions keep:end (a verify step's rejected drafts)
         are cleared."""
         self.model.keep_cache(row, keep, end)
+
+    def reuse(self, source: int, row: int, n: int) -> None:
+        """Prefix caching: cache row `row` starts with row `source`'s first n positions (the same row keeps them),
+        the rest cleared."""
+        if source == row:
+            self.model.keep_cache(row, n)
+        else:
+            self.model.copy_cache(source, row, n)
 
     def reference(self, tokens: Tensor, pos: Tensor, slots: Tensor | None, want: Tensor) -> Tensor:
         hidden = self.model(tokens, pos, slots=slots)

@@ -3,6 +3,8 @@ tokens to feed (vLLM v1's shape). A decoding sequence feeds its newest token; a 
 the next chunk of its prompt, within the step's token budget, next to the decoding rows (chunked prefill); a
 waiting sequence is admitted into a free slot while the budget lasts. Without a budget whole prompts are fed. With
 speculative decoding a decoding sequence also feeds its draft (1 + len(draft) tokens, verified in the same step).
+With prefix caching (prefix.py) an admitted sequence starts after the longest prefix a cache row already holds: it
+takes that row, or a free row into which the core copies the prefix before the step (`seq.reuse`).
 
 >>> from hyperdecode.engine.sampling import SamplingParams
 >>> s = Scheduler(max_batch=2, max_seq=64, max_num_batched_tokens=8)
@@ -16,6 +18,7 @@ from __future__ import annotations
 import collections
 
 from ..errors import ConfigError
+from .prefix import PrefixCache
 from .sequence import Sequence, Status
 
 __all__ = ["Scheduler", "StepPlan"]
@@ -24,7 +27,10 @@ StepPlan = list[tuple[Sequence, int]]  # (sequence, tokens it feeds this step), 
 
 
 class Scheduler:
-    def __init__(self, max_batch: int, max_seq: int, max_num_batched_tokens: int | None = None):
+    def __init__(self, max_batch: int, max_seq: int, max_num_batched_tokens: int | None = None,
+                 prefix_caching: bool = True):
+        self.prefix_caching = prefix_caching
+        self.prefix = PrefixCache(0)
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.running: list[Sequence] = []
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -44,6 +50,7 @@ class Scheduler:
         self.max_batch = max_batch
         self.max_seq = max_seq
         self.free = list(range(max_batch - 1, -1, -1))
+        self.prefix.grow(max_batch)  # the caches keep their rows' contents as they grow
 
     @property
     def num_free(self) -> int:
@@ -77,13 +84,31 @@ class Scheduler:
                 left -= n
         while self.waiting and self.free and left > 0:
             seq = self.waiting.popleft()
-            seq.slot = self.free.pop()
+            self._admit(seq)
             seq.status = Status.RUNNING
             self.running.append(seq)
             n = int(min(seq.remaining, left))
             plan.append((seq, n))
             left -= n
         return plan
+
+    def reset_prefix_cache(self) -> None:
+        """Forgets what every row holds (their caches were cleared, or should not be reused)."""
+        self.prefix = PrefixCache(self.max_batch)
+
+    def _admit(self, seq: Sequence) -> None:
+        """Gives a sequence its slot: with prefix caching the row that holds (or receives) its longest cached
+        prefix, which it then does not feed."""
+        if not self.prefix_caching:
+            seq.slot = self.free.pop()
+            self.prefix.forget(seq.slot)
+            return
+        running = {r.slot: r.token_ids[:r.num_computed] for r in self.running}
+        take, source, n = self.prefix.choose(seq.prompt_ids, self.free, running)
+        self.free.remove(take)
+        seq.slot = take
+        seq.num_computed = seq.num_cached = n
+        seq.reuse = (source, take, n) if n else None
 
     def append(self, seq: Sequence, token: int) -> None:
         """Adds a sampled token; finishes the sequence on EOS, at max_tokens or at the end of its cache row."""
@@ -106,3 +131,7 @@ class Scheduler:
         if seq in self.running:
             self.running.remove(seq)
             self.free.append(seq.slot)
+            if reason == "error" or seq.reuse is not None:  # a failed row, or one whose prefix never arrived
+                self.prefix.forget(seq.slot)
+            else:
+                self.prefix.store(seq.slot, seq.token_ids[:seq.num_computed])

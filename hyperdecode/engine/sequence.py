@@ -34,6 +34,8 @@ class Sequence:
     finish_reason: str | None = None
     generator: torch.Generator | None = None
     error: str | None = None  # why it failed, when finish_reason is "error"
+    num_cached: int = 0  # prompt tokens found in the prefix cache (not fed)
+    reuse: tuple[int, int, int] | None = None  # (source row, own row, n): the prefix the core copies before a step
     # speculative decoding: the draft the next step verifies after the newest token, its distribution q [len, V]
     # (None: deterministic), the drafter's own state, and the counts the request reports
     draft: list[int] = field(default_factory=list)

@@ -268,14 +268,23 @@ class DeepseekForCausalLM(CausalLM):
         m = self.mtp
         if m is not None and (m.self_attn.cache is None or m.self_attn.cache.lat.shape[:2] != (self.max_batch,
                                                                                                self.max_seq)):
+            old = m.self_attn.cache
             m.self_attn.cache = LayerCache(self.max_batch, self.max_seq, m.self_attn.cache_shapes(),
                                            self.embed_tokens.weight.dtype, self.device)
+            m.self_attn.cache.take(old)
 
     def keep_cache(self, row: int, n: int, end: int | None = None) -> None:
         super().keep_cache(row, n, end)
         if self.mtp is not None and self.mtp.self_attn.cache is not None:
             for t in self.mtp.self_attn.cache.tensors():
                 t[row, n:end] = 0
+
+    def copy_cache(self, src: int, dst: int, n: int) -> None:
+        super().copy_cache(src, dst, n)
+        if self.mtp is not None and self.mtp.self_attn.cache is not None:
+            for t in self.mtp.self_attn.cache.tensors():
+                t[dst, :n] = t[src, :n]
+                t[dst, n:] = 0
 
     def mtp_forward(self, hidden: Tensor, next_tokens: Tensor, pos: Tensor, slots: Tensor | None = None,
                     use_cache: bool = False) -> Tensor:

@@ -98,6 +98,14 @@ class LayerCache(nn.Module):
     def tensors(self) -> list[Tensor]:
         return [getattr(self, name) for name in self.names]
 
+    def take(self, old: "LayerCache | None") -> None:
+        """Copies a smaller cache's contents into this one's leading rows and positions."""
+        if old is None:
+            return
+        for new, prev in zip(self.tensors(), old.tensors()):
+            rows, seq = prev.shape[:2]
+            new[:rows, :seq] = prev
+
     def update(self, pos: Tensor, values: list[Tensor], view: CacheView) -> list[Tensor]:
         """Writes values [B, S, *shape] at positions pos [B, S]; returns each tensor's rows up to `view.length`."""
         batch = pos.shape[0]
@@ -128,14 +136,17 @@ class CausalLM(nn.Module):
         raise NotImplementedError
 
     def setup_caches(self, max_batch: int, max_seq: int) -> None:
-        """Allocates static caches; keeps the current ones (and their contents) when already large enough."""
+        """Allocates static caches; keeps the current ones when already large enough, and their contents when
+        they grow (a prefix cache outlives requests)."""
         if max_batch <= self.max_batch and max_seq <= self.max_seq:
             return
         self.max_batch = max(max_batch, self.max_batch)
         self.max_seq = max(max_seq, self.max_seq)
         dtype = self.embed_tokens.weight.dtype
         for i, layer in enumerate(self.layers):
+            old = layer.self_attn.cache
             layer.self_attn.cache = LayerCache(self.max_batch, self.max_seq, self.cache_shapes(i), dtype, self.device)
+            layer.self_attn.cache.take(old)
 
     def cache_tensors(self) -> dict[str, Tensor]:
         """Every cache tensor by "{layer}.{name}" (the megakernel's cache names), each [rows, max_seq, ...]."""

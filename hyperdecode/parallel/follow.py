@@ -1,6 +1,6 @@
 """Rank 0 leads, the other ranks follow: rank 0 owns tokenisation, sampling, the API and the scheduler; its runner
 (`LeaderRunner`) sends every call — cache setup, each step's [B, S] tokens / positions / rows / wanted logits, each
-rollback — to the other ranks before running it, and they replay it on their shards (`follow`), so that the
+rollback and prefix reuse — to the other ranks before running it, and they replay it on their shards (`follow`), so that the
 collectives inside the forward line up. While rank 0 is idle (a server without requests) it sends a heartbeat
 every `HEARTBEAT_S`, so a follower's wait is always bounded (launch.TIMEOUT_S): a rank 0 that dies or hangs ends
 the followers with an error instead of leaving them waiting.
@@ -18,7 +18,7 @@ from ..engine.runner import ReferenceRunner
 
 __all__ = ["LeaderRunner", "follow", "leave", "interrupted", "HEARTBEAT_S"]
 
-STOP, FORWARD, ROLLBACK, SETUP, NOOP = 0, 1, 2, 3, 4
+STOP, FORWARD, ROLLBACK, SETUP, NOOP, REUSE = 0, 1, 2, 3, 4, 5
 HEADER = 6  # command, then up to 5 integers
 HEARTBEAT_S = 10.0
 INTERRUPTED = threading.Event()
@@ -69,6 +69,11 @@ class LeaderRunner(ReferenceRunner):
             self._send(ROLLBACK, row, keep, end)
             super().rollback(row, keep, end)
 
+    def reuse(self, source: int, row: int, n: int) -> None:
+        with self.lock:
+            self._send(REUSE, source, row, n)
+            super().reuse(source, row, n)
+
     def stop(self) -> None:
         """Ends the followers' loops (once), and the process group with them. After an interrupt every rank is
         ending on its own (Ctrl-C reaches them all, torchrun signals them too): nothing is sent."""
@@ -111,6 +116,8 @@ def follow(runner: ReferenceRunner) -> None:
             runner.setup(ints[0], ints[1])
         elif command == ROLLBACK:
             runner.rollback(ints[0], ints[1], ints[2])
+        elif command == REUSE:
+            runner.reuse(ints[0], ints[1], ints[2])
         elif command == FORWARD:
             B, S, has_slots = ints[:3]
             received = [torch.zeros(B, S, dtype=torch.long, device=device) for _ in range(3)]

@@ -94,6 +94,7 @@ def fresh_caches(llm):
         t.zero_()
     s = llm.core.scheduler
     s.resize(s.max_batch, s.max_seq)
+    llm.reset_prefix_cache()  # the zeroed rows hold nothing to reuse
 
 
 def test_rollback_leaves_the_caches_of_a_run_without_the_rejected_tokens(model):

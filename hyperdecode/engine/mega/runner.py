@@ -81,6 +81,9 @@ class MegaRunner(ReferenceRunner):
         self.pending = False  # a launched step whose error word is not read yet
 
     def setup(self, max_batch: int, max_seq: int) -> None:
+        if self.prog is not None:  # what only the arena holds goes to the reference caches, which keep it
+            for row in range(self.prog.batch):
+                self._sync(row, self.arena_valid[row], to_arena=False)
         super().setup(max_batch, max_seq)
         if self.prog is None or self.prog.batch < max_batch or self.prog.max_seq <= max_seq:
             # one spare position per row: rows that are not in a step write there, never over a live sequence
@@ -95,9 +98,10 @@ class MegaRunner(ReferenceRunner):
             pinned = self.device.type == "cuda"
             self.err_host = torch.zeros(1, dtype=torch.int32, pin_memory=pinned)
             self.verify_progs: dict[int, tuple[Program, Launch, Tensor]] = {}  # by query tokens per row
-        # per row, how many leading positions each cache holds that the other may lack
+        # per row, how many leading positions each cache holds that the other may lack: after a setup the
+        # reference caches hold everything, and the arena catches up row by row when a row next runs in it
         self.arena_valid = [0] * self.prog.batch
-        self.reference_valid = [0] * self.prog.batch
+        self.reference_valid = [self.prog.max_seq] * self.prog.batch
 
     def verify_program(self, queries: int) -> tuple[Program, Launch, Tensor]:
         """The program for `queries` tokens per row (compiled on first use), its launch and activation arena. Its
@@ -146,6 +150,16 @@ class MegaRunner(ReferenceRunner):
             view[row, keep:end] = 0
         self.arena_valid[row] = min(self.arena_valid[row], keep)
         self.reference_valid[row] = min(self.reference_valid[row], keep)
+
+    def reuse(self, source: int, row: int, n: int) -> None:
+        """The prefix is made current on the reference side of `source`, copied there, and reaches the arena when
+        the row next runs a megakernel step (`_sync`)."""
+        self._sync(source, n, to_arena=False)
+        super().reuse(source, row, n)
+        for view in self.prog.cache_views(self.C).values():
+            view[row, n:] = 0
+        self.reference_valid[row] = n
+        self.arena_valid[row] = min(self.arena_valid[row], n) if source == row else 0
 
     def _sync(self, row: int, upto: int, to_arena: bool) -> None:
         """Makes positions < upto of `row` current on the side about to run."""

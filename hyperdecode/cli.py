@@ -148,6 +148,9 @@ def build_parser() -> Parser:
                         "chunks next to the decoding requests (chunked prefill; default: whole prompts)")
     v.add_argument("--parallel", default=None, choices=["tp", "hetero"],
                    help="tp or hetero under torchrun, as for generate (rank 0 serves, the others follow its steps)")
+    v.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse the cache of prompt prefixes earlier requests computed (default on; "
+                        "--no-enable-prefix-caching turns it off)")
     v.add_argument("--speculative-config", default=None,
                    help='speculative decoding as vLLM takes it: a JSON object, e.g. \'{"method": "ngram", '
                         '"num_speculative_tokens": 4}\' (methods: mtp, ngram, suffix; suffix also takes '
@@ -318,7 +321,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                           request_timeout=args.request_timeout, max_num_batched_tokens=args.max_num_batched_tokens,
                           max_request_bytes=args.max_request_bytes,
                           speculative_config=speculative_flag(args.speculative_config, "--speculative-config"),
-                          parallel=args.parallel)
+                          parallel=args.parallel, enable_prefix_caching=args.enable_prefix_caching)
     logging.basicConfig(level=logging.INFO, format="hyperdecode: %(levelname)s %(name)s: %(message)s")
     failures: list[str] = []
     servers: list[uvicorn.Server] = []

@@ -61,6 +61,7 @@ class ServerConfig:
     max_request_bytes: int | None = None  # None: 1 MiB + 64 B per token of max_model_len
     speculative_config: str | dict | None = None  # vLLM's --speculative-config (e.g. {"method": "ngram", ...})
     parallel: str | None = None  # "tp": this process is rank 0 of a torchrun job (parallel/follow.py)
+    enable_prefix_caching: bool = True  # vLLM's --enable-prefix-caching / --no-enable-prefix-caching
 
     @property
     def name(self) -> str:
@@ -87,7 +88,8 @@ class State:
         try:
             c = self.config
             self._start(LLM(c.model, device=c.device, dtype=c.dtype, backend=c.backend,
-                            max_num_batched_tokens=c.max_num_batched_tokens, parallel=c.parallel))
+                            max_num_batched_tokens=c.max_num_batched_tokens, parallel=c.parallel,
+                            enable_prefix_caching=c.enable_prefix_caching))
         except Exception as e:  # reported by /health and every request
             self.error = f"{type(e).__name__}: {e}"
             log.error("the model '%s' failed to load: %s", self.config.model, self.error)
@@ -286,7 +288,7 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
             raise payload
         return JSONResponse(completion_body(g.kind, rid, config.name, payload.text, payload.finish_reason,
                                             payload.stats.prompt_tokens, payload.stats.output_tokens,
-                                            spec_usage(payload)), headers=headers)
+                                            spec_usage(payload), payload.stats.cached_tokens), headers=headers)
 
     async def sse(engine: Engine, req: Request, g: GenerateRequest, rid: str) -> AsyncIterator[str]:
         created, first, n = int(time.time()), True, len(req.seq.prompt_ids)
@@ -295,13 +297,14 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
             while True:
                 kind, payload = await next_event(req, bound)
                 if kind == "text":
-                    extra = usage(n, len(req.seq.output_ids)) if g.continuous_usage else None
+                    extra = usage(n, len(req.seq.output_ids), None, req.seq.num_cached) if g.continuous_usage else None
                     yield event(chunk(g.kind, rid, config.name, created, payload, None, first, extra))
                     first = False
                 elif kind == "done":
                     yield event(chunk(g.kind, rid, config.name, created, "", payload.finish_reason, first))
                     if g.include_usage:
-                        u = usage(payload.stats.prompt_tokens, payload.stats.output_tokens, spec_usage(payload))
+                        u = usage(payload.stats.prompt_tokens, payload.stats.output_tokens, spec_usage(payload),
+                                  payload.stats.cached_tokens)
                         yield event(chunk(g.kind, rid, config.name, created, None, None, False, u))
                     yield "data: [DONE]\n\n"
                     return

@@ -173,6 +173,7 @@ class Engine:
                     self._finish(req, "error", server_error(f"engine error: {type(e).__name__}: {e}"))
             self.metrics.running.set(self.num_running)
             self.metrics.waiting.set(len(self.waiting))
+            self.metrics.cached(self.core.scheduler)
 
     def _expire(self) -> None:
         now = time.monotonic()

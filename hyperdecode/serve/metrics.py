@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from ..engine.scheduler import Scheduler
 from ..engine.speculative import SpecStats
 
 __all__ = ["Metrics", "ITL_BUCKETS", "TTFT_BUCKETS"]
@@ -37,6 +38,12 @@ class Metrics:
         self.waiting = series(Gauge, "vllm:num_requests_waiting", "Requests queued for a batch slot")
         self.prompt_tokens = series(Counter, "vllm:prompt_tokens", "Prefilled prompt tokens")
         self.generation_tokens = series(Counter, "vllm:generation_tokens", "Generated tokens")
+        # prefix caching (vLLM's names): prompt tokens looked up and found; cache rows in use
+        self.prefix_queries = series(Counter, "vllm:prefix_cache_queries",
+                                     "Prompt tokens looked up in the prefix cache")
+        self.prefix_hits = series(Counter, "vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache")
+        self.kv_usage = series(Gauge, "vllm:kv_cache_usage_perc", "Share of cache rows held by running requests")
+        self._prefix_seen = (0, 0)
         # speculative decoding (vLLM's names): verified drafts, their tokens, the accepted ones, and by position
         self.spec_drafts = series(Counter, "vllm:spec_decode_num_drafts", "Verified drafts (rows with draft tokens)")
         self.spec_draft_tokens = series(Counter, "vllm:spec_decode_num_draft_tokens", "Draft tokens verified")
@@ -50,6 +57,16 @@ class Metrics:
 
     def finished(self, reason: str) -> None:
         self._success.labels(self.model_name, reason).inc()
+
+    def cached(self, scheduler: Scheduler) -> None:
+        """After a step: the prefix cache's new lookups and hits, and the rows in use."""
+        p = scheduler.prefix
+        if (p.queried, p.hits) < self._prefix_seen:  # the cache was reset: count from zero
+            self._prefix_seen = (0, 0)
+        self.prefix_queries.inc(p.queried - self._prefix_seen[0])
+        self.prefix_hits.inc(p.hits - self._prefix_seen[1])
+        self._prefix_seen = (p.queried, p.hits)
+        self.kv_usage.set(len(scheduler.running) / max(scheduler.max_batch, 1))
 
     def speculated(self, spec: SpecStats) -> None:
         """A finished request's draft counts."""

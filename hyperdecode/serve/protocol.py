@@ -154,12 +154,15 @@ def new_id(kind: str, request_id: str | None) -> str:
     return request_id or f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
 
 
-def usage(prompt_tokens: int, completion_tokens: int, spec: dict | None = None) -> dict[str, Any]:
-    """OpenAI's usage object; with speculative decoding on, the request's draft counts ride along as the extension
-    field `spec_decode` (num_drafts, num_draft_tokens, num_accepted_tokens, accepted_per_pos, acceptance_per_pos,
+def usage(prompt_tokens: int, completion_tokens: int, spec: dict | None = None, cached_tokens: int = 0
+          ) -> dict[str, Any]:
+    """OpenAI's usage object, with `prompt_tokens_details.cached_tokens` (the prefix cache's hits); with
+    speculative decoding on, the request's draft counts ride along as the extension field `spec_decode`
+    (num_drafts, num_draft_tokens, num_accepted_tokens, accepted_per_pos, acceptance_per_pos,
     mean_accepted_length)."""
     out: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                           "total_tokens": prompt_tokens + completion_tokens}
+                           "total_tokens": prompt_tokens + completion_tokens,
+                           "prompt_tokens_details": {"cached_tokens": cached_tokens}}
     if spec is not None:
         out["spec_decode"] = spec
     return out
@@ -185,7 +188,7 @@ def chunk(kind: str, rid: str, model: str, created: int, text: str | None, finis
 
 
 def completion_body(kind: str, rid: str, model: str, text: str, finish: str, prompt_tokens: int,
-                    completion_tokens: int, spec: dict | None = None) -> dict[str, Any]:
+                    completion_tokens: int, spec: dict | None = None, cached_tokens: int = 0) -> dict[str, Any]:
     if kind == "chat":
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                   "finish_reason": finish}
@@ -193,7 +196,7 @@ def completion_body(kind: str, rid: str, model: str, text: str, finish: str, pro
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
     return {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
             "created": int(time.time()), "model": model, "choices": [choice],
-            "usage": usage(prompt_tokens, completion_tokens, spec)}
+            "usage": usage(prompt_tokens, completion_tokens, spec, cached_tokens)}
 
 
 def _short(value: Any) -> str:

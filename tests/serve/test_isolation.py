@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+import hyperdecode as hd
 from hyperdecode.engine import core as core_module
 from hyperdecode.engine.core import EngineCore
 from hyperdecode.engine.output import OutputStream
@@ -21,8 +22,10 @@ MARK = 200  # a prompt token id that makes the faulty forward raise
 
 
 @pytest.fixture(scope="module")
-def srv(llm):
-    s = LiveServer(llm, max_batch=3, max_queue=8, max_model_len=256)
+def srv():
+    # no prefix cache: a faulty prompt sent again must be fed again for the injected forward fault to fire
+    s = LiveServer(hd.LLM("tiny-llama", device="cpu", seed=0, enable_prefix_caching=False), max_batch=3, max_queue=8,
+                   max_model_len=256)
     yield s
     s.stop()
 

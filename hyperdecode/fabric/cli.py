@@ -6,6 +6,7 @@ import json
 import math
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
@@ -151,6 +152,7 @@ def add_parser(sub: Any, parser_class: type) -> None:
         else:
             sp.add_argument("--scales", default="1,8,32", help="comma-separated load multipliers")
             sp.add_argument("--out-dir", required=True, help="writes study.md, study.json and PNG plots here")
+            sp.add_argument("--json", help="also write the runs' summaries (study.json's rows) to this file")
     pd = fs.add_parser("pfc-demo", help="PFC's victim flow: H1 and N incast senders to R, a victim V to an idle "
                                         "host; each flow's rate with PFC next to max-min's",
                        description="The textbook PFC case: H1 and an upstream switch T (N incast senders and a victim "
@@ -317,6 +319,8 @@ def run_study(args: argparse.Namespace) -> None:
               + (f", each run's hottest {args.pfc_window_s:g} s replayed with PFC" if args.pfc == "on" else ", PFC off")
               + ".\n\n")
     print(write_report(out, header, rows, runs, counts, knees))
+    if args.json:
+        Path(args.json).write_text((out / "study.json").read_text())
 
 
 def number_list(text: str, flag: str, kind: type) -> list:

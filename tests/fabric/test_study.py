@@ -47,7 +47,8 @@ def test_nic_ablation_by_hand():
 def test_study_cli_writes_report(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hyperdecode.cli", "fabric", "study", "--gpus", "256",
                         "--switch-tbps", "12.8", "--trace", str(MOONCAKE), "--max-requests", "800",
-                        "--scales", "1,20", "--nic-gbps", "200,400", "--out-dir", str(tmp_path)],
+                        "--scales", "1,20", "--nic-gbps", "200,400", "--out-dir", str(tmp_path),
+                        "--json", str(tmp_path / "rows.json")],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     md = (tmp_path / "study.md").read_text()
@@ -56,6 +57,9 @@ def test_study_cli_writes_report(tmp_path):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in md
     assert "## The seed's claims" in md and "- **-1/3 switches**: " in md
     rows = json.loads((tmp_path / "study.json").read_text())
+    assert json.loads((tmp_path / "rows.json").read_text()) == rows
+    for key in ("throughput_tok_s", "goodput_per_gpu", "ttft_p50_s", "ttft_p99_s", "pause_s_total"):
+        assert all(isinstance(r[key], float) for r in rows), key
     assert {r["name"] for r in rows} == {"zcube", "zcube-single-path", "roft", "roft-3-tier"}
     assert all(r["requests_completed"] == 800 for r in rows)
     # the study says which forms it ran: 256 GPUs on radix-64 switches at 200G fill them in the blog form

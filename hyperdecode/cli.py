@@ -169,6 +169,8 @@ def build_parser() -> Parser:
     s.add_argument("--output-len", type=int, default=32, help="generated tokens (ignore_eos)")
     s.add_argument("--multi-turn", type=int, default=0, help="agent loops: --num-requests conversations of N calls "
                                                                "each, whose context grows each call")
+    s.add_argument("--system-len", type=int, default=0, help="with --multi-turn: a system prompt of this many random "
+                                                              "words opens every conversation (an agent's)")
     s.add_argument("--api-key", default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", default=None, help="also write the results to this file")

@@ -32,6 +32,7 @@ class RequestResult:
     e2e: float = 0.0
     itl: list[float] = field(default_factory=list)
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, found in the server's prefix cache
     output_tokens: int = 0
     text: str = ""
     error: str = ""
@@ -89,6 +90,8 @@ async def stream_request(client: httpx.AsyncClient, url: str, body: dict, header
                 if obj.get("usage"):
                     res.prompt_tokens = obj["usage"]["prompt_tokens"]
                     res.output_tokens = obj["usage"]["completion_tokens"]
+                    details = obj["usage"].get("prompt_tokens_details") or {}
+                    res.cached_tokens = details.get("cached_tokens") or 0
     except httpx.HTTPError as e:
         res.error = f"{type(e).__name__}: {e}"
         return res
@@ -134,7 +137,7 @@ async def bench(args: Any) -> dict[str, Any]:
             results.append(await stream_request(client, "/v1/completions", body, headers))
 
         async def conversation() -> None:
-            messages = []
+            messages = [{"role": "system", "content": random_prompt(rng, args.system_len)}] if args.system_len else []
             for turn in range(args.multi_turn):
                 messages.append({"role": "user", "content": random_prompt(rng, args.input_len)})
                 r = await stream_request(client, "/v1/chat/completions", {**common, "messages": messages}, headers)
@@ -163,6 +166,8 @@ def summarize(results: list[RequestResult], wall: float, args: Any) -> dict[str,
     if args.multi_turn:
         summary["per_turn"] = [{"turn": t, "prompt_tokens": percentiles([r.prompt_tokens for r in ok if r.turn == t],
                                                                         (50,))["p50"],
+                                "cached_tokens": percentiles([r.cached_tokens for r in ok if r.turn == t],
+                                                             (50,))["p50"],
                                 "ttft_ms": ms([r.ttft for r in ok if r.turn == t]),
                                 "e2e_ms": ms([r.e2e for r in ok if r.turn == t])} for t in range(args.multi_turn)]
     return summary
@@ -170,7 +175,8 @@ def summarize(results: list[RequestResult], wall: float, args: Any) -> dict[str,
 
 def check_bench_args(args: Any) -> None:
     """The flags of `bench serve`, before any request."""
-    check_at_least(args, {"concurrency": 1, "num_requests": 1, "input_len": 1, "output_len": 1, "multi_turn": 0})
+    check_at_least(args, {"concurrency": 1, "num_requests": 1, "input_len": 1, "output_len": 1, "multi_turn": 0,
+                          "system_len": 0})
     try:
         url = httpx.URL(args.url)
     except httpx.InvalidURL as e:
@@ -190,7 +196,8 @@ def run_bench(args: Any) -> None:
         p = s[f"{name}_ms"]
         print(f"{name.upper():<8}{p['p50']:>10.2f}{p['p90']:>10.2f}{p['p99']:>10.2f}")
     for t in s.get("per_turn", []):
-        print(f"turn {t['turn']:>2}: ~{t['prompt_tokens']:.0f} prompt tokens, TTFT p50 {t['ttft_ms']['p50']:.1f} ms "
+        print(f"turn {t['turn']:>2}: ~{t['prompt_tokens']:.0f} prompt tokens ({t['cached_tokens']:.0f} cached), "
+              f"TTFT p50 {t['ttft_ms']['p50']:.1f} ms "
               f"p99 {t['ttft_ms']['p99']:.1f} ms, E2E p50 {t['e2e_ms']['p50']:.1f} ms")
     for e in s["errors"]:
         print(f"error: {e}")

@@ -209,11 +209,22 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
             raise APIError(503, "the engine did not complete a one-token generation in time", type="server_error")
         return {"status": "ready", "generation_s": round(time.monotonic() - start, 4)}
 
+    def model_card() -> dict:
+        engine = state.ready_engine()
+        return {"id": config.name, "object": "model", "created": int(time.time()), "owned_by": "hyperdecode",
+                "max_model_len": engine.max_model_len}
+
     @v1.get("/models")
     async def models() -> dict:
-        engine = state.ready_engine()
-        return {"object": "list", "data": [{"id": config.name, "object": "model", "created": int(time.time()),
-                                            "owned_by": "hyperdecode", "max_model_len": engine.max_model_len}]}
+        return {"object": "list", "data": [model_card()]}
+
+    @v1.get("/models/{model_id:path}")
+    async def model(model_id: str) -> dict:
+        card = model_card()
+        if model_id != config.name:
+            raise APIError(404, f"the model '{model_id}' does not exist (serving '{config.name}')", param="model",
+                           type="not_found_error", code="model_not_found")
+        return card
 
     @app.get("/version")
     async def version() -> dict:

@@ -57,7 +57,11 @@ def test_stop_strings(client, offline):
 
 
 def test_models_route(client):
+    import openai
     assert [m.id for m in client.models.list().data] == ["tiny-llama"]
+    assert client.models.retrieve("tiny-llama").id == "tiny-llama"
+    with pytest.raises(openai.NotFoundError, match="the model 'gpt-4' does not exist"):
+        client.models.retrieve("gpt-4")
 
 
 def test_32_concurrent_streams(server, offline):

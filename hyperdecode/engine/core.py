@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .drafts import NgramDrafter, SuffixDrafter
 from .mtp import MtpDrafter
 from .runner import ReferenceRunner
-from .sampling import sample
+from .sampling import process_logits, sample
 from .scheduler import Scheduler, StepPlan
 from .sequence import Sequence
 from .speculative import SpeculativeConfig, SpecStats, accept, accept_greedy, parse_speculative
@@ -190,6 +190,10 @@ class EngineCore:
         draft = seq.draft[:n - 1] if not seq.prefilling else []
         probs = seq.draft_probs[:n - 1] if seq.draft_probs is not None and draft else None
         seq.draft, seq.draft_probs = [], None
+        if seq.params.processes_logits:  # penalties, bias, min_tokens: position j comes after j draft tokens
+            outputs = [seq.output_ids + draft[:j] for j in range(logits.shape[0])]
+            logits = process_logits(logits, seq.params, seq.prompt_ids, outputs, seq.eos_ids)
+            greedy = logits.argmax(-1).tolist()
         if seq.params.greedy:
             new = accept_greedy(draft, greedy)
         elif not draft:

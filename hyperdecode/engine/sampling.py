@@ -1,5 +1,6 @@
-"""Sampling parameters (one set of validation rules for `hd.LLM` and the server) and the token sampler (greedy,
-temperature, top-k, top-p, per-sequence seeds)."""
+"""Sampling parameters (one set of validation rules for `hd.LLM` and the server), the logits processors they
+name (repetition / frequency / presence penalties, logit bias, min_tokens: `process_logits`) and the token sampler
+(greedy, temperature, top-k, top-p, per-sequence seeds)."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from ..errors import RequestError
 
-__all__ = ["SamplingParams", "sample", "probabilities", "GREEDY_BELOW"]
+__all__ = ["SamplingParams", "sample", "probabilities", "process_logits", "GREEDY_BELOW"]
 
 GREEDY_BELOW = 1e-5  # a temperature below this is greedy (vLLM's _SAMPLING_EPS): 1/t would overflow
 MAX_STOP_STRINGS = 4  # OpenAI's limit
@@ -37,6 +38,11 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] | None = None
     ignore_eos: bool = False
+    repetition_penalty: float = 1.0  # > 0; tokens of the prompt and output: positive logits / r, negative * r
+    frequency_penalty: float = 0.0  # [-2, 2]; minus f x the token's count in the output
+    presence_penalty: float = 0.0  # [-2, 2]; minus p when the token is in the output
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit, [-100, 100]
+    min_tokens: int = 0  # end-of-sequence tokens are masked until this many tokens are out
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -53,6 +59,16 @@ class SamplingParams:
                                            and all(isinstance(s, str) and s for s in self.stop)),
              f"a non-empty string or a list of at most {MAX_STOP_STRINGS} non-empty strings"),
             ("ignore_eos", isinstance(self.ignore_eos, bool), "a boolean"),
+            ("repetition_penalty", _is_number(self.repetition_penalty) and self.repetition_penalty > 0,
+             "a positive number"),
+            ("frequency_penalty", _is_number(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2,
+             "a number in [-2, 2]"),
+            ("presence_penalty", _is_number(self.presence_penalty) and -2 <= self.presence_penalty <= 2,
+             "a number in [-2, 2]"),
+            ("logit_bias", self.logit_bias is None or (isinstance(self.logit_bias, dict) and all(
+                _is_int(k) and k >= 0 and _is_number(v) and -100 <= v <= 100 for k, v in self.logit_bias.items())),
+             "an object mapping token ids to numbers in [-100, 100]"),
+            ("min_tokens", _is_int(self.min_tokens) and self.min_tokens >= 0, "an integer, at least 0"),
         ]
         for name, ok, want in checks:
             if not ok:
@@ -64,6 +80,45 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW or self.top_k == 1
+
+    @property
+    def processes_logits(self) -> bool:
+        """Whether `process_logits` changes anything for these parameters."""
+        return (self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+                or bool(self.logit_bias) or self.min_tokens > 0)
+
+
+def process_logits(logits: Tensor, params: SamplingParams, prompt: list[int], outputs: list[list[int]],
+                   eos_ids: frozenset[int]) -> Tensor:
+    """logits [n, V] of n positions whose outputs so far are outputs[i] (each after the same prompt) -> the
+    logits the sampler sees: repetition penalty over prompt and output tokens (vLLM's rule), then frequency and
+    presence penalties over output tokens (OpenAI's), the logit bias, and EOS masked before min_tokens.
+
+    >>> p = SamplingParams(repetition_penalty=2.0, frequency_penalty=0.5, presence_penalty=0.25)
+    >>> process_logits(torch.tensor([[1.0, -1.0, 3.0, 0.5]]), p, [0], [[1, 1]], frozenset()).tolist()
+    [[0.5, -3.25, 3.0, 0.5]]
+    """
+    out = logits.float().clone()
+    V = out.shape[-1]
+    for i, output in enumerate(outputs):
+        row = out[i]
+        if params.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted({t for t in prompt + output if 0 <= t < V}), dtype=torch.long)
+            if len(seen):
+                values = row[seen]
+                row[seen] = torch.where(values > 0, values / params.repetition_penalty,
+                                        values * params.repetition_penalty)
+        if output and (params.frequency_penalty or params.presence_penalty):
+            counts = torch.bincount(torch.tensor(output, dtype=torch.long).clamp(0, V - 1), minlength=V).float()
+            row -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).float()
+        for token, bias in (params.logit_bias or {}).items():
+            if token < V:
+                row[token] += bias
+        if len(output) < params.min_tokens:
+            for token in eos_ids:
+                if token < V:
+                    row[token] = float("-inf")
+    return out
 
 
 def probabilities(logits: Tensor, params: SamplingParams) -> Tensor:

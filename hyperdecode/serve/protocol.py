@@ -20,7 +20,8 @@ __all__ = ["APIError", "GenerateRequest", "parse_chat", "parse_completion", "chu
 # is ignored with a logged warning; a field that would change the output and is not implemented is a 400 naming
 # it, unless it carries its neutral value (the value that means "off").
 COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options",
-          "ignore_eos", "request_timeout", "skip_special_tokens"}  # implemented; NEUTRAL's names are handled there
+          "ignore_eos", "request_timeout", "skip_special_tokens", "frequency_penalty", "presence_penalty",
+          "repetition_penalty", "logit_bias", "min_tokens"}  # implemented; NEUTRAL's names are handled there
 CHAT = COMMON | {"messages", "max_completion_tokens", "chat_template_kwargs"}
 COMPLETION = COMMON | {"prompt"}
 NO_EFFECT = {"user", "store", "metadata", "service_tier", "parallel_tool_calls", "prompt_cache_key",
@@ -28,17 +29,16 @@ NO_EFFECT = {"user", "store", "metadata", "service_tier", "parallel_tool_calls",
 NEUTRAL: dict[str, tuple[Any, ...]] = {  # not implemented: accepted only with one of these values
     "tools": (None, []), "functions": (None, []), "tool_choice": (None, "none", "auto"),
     "function_call": (None, "none", "auto"), "response_format": (None, {"type": "text"}),
-    "logit_bias": (None, {}), "suffix": (None, ""), "audio": (None,), "modalities": (None, ["text"]),
-    "repetition_penalty": (None, 1, 1.0), "min_p": (None, 0, 0.0), "min_tokens": (None, 0),
+    "suffix": (None, ""), "audio": (None,), "modalities": (None, ["text"]),
+    "min_p": (None, 0, 0.0),
     "reasoning_effort": (None,), "web_search_options": (None,), "guided_json": (None,), "guided_regex": (None,),
     "guided_choice": (None,), "guided_grammar": (None,), "structured_outputs": (None,),
     "include_stop_str_in_output": (None, False), "stop_token_ids": (None, []), "bad_words": (None, []),
     "truncate_prompt_tokens": (None,), "prompt_logprobs": (None, 0), "use_beam_search": (None, False),
     "length_penalty": (None, 1, 1.0), "add_generation_prompt": (None, True), "continue_final_message": (None, False),
     "echo": (None, False), "logprobs": (None, False, 0), "top_logprobs": (None, 0), "n": (None, 1),
-    "best_of": (None, 1), "frequency_penalty": (None, 0, 0.0), "presence_penalty": (None, 0, 0.0),
+    "best_of": (None, 1),
 }
-PENALTY_RANGE = (-2.0, 2.0)  # OpenAI's range for frequency_penalty and presence_penalty
 log = logging.getLogger("hyperdecode.serve")
 _warned: set[str] = set()
 
@@ -94,10 +94,6 @@ def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, Samplin
     model = check_type(body, "model", (str,), "a string")
     if not model:
         raise bad("model", "'model' is required")
-    for name in ("frequency_penalty", "presence_penalty"):
-        value = check_type(body, name, (int, float), "a number")
-        if value is not None and not PENALTY_RANGE[0] <= value <= PENALTY_RANGE[1]:
-            raise bad(name, f"'{name}' must be in [-2, 2], got {value!r}")
     check_type(body, "n", (int,), "an integer")
     for name, neutral in NEUTRAL.items():
         if body.get(name) not in neutral:
@@ -124,7 +120,11 @@ def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, Samplin
         params = SamplingParams(max_tokens=body.get(max_tokens_field), temperature=given(body, "temperature", 1.0),
                                 top_p=given(body, "top_p", 1.0), top_k=given(body, "top_k", 0),
                                 seed=body.get("seed"), stop=body.get("stop"),
-                                ignore_eos=given(body, "ignore_eos", False))
+                                ignore_eos=given(body, "ignore_eos", False),
+                                frequency_penalty=given(body, "frequency_penalty", 0.0),
+                                presence_penalty=given(body, "presence_penalty", 0.0),
+                                repetition_penalty=given(body, "repetition_penalty", 1.0),
+                                logit_bias=token_keys(body.get("logit_bias")), min_tokens=given(body, "min_tokens", 0))
     except RequestError as e:
         if e.param == "max_tokens" and max_tokens_field != "max_tokens":
             raise RequestError(str(e).replace("'max_tokens'", f"'{max_tokens_field}'"), param=max_tokens_field) from None
@@ -133,6 +133,16 @@ def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, Samplin
             "include_usage": bool(options.get("include_usage")),
             "continuous_usage": bool(options.get("continuous_usage_stats")), "timeout_s": timeout}
     return meta, params
+
+
+def token_keys(bias: Any) -> Any:
+    """OpenAI's logit_bias has token ids as string keys ("50256": -100); SamplingParams checks the values."""
+    if not isinstance(bias, dict):
+        return bias
+    try:
+        return {int(k): v for k, v in bias.items()}
+    except (TypeError, ValueError):
+        raise RequestError("'logit_bias' keys must be token ids", param="logit_bias") from None
 
 
 def parse_chat(body: Any) -> GenerateRequest:

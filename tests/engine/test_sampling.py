@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import hyperdecode as hd
-from hyperdecode.engine.sampling import SamplingParams, sample
+from hyperdecode.engine.sampling import SamplingParams, process_logits, sample
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +54,43 @@ def test_temperature_sampling_follows_distribution():
 def test_greedy_is_argmax():
     logits = torch.randn(4, 30, generator=torch.Generator().manual_seed(3))
     assert torch.equal(sample(logits, SamplingParams(), []), logits.argmax(-1))
+
+
+def test_penalties_bias_and_min_tokens_change_logits_as_their_formulas_say():
+    """process_logits against the formulas written out token by token, on random logits: repetition (vLLM: prompt
+    and output tokens, positive / r, negative * r), frequency (- f * count in the output), presence (- p once in the
+    output), bias (+ b), min_tokens (EOS at -inf while fewer tokens are out)."""
+    g = torch.Generator().manual_seed(0)
+    V = 50
+    logits = torch.randn(3, V, generator=g) * 3
+    prompt = [1, 2, 3, 3]
+    outputs = [[4, 4, 7], [4, 4, 7, 9], []]
+    p = SamplingParams(repetition_penalty=1.7, frequency_penalty=0.6, presence_penalty=-0.3,
+                       logit_bias={5: 2.5, 9: -100.0}, min_tokens=4)
+    got = process_logits(logits, p, prompt, outputs, frozenset({0}))
+    for i, out in enumerate(outputs):
+        for t in range(V):
+            x = float(logits[i, t])
+            if t in prompt or t in out:
+                x = x / 1.7 if x > 0 else x * 1.7
+            x -= 0.6 * out.count(t) + (-0.3) * (t in out)
+            x += {5: 2.5, 9: -100.0}.get(t, 0.0)
+            if t == 0 and len(out) < 4:
+                x = float("-inf")
+            assert float(got[i, t]) == pytest.approx(x, rel=1e-6, abs=1e-6), (i, t)
+    assert not SamplingParams().processes_logits and p.processes_logits
+
+
+def test_logit_bias_and_min_tokens_steer_generation():
+    llm = hd.LLM("tiny-llama", device="cpu", seed=0)
+    forced = llm.generate([5, 6, 7], max_tokens=6, ignore_eos=True, temperature=0.0)
+    tok = (forced.token_ids[0] + 11) % llm.config.vocab_size
+    seq, stream = llm._requests([[5, 6, 7]], SamplingParams(max_tokens=6, ignore_eos=True, logit_bias={tok: 100.0}))[0]
+    for _ in llm._run([(seq, stream)]):
+        pass
+    assert seq.output_ids == [tok] * 6
+    eos = next(iter(llm.inputs.eos_ids))
+    seq, stream = llm._requests([[5, 6, 7]], SamplingParams(max_tokens=20, logit_bias={eos: 100.0}, min_tokens=4))[0]
+    for _ in llm._run([(seq, stream)]):
+        pass
+    assert len(seq.output_ids) == 4 and seq.finish_reason == "stop"  # EOS as soon as min_tokens allows

@@ -162,12 +162,14 @@ ACCEPTED = [  # fields that do not change the output: accepted (vLLM's policy)
     {"store": True}, {"metadata": {"k": "v"}}, {"service_tier": "auto"}, {"parallel_tool_calls": True},
     {"response_format": {"type": "text"}}, {"user": "u1"}, {"tools": []}, {"tool_choice": "none"},
     {"logit_bias": {}}, {"frequency_penalty": 0}, {"prompt_cache_key": "k"}, {"some_future_field": 1},
+    {"logit_bias": {"5": 10}}, {"min_tokens": 1}, {"repetition_penalty": 1.3}, {"presence_penalty": 0.5},
 ]
 REFUSED = [  # fields that would change the output: a 400 naming them
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"logit_bias": {"5": 10}}, "logit_bias"), ({"tool_choice": "required"}, "tool_choice"),
-    ({"min_tokens": 3}, "min_tokens"), ({"repetition_penalty": 1.3}, "repetition_penalty"),
+    ({"logit_bias": {"5": 200}}, "logit_bias"), ({"logit_bias": {"x": 1}}, "logit_bias"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"min_tokens": -1}, "min_tokens"), ({"repetition_penalty": 0}, "repetition_penalty"),
     ({"frequency_penalty": 3}, "frequency_penalty"), ({"presence_penalty": -2.5}, "presence_penalty"),
     ({"max_completion_tokens": 0}, "max_completion_tokens"), ({"max_completion_tokens": -3}, "max_completion_tokens"),
     ({"chat_template_kwargs": {"messages": []}}, "chat_template_kwargs"),

@@ -37,7 +37,7 @@ BAD = [  # (path, body (dict or raw str), status, param or None, text in the mes
     (CHAT, {**OK_CHAT, "stream_options": {"include_usage": True}}, 400, "stream_options", "stream=true"),
     (CHAT, {**OK_CHAT, "tools": [{"type": "function"}]}, 400, "tools", "not supported"),
     (CHAT, {**OK_CHAT, "logprobs": True}, 400, "logprobs", "not supported"),
-    (CHAT, {**OK_CHAT, "presence_penalty": 0.5}, 400, "presence_penalty", "not supported"),
+    (CHAT, {**OK_CHAT, "presence_penalty": 2.5}, 400, "presence_penalty", "must be a number in [-2, 2]"),
     (CHAT, {**OK_CHAT, "request_timeout": -1}, 400, "request_timeout", "positive"),
     (COMP, {"model": "tiny-llama", "prompt": ""}, 400, "prompt", "non-empty"),
     (COMP, {"model": "tiny-llama", "prompt": [1, "a"]}, 400, "prompt", "token ids"),
@@ -174,7 +174,7 @@ def test_bench_serve_reports_percentiles(server, tmp_path):
     import argparse
     from hyperdecode.serve.bench import bench
     args = argparse.Namespace(url=server.url, model=None, concurrency=4, num_requests=8, input_len=12,
-                              output_len=10, multi_turn=0, api_key=None, seed=0, json=None)
+                              output_len=10, multi_turn=0, system_len=0, api_key=None, seed=0, json=None)
     s = asyncio.run(bench(args))
     assert s["completed"] == 8 and s["failed"] == 0
     assert 0 < s["ttft_ms"]["p50"] <= s["ttft_ms"]["p99"] <= s["e2e_ms"]["p99"]
@@ -183,6 +183,9 @@ def test_bench_serve_reports_percentiles(server, tmp_path):
     m = asyncio.run(bench(args))
     assert m["completed"] == 9 and [t["turn"] for t in m["per_turn"]] == [0, 1, 2]
     assert m["per_turn"][2]["prompt_tokens"] > m["per_turn"][0]["prompt_tokens"]  # the context grows
+    args.system_len = 30  # an agent's system prompt: later turns find it, and the turns before, in the cache
+    a = asyncio.run(bench(args))
+    assert all(t["cached_tokens"] > 30 for t in a["per_turn"][1:])
 
 
 def test_serve_and_bench_cli(tmp_path):

@@ -13,19 +13,12 @@ import time
 import numpy as np
 
 from hyperdecode.fabric import fattree
-from hyperdecode.fabric.ns3check import cross_check, flow_paths, routable
+from hyperdecode.fabric.ns3check import cross_check, flow_paths, random_routable_pairs
 
 CASES = {
     "leaf-spine 8 GPUs, 2 leaves, 1:1": lambda: fattree(8, 4, gpus_per_server=1),
     "leaf-spine 16 GPUs, 3:1 oversubscribed": lambda: fattree(16, 8, gpus_per_server=1, oversubscription=3),
 }
-
-
-def pairs_for(topo, n: int, seed: int) -> list[tuple[int, int]]:
-    """`n` random (src, dst) GPU pairs that static destination routes can carry."""
-    rng = np.random.default_rng(seed)
-    pairs = [tuple(int(x) for x in rng.choice(topo.num_gpus, 2, replace=False)) for _ in range(4 * n)]
-    return routable(topo, pairs)[:n]
 
 
 def acks_on_data(rows: list[dict]) -> list[int]:
@@ -45,7 +38,7 @@ def main() -> None:
     for name, build in CASES.items():
         topo = build()
         for seed in (int(s) for s in args.seeds.split(",")):
-            pairs = pairs_for(topo, args.flows, seed)
+            pairs = random_routable_pairs(topo, args.flows, seed)
             start = time.perf_counter()
             rows = cross_check(topo, pairs, seconds=args.seconds)
             wall = time.perf_counter() - start

@@ -48,6 +48,11 @@ class PrefixCache:
         self.clock += 1
         self.last_used[row] = self.clock
 
+    def clear(self) -> None:
+        """Every row forgotten (their caches were cleared); the lookup counts go on."""
+        self.held = [[] for _ in self.held]
+        self.last_used = [0] * len(self.held)
+
     def forget(self, row: int) -> None:
         """The row's content is not to be trusted (its sequence failed)."""
         self.held[row] = []
@@ -56,10 +61,11 @@ class PrefixCache:
         """(row to take, row to reuse the prefix of, prefix length) for a new prompt, given the free rows and the
         computed tokens of each running row; the length leaves at least the prompt's last token to feed."""
         limit = len(prompt) - 1
-        best_free = max(free, key=lambda r: (min(common_prefix(prompt, self.held[r]), limit), -self.last_used[r], -r))
-        n_free = min(common_prefix(prompt, self.held[best_free]), limit)
-        take = best_free if n_free > 0 else min(free, key=lambda r: (self.last_used[r], r))
-        source, n = take, n_free if n_free > 0 else 0
+        matched = {r: min(common_prefix(prompt, self.held[r]), limit) for r in free}
+        best = max(free, key=lambda r: (matched[r], -self.last_used[r], -r))
+        n = matched[best]
+        take = best if n > 0 else min(free, key=lambda r: (self.last_used[r], r))  # no match: least recently used
+        source = take
         for row, tokens in running.items():
             m = min(common_prefix(prompt, tokens), limit)
             if m > n:

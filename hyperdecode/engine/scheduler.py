@@ -94,7 +94,7 @@ class Scheduler:
 
     def reset_prefix_cache(self) -> None:
         """Forgets what every row holds (their caches were cleared, or should not be reused)."""
-        self.prefix = PrefixCache(self.max_batch)
+        self.prefix.clear()
 
     def _admit(self, seq: Sequence) -> None:
         """Gives a sequence its slot: with prefix caching the row that holds (or receives) its longest cached

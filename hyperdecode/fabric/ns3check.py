@@ -22,12 +22,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .pfc import Flow, maxmin_rates
 from .pfccases import topology_net
 from .routing import Router, mix
 from .topology import Topology
 
-__all__ = ["cross_check", "routable", "flow_paths", "destination_routes", "maxmin_gbps", "PAYLOAD_SHARE"]
+__all__ = ["cross_check", "routable", "random_routable_pairs", "flow_paths", "destination_routes", "maxmin_gbps", "PAYLOAD_SHARE"]
 
 PAYLOAD_SHARE = 1448 / 1502
 
@@ -76,6 +78,13 @@ def routable(topo: Topology, pairs: list[tuple[int, int]], port_policy: str = "b
             continue
         kept = trial
     return kept
+
+
+def random_routable_pairs(topo: Topology, n: int, seed: int) -> list[tuple[int, int]]:
+    """Up to `n` random (src, dst) GPU pairs, drawn with `seed`, that static destination routes can carry."""
+    rng = np.random.default_rng(seed)
+    pairs = [tuple(int(x) for x in rng.choice(topo.num_gpus, 2, replace=False)) for _ in range(4 * n)]
+    return routable(topo, pairs)[:n]
 
 
 def cross_check(topo: Topology, pairs: list[tuple[int, int]], scale: float = 100.0, seconds: float = 0.4,

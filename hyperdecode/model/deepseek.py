@@ -273,18 +273,11 @@ class DeepseekForCausalLM(CausalLM):
                                            self.embed_tokens.weight.dtype, self.device)
             m.self_attn.cache.take(old)
 
-    def keep_cache(self, row: int, n: int, end: int | None = None) -> None:
-        super().keep_cache(row, n, end)
-        if self.mtp is not None and self.mtp.self_attn.cache is not None:
-            for t in self.mtp.self_attn.cache.tensors():
-                t[row, n:end] = 0
-
-    def copy_cache(self, src: int, dst: int, n: int) -> None:
-        super().copy_cache(src, dst, n)
-        if self.mtp is not None and self.mtp.self_attn.cache is not None:
-            for t in self.mtp.self_attn.cache.tensors():
-                t[dst, :n] = t[src, :n]
-                t[dst, n:] = 0
+    def row_caches(self) -> list[Tensor]:
+        """The main layers' caches and the MTP layer's (kept out of `cache_tensors`, which are the main model's)."""
+        mtp = self.mtp.self_attn.cache.tensors() if self.mtp is not None and self.mtp.self_attn.cache is not None \
+            else []
+        return super().row_caches() + mtp
 
     def mtp_forward(self, hidden: Tensor, next_tokens: Tensor, pos: Tensor, slots: Tensor | None = None,
                     use_cache: bool = False) -> Tensor:

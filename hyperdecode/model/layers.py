@@ -159,15 +159,19 @@ class CausalLM(nn.Module):
                 out[f"{i}.{name}"] = t
         return out
 
+    def row_caches(self) -> list[Tensor]:
+        """Every tensor the row operations below act on: the layers' caches (a family adds its own, e.g. MTP's)."""
+        return list(self.cache_tensors().values())
+
     def keep_cache(self, row: int, n: int, end: int | None = None) -> None:
         """Rollback: row `row` keeps its first n positions; positions n:end (None: all the rest) are cleared as in a
         fresh cache (a verify step passes the end of what it wrote, so only the rejected positions are touched)."""
-        for t in self.cache_tensors().values():
+        for t in self.row_caches():
             t[row, n:end] = 0
 
     def copy_cache(self, src: int, dst: int, n: int) -> None:
         """Prefix reuse: row `dst` becomes row `src`'s first n positions (the rest of `dst` cleared)."""
-        for t in self.cache_tensors().values():
+        for t in self.row_caches():
             t[dst, :n] = t[src, :n]
             t[dst, n:] = 0
 

@@ -214,6 +214,11 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
         return {"id": config.name, "object": "model", "created": int(time.time()), "owned_by": "hyperdecode",
                 "max_model_len": engine.max_model_len}
 
+    def check_served(model_id: str) -> None:
+        if model_id != config.name:
+            raise APIError(404, f"the model '{model_id}' does not exist (serving '{config.name}')", param="model",
+                           type="not_found_error", code="model_not_found")
+
     @v1.get("/models")
     async def models() -> dict:
         return {"object": "list", "data": [model_card()]}
@@ -221,9 +226,7 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
     @v1.get("/models/{model_id:path}")
     async def model(model_id: str) -> dict:
         card = model_card()
-        if model_id != config.name:
-            raise APIError(404, f"the model '{model_id}' does not exist (serving '{config.name}')", param="model",
-                           type="not_found_error", code="model_not_found")
+        check_served(model_id)
         return card
 
     @app.get("/version")
@@ -270,9 +273,7 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
 
     async def generate(request: HTTPRequest, g: GenerateRequest, size: int) -> Response:
         engine = state.ready_engine()
-        if g.model != config.name:
-            raise APIError(404, f"the model '{g.model}' does not exist (serving '{config.name}')", param="model",
-                           type="not_found_error", code="model_not_found")
+        check_served(g.model)
         if g.kind == "completion":
             engine.inputs.check_prompt(g.prompt)  # what needs no tokenizer is a 400 even under full load
         rid = new_id(g.kind, request.headers.get("x-request-id"))

@@ -61,8 +61,6 @@ class Metrics:
     def cached(self, scheduler: Scheduler) -> None:
         """After a step: the prefix cache's new lookups and hits, and the rows in use."""
         p = scheduler.prefix
-        if (p.queried, p.hits) < self._prefix_seen:  # the cache was reset: count from zero
-            self._prefix_seen = (0, 0)
         self.prefix_queries.inc(p.queried - self._prefix_seen[0])
         self.prefix_hits.inc(p.hits - self._prefix_seen[1])
         self._prefix_seen = (p.queried, p.hits)

@@ -5,15 +5,10 @@ import numpy as np
 import pytest
 
 from hyperdecode.fabric import fattree
-from hyperdecode.fabric.ns3check import cross_check, destination_routes, flow_paths, maxmin_gbps, routable
+from hyperdecode.fabric.ns3check import (cross_check, destination_routes, flow_paths, maxmin_gbps,
+                                         random_routable_pairs, routable)
 
 pytestmark = pytest.mark.slow
-
-
-def random_pairs(topo, n, seed):
-    rng = np.random.default_rng(seed)
-    pairs = [tuple(int(x) for x in rng.choice(topo.num_gpus, 2, replace=False)) for _ in range(4 * n)]
-    return routable(topo, pairs)[:n]
 
 
 def test_routes_refuse_two_ways_to_one_gpu():
@@ -32,7 +27,7 @@ def test_routes_refuse_two_ways_to_one_gpu():
                                            (fattree(16, 8, gpus_per_server=1, oversubscription=3), 8, 0)])
 def test_ns3_goodput_equals_max_min(topo, n, seed):
     pytest.importorskip("ns")
-    pairs = random_pairs(topo, n, seed)
+    pairs = random_routable_pairs(topo, n, seed)
     rates = maxmin_gbps(topo, flow_paths(topo, pairs))
     assert len(set(np.round(rates, 3))) > 1 or len(pairs) < 3  # more than one bottleneck level, where it can
     rows = cross_check(topo, pairs)

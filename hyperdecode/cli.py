@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 from .engine.llm import BACKENDS
 from .engine.speculative import parse_speculative
 from .flags import check_at_least, check_positive, flag
+from .serve.toolcalls import parser_names
 
 __all__ = ["main"]
 
@@ -151,6 +152,9 @@ def build_parser() -> Parser:
     v.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse the cache of prompt prefixes earlier requests computed (default on; "
                         "--no-enable-prefix-caching turns it off)")
+    v.add_argument("--tool-call-parser", default=None, choices=parser_names(),
+                   help="how the model writes tool calls (default: from the chat template's markers; hermes for a "
+                        "template that knows no tools)")
     v.add_argument("--speculative-config", default=None,
                    help='speculative decoding as vLLM takes it: a JSON object, e.g. \'{"method": "ngram", '
                         '"num_speculative_tokens": 4}\' (methods: mtp, ngram, suffix; suffix also takes '
@@ -323,7 +327,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
                           request_timeout=args.request_timeout, max_num_batched_tokens=args.max_num_batched_tokens,
                           max_request_bytes=args.max_request_bytes,
                           speculative_config=speculative_flag(args.speculative_config, "--speculative-config"),
-                          parallel=args.parallel, enable_prefix_caching=args.enable_prefix_caching)
+                          parallel=args.parallel, enable_prefix_caching=args.enable_prefix_caching,
+                          tool_call_parser=args.tool_call_parser)
     logging.basicConfig(level=logging.INFO, format="hyperdecode: %(levelname)s %(name)s: %(message)s")
     failures: list[str] = []
     servers: list[uvicorn.Server] = []
@@ -385,9 +390,9 @@ def http_error_message(e: Any) -> str:
 
 def follow_and_exit(llm: Any) -> NoReturn:
     """A rank other than 0: replay rank 0's steps until it ends the job."""
-    from .parallel.follow import follow
+    from .parallel.follow import exit_follower, follow
     follow(llm.runner)
-    raise SystemExit(0)
+    exit_follower(0)
 
 
 def main(argv: list[str] | None = None) -> int:

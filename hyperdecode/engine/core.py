@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .drafts import NgramDrafter, SuffixDrafter
 from .mtp import MtpDrafter
 from .runner import ReferenceRunner
-from .sampling import process_logits, sample
+from .sampling import process_logits, sample, token_logprobs
 from .scheduler import Scheduler, StepPlan
 from .sequence import Sequence
 from .speculative import SpeculativeConfig, SpecStats, accept, accept_greedy, parse_speculative
@@ -96,6 +96,7 @@ class EngineCore:
         """Ends a sequence now (a stop string: keep its first `num_output` tokens; or an abort) and frees its slot."""
         if num_output is not None:
             del seq.token_ids[len(seq.prompt_ids) + num_output:]
+            del seq.logprobs[num_output:]
         self._end(seq, reason)
 
     def fail(self, seq: Sequence, error: BaseException) -> None:
@@ -147,7 +148,9 @@ class EngineCore:
             pad = width - n
             tokens.append(seq.feed(n) + [0] * pad)
             pos.append(list(range(start, start + n)) + [-1] * pad)
-            if seq.prefilling:  # a prompt chunk samples after its last token once it reaches the newest one
+            if seq.prefilling and seq.params.prompt_logprobs is not None:  # every position scores the next token
+                row_want = [True] * n
+            elif seq.prefilling:  # a prompt chunk samples after its last token once it reaches the newest one
                 row_want = [False] * (n - 1) + [start + n == seq.num_tokens]
             else:  # a decoding row: its newest token and each draft token get a logit row (verification)
                 row_want = [True] * n
@@ -160,17 +163,20 @@ class EngineCore:
         for i, ((seq, n), row_want) in enumerate(zip(plan, want)):
             start = seq.num_computed
             count = sum(row_want)
-            if count == 0:  # a prompt chunk that does not reach the end
+            rows, row_greedy = logits[row:row + count], greedy[row:row + count]
+            row += count
+            if seq.prefilling and seq.params.prompt_logprobs is not None:
+                rows, row_greedy = self._score_prompt(seq, start, n, rows, row_greedy)
+            if not row_greedy:  # a prompt chunk that does not reach the end
                 seq.num_computed += n
                 observed.append((i, seq, start, n))
                 continue
             chosen.append(seq)
             try:
-                new = self._verify(seq, n, logits[row:row + count], greedy[row:row + count])
+                new = self._verify(seq, n, rows, row_greedy)
             except Exception as e:
                 self.fail(seq, e)
                 new = []
-            row += count
             kept = n if seq.prefilling else len(new)  # fed positions now in the cache: the newest + accepted drafts
             seq.num_computed += kept
             if kept < n and not seq.done:
@@ -179,6 +185,9 @@ class EngineCore:
                 if seq.done:
                     break
                 self.scheduler.append(seq, token)
+            del seq.logprobs[seq.num_output:]  # an end-of-sequence token is not output
+            if seq.constraint is not None and seq.constraint.done and not seq.done:
+                self._end(seq, "stop")  # the grammar is complete: nothing may follow
             observed.append((i, seq, start, kept))
         if self.drafter is not None:
             self._draft(observed)
@@ -186,7 +195,9 @@ class EngineCore:
 
     def _verify(self, seq: Sequence, n: int, logits: Tensor, greedy: list[int]) -> list[int]:
         """The tokens a row's logits yield: one sampled token (a prompt's end, or a row without a draft), or the
-        draft's accepted prefix and the model's next token."""
+        draft's accepted prefix and the model's next token. A grammar masks the row first (constrained rows get no
+        drafts) and follows the token; with logprobs on, each new token's are kept."""
+        raw = logits
         draft = seq.draft[:n - 1] if not seq.prefilling else []
         probs = seq.draft_probs[:n - 1] if seq.draft_probs is not None and draft else None
         seq.draft, seq.draft_probs = [], None
@@ -194,15 +205,35 @@ class EngineCore:
             outputs = [seq.output_ids + draft[:j] for j in range(logits.shape[0])]
             logits = process_logits(logits, seq.params, seq.prompt_ids, outputs, seq.eos_ids)
             greedy = logits.argmax(-1).tolist()
+        if seq.constraint is not None:
+            logits = seq.constraint.mask(logits[:1])
+            greedy = logits.argmax(-1).tolist()
         if seq.params.greedy:
             new = accept_greedy(draft, greedy)
         elif not draft:
             new = [int(sample(logits, seq.params, [seq.generator])[0])]
         else:
             new = accept(logits, draft, probs, seq.params, seq.generator)
+        if seq.constraint is not None:
+            seq.constraint.accept(new[0])
+        if seq.params.logprobs is not None:
+            seq.logprobs += token_logprobs(raw, new, seq.params.logprobs)
         if seq.spec is not None:
             seq.spec.record(len(draft), len(new) - 1)
         return new
+
+    def _score_prompt(self, seq: Sequence, start: int, n: int, rows: Tensor, greedy: list[int]
+                      ) -> tuple[Tensor, list[int]]:
+        """Keeps the prompt logprobs of a chunk fed with every position wanted (position p scores token p + 1);
+        returns the row that samples, if the chunk reaches the prompt's end (else none)."""
+        prompt = seq.prompt_ids
+        ends = start + n == len(prompt)
+        scored = n - 1 if ends else n
+        seq.prompt_logprobs += token_logprobs(rows[:scored], prompt[start + 1:start + 1 + scored],
+                                              seq.params.prompt_logprobs)
+        if ends:
+            return rows[-1:], greedy[-1:]
+        return rows[:0], []
 
     def _draft(self, observed: list[tuple[int, Sequence, int, int]]) -> None:
         """Drafts for the next step: the drafter sees what this step computed (an MTP drafter: the hidden states of
@@ -225,6 +256,8 @@ class EngineCore:
     def _draft_limit(self, seq: Sequence) -> int:
         """Draft tokens a sequence may verify next step: k, and no more than it may still emit (a verify step
         yields up to 1 + draft tokens) or its cache row holds."""
+        if seq.constraint is not None:  # a grammar masks one position at a time
+            return 0
         limit = min(self.drafter.k, self.max_seq - 1 - seq.num_tokens)
         if seq.params.max_tokens is not None:
             limit = min(limit, seq.params.max_tokens - seq.num_output - 1)

@@ -31,6 +31,8 @@ class Generation:
     token_ids: list[int]
     finish_reason: str
     stats: GenerationStats
+    logprobs: list | None = None  # with SamplingParams.logprobs: (token, logprob, top [(token, logprob)]) per token
+    prompt_logprobs: list | None = None  # with prompt_logprobs: the same for each prompt token after the first
 
 
 class OutputStream:
@@ -100,6 +102,7 @@ class OutputStream:
 
     def result(self) -> Generation:
         n = self.seq.num_output
+        params = self.seq.params
         end = self.end or time.perf_counter()
         ttft = (self.first_token_at or end) - self.start
         e2e = end - self.start
@@ -107,4 +110,6 @@ class OutputStream:
         tokens_per_s = 1.0 / tpot if tpot > 0 else (n / e2e if e2e > 0 else 0.0)
         return Generation(self.text, list(self.seq.output_ids), self.seq.finish_reason or "length",
                           GenerationStats(len(self.seq.prompt_ids), n, ttft, tpot, tokens_per_s, e2e,
-                                          self.seq.spec, self.seq.num_cached))
+                                          self.seq.spec, self.seq.num_cached),
+                          self.seq.logprobs[:n] if params.logprobs is not None else None,
+                          list(self.seq.prompt_logprobs) if params.prompt_logprobs is not None else None)

@@ -20,100 +20,49 @@ from typing import Any
 
 from ..errors import RequestError
 from ..model.tokenizer import Tokenizer
+from .chat import check_tools, hermes_messages, normalize_messages, require_unicode, template_tool_support, \
+    with_tools_listed
 from .output import OutputStream
 from .sampling import SamplingParams
 from .sequence import Sequence
+from .structured import GrammarCompiler
 
-__all__ = ["InputProcessor", "normalize_messages", "lone_surrogate", "ROLES", "Prompt"]
+__all__ = ["InputProcessor", "Prompt"]
 
-ROLES = ("system", "user", "assistant", "developer", "tool")
 Prompt = str | list[int]
-
-
-def lone_surrogate(value: Any, where: str) -> str | None:
-    """The path of the first string in a JSON value that is not valid Unicode (a lone surrogate such as "\\ud800",
-    which JSON allows but UTF-8 cannot encode), else None.
-
-    >>> lone_surrogate({"messages": [{"content": "ok"}, {"content": "\\ud800"}]}, "body")
-    'body.messages[1].content'
-    """
-    if isinstance(value, str):
-        return None if value.isascii() or _encodes(value) else where
-    if isinstance(value, dict):
-        items = ((f"{where}.{_printable(k)}" if where else _printable(k), k, v) for k, v in value.items())
-        for path, key, item in items:
-            found = lone_surrogate(key, path) or lone_surrogate(item, path)
-            if found:
-                return found
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            found = lone_surrogate(item, f"{where}[{i}]")
-            if found:
-                return found
-    return None
-
-
-def _printable(key: Any) -> str:
-    """A key as a path element that UTF-8 can always encode (lone surrogates escaped as \\udXXX)."""
-    text = str(key)
-    return text if _encodes(text) else json.dumps(text)[1:-1]
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def require_unicode(value: Any, param: str) -> None:
-    found = lone_surrogate(value, param)
-    if found:
-        raise RequestError(f"'{found}' is not valid Unicode (it has a lone surrogate)", param=found)
-
-
-def normalize_messages(messages: Any) -> list[dict[str, str]]:
-    """Chat messages as {"role", "content"} with string content (a list of text parts is joined)."""
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' must be a non-empty list", param="messages")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise RequestError(f"messages[{i}] needs a 'role' in {ROLES}", param=f"messages[{i}].role")
-        content = m.get("content")
-        if isinstance(content, list):  # text parts only
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise RequestError("only text content parts are supported", param=f"messages[{i}].content")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise RequestError(f"messages[{i}].content must be a string", param=f"messages[{i}].content")
-        require_unicode(content, f"messages[{i}].content")
-        out.append({"role": m["role"], "content": content})
-    return out
 
 
 class InputProcessor:
     """Tokenizes and checks requests for one model and context limit (`max_model_len` positions per sequence)."""
 
-    def __init__(self, tokenizer: Tokenizer | None, vocab_size: int, eos_ids: list[int], max_model_len: int):
+    def __init__(self, tokenizer: Tokenizer | None, vocab_size: int, eos_ids: list[int], max_model_len: int,
+                 grammars: GrammarCompiler | None = None):
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.eos_ids = frozenset(eos_ids)
         self.max_model_len = max_model_len
+        self._grammars = grammars
 
     def with_limit(self, max_model_len: int) -> "InputProcessor":
-        return InputProcessor(self.tokenizer, self.vocab_size, list(self.eos_ids), max_model_len)
+        return InputProcessor(self.tokenizer, self.vocab_size, list(self.eos_ids), max_model_len, self.grammars)
+
+    @property
+    def grammars(self) -> GrammarCompiler | None:
+        """Structured output's matchers for this tokenizer (built on first use; None without a tokenizer)."""
+        if self._grammars is None and self.tokenizer is not None:
+            self._grammars = GrammarCompiler(self.tokenizer, self.vocab_size, sorted(self.eos_ids))
+        return self._grammars
 
     def require_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
             raise RequestError("this model has no tokenizer (no tokenizer.json); pass token ids", param="prompt")
         return self.tokenizer
 
-    def chat_prompt(self, messages: Any, template_kwargs: dict[str, Any] | None = None) -> list[int]:
+    def chat_prompt(self, messages: Any, template_kwargs: dict[str, Any] | None = None,
+                    tools: list[dict[str, Any]] | None = None) -> list[int]:
         """The chat template applied to the messages (extra template variables in `template_kwargs`, as vLLM's
-        chat_template_kwargs), tokenized."""
+        chat_template_kwargs), tokenized. `tools` go to a template that renders them, else into the messages
+        (chat.py's Hermes form)."""
         from jinja2.exceptions import TemplateError
         tok = self.require_tokenizer()
         if tok.chat_template is None:
@@ -121,6 +70,14 @@ class InputProcessor:
                                param="messages")
         kwargs = {"add_generation_prompt": True, **check_template_kwargs(template_kwargs)}
         messages = normalize_messages(messages)
+        tools = check_tools(tools)
+        lists_tools, renders_calls = template_tool_support(tok.chat_template)
+        if not renders_calls:
+            messages = hermes_messages(messages)
+        if tools and lists_tools:
+            kwargs["tools"] = tools
+        elif tools:
+            messages = with_tools_listed(messages, tools, how_to_call=not renders_calls)
         try:
             text = tok.apply_chat_template(messages, **kwargs)
         except TemplateError as e:  # the template's own raise_exception("..."), or the sandbox's refusal
@@ -151,13 +108,14 @@ class InputProcessor:
         return list(prompt)
 
     def process(self, prompt: Any = None, params: SamplingParams | None = None, messages: Any = None,
-                default_max_tokens: int | None = None,
-                template_kwargs: dict[str, Any] | None = None) -> tuple[Sequence, OutputStream]:
-        """A sequence for `prompt` (or chat `messages`); max_tokens unset means `default_max_tokens` (None: the
-        rest of the context), capped by the context; an explicit max_tokens beyond the context is an error."""
+                default_max_tokens: int | None = None, template_kwargs: dict[str, Any] | None = None,
+                tools: list[dict[str, Any]] | None = None) -> tuple[Sequence, OutputStream]:
+        """A sequence for `prompt` (or chat `messages`, offered `tools`); max_tokens unset means
+        `default_max_tokens` (None: the rest of the context), capped by the context; an explicit max_tokens beyond
+        the context is an error. A `params.structured` grammar gets its matcher here."""
         params = params or SamplingParams()
         if messages is not None:
-            ids = self.chat_prompt(messages, template_kwargs)
+            ids = self.chat_prompt(messages, template_kwargs, tools)
         else:
             ids = self.prompt_ids(prompt)
         where = "messages" if messages is not None else "prompt"
@@ -171,6 +129,10 @@ class InputProcessor:
                                f"in the completion). Please reduce the length of the {where} or completion.",
                                param=where)
         seq = Sequence(ids, dataclasses.replace(params, max_tokens=max_tokens), self.eos_ids)
+        if params.structured is not None:
+            if self.grammars is None:
+                raise RequestError("structured output needs the model's tokenizer", param="response_format")
+            seq.constraint = self.grammars.constraint(params.structured)
         return seq, OutputStream(seq, self.tokenizer)
 
 

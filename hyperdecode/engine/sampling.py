@@ -11,12 +11,15 @@ import torch
 from torch import Tensor
 
 from ..errors import RequestError
+from .structured import check_spec
 
-__all__ = ["SamplingParams", "sample", "probabilities", "process_logits", "GREEDY_BELOW"]
+__all__ = ["SamplingParams", "sample", "probabilities", "process_logits", "token_logprobs", "GREEDY_BELOW",
+           "MAX_LOGPROBS"]
 
 GREEDY_BELOW = 1e-5  # a temperature below this is greedy (vLLM's _SAMPLING_EPS): 1/t would overflow
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 SEED_RANGE = (-(2 ** 63), 2 ** 64)  # what torch.Generator.manual_seed takes
+MAX_LOGPROBS = 20  # OpenAI's top_logprobs limit
 
 
 def _is_int(v: Any) -> bool:
@@ -43,6 +46,9 @@ class SamplingParams:
     presence_penalty: float = 0.0  # [-2, 2]; minus p when the token is in the output
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit, [-100, 100]
     min_tokens: int = 0  # end-of-sequence tokens are masked until this many tokens are out
+    logprobs: int | None = None  # each output token's log-probability and this many top alternatives (0..20)
+    prompt_logprobs: int | None = None  # the same for each prompt token after the first (no prefix-cache reuse)
+    structured: dict[str, Any] | None = None  # a grammar the output must match (structured.py's check_spec)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -69,6 +75,11 @@ class SamplingParams:
                 _is_int(k) and k >= 0 and _is_number(v) and -100 <= v <= 100 for k, v in self.logit_bias.items())),
              "an object mapping token ids to numbers in [-100, 100]"),
             ("min_tokens", _is_int(self.min_tokens) and self.min_tokens >= 0, "an integer, at least 0"),
+            ("logprobs", self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS),
+             f"an integer in [0, {MAX_LOGPROBS}]"),
+            ("prompt_logprobs", self.prompt_logprobs is None or (_is_int(self.prompt_logprobs)
+                                                                 and 0 <= self.prompt_logprobs <= MAX_LOGPROBS),
+             f"an integer in [0, {MAX_LOGPROBS}]"),
         ]
         for name, ok, want in checks:
             if not ok:
@@ -76,6 +87,8 @@ class SamplingParams:
         self.temperature = float(self.temperature)
         self.top_p = float(self.top_p)
         self.top_k = max(self.top_k, 0)
+        if self.structured is not None:
+            check_spec(self.structured)
 
     @property
     def greedy(self) -> bool:
@@ -118,6 +131,26 @@ def process_logits(logits: Tensor, params: SamplingParams, prompt: list[int], ou
             for token in eos_ids:
                 if token < V:
                     row[token] = float("-inf")
+    return out
+
+
+def token_logprobs(logits: Tensor, tokens: list[int], top: int) -> list[tuple[int, float, list[tuple[int, float]]]]:
+    """logits [n, V] of the positions that chose `tokens` [n] -> (token, its log-probability, the `top` most likely
+    tokens with theirs) per position: log_softmax of the model's own logits (vLLM's default "raw_logprobs": before
+    penalties, bias, temperature or a grammar).
+
+    >>> [(t, round(lp, 4)) for t, lp, _ in token_logprobs(torch.tensor([[0.0, 0.0]]), [1], 0)]
+    [(1, -0.6931)]
+    """
+    if not tokens:
+        return []
+    lp = torch.log_softmax(logits[:len(tokens)].float(), dim=-1)
+    chosen = lp.gather(1, torch.tensor(tokens, device=lp.device).view(-1, 1))[:, 0].tolist()
+    best = torch.topk(lp, min(top, lp.shape[-1]), dim=-1) if top else None
+    out = []
+    for j, token in enumerate(tokens):
+        alternatives = list(zip(best.indices[j].tolist(), best.values[j].tolist())) if best is not None else []
+        out.append((token, chosen[j], alternatives))
     return out
 
 

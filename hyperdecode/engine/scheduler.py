@@ -82,7 +82,7 @@ class Scheduler:
                 n = int(min(seq.remaining, left))
                 plan.append((seq, n))
                 left -= n
-        while self.waiting and self.free and left > 0:
+        while self.waiting and self.free and left > 0 and self._ready(self.waiting[0]):
             seq = self.waiting.popleft()
             self._admit(seq)
             seq.status = Status.RUNNING
@@ -96,10 +96,18 @@ class Scheduler:
         """Forgets what every row holds (their caches were cleared, or should not be reused)."""
         self.prefix.clear()
 
+    def _ready(self, seq: Sequence) -> bool:
+        """A sibling of a parallel-sampling request (n > 1) waits until the first one's prompt is in the cache,
+        whose prefix it then reuses."""
+        first = seq.after
+        if first is None or not self.prefix_caching or first.done:
+            return True
+        return first.status is Status.RUNNING and not first.prefilling
+
     def _admit(self, seq: Sequence) -> None:
         """Gives a sequence its slot: with prefix caching the row that holds (or receives) its longest cached
-        prefix, which it then does not feed."""
-        if not self.prefix_caching:
+        prefix, which it then does not feed (nor when it asks for prompt logprobs: every position is scored)."""
+        if not self.prefix_caching or seq.params.prompt_logprobs is not None:
             seq.slot = self.free.pop()
             self.prefix.forget(seq.slot)
             return

@@ -36,6 +36,10 @@ class Sequence:
     error: str | None = None  # why it failed, when finish_reason is "error"
     num_cached: int = 0  # prompt tokens found in the prefix cache (not fed)
     reuse: tuple[int, int, int] | None = None  # (source row, own row, n): the prefix the core copies before a step
+    after: "Sequence | None" = None  # a sibling (n > 1) waits for this one's prompt to be cached, then reuses it
+    constraint: Any = None  # a grammar matcher (structured.py) the output must follow
+    logprobs: list = field(default_factory=list)  # per output token: (token, logprob, top alternatives)
+    prompt_logprobs: list = field(default_factory=list)  # per prompt token after the first, the same
     # speculative decoding: the draft the next step verifies after the newest token, its distribution q [len, V]
     # (None: deterministic), the drafter's own state, and the counts the request reports
     draft: list[int] = field(default_factory=list)

@@ -1,6 +1,7 @@
 """Tokenizers from HF `tokenizer.json`, from GGUF metadata, or byte-level for random presets; Jinja chat templates."""
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +35,18 @@ def byte_to_unicode() -> dict[int, str]:
     return table
 
 
+@functools.cache
+def unicode_to_byte() -> dict[str, int]:
+    return {c: b for b, c in byte_to_unicode().items()}
+
+
+def template_json(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+                  separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    """The `tojson` filter chat templates expect (transformers' own: json.dumps's options, no HTML escaping;
+    Jinja's built-in one takes none of them)."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
 class Tokenizer:
     def __init__(self, tok: HFTokenizer, *, bos_token_id: int | None = None, eos_token_ids: list[int] = (),
                  add_bos: bool = False, chat_template: str | None = None):
@@ -57,6 +70,17 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """A token's own bytes (a byte-level token may be part of one UTF-8 character; its text alone is then
+        U+FFFD), as OpenAI's logprobs report them."""
+        piece = self.tok.id_to_token(token_id)
+        if piece is None:
+            return b""
+        table = unicode_to_byte()
+        if all(c in table for c in piece):
+            return bytes(table[c] for c in piece)
+        return self.decode([token_id]).encode()
+
     def token_to_id(self, token: str) -> int | None:
         return self.tok.token_to_id(token)
 
@@ -77,6 +101,7 @@ class Tokenizer:
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
             env.globals.update(raise_exception=raise_exception,
                                strftime_now=lambda fmt: datetime.now().strftime(fmt))
+            env.filters["tojson"] = template_json
             self._template = env.from_string(self.chat_template)
         bos = self.decode([self.bos_token_id]) if self.bos_token_id is not None else ""
         eos = self.decode(self.eos_token_ids[:1]) if self.eos_token_ids else ""

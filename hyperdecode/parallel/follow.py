@@ -8,7 +8,10 @@ the followers with an error instead of leaving them waiting.
 from __future__ import annotations
 
 import atexit
+import os
+import sys
 import threading
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -16,7 +19,7 @@ from torch import Tensor, nn
 
 from ..engine.runner import ReferenceRunner
 
-__all__ = ["LeaderRunner", "follow", "leave", "interrupted", "HEARTBEAT_S"]
+__all__ = ["LeaderRunner", "follow", "leave", "exit_follower", "interrupted", "HEARTBEAT_S"]
 
 STOP, FORWARD, ROLLBACK, SETUP, NOOP, REUSE = 0, 1, 2, 3, 4, 5
 HEADER = 6  # command, then up to 5 integers
@@ -100,6 +103,15 @@ def leave() -> None:
     still talks to it aborts the process)."""
     dist.barrier()
     dist.destroy_process_group()
+
+
+def exit_follower(code: int = 0) -> NoReturn:
+    """Ends a follower's process once its loop has left the group: output flushed, then `os._exit`, without the
+    interpreter's teardown, in which a gloo worker thread still joinable aborts the process now and then
+    ("terminate called without an active exception", seen about once in 20 runs of a 3-rank job here)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def follow(runner: ReferenceRunner) -> None:

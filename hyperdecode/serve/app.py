@@ -24,22 +24,22 @@ from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..engine.llm import LLM
-from ..engine.output import Generation, OutputStream
-from ..engine.request import lone_surrogate
+from ..engine.output import Generation
+from ..engine.chat import lone_surrogate
 from ..engine.sampling import SamplingParams
-from ..engine.sequence import Sequence
 from ..errors import RequestError
 from .engine import Engine, Request
 from .limits import BodyLimit, default_max_request_bytes
 from .metrics import Metrics
-from .protocol import APIError, GenerateRequest, chunk, completion_body, error_body, new_id, parse_chat, \
-    parse_completion, usage
+from .playground import router as playground_router
+from .generation import ENGINE_SLACK_S, Choice, completion_body, final_event, next_event, request_deadline, respond_sse, \
+    results, sequences, submit, tool_parser_name
+from .responses import new_item_id, output_items, parse_response_request, response_body, response_events, status_of
+from .protocol import APIError, GenerateRequest, error_body, new_id, parse_chat, parse_completion
 
 __all__ = ["ServerConfig", "create_app"]
 
-COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 TOKENIZE_INLINE_BYTES = 16384  # bodies above this are templated and tokenized in a worker thread
-ENGINE_SLACK_S = 5.0  # a handler waits this much past its request's deadline for the engine's answer
 log = logging.getLogger("hyperdecode.serve")
 
 
@@ -62,6 +62,7 @@ class ServerConfig:
     speculative_config: str | dict | None = None  # vLLM's --speculative-config (e.g. {"method": "ngram", ...})
     parallel: str | None = None  # "tp": this process is rank 0 of a torchrun job (parallel/follow.py)
     enable_prefix_caching: bool = True  # vLLM's --enable-prefix-caching / --no-enable-prefix-caching
+    tool_call_parser: str | None = None  # vLLM's --tool-call-parser (None: from the chat template)
 
     @property
     def name(self) -> str:
@@ -211,8 +212,11 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
 
     def model_card() -> dict:
         engine = state.ready_engine()
+        spec = engine.llm.core.speculative
+        speculative = None if spec is None else f"{spec.method}:{spec.num_speculative_tokens}"
         return {"id": config.name, "object": "model", "created": int(time.time()), "owned_by": "hyperdecode",
-                "max_model_len": engine.max_model_len}
+                "max_model_len": engine.max_model_len, "backend": engine.llm.backend, "device": str(engine.llm.device),
+                "speculative": speculative, "prefix_caching": engine.llm.core.scheduler.prefix_caching}
 
     def check_served(model_id: str) -> None:
         if model_id != config.name:
@@ -271,127 +275,89 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
         body, size = await body_of(request)
         return await generate(request, parse_completion(body), size)
 
-    async def generate(request: HTTPRequest, g: GenerateRequest, size: int) -> Response:
+    async def admit(request: HTTPRequest, g: GenerateRequest, size: int, rid: str
+                    ) -> tuple[Engine, list[Choice], float | None]:
+        """The request's choices submitted to the engine, and its deadline."""
         engine = state.ready_engine()
         check_served(g.model)
         if g.kind == "completion":
-            engine.inputs.check_prompt(g.prompt)  # what needs no tokenizer is a 400 even under full load
-        rid = new_id(g.kind, request.headers.get("x-request-id"))
+            for prompt in g.prompts:  # what needs no tokenizer is a 400 even under full load
+                engine.inputs.check_prompt(prompt)
         timeout = request_deadline(g.timeout_s, config.request_timeout)
+        parser = tool_parser_name(engine, config.tool_call_parser)
         with engine.admission():  # 429 here, before the template and tokenizer run
             if size > TOKENIZE_INLINE_BYTES:
-                seq, stream = await asyncio.to_thread(make_sequence, engine, g)
+                made = await asyncio.to_thread(sequences, engine, g)
             else:
-                seq, stream = make_sequence(engine, g)
-            req = engine.submit(seq, stream, timeout, rid)
-        headers = {"x-request-id": rid}
-        if g.stream:
-            return StreamingResponse(sse(engine, req, g, rid), media_type="text/event-stream", headers=headers)
-        watcher = asyncio.create_task(cancel_on_disconnect(request, engine, req))
+                made = sequences(engine, g)
+            return engine, submit(engine, g, made, timeout, rid, parser), timeout
+
+    async def answer(request: HTTPRequest, engine: Engine, choices: list[Choice], timeout: float | None,
+                     respond: Callable[[list[Generation]], dict], headers: dict[str, str]) -> Response:
+        """A non-streamed answer: the choices' results (cancelled when the client leaves) as `respond` shapes them."""
+        reqs = [c.req for c in choices]
+        watcher = asyncio.create_task(cancel_on_disconnect(request, engine, reqs))
         try:
-            kind, payload = await final_event(req, None if timeout is None else timeout + ENGINE_SLACK_S)
+            outputs = await results(choices, None if timeout is None else timeout + ENGINE_SLACK_S)
         finally:
             gone = watcher.done()
             watcher.cancel()
-            engine.cancel(req)  # a no-op once finished
+            for req in reqs:
+                engine.cancel(req)  # a no-op once finished
         if gone:
             return Response(status_code=499)  # the client went away
-        if kind != "done":
-            raise payload
-        return JSONResponse(completion_body(g.kind, rid, config.name, payload.text, payload.finish_reason,
-                                            payload.stats.prompt_tokens, payload.stats.output_tokens,
-                                            spec_usage(payload), payload.stats.cached_tokens), headers=headers)
+        return JSONResponse(respond(outputs), headers=headers)
 
-    async def sse(engine: Engine, req: Request, g: GenerateRequest, rid: str) -> AsyncIterator[str]:
-        created, first, n = int(time.time()), True, len(req.seq.prompt_ids)
-        bound = None if req.deadline is None else req.deadline + ENGINE_SLACK_S
-        try:
-            while True:
-                kind, payload = await next_event(req, bound)
-                if kind == "text":
-                    extra = usage(n, len(req.seq.output_ids), None, req.seq.num_cached) if g.continuous_usage else None
-                    yield event(chunk(g.kind, rid, config.name, created, payload, None, first, extra))
-                    first = False
-                elif kind == "done":
-                    yield event(chunk(g.kind, rid, config.name, created, "", payload.finish_reason, first))
-                    if g.include_usage:
-                        u = usage(payload.stats.prompt_tokens, payload.stats.output_tokens, spec_usage(payload),
-                                  payload.stats.cached_tokens)
-                        yield event(chunk(g.kind, rid, config.name, created, None, None, False, u))
-                    yield "data: [DONE]\n\n"
-                    return
-                else:
-                    yield event(error_body(payload))
-                    yield "data: [DONE]\n\n"
-                    return
-        finally:
-            engine.cancel(req)  # runs when the client disconnects mid-stream (the response task is cancelled)
+    async def generate(request: HTTPRequest, g: GenerateRequest, size: int) -> Response:
+        rid = new_id(g.kind, request.headers.get("x-request-id"))
+        engine, choices, timeout = await admit(request, g, size, rid)
+        headers = {"x-request-id": rid}
+        tokenizer = engine.inputs.tokenizer
+        if g.stream:
+            return StreamingResponse(respond_sse(engine, g, rid, config.name, choices, tokenizer),
+                                     media_type="text/event-stream", headers=headers)
+        return await answer(request, engine, choices, timeout,
+                            lambda outputs: completion_body(g, rid, config.name, choices, outputs, tokenizer), headers)
+
+    @v1.post("/responses")
+    async def responses(request: HTTPRequest) -> Response:
+        body, size = await body_of(request)
+        g, raw = parse_response_request(body)
+        rid = request.headers.get("x-request-id") or new_item_id("resp")
+        engine, choices, timeout = await admit(request, g, size, rid)
+        headers = {"x-request-id": rid}
+        choice = choices[0]
+        if g.stream:
+            bound = None if choice.req.deadline is None else choice.req.deadline + ENGINE_SLACK_S
+            events = response_events(rid, config.name, raw, choice, lambda req: next_event(req, bound))
+            return StreamingResponse(cancel_after(events, engine, [choice.req]), media_type="text/event-stream",
+                                     headers=headers)
+        created = time.time()
+        return await answer(request, engine, choices, timeout, lambda outputs: response_body(
+            rid, config.name, raw, created, status_of(outputs[0]), output_items(choice, outputs[0]), outputs[0]),
+            headers)
 
     app.include_router(v1)
+    app.include_router(playground_router)
     return app
 
 
-def spec_usage(result: Generation) -> dict | None:
-    """The request's speculative-decoding counts for its usage object (None when speculation is off)."""
-    spec = result.stats.speculative
-    return None if spec is None else spec.as_dict()
-
-
-def make_sequence(engine: Engine, g: GenerateRequest) -> tuple[Sequence, OutputStream]:
-    """The request path `hd.LLM` uses too; OpenAI's default length: chat to the end of the context, completions 16."""
-    if g.kind == "chat":
-        return engine.inputs.process(params=g.params, messages=g.prompt, template_kwargs=g.template_kwargs)
-    return engine.inputs.process(g.prompt, g.params, default_max_tokens=COMPLETION_DEFAULT_MAX_TOKENS)
-
-
-# Characters JSON leaves raw that str.splitlines() (and so many SSE clients, httpx's aiter_lines among them) take
-# for line breaks: escaped, so that one event is one line for every client.
-LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
-
-
-def event(obj: dict) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False).translate(LINE_BREAKS)}\n\n"
-
-
-def request_deadline(asked: float | None, server: float | None) -> float | None:
-    """A request's deadline in seconds: its own request_timeout may shorten the server's, never lengthen it.
-
-    >>> request_deadline(5.0, 600.0), request_deadline(1e9, 600.0), request_deadline(None, None)
-    (5.0, 600.0, None)
-    """
-    given = [t for t in (asked, server) if t is not None]
-    return min(given) if given else None
-
-
-def engine_silent() -> APIError:
-    return APIError(503, "the engine did not answer within the request's deadline", type="server_error")
-
-
-async def next_event(req: Request, until: float | None) -> tuple[str, Any]:
-    """The request's next event ("text", "done" or "error"); an "error" when the engine says nothing by `until`
-    (a monotonic time; None: no bound)."""
-    if until is None:
-        return await req.queue.get()
+async def cancel_after(events: AsyncIterator[str], engine: Engine, reqs: list[Request]) -> AsyncIterator[str]:
+    """A stream that cancels its requests when it ends (also when the client leaves mid-stream)."""
     try:
-        return await asyncio.wait_for(req.queue.get(), max(until - time.monotonic(), 0.001))
-    except asyncio.TimeoutError:
-        return "error", engine_silent()
+        async for line in events:
+            yield line
+    finally:
+        for req in reqs:
+            engine.cancel(req)
 
 
-async def final_event(req: Request, within_s: float | None) -> tuple[str, Any]:
-    """The request's last event, "done" (with its Generation) or "error" (with its APIError), within `within_s`."""
-    until = None if within_s is None else time.monotonic() + within_s
-    while True:
-        kind, payload = await next_event(req, until)
-        if kind != "text":
-            return kind, payload
-
-
-async def cancel_on_disconnect(request: HTTPRequest, engine: Engine, req: Request) -> None:
+async def cancel_on_disconnect(request: HTTPRequest, engine: Engine, reqs: list[Request]) -> None:
     """Waits for the client to go away (the body is already read, so the next ASGI message is the disconnect) and
-    cancels its request at once: the engine drops it before its next step."""
+    cancels its requests at once: the engine drops them before its next step."""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            engine.cancel(req)
+            for req in reqs:
+                engine.cancel(req)
             return

@@ -47,6 +47,7 @@ class Request:
     cancelled: bool = False
     last_token_at: float = 0.0
     tokens_seen: int = 0  # output tokens already delivered
+    logprobs_sent: int = 0  # output tokens whose logprobs went out with a "text" event
     probe: bool = False  # readiness probes: the spare slot, kept out of the metrics
 
     def emit(self, kind: str, payload: Any) -> None:
@@ -238,8 +239,10 @@ class Engine:
                 for _ in range(new_tokens):
                     self.metrics.itl.observe((now - req.last_token_at) / new_tokens)
         req.last_token_at = now
-        if piece:
-            req.emit("text", piece)
+        entries = seq.logprobs[req.logprobs_sent:seq.num_output]
+        req.logprobs_sent += len(entries)
+        if piece or entries:
+            req.emit("text", (piece, entries))
         if seq.done:
             self._finish(req, seq.finish_reason, None)
 

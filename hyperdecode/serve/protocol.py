@@ -4,41 +4,42 @@ from __future__ import annotations
 import json
 import math
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.request import check_template_kwargs, normalize_messages
-from ..engine.sampling import SamplingParams
+from ..engine.chat import check_tools, normalize_messages
+from ..engine.request import check_template_kwargs
+from ..engine.sampling import MAX_LOGPROBS, SamplingParams
+from ..engine.structured import check_spec
 from ..errors import RequestError
 
-__all__ = ["APIError", "GenerateRequest", "parse_chat", "parse_completion", "chunk", "completion_body",
-           "usage", "error_body"]
+__all__ = ["APIError", "GenerateRequest", "parse_chat", "parse_completion", "usage", "error_body", "new_id",
+           "structured_of", "tool_choice_of", "forced_tool_schema", "is_batch"]
 
 # The field policy (vLLM's): a field that does not change the output is accepted and ignored; an unknown field
 # is ignored with a logged warning; a field that would change the output and is not implemented is a 400 naming
 # it, unless it carries its neutral value (the value that means "off").
 COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options",
           "ignore_eos", "request_timeout", "skip_special_tokens", "frequency_penalty", "presence_penalty",
-          "repetition_penalty", "logit_bias", "min_tokens"}  # implemented; NEUTRAL's names are handled there
-CHAT = COMMON | {"messages", "max_completion_tokens", "chat_template_kwargs"}
-COMPLETION = COMMON | {"prompt"}
+          "repetition_penalty", "logit_bias", "min_tokens", "n", "logprobs", "response_format", "guided_json",
+          "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}  # implemented
+CHAT = COMMON | {"messages", "max_completion_tokens", "chat_template_kwargs", "tools", "tool_choice", "top_logprobs"}
+COMPLETION = COMMON | {"prompt", "echo"}
 NO_EFFECT = {"user", "store", "metadata", "service_tier", "parallel_tool_calls", "prompt_cache_key",
              "safety_identifier", "prediction", "priority", "spaces_between_special_tokens"}
 NEUTRAL: dict[str, tuple[Any, ...]] = {  # not implemented: accepted only with one of these values
-    "tools": (None, []), "functions": (None, []), "tool_choice": (None, "none", "auto"),
-    "function_call": (None, "none", "auto"), "response_format": (None, {"type": "text"}),
+    "functions": (None, []), "function_call": (None, "none", "auto"),
     "suffix": (None, ""), "audio": (None,), "modalities": (None, ["text"]),
     "min_p": (None, 0, 0.0),
-    "reasoning_effort": (None,), "web_search_options": (None,), "guided_json": (None,), "guided_regex": (None,),
-    "guided_choice": (None,), "guided_grammar": (None,), "structured_outputs": (None,),
+    "reasoning_effort": (None,), "web_search_options": (None,),
     "include_stop_str_in_output": (None, False), "stop_token_ids": (None, []), "bad_words": (None, []),
-    "truncate_prompt_tokens": (None,), "prompt_logprobs": (None, 0), "use_beam_search": (None, False),
+    "truncate_prompt_tokens": (None,), "prompt_logprobs": (None,), "use_beam_search": (None, False),
     "length_penalty": (None, 1, 1.0), "add_generation_prompt": (None, True), "continue_final_message": (None, False),
-    "echo": (None, False), "logprobs": (None, False, 0), "top_logprobs": (None, 0), "n": (None, 1),
     "best_of": (None, 1),
 }
+MAX_N = 16  # parallel samples per prompt
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for /v1/completions' `logprobs`
 log = logging.getLogger("hyperdecode.serve")
 _warned: set[str] = set()
 
@@ -67,6 +68,19 @@ class GenerateRequest:
     continuous_usage: bool
     timeout_s: float | None
     template_kwargs: dict[str, Any] | None = None
+    n: int = 1  # parallel samples per prompt
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = "none"  # "none", "auto", "required" or the name of the one function to call ({"name": ...})
+    logprobs: int | None = None  # top alternatives reported per token (None: no logprobs)
+    echo: bool = False  # completions: the prompt comes back before the completion (with its logprobs)
+    structured_field: str | None = None  # the field that asked for a grammar (its errors name it)
+
+    @property
+    def prompts(self) -> list[Any]:
+        """The prompts of the request (completions may batch several: a list of strings or of token-id lists)."""
+        if self.kind == "completion" and is_batch(self.prompt):
+            return list(self.prompt)
+        return [self.prompt]
 
 
 def bad(param: str, message: str) -> APIError:
@@ -94,7 +108,9 @@ def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, Samplin
     model = check_type(body, "model", (str,), "a string")
     if not model:
         raise bad("model", "'model' is required")
-    check_type(body, "n", (int,), "an integer")
+    n = check_type(body, "n", (int,), "an integer")
+    if n is not None and not 1 <= n <= MAX_N:
+        raise bad("n", f"'n' must be in [1, {MAX_N}], got {n}")
     for name, neutral in NEUTRAL.items():
         if body.get(name) not in neutral:
             raise bad(name, f"'{name}' is not supported with value {_short(body[name])} (only "
@@ -124,15 +140,107 @@ def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, Samplin
                                 frequency_penalty=given(body, "frequency_penalty", 0.0),
                                 presence_penalty=given(body, "presence_penalty", 0.0),
                                 repetition_penalty=given(body, "repetition_penalty", 1.0),
-                                logit_bias=token_keys(body.get("logit_bias")), min_tokens=given(body, "min_tokens", 0))
+                                logit_bias=token_keys(body.get("logit_bias")), min_tokens=given(body, "min_tokens", 0),
+                                structured=structured_of(body))
     except RequestError as e:
         if e.param == "max_tokens" and max_tokens_field != "max_tokens":
             raise RequestError(str(e).replace("'max_tokens'", f"'{max_tokens_field}'"), param=max_tokens_field) from None
         raise
+    structured_field = next((k for k in ("response_format", "structured_outputs", *STRUCTURED_FIELDS)
+                             if body.get(k) not in (None, {"type": "text"})), None)
     meta = {"model": model, "stream": bool(body.get("stream", False)),
             "include_usage": bool(options.get("include_usage")),
-            "continuous_usage": bool(options.get("continuous_usage_stats")), "timeout_s": timeout}
+            "continuous_usage": bool(options.get("continuous_usage_stats")), "timeout_s": timeout, "n": n or 1,
+            "structured_field": structured_field}
     return meta, params
+
+
+STRUCTURED_FIELDS = {"guided_json": "json_schema", "guided_regex": "regex", "guided_choice": "choice",
+                     "guided_grammar": "grammar"}  # vLLM's older names
+STRUCTURED_KEYS = {"json": "json_schema", "regex": "regex", "choice": "choice", "grammar": "grammar",
+                   "json_object": "json_object"}  # vLLM's structured_outputs object
+
+
+def structured_of(body: dict) -> dict[str, Any] | None:
+    """The one grammar a request asks for: OpenAI's response_format, or vLLM's structured_outputs / guided_*."""
+    found = []
+    fmt = body.get("response_format")
+    if fmt is not None:
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind not in ("text", "json_object", "json_schema"):
+            raise bad("response_format", "'response_format' must be {'type': 'text' | 'json_object' | 'json_schema'}")
+        if kind == "json_object":
+            found.append(("response_format", {"json_object": True}))
+        elif kind == "json_schema":
+            inner = fmt.get("json_schema")
+            schema = inner.get("schema") if isinstance(inner, dict) else None
+            if not isinstance(schema, (dict, bool)):
+                raise bad("response_format", "'response_format.json_schema.schema' must be a JSON schema")
+            found.append(("response_format", {"json_schema": schema}))
+    for name, kind in STRUCTURED_FIELDS.items():
+        if body.get(name) is not None:
+            value = body[name]
+            if kind == "json_schema" and isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    raise bad(name, f"'{name}' is not valid JSON") from None
+            found.append((name, {kind: value}))
+    outputs = body.get("structured_outputs")
+    if outputs is not None:
+        given_keys = [k for k in STRUCTURED_KEYS if isinstance(outputs, dict) and outputs.get(k) not in (None, False)]
+        if len(given_keys) != 1:
+            raise bad("structured_outputs", f"'structured_outputs' must give one of {', '.join(STRUCTURED_KEYS)}")
+        found.append(("structured_outputs", {STRUCTURED_KEYS[given_keys[0]]: outputs[given_keys[0]]}))
+    if len(found) > 1:
+        raise bad(found[1][0], f"'{found[0][0]}' and '{found[1][0]}' both constrain the output; give one")
+    if not found:
+        return None
+    name, spec = found[0]
+    try:
+        return check_spec(spec)
+    except RequestError as e:
+        raise bad(name, f"'{name}': {e}") from None
+
+
+def tool_choice_of(body: dict, tools: list[dict] | None) -> Any:
+    """"none", "auto", "required" or {"name": f}: OpenAI's tool_choice (also the Responses API's flat form)."""
+    choice = body.get("tool_choice")
+    if not tools:
+        if choice not in (None, "none"):
+            raise bad("tool_choice", "'tool_choice' needs 'tools'")
+        return "none"
+    if choice is None:
+        return "auto"
+    if choice in ("none", "auto", "required"):
+        return choice
+    function = choice.get("function", choice) if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(choice, dict) or choice.get("type") != "function" or not isinstance(name, str):
+        raise bad("tool_choice", "'tool_choice' must be 'none', 'auto', 'required' or "
+                                 "{'type': 'function', 'function': {'name': ...}}")
+    if name not in {t["function"]["name"] for t in tools}:
+        raise bad("tool_choice", f"'tool_choice' names the function '{name}', which is not in 'tools'")
+    return {"name": name}
+
+
+def forced_tool_schema(tools: list[dict], choice: Any) -> dict[str, Any] | None:
+    """The JSON schema a forced tool choice constrains the output to (vLLM's approach): the named function's
+    arguments, or for "required" a non-empty array of {"name", "parameters"} calls to any of the tools."""
+    parameters = {t["function"]["name"]: t["function"].get("parameters") or {"type": "object"} for t in tools}
+    if isinstance(choice, dict):
+        return parameters[choice["name"]]
+    if choice != "required":
+        return None
+    calls = [{"type": "object", "properties": {"name": {"const": name}, "parameters": schema},
+              "required": ["name", "parameters"], "additionalProperties": False}
+             for name, schema in parameters.items()]
+    return {"type": "array", "minItems": 1, "items": {"anyOf": calls}}
+
+
+def is_batch(prompt: Any) -> bool:
+    """A completions prompt that is several prompts: a list of strings or a list of token-id lists."""
+    return isinstance(prompt, list) and bool(prompt) and all(isinstance(p, (str, list)) for p in prompt)
 
 
 def token_keys(bias: Any) -> Any:
@@ -148,16 +256,40 @@ def token_keys(bias: Any) -> Any:
 def parse_chat(body: Any) -> GenerateRequest:
     meta, params = parse_common(body, CHAT, "chat")
     template_kwargs = check_template_kwargs(body.get("chat_template_kwargs"))
+    tools = check_tools(body.get("tools"))
+    choice = tool_choice_of(body, tools)
+    forced = forced_tool_schema(tools, choice) if tools else None
+    if forced is not None:
+        if params.structured is not None:
+            raise bad("tool_choice", f"'tool_choice' {_short(body['tool_choice'])} constrains the output, and so "
+                                     "does 'response_format': give one")
+        params.structured = {"json_schema": forced}
+        meta["structured_field"] = "tool_choice"
+    logprobs = check_type(body, "logprobs", (bool,), "a boolean")
+    top = check_type(body, "top_logprobs", (int,), "an integer")
+    if top is not None and not 0 <= top <= MAX_LOGPROBS:
+        raise bad("top_logprobs", f"'top_logprobs' must be in [0, {MAX_LOGPROBS}], got {top}")
+    if top and not logprobs:
+        raise bad("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+    params.logprobs = (top or 0) if logprobs else None
     return GenerateRequest("chat", prompt=normalize_messages(body.get("messages")), params=params,
-                           template_kwargs=template_kwargs, **meta)
+                           template_kwargs=template_kwargs, tools=tools, tool_choice=choice,
+                           logprobs=params.logprobs, **meta)
 
 
 def parse_completion(body: Any) -> GenerateRequest:
     meta, params = parse_common(body, COMPLETION, "completion")
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]
-    return GenerateRequest("completion", prompt=prompt, params=params, **meta)
+    logprobs = check_type(body, "logprobs", (int,), "an integer")
+    if logprobs is not None and not 0 <= logprobs <= MAX_COMPLETION_LOGPROBS:
+        raise bad("logprobs", f"'logprobs' must be in [0, {MAX_COMPLETION_LOGPROBS}], got {logprobs}")
+    echo = bool(check_type(body, "echo", (bool,), "a boolean"))
+    params.logprobs = logprobs
+    if echo and logprobs is not None:
+        params.prompt_logprobs = logprobs
+    return GenerateRequest("completion", prompt=prompt, params=params, logprobs=logprobs, echo=echo, **meta)
 
 
 def new_id(kind: str, request_id: str | None) -> str:
@@ -176,37 +308,6 @@ def usage(prompt_tokens: int, completion_tokens: int, spec: dict | None = None, 
     if spec is not None:
         out["spec_decode"] = spec
     return out
-
-
-def chunk(kind: str, rid: str, model: str, created: int, text: str | None, finish: str | None,
-          first: bool, usage_: dict | None = None) -> dict[str, Any]:
-    """One SSE chunk; `text=None` with `finish=None` and a usage dict is the final usage-only chunk."""
-    if text is None and finish is None:
-        choices = []
-    elif kind == "chat":
-        delta = {"role": "assistant"} if first else {}
-        if text:
-            delta["content"] = text
-        choices = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
-    else:
-        choices = [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]
-    out = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-           "created": created, "model": model, "choices": choices}
-    if usage_ is not None:
-        out["usage"] = usage_
-    return out
-
-
-def completion_body(kind: str, rid: str, model: str, text: str, finish: str, prompt_tokens: int,
-                    completion_tokens: int, spec: dict | None = None, cached_tokens: int = 0) -> dict[str, Any]:
-    if kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                  "finish_reason": finish}
-    else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-    return {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
-            "created": int(time.time()), "model": model, "choices": [choice],
-            "usage": usage(prompt_tokens, completion_tokens, spec, cached_tokens)}
 
 
 def _short(value: Any) -> str:

@@ -3,7 +3,7 @@ prints, the other ranks follow), or as one process without. Run by test_hetero.p
 import sys
 
 import hyperdecode as hd
-from hyperdecode.parallel.follow import follow
+from hyperdecode.parallel.follow import exit_follower, follow
 
 
 def run() -> int:
@@ -11,7 +11,7 @@ def run() -> int:
     llm = hd.LLM(model, device="cpu", parallel=plan)
     if llm.rank != 0:
         follow(llm.runner)
-        return 0
+        exit_follower(0)
     print(llm.generate("hello world, this is a longer prompt", max_tokens=24, ignore_eos=True).token_ids)
     return 0
 

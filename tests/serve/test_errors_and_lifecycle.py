@@ -30,20 +30,25 @@ BAD = [  # (path, body (dict or raw str), status, param or None, text in the mes
     (CHAT, {**OK_CHAT, "temperature": "hot"}, 400, "temperature", "number"),
     (CHAT, {**OK_CHAT, "top_p": 0}, 400, "top_p", "(0, 1]"),
     (CHAT, {**OK_CHAT, "top_k": -5}, 400, "top_k", "top_k"),
-    (CHAT, {**OK_CHAT, "n": 2}, 400, "n", "not supported with value 2"),
+    (CHAT, {**OK_CHAT, "n": 99}, 400, "n", "[1, 16]"),
     (CHAT, {**OK_CHAT, "seed": 1.5}, 400, "seed", "integer"),
     (CHAT, {**OK_CHAT, "stop": [""]}, 400, "stop", "non-empty"),
     (CHAT, {**OK_CHAT, "stream": "yes"}, 400, "stream", "boolean"),
     (CHAT, {**OK_CHAT, "stream_options": {"include_usage": True}}, 400, "stream_options", "stream=true"),
-    (CHAT, {**OK_CHAT, "tools": [{"type": "function"}]}, 400, "tools", "not supported"),
-    (CHAT, {**OK_CHAT, "logprobs": True}, 400, "logprobs", "not supported"),
+    (CHAT, {**OK_CHAT, "tools": [{"type": "function"}]}, 400, "tools[0]", "must be"),
+    (CHAT, {**OK_CHAT, "tool_choice": "required"}, 400, "tool_choice", "needs 'tools'"),
+    (CHAT, {**OK_CHAT, "logprobs": "yes"}, 400, "logprobs", "boolean"),
+    (CHAT, {**OK_CHAT, "response_format": {"type": "xml"}}, 400, "response_format", "json_schema"),
+    (CHAT, {**OK_CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "object", "properties": {"a": {"pattern": "("}}}}}}, 400, "response_format", "grammar is invalid"),
     (CHAT, {**OK_CHAT, "presence_penalty": 2.5}, 400, "presence_penalty", "must be a number in [-2, 2]"),
     (CHAT, {**OK_CHAT, "request_timeout": -1}, 400, "request_timeout", "positive"),
     (COMP, {"model": "tiny-llama", "prompt": ""}, 400, "prompt", "non-empty"),
     (COMP, {"model": "tiny-llama", "prompt": [1, "a"]}, 400, "prompt", "token ids"),
     (COMP, {"model": "tiny-llama", "prompt": [999999]}, 400, "prompt", "token ids must be in"),
     (COMP, {"model": "tiny-llama", "prompt": "x" * 2000, "max_tokens": 5}, 400, "prompt", "maximum context length"),
-    (COMP, {"model": "tiny-llama", "prompt": "x", "echo": True}, 400, "echo", "not supported"),
+    (COMP, {"model": "tiny-llama", "prompt": "x", "echo": "yes"}, 400, "echo", "boolean"),
+    (COMP, {"model": "tiny-llama", "prompt": ["ok", ["a"]]}, 400, "prompt", "token ids"),
     (COMP, {"model": "tiny-llama", "prompt": "x", "best_of": 3}, 400, "best_of", "not supported"),
     ("/detokenize", {"tokens": [-1]}, 400, "tokens", "token ids"),
     ("/tokenize", {"nothing": 1}, 400, "prompt", "required"),
@@ -224,7 +229,7 @@ def test_serve_and_bench_cli(tmp_path):
 def test_an_sse_event_is_one_line_for_every_client():
     """Text may hold characters that str.splitlines() breaks on (random weights emit any byte); JSON leaves U+0085,
     U+2028 and U+2029 raw, so the server escapes them: httpx's aiter_lines would otherwise split an event."""
-    from hyperdecode.serve.app import event
+    from hyperdecode.serve.generation import event
     text = "a\u2028b\x85c\u2029d\re\nf\x1cg"
     e = event({"choices": [{"text": text}]})
     assert e.endswith("\n\n") and len(e.strip().splitlines()) == 1

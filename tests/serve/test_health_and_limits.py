@@ -163,10 +163,12 @@ ACCEPTED = [  # fields that do not change the output: accepted (vLLM's policy)
     {"response_format": {"type": "text"}}, {"user": "u1"}, {"tools": []}, {"tool_choice": "none"},
     {"logit_bias": {}}, {"frequency_penalty": 0}, {"prompt_cache_key": "k"}, {"some_future_field": 1},
     {"logit_bias": {"5": 10}}, {"min_tokens": 1}, {"repetition_penalty": 1.3}, {"presence_penalty": 0.5},
+    {"response_format": {"type": "json_object"}}, {"tools": [{"type": "function", "function": {"name": "f"}}]},
+    {"logprobs": True, "top_logprobs": 2}, {"n": 2},
 ]
 REFUSED = [  # fields that would change the output: a 400 naming them
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": [{"type": "function", "function": {"name": ""}}]}, "tools[0]"),
+    ({"response_format": {"type": "xml"}}, "response_format"), ({"top_logprobs": 3}, "top_logprobs"),
     ({"logit_bias": {"5": 200}}, "logit_bias"), ({"logit_bias": {"x": 1}}, "logit_bias"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"min_tokens": -1}, "min_tokens"), ({"repetition_penalty": 0}, "repetition_penalty"),
@@ -240,7 +242,7 @@ def test_odd_json_is_a_400(server, body, param, text):
 
 
 def test_a_request_may_shorten_the_servers_deadline_but_not_lengthen_it():
-    from hyperdecode.serve.app import request_deadline
+    from hyperdecode.serve.generation import request_deadline
     assert request_deadline(0.5, 600.0) == 0.5 and request_deadline(10 ** 9, 600.0) == 600.0
 
 

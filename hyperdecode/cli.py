@@ -390,15 +390,24 @@ def http_error_message(e: Any) -> str:
 
 def follow_and_exit(llm: Any) -> NoReturn:
     """A rank other than 0: replay rank 0's steps until it ends the job."""
-    from .parallel.follow import exit_follower, follow
+    from .parallel.follow import end_rank, follow
     follow(llm.runner)
-    exit_follower(0)
+    end_rank(0)
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code = run_command(args)
+    if getattr(args, "parallel", None):  # a torchrun rank: the job ends together, without interpreter teardown
+        from .parallel.follow import end_rank
+        end_rank(code)
+    return code
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The command's exit status; every error a user can cause is a message naming it and status 1."""
     import httpx
     from .errors import HyperdecodeError
-    args = build_parser().parse_args(argv)
     try:
         commands = {"generate": cmd_generate, "chat": cmd_chat, "models": cmd_models, "inspect": cmd_inspect,
                     "plan": cmd_plan, "export": cmd_export, "serve": cmd_serve, "bench": cmd_bench,

@@ -3,7 +3,7 @@ prints, the other ranks follow), or as one process without. Run by test_hetero.p
 import sys
 
 import hyperdecode as hd
-from hyperdecode.parallel.follow import exit_follower, follow
+from hyperdecode.parallel.follow import end_rank, follow
 
 
 def run() -> int:
@@ -11,8 +11,10 @@ def run() -> int:
     llm = hd.LLM(model, device="cpu", parallel=plan)
     if llm.rank != 0:
         follow(llm.runner)
-        exit_follower(0)
+        end_rank(0)
     print(llm.generate("hello world, this is a longer prompt", max_tokens=24, ignore_eos=True).token_ids)
+    if plan:
+        end_rank(0)
     return 0
 
 

@@ -50,6 +50,14 @@ def offline():
 
 
 @pytest.fixture(scope="module")
+def glm_server():
+    """tiny-glm5 (the GLM family, random weights): its 4,096 positions hold the tools and a forced call."""
+    s = LiveServer(hd.LLM("tiny-glm5", device="cpu", seed=0), max_batch=4, max_model_len=4096)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
 def server(llm):
     s = LiveServer(llm, max_batch=8, max_queue=64, max_model_len=1024)
     yield s

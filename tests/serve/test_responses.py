@@ -7,28 +7,17 @@ import jsonschema
 import openai
 import pytest
 
-import hyperdecode as hd
-from tests.serve.conftest import LiveServer
-
 TOOL = {"type": "function", "name": "get_weather", "description": "a forecast",
         "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8}},
                        "required": ["city"], "additionalProperties": False}}
 CALL_TEXT = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 
 
-@pytest.fixture(scope="module")
-def server():
-    """tiny-glm5 (the GLM family, random weights): its 4,096 positions hold the tools and a forced call."""
-    s = LiveServer(hd.LLM("tiny-glm5", device="cpu", seed=0), max_batch=4, max_model_len=4096)
-    yield s
-    s.stop()
-
-
 @pytest.fixture
-def client(server):
-    server.config.tool_call_parser = "hermes"
-    yield openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
-    server.config.tool_call_parser = None
+def client(glm_server):
+    glm_server.config.tool_call_parser = "hermes"
+    yield openai.OpenAI(base_url=glm_server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    glm_server.config.tool_call_parser = None
 
 
 def test_two_step_tool_loop(client):

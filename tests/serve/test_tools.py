@@ -10,9 +10,6 @@ import jsonschema
 import openai
 import pytest
 
-import hyperdecode as hd
-from tests.serve.conftest import LiveServer
-
 from hyperdecode.engine.chat import hermes_messages, normalize_messages
 from hyperdecode.engine.request import InputProcessor
 from hyperdecode.model.tokenizer import Tokenizer
@@ -43,18 +40,10 @@ TEXTS = {
 MESSAGES = [{"role": "user", "content": "weather in Paris for 3 days, and the time?"}]
 
 
-@pytest.fixture(scope="module")
-def server():
-    """tiny-glm5 (the GLM family, random weights): its 4,096 positions hold the tools and a forced call."""
-    s = LiveServer(hd.LLM("tiny-glm5", device="cpu", seed=0), max_batch=4, max_model_len=4096)
-    yield s
-    s.stop()
-
-
 @pytest.fixture
-def client(server):
-    yield openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
-    server.config.tool_call_parser = None
+def client(glm_server):
+    yield openai.OpenAI(base_url=glm_server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    glm_server.config.tool_call_parser = None
 
 
 def forced(text):
@@ -63,8 +52,8 @@ def forced(text):
 
 
 @pytest.mark.parametrize("parser", sorted(TEXTS))
-def test_each_format_parses_into_tool_calls_streamed_and_not(client, server, parser):
-    server.config.tool_call_parser = parser
+def test_each_format_parses_into_tool_calls_streamed_and_not(client, glm_server, parser):
+    glm_server.config.tool_call_parser = parser
     kwargs = dict(model="tiny-glm5", messages=MESSAGES, tools=TOOLS, max_tokens=400, temperature=0,
                   extra_body=forced(TEXTS[parser]))
     r = client.chat.completions.create(**kwargs)
@@ -88,8 +77,8 @@ def test_each_format_parses_into_tool_calls_streamed_and_not(client, server, par
     assert all(calls[i]["id"] for i in calls)
 
 
-def test_a_malformed_call_comes_back_as_content(client, server):
-    server.config.tool_call_parser = "hermes"
+def test_a_malformed_call_comes_back_as_content(client, glm_server):
+    glm_server.config.tool_call_parser = "hermes"
     text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": \n</tool_call>'
     r = client.chat.completions.create(model="tiny-glm5", messages=MESSAGES, tools=TOOLS, max_tokens=200,
                                        temperature=0, extra_body=forced(text))
@@ -117,8 +106,8 @@ def test_required_and_named_choices_constrain_the_calls(client):
     jsonschema.validate(json.loads(call.function.arguments), TIME)
 
 
-def test_tool_choice_none_parses_nothing_and_bad_choices_are_400s(client, server):
-    server.config.tool_call_parser = "hermes"
+def test_tool_choice_none_parses_nothing_and_bad_choices_are_400s(client, glm_server):
+    glm_server.config.tool_call_parser = "hermes"
     r = client.chat.completions.create(model="tiny-glm5", messages=MESSAGES, tools=TOOLS, tool_choice="none",
                                        max_tokens=200, temperature=0, extra_body=forced(TEXTS["hermes"]))
     assert r.choices[0].message.content == TEXTS["hermes"] and not r.choices[0].message.tool_calls

@@ -1,7 +1,7 @@
 """Rank 0 leads, the other ranks follow: rank 0 owns tokenisation, sampling, the API and the scheduler; its runner
 (`LeaderRunner`) sends every call — cache setup, each step's [B, S] tokens / positions / rows / wanted logits, each
-rollback and prefix reuse — to the other ranks before running it, and they replay it on their shards (`follow`), so that the
-collectives inside the forward line up. While rank 0 is idle (a server without requests) it sends a heartbeat
+rollback and prefix reuse — to the other ranks before running it, and they replay it on their shards (`follow`), so
+that the collectives inside the forward line up. While rank 0 is idle (a server without requests) it sends a heartbeat
 every `HEARTBEAT_S`, so a follower's wait is always bounded (launch.TIMEOUT_S): a rank 0 that dies or hangs ends
 the followers with an error instead of leaving them waiting.
 """

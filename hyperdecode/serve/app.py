@@ -32,8 +32,8 @@ from .engine import Engine, Request
 from .limits import BodyLimit, default_max_request_bytes
 from .metrics import Metrics
 from .playground import router as playground_router
-from .generation import ENGINE_SLACK_S, Choice, completion_body, final_event, next_event, request_deadline, respond_sse, \
-    results, sequences, submit, tool_parser_name
+from .generation import ENGINE_SLACK_S, Choice, completion_body, final_event, next_event, request_deadline, \
+    respond_sse, results, sequences, submit, tool_parser_name
 from .responses import new_item_id, output_items, parse_response_request, response_body, response_events, status_of
 from .protocol import APIError, GenerateRequest, error_body, new_id, parse_chat, parse_completion
 

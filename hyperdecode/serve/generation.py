@@ -19,8 +19,8 @@ from .engine import Engine, Request
 from .protocol import APIError, GenerateRequest, error_body, usage
 from .toolcalls import ToolStream, new_call_id, parse_tool_calls, parser_for_template
 
-__all__ = ["Choice", "submit", "results", "completion_body", "message_of", "respond_sse", "next_event", "final_event", "event",
-           "request_deadline", "tool_parser_name"]
+__all__ = ["Choice", "sequences", "submit", "results", "completion_body", "message_of", "respond_sse", "next_event",
+           "final_event", "event", "request_deadline", "tool_parser_name"]
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 ENGINE_SLACK_S = 5.0  # a handler waits this much past its request's deadline for the engine's answer
@@ -47,8 +47,10 @@ class ForcedCalls:
             pairs = [(self.choice["name"], value)]
         else:
             pairs = [(c["name"], c["parameters"]) for c in value]
-        calls = [{"id": new_call_id(), "type": "function",
-                  "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}} for name, args in pairs]
+        calls = []
+        for name, args in pairs:
+            arguments = json.dumps(args, ensure_ascii=False)
+            calls.append({"id": new_call_id(), "type": "function", "function": {"name": name, "arguments": arguments}})
         return None, calls
 
     def feed(self, delta: str) -> list[dict]:

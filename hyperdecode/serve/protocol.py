@@ -144,7 +144,8 @@ def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, Samplin
                                 structured=structured_of(body))
     except RequestError as e:
         if e.param == "max_tokens" and max_tokens_field != "max_tokens":
-            raise RequestError(str(e).replace("'max_tokens'", f"'{max_tokens_field}'"), param=max_tokens_field) from None
+            message = str(e).replace("'max_tokens'", f"'{max_tokens_field}'")
+            raise RequestError(message, param=max_tokens_field) from None
         raise
     structured_field = next((k for k in ("response_format", "structured_outputs", *STRUCTURED_FIELDS)
                              if body.get(k) not in (None, {"type": "text"})), None)

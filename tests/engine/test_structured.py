@@ -21,7 +21,8 @@ def llm():
 
 
 def test_sampled_json_follows_the_schema(llm):
-    outs = llm.generate_batch(["{", "a", "b", "c"], max_tokens=60, temperature=1.0, seed=7, structured={"json_schema": SCHEMA})
+    outs = llm.generate_batch(["{", "a", "b", "c"], max_tokens=60, temperature=1.0, seed=7,
+                              structured={"json_schema": SCHEMA})
     for r in outs:
         assert r.finish_reason == "stop", r.text
         jsonschema.validate(json.loads(r.text), SCHEMA)

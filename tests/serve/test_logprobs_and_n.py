@@ -70,7 +70,8 @@ def test_n_returns_three_choices_that_share_the_prompt(client, server):
     again = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "pick " * 30}],
                                            max_tokens=5, temperature=1.0, seed=3, n=3,
                                            extra_body={"ignore_eos": True})
-    assert [c.message.content for c in again.choices] == [c.message.content for c in r.choices]  # seeded: j-th gets seed + j
+    # seeded: the j-th sample draws with seed + j, so the same request gives the same three
+    assert [c.message.content for c in again.choices] == [c.message.content for c in r.choices]
     streamed = {}
     for c in client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "pick " * 30}],
                                             max_tokens=5, temperature=1.0, seed=3, n=3, stream=True,

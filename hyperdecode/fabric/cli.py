@@ -128,6 +128,8 @@ def add_parser(sub: Any, parser_class: type) -> None:
         sp.add_argument("--pfc", default="off", choices=["on", "off"],
                         help="on: also replay the run's hottest window packet by packet with PFC (pause time, "
                              "slowdowns, victims); the serving run itself stays max-min")
+        sp.add_argument("--dcqcn", default="off", choices=["on", "off"],
+                        help="on: that replay also marks ECN at switches and runs DCQCN at the senders")
         sp.add_argument("--pfc-window-s", type=float, default=0.01,
                         help="that window's length, seconds (default 0.01; the replay costs in proportion)")
         sp.add_argument("--port-policy", default="balanced", choices=["fixed", "balanced", "hashed"])
@@ -161,6 +163,9 @@ def add_parser(sub: Any, parser_class: type) -> None:
     pd.add_argument("--senders", type=int, required=True, help="incast senders behind T (N)")
     pd.add_argument("--gbps", type=float, required=True, help="link speed C (T's uplink is 2C)")
     pd.add_argument("--pfc", default="on", choices=["on", "off"], help="off: senders paced at max-min (ideal CC)")
+    pd.add_argument("--dcqcn", default="off", choices=["on", "off"],
+                    help="on: ECN marking at the switches and DCQCN rate control at the senders (give --ms 50: it "
+                         "converges in tens of ms)")
     pd.add_argument("--ms", type=float, default=4.0, help="simulated milliseconds (rates over the second half)")
     pd.add_argument("--json", action="store_true")
     w = fs.add_parser("draw", help="a PNG of a small topology")
@@ -270,7 +275,7 @@ def run_simulate(args: argparse.Namespace) -> None:
         r = flagged(SIM_FLAGS, simulate, topo, work, model, cfg, progress)
     s = summarize(r)
     if args.pfc == "on":
-        s = with_pfc(s, r, args.pfc_window_s)
+        s = with_pfc(s, r, args.pfc_window_s, args.dcqcn == "on")
     print(json.dumps({k: s[k] for k in ("topology", "gpus", "requests_completed", "throughput_tok_s",
                                         "goodput_per_gpu", "ttft_p50_s", "ttft_p99_s", "kv_fct_p99_s", "tpot_p99_s",
                                         "max_link_util", "pause_s_total", "sim_wall_s")}, indent=1))
@@ -301,7 +306,8 @@ def run_study(args: argparse.Namespace) -> None:
             forms += [f"- {variant}, {name}: {form_of(t)}\n" for name, t in topologies.items()]
             got, runs[variant] = flagged(SIM_FLAGS, study, topologies, work, scales, model, cfg,
                                          progress=lambda m: print(f"running {variant} {m}", file=sys.stderr),
-                                         pfc_window_s=args.pfc_window_s if args.pfc == "on" else None)
+                                         pfc_window_s=args.pfc_window_s if args.pfc == "on" else None,
+                                         dcqcn=args.dcqcn == "on")
             rows += [{"variant": variant, "nic_gbps": nic, **r} for r in got]
             knees += [f"{variant} {name} x{k:g}" if (k := knee([r for r in got if r["name"] == name])) else
                       f"{variant} {name}: none within the loads run" for name in topologies]
@@ -317,6 +323,7 @@ def run_study(args: argparse.Namespace) -> None:
               f"{model.prefill_tok_s:,.0f} tok/s per server, decode batch {args.decode_batch}, TTFT SLO "
               f"{args.ttft_slo} s, TPOT SLO {args.tpot_slo} s; max-min flows"
               + (f", each run's hottest {args.pfc_window_s:g} s replayed with PFC" if args.pfc == "on" else ", PFC off")
+              + (" and DCQCN" if args.pfc == "on" and args.dcqcn == "on" else "")
               + ".\n\n")
     print(write_report(out, header, rows, runs, counts, knees))
     if args.json:
@@ -349,13 +356,17 @@ def study_topologies(args: argparse.Namespace) -> dict[str, Topology]:
 
 
 def run_pfc_demo(args: argparse.Namespace) -> None:
+    from .dcqcn import Dcqcn
+    from .pfc import PfcConfig
     from .pfccases import pfc_demo
-    d = pfc_demo(args.senders, args.gbps, pfc=args.pfc == "on", until=args.ms / 1e3)
+    d = pfc_demo(args.senders, args.gbps, pfc=args.pfc == "on", until=args.ms / 1e3,
+                 config=PfcConfig(dcqcn=Dcqcn() if args.dcqcn == "on" else None))
     if args.json:
         print(json.dumps(d, indent=2))
         return
-    print(f"victim-flow case, N = {args.senders}, C = {args.gbps:g} Gb/s, PFC {args.pfc}: {d['pause_frames']} pause "
-          f"frames, {d['drops']} drops, {100 * d['headroom_used']:.0f} % of the headroom used")
+    print(f"victim-flow case, N = {args.senders}, C = {args.gbps:g} Gb/s, PFC {args.pfc}, DCQCN {args.dcqcn}: "
+          f"{d['pause_frames']} pause frames, {d['drops']} drops, {100 * d['headroom_used']:.0f} % of the headroom "
+          f"used, {d['ecn_marks']} ECN marks")
     print(f"{'flow':<12}{'Gb/s':>9}{'max-min':>9}")
     for r in d["flows"]:
         print(f"{r['name']:<12}{r['gbps']:>9.2f}{r['maxmin_gbps']:>9.2f}")

@@ -5,7 +5,8 @@ flows (same start times, sizes, paths and classes) twice on the same topology, i
 PFC model, for the window and at most as long again (an EP burst can hold hundreds of GB: the replay is bounded by
 time, not by the flows' ends), and reports what PFC changes: pause frames and pause time per switch tier, each flow's
 slowdown (completion time with PFC over without), the egress queues' peak depths (P99 over the links that queued),
-and the victims, flows slowed by PFC that do not end at an incast destination (a GPU that receives more than one
+each link's utilisation and queue depth P99 over 100 µs windows (their maximum and mean over links), and the
+victims, flows slowed by PFC that do not end at an incast destination (a GPU that receives more than one
 flow in the window). The replay keeps only the window's flows, so both sides see the same traffic.
 
 >>> r = {"flows": np.array([[1e6, 0.0, 0.1, 0], [4e6, 2.0, 2.1, 0], [4e6, 2.2, 2.3, 1]])}  # bytes, start, end, class
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .flowsim import EventQueue, FlowNetwork
+from .dcqcn import Dcqcn
 from .pfc import Flow, PfcConfig, simulate
 from .pfccases import pause_tree, topology_net
 from .topology import Topology
@@ -59,12 +61,17 @@ def _maxmin(topo: Topology, flows: list[Flow], until: float) -> tuple[dict[str, 
     return done, {name: f.size - f.remaining for name, f in made.items()}
 
 
+def _max_mean(per_link: dict[int, float]) -> dict[str, float]:
+    values = list(per_link.values()) or [0.0]
+    return {"max": float(max(values)), "mean": float(np.mean(values))}
+
+
 def replay_window(r: dict[str, Any], window: tuple[float, float], config: PfcConfig | None = None,
-                  max_flows: int = 64) -> dict[str, Any]:
+                  max_flows: int = 64, dcqcn: bool = False) -> dict[str, Any]:
     """The window's flows (at most `max_flows`, largest first) with and without PFC, for the window and at most as
     long again to drain: pause figures per tier, slowdowns, victims. A flow's slowdown is its completion time with
     PFC over without when it ends in both, else the bytes max-min delivered by the end over those PFC did. Chunks of
-    64 KB unless `config` says otherwise."""
+    64 KB unless `config` says otherwise; `dcqcn` adds ECN marking and DCQCN at the senders to that default."""
     topo: Topology = r["topology"]
     t0, t1 = window
     logged = r["flows"]
@@ -73,7 +80,7 @@ def replay_window(r: dict[str, Any], window: tuple[float, float], config: PfcCon
                   priority=int(logged[i, 3])) for i in sorted(picked)]
     if not flows:
         raise ValueError(f"no flow starts in the window [{t0:g}, {t1:g}) s")
-    config = config or PfcConfig(chunk=64 << 10)
+    config = config or PfcConfig(chunk=64 << 10, dcqcn=Dcqcn() if dcqcn else None)
     net = topology_net(topo)
     drained = (t1 - t0) + sum(f.size for f in flows) / (min(topo.link_gbps) * 1e9 / 8)  # every flow done by then
     horizon = min(drained, 2 * (t1 - t0))
@@ -98,4 +105,6 @@ def replay_window(r: dict[str, Any], window: tuple[float, float], config: PfcCon
             "slowdown_p50": float(np.percentile(values, 50)), "slowdown_p99": float(np.percentile(values, 99)),
             "victims": victims, "queue_peak_bytes_max": int(max(result.peak_queue, default=0)),
             "queue_peak_bytes_p99": float(np.percentile([q for q in result.peak_queue if q] or [0], 99)),
+            "link_util_p99_100us": _max_mean(result.util_p99), "queue_bytes_p99_100us": _max_mean(result.queue_p99),
+            "ecn_marks": result.marks, "cnps": result.cnps,
             "drops": result.drops, "events": result.events}

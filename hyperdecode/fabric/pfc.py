@@ -8,7 +8,11 @@ the port's link, which stops the upstream transmitter a link delay later (after 
 counter falls below XON it sends RESUME. Thresholds as the HPCC / ns-3 RDMA models set them: XOFF = free shared
 buffer >> `shift` (dynamic), XON = XOFF − `xon_offset`, and a headroom per port of 2·BDP + 2·chunk for what is in
 flight when PAUSE acts. Hosts send their flows' chunks round-robin whenever their NIC is free and not paused
-(no congestion control), or paced at a given rate.
+(no congestion control), or paced at a given rate; with `dcqcn` (dcqcn.py) switches mark chunks by their egress
+queue's depth, receivers return CNPs (a path's delay later) and each flow's sender runs DCQCN's rate control.
+
+Besides pause figures the result has, per link, the utilisation P99 over `window`-second windows (100 µs by
+default: the bursts a run's mean hides) and the P99 of the egress queue's depth over those windows.
 
 PFC off: hosts pace every flow at its max-min fair rate (an ideal end-to-end congestion control), so queues stay
 short and the model must reproduce the flow-level simulator (flowsim.py) on the same flows.
@@ -24,8 +28,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from collections import deque
 from dataclasses import dataclass, field
+
+from .dcqcn import Dcqcn, RateControl, mark_probability
 
 __all__ = ["Net", "Flow", "PfcConfig", "PfcResult", "simulate", "maxmin_rates"]
 
@@ -38,6 +45,9 @@ class PfcConfig:
     xon_offset: int = 3 << 10  # XON = XOFF - 3 KB
     pfc: bool = True
     priorities: int = 2
+    dcqcn: Dcqcn | None = None  # ECN marking and DCQCN at senders; None: no congestion control
+    window: float = 100e-6  # seconds per utilisation / queue-depth window
+    seed: int = 0  # ECN marking's random draws
 
 
 @dataclass
@@ -102,6 +112,10 @@ class PfcResult:
     events: int
     window: tuple[float, float]
     names: list[str] = field(default_factory=list)
+    util_p99: dict[int, float] = field(default_factory=dict)  # per link that sent: P99 of its windows' utilisation
+    queue_p99: dict[int, float] = field(default_factory=dict)  # per link that queued: P99 of its windows' peak depth
+    marks: int = 0  # chunks ECN-marked
+    cnps: int = 0  # CNPs that reached senders
 
 
 def maxmin_rates(net: Net, flows: list[Flow]) -> dict[str, float]:
@@ -146,6 +160,15 @@ def simulate(net: Net, flows: list[Flow], until: float, warmup: float | None = N
         if net.is_switch[net.src[f.path[0]]]:
             raise ValueError(f"flow '{f.name}' must start at a host")
         sending.setdefault(f.path[0], deque()).append(i)
+    pace = [f.rate for f in flows]  # bytes/s, None: unpaced
+    rate_control = [RateControl(c.dcqcn, net.cap[f.path[0]]) for f in flows] if c.dcqcn else []
+    timer_running = [False] * len(flows)
+    cnp_sent = [float("-inf")] * len(flows)  # when the receiver last sent this flow a CNP
+    cnp_delay = [sum(net.delay[k] for k in f.path) for f in flows]  # CNPs go back at top priority, unqueued
+    draw = random.Random(c.seed)
+    sent_bins: dict[int, dict[int, int]] = {}  # link -> window -> bytes it started sending
+    queue_bins: dict[int, dict[int, list[int]]] = {}  # link -> window -> [peak, last] bytes queued
+    counts = {"marks": 0, "cnps": 0}
     delivered = [0.0] * len(flows)
     in_window = [0.0] * len(flows)
     finish: dict[str, float] = {}
@@ -162,6 +185,9 @@ def simulate(net: Net, flows: list[Flow], until: float, warmup: float | None = N
 
     def start(link: int, chunk: tuple) -> None:
         busy[link] = True
+        bins = sent_bins.setdefault(link, {})
+        b = int(now / c.window)
+        bins[b] = bins.get(b, 0) + chunk[2]
         t = chunk[2] / net.cap[link]
         at(now + t, DONE, link)
         at(now + t + net.delay[link], ARRIVE, link, chunk)
@@ -180,9 +206,13 @@ def simulate(net: Net, flows: list[Flow], until: float, warmup: float | None = N
                 continue
             size = int(min(c.chunk, left[i]))
             left[i] -= size
-            if f.rate is not None:
-                next_at[i] = now + size / f.rate
-            return start(link, (i, 0, size, -1))
+            rate = pace[i]
+            if rate_control:
+                rate_control[i].on_sent(size)
+                rate = min(rate or float("inf"), rate_control[i].rate)
+            if rate is not None:
+                next_at[i] = now + size / rate
+            return start(link, (i, 0, size, -1, False))
         if wake < float("inf"):
             at(wake, WAKE, link)
 
@@ -193,6 +223,7 @@ def simulate(net: Net, flows: list[Flow], until: float, warmup: float | None = N
                 continue
             chunk = queue[link][p].popleft()
             queued[link] -= chunk[2]
+            note_queue(link, queued[link] + chunk[2])
             came = chunk[3]
             held[came][p] -= chunk[2]
             used[node] -= chunk[2]
@@ -205,12 +236,24 @@ def simulate(net: Net, flows: list[Flow], until: float, warmup: float | None = N
         if not busy[link]:
             (from_switch if net.is_switch[net.src[link]] else from_host)(link)
 
+    def note_queue(link: int, before: int) -> None:
+        """Keeps each window's peak depth of the link's queue (and its depth at the window's last change)."""
+        bins = queue_bins.setdefault(link, {})
+        b = int(now / c.window)
+        if b not in bins:
+            bins[b] = [before, before]
+        bins[b][0] = max(bins[b][0], queued[link])
+        bins[b][1] = queued[link]
+
     def arrive(link: int, chunk: tuple) -> None:
         nonlocal drops
-        i, hop, size, _ = chunk
+        i, hop, size, _, marked = chunk
         f = flows[i]
         node = net.dst[link]
         if hop == len(f.path) - 1:
+            if marked and now - cnp_sent[i] >= c.dcqcn.cnp_interval:
+                cnp_sent[i] = now
+                at(now + cnp_delay[i], CNP, i)
             delivered[i] += size
             if now >= warmup:
                 in_window[i] += size
@@ -227,9 +270,13 @@ def simulate(net: Net, flows: list[Flow], until: float, warmup: float | None = N
         if asked[link][p]:  # arrived after PAUSE was sent: what the headroom must absorb
             over_xoff[link] = max(over_xoff[link], held[link][p] - paused_at[link][p])
         nxt = f.path[hop + 1]
-        queue[nxt][p].append((i, hop + 1, size, link))
+        if c.dcqcn and not marked and draw.random() < mark_probability(c.dcqcn, queued[nxt]):
+            marked = True
+            counts["marks"] += 1
+        queue[nxt][p].append((i, hop + 1, size, link, marked))
         queued[nxt] += size
         peak_queue[nxt] = max(peak_queue[nxt], queued[nxt])
+        note_queue(nxt, queued[nxt] - size)
         if c.pfc and not asked[link][p] and held[link][p] > threshold:
             asked[link][p] = True
             paused_at[link][p] = held[link][p]
@@ -247,7 +294,21 @@ def simulate(net: Net, flows: list[Flow], until: float, warmup: float | None = N
             pause_s[link] += now - paused_since[link][p]
             send(link)
 
-    DONE, ARRIVE, PAUSE, RESUME, WAKE = range(5)
+    def cnp(i: int) -> None:
+        counts["cnps"] += 1
+        rate_control[i].on_cnp(now)
+        if not timer_running[i]:
+            timer_running[i] = True
+            at(now + c.dcqcn.timer, TIMER, i)
+
+    def timer(i: int) -> None:
+        rate_control[i].on_timer(now)
+        if rate_control[i].throttled:
+            at(now + c.dcqcn.timer, TIMER, i)
+        else:
+            timer_running[i] = False
+
+    DONE, ARRIVE, PAUSE, RESUME, WAKE, CNP, TIMER = range(7)
     for link in sending:
         at(min(flows[i].start for i in sending[link]), WAKE, link)
     events = 0
@@ -263,6 +324,10 @@ def simulate(net: Net, flows: list[Flow], until: float, warmup: float | None = N
             pause(args[0], args[1], True)
         elif kind == RESUME:
             pause(args[0], args[1], False)
+        elif kind == CNP:
+            cnp(args[0])
+        elif kind == TIMER:
+            timer(args[0])
         else:
             send(args[0])
     for link in range(L):
@@ -270,7 +335,34 @@ def simulate(net: Net, flows: list[Flow], until: float, warmup: float | None = N
             if paused[link][p]:
                 pause_s[link] += until - paused_since[link][p]
     span = until - warmup
+    util_p99, queue_p99 = _window_p99(net, sent_bins, queue_bins, c.window, warmup, until)
     return PfcResult(gbps={f.name: in_window[i] * 8 / span / 1e9 for i, f in enumerate(flows)},
                      delivered={f.name: in_window[i] for i, f in enumerate(flows)}, finish=finish,
                      pause_frames=pause_frames, pause_s=pause_s, over_xoff=over_xoff, headroom=headroom,
-                     peak_queue=peak_queue, drops=drops, events=events, window=(warmup, until), names=net.names)
+                     peak_queue=peak_queue, drops=drops, events=events, window=(warmup, until), names=net.names,
+                     util_p99=util_p99, queue_p99=queue_p99, marks=counts["marks"], cnps=counts["cnps"])
+
+
+def _window_p99(net: Net, sent_bins: dict, queue_bins: dict, width: float, warmup: float,
+                until: float) -> tuple[dict[int, float], dict[int, float]]:
+    """Per link, the P99 over the measuring span's windows of its utilisation and of its queue's peak depth (a
+    window in which the queue did not change holds the depth the last change left)."""
+    import numpy as np
+    first = int(warmup // width)
+    bins = range(first, max(int(until // width), first + 1))
+    span = np.array([min(width, until - b * width) for b in bins])
+    util = {}
+    for link, sent in sent_bins.items():
+        moved = np.array([sent.get(b, 0) for b in bins], dtype=np.float64)
+        util[link] = float(np.percentile(moved / (net.cap[link] * span), 99))
+    depth = {}
+    for link, peaks in queue_bins.items():
+        last, values = 0, []
+        for b in range(min(peaks), bins[-1] + 1):
+            if b in peaks:
+                last = peaks[b][1]
+            if b >= first:
+                values.append(peaks[b][0] if b in peaks else last)
+        if values:
+            depth[link] = float(np.percentile(values, 99))
+    return util, depth

@@ -57,7 +57,7 @@ def pfc_demo(senders: int, gbps: float, pfc: bool = True, until: float = 4e-3,
     fair = maxmin_rates(net, flows)
     rows = [{"name": f.name, "gbps": result.gbps[f.name], "maxmin_gbps": float(fair[f.name] * 8 / 1e9)} for f in flows]
     return {"flows": rows, "pfc": pfc, "senders": senders, "link_gbps": gbps,
-            "pause_frames": sum(result.pause_frames), "drops": result.drops,
+            "pause_frames": sum(result.pause_frames), "drops": result.drops, "ecn_marks": result.marks,
             "headroom_used": max((o / h for o, h in zip(result.over_xoff, result.headroom)), default=0.0)}
 
 

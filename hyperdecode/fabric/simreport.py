@@ -163,11 +163,11 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def with_pfc(summary: dict[str, Any], r: dict[str, Any], window_s: float) -> dict[str, Any]:
-    """The summary plus its hottest `window_s` seconds replayed with PFC (hotwindow.py): `pfc_window`, and
-    `pause_s_total` from that replay."""
+def with_pfc(summary: dict[str, Any], r: dict[str, Any], window_s: float, dcqcn: bool = False) -> dict[str, Any]:
+    """The summary plus its hottest `window_s` seconds replayed with PFC (hotwindow.py; DCQCN at the senders with
+    `dcqcn`): `pfc_window`, and `pause_s_total` from that replay."""
     from .hotwindow import hot_window, replay_window
-    replay = replay_window(r, hot_window(r, window_s))
+    replay = replay_window(r, hot_window(r, window_s), dcqcn=dcqcn)
     return summary | {"pfc_window": replay, "pause_s_total": replay["pause_s_total"]}
 
 

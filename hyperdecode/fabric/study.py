@@ -37,9 +37,10 @@ def slim(r: dict[str, Any]) -> dict[str, Any]:
 
 def study(topologies: dict[str, Topology], work: Workload, scales: list[float], model: ModelProfile | None = None,
           cfg: SimConfig | None = None, progress: Callable[[str], None] | None = None,
-          pfc_window_s: float | None = None) -> tuple[list[dict[str, Any]], dict[float, dict[str, dict]]]:
+          pfc_window_s: float | None = None, dcqcn: bool = False) -> tuple[list[dict[str, Any]], dict[float, dict[str, dict]]]:
     """The same workload at each load level on each topology: one summary row per (topology, scale), and the slim
-    runs by scale and name (for plots); with `pfc_window_s`, each run's hottest window replayed with PFC."""
+    runs by scale and name (for plots); with `pfc_window_s`, each run's hottest window replayed with PFC (and
+    DCQCN with `dcqcn`)."""
     rows, runs = [], {}
     for scale in scales:
         for name, topo in topologies.items():
@@ -48,7 +49,7 @@ def study(topologies: dict[str, Topology], work: Workload, scales: list[float], 
             r = simulate(topo, work.scaled(scale), model, cfg)
             summary = summarize(r)
             if pfc_window_s:
-                summary = with_pfc(summary, r, pfc_window_s)
+                summary = with_pfc(summary, r, pfc_window_s, dcqcn)
             runs.setdefault(scale, {})[name] = slim(r)
             rows.append({"name": name, "rate_scale": scale, **summary})
     return rows, runs

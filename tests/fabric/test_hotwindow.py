@@ -34,6 +34,12 @@ def test_a_burst_replayed_with_pfc_pauses_and_slows():
     assert out["pause_frames"] > 0 and out["pause_s_total"] > 0
     assert out["slowdown_p99"] >= 1.0
     assert window[1] - window[0] == pytest.approx(0.05)
+    assert out["link_util_p99_100us"]["max"] == pytest.approx(1.0, abs=0.02)  # the burst's links run at line rate
+    assert out["queue_bytes_p99_100us"]["max"] > 64 << 10
+    controlled = replay_window(r, window, dcqcn=True)  # DCQCN slows the senders before the buffers fill
+    assert controlled["ecn_marks"] > 0 and controlled["cnps"] > 0
+    assert controlled["pause_frames"] < out["pause_frames"] and controlled["drops"] == 0
+    assert controlled["unfinished"] == 0
 
 
 def test_an_empty_window_is_refused():

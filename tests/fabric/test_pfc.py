@@ -88,3 +88,54 @@ def test_pfc_demo_command(capsys):
     assert "victim" in capsys.readouterr().out
     assert main(["fabric", "pfc-demo", "--senders", "0", "--gbps", "100"]) == 1
     assert "--senders" in capsys.readouterr().err
+
+
+def test_dcqcn_rates_follow_its_formulas():
+    from hyperdecode.fabric.dcqcn import Dcqcn, RateControl, mark_probability
+    cfg = Dcqcn(g=1 / 16, fast_recovery=1, rate_ai=1e6, rate_hai=1e7, byte_counter=1 << 30)
+    rc = RateControl(cfg, line=1e9)
+    rc.on_cnp(now=0.0)  # current x (1 - 1/2), alpha = (1 - g) + g = 1
+    assert (rc.rate, rc.target, rc.alpha) == (5e8, 1e9, 1.0)
+    rc.on_cnp(now=1e-6)
+    assert (rc.rate, rc.target) == (2.5e8, 5e8)
+    rc.on_timer(now=30e-6)  # a CNP within the period: nothing changes
+    assert rc.rate == 2.5e8
+    rc.on_timer(now=60e-6)  # fast recovery: halfway to the target, alpha decays
+    assert rc.rate == pytest.approx(3.75e8) and rc.alpha == pytest.approx(15 / 16)
+    rc.on_timer(now=120e-6)  # past F rises: additive increase of the target, then halfway
+    assert rc.target == pytest.approx(5e8 + 1e6) and rc.rate == pytest.approx((3.75e8 + 5.01e8) / 2)
+    assert mark_probability(Dcqcn(), 50 << 10) == 0.0
+    assert mark_probability(Dcqcn(), 250 << 10) == pytest.approx(0.1)
+    assert mark_probability(Dcqcn(), 1 << 20) == 1.0
+
+
+def test_dcqcn_acts_before_pfc_and_frees_the_victim():
+    """With ECN and DCQCN the senders slow down before the buffers reach XOFF: few or no PAUSE frames, and the
+    flows converge to max-min (the victim back at line rate) instead of PFC's C/(2N)."""
+    from hyperdecode.fabric.dcqcn import Dcqcn
+    C = 100.0
+    plain = pfc_demo(2, C, until=50e-3)
+    d = pfc_demo(2, C, until=50e-3, config=PfcConfig(dcqcn=Dcqcn()))
+    rates = {r["name"]: r for r in d["flows"]}
+    assert rates["victim"]["gbps"] == pytest.approx(C, rel=0.05)
+    for name in ("H1", "incast-1", "incast-2"):
+        assert rates[name]["gbps"] == pytest.approx(rates[name]["maxmin_gbps"], rel=0.15), name
+    assert d["ecn_marks"] > 0 and d["drops"] == 0
+    assert d["pause_frames"] < plain["pause_frames"] / 10
+
+
+def test_window_utilisation_shows_the_burst_a_mean_hides():
+    """A flow that sends at line rate for half the measuring span: its links' mean utilisation is 1/2, their P99
+    over 100 us windows is 1; queues stay within a chunk or two on a path with no contention."""
+    net = Net()
+    a, s, b = net.host("a"), net.switch("s"), net.host("b")
+    C = 12.5e9
+    up, down = net.cable(a, s, C)[0], net.cable(s, b, C)[0]
+    r = simulate(net, [Flow("f", [up, down], size=C * 1e-3, start=1e-3)], until=3e-3, warmup=1e-3)
+    assert r.delivered["f"] / (C * 2e-3) == pytest.approx(0.5, rel=0.01)
+    assert r.util_p99[up] == pytest.approx(1.0, abs=0.02) and r.util_p99[down] == pytest.approx(1.0, abs=0.02)
+    assert r.queue_p99[down] <= 2 * 4096
+    net, flows = victim_case(2, 100)
+    incast = simulate(net, flows, until=4e-3)
+    to_r = flows[0].path[1]
+    assert incast.queue_p99[to_r] > 100 * 4096  # the congested port holds a deep queue in most windows

@@ -22,7 +22,7 @@ __all__ = ["add_parser", "run"]
 # smallest value of each count flag (a command checks the ones it has, when set) and the flags that must be > 0
 AT_LEAST = {"n": 1, "gpus": 1, "gpus_per_switch": 1, "links_per_pair": 1, "port_gbps": 1, "switch_radix": 1,
             "nic_gbps": 1, "gpus_per_server": 1, "oversubscription": 1, "max_requests": 1, "gpus_per_instance": 1,
-            "qps": 1, "seed": 0, "senders": 1, "nic_slices": 1, "decode_batch": 1}
+            "qps": 1, "seed": 0, "senders": 1, "nic_slices": 1, "decode_batch": 1, "ep_rounds": 1}
 POSITIVE = ("switch_tbps", "ttft_slo", "tpot_slo", "pfc_window_s", "prefill_tok_s", "decode_step_s", "rate_scale",
             "gbps", "ms", "prefill_kv_gb", "decode_kv_gb")
 # the builders' parameter names and the flags that set them (build, describe, draw)
@@ -118,6 +118,12 @@ def add_parser(sub: Any, parser_class: type) -> None:
         sp.add_argument("--traffic-classes", default="same", choices=["same", "separate"],
                         help="same: EP and KV share one lossless class; separate: EP on its own class, served "
                              "before KV at every port (strict priority; default same)")
+        sp.add_argument("--ep-rounds", type=int, default=1,
+                        help="all-to-alls per prefill or decode step, in sequence (the MoE layers' count, 75 for "
+                             "GLM-5: one per layer; default 1, the step's whole EP traffic at once)")
+        sp.add_argument("--ep-overlap", default="on", choices=["on", "off"],
+                        help="on: each round's all-to-all runs beside its compute (two-batch overlap); off: after "
+                             "it (a layer's experts wait for its dispatch)")
         sp.add_argument("--prefix-cache", default="off", choices=["on", "off"],
                         help="on: prompts' cached leading blocks (the trace's hash_ids) are fetched from the KV store "
                              "(host memory of the server that first computed them) instead of computed")
@@ -255,7 +261,8 @@ def sim_inputs(args: argparse.Namespace):
     failure = flagged({}, parse_failure, args.fail, prefix="--fail") if getattr(args, "fail", None) else None
     cfg = SimConfig(gpus_per_instance=args.gpus_per_instance, pd_ratio=pd_ratio, placement=args.placement,
                     kv_split=args.kv_split, nic_slices=args.nic_slices, traffic=args.traffic,
-                    classes=args.traffic_classes, prefix_cache=args.prefix_cache == "on",
+                    classes=args.traffic_classes, prefix_cache=args.prefix_cache == "on", ep_rounds=args.ep_rounds,
+                    ep_overlap=args.ep_overlap == "on",
                     decode_batch=args.decode_batch, prefill_kv_gb=args.prefill_kv_gb, decode_kv_gb=args.decode_kv_gb,
                     port_policy=args.port_policy, qps=args.qps, ttft_slo_s=args.ttft_slo, tpot_slo_s=args.tpot_slo,
                     seed=args.seed, failure=failure)

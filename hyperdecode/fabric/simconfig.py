@@ -34,6 +34,8 @@ class SimConfig:
     qps: int = 2
     traffic: str = "kv"  # or "kv+ep": with the MoE's expert-parallel all-to-all
     classes: str = "same"  # or "separate": EP on its own class, served before KV at every port
+    ep_rounds: int = 1  # all-to-alls per prefill or decode step (the MoE layers' count: one per layer)
+    ep_overlap: bool = True  # a round's all-to-all beside its compute (two-batch overlap), or after it
     prefill_kv_gb: float = 64.0  # KV memory of a prefill instance (requests being prefilled or sent) [assumption]
     decode_batch: int = 128  # running requests per decode instance [assumption]
     decode_kv_gb: float = 320.0  # KV memory of a decode instance [assumption]
@@ -97,7 +99,7 @@ def check_config(topo: Topology, cfg: SimConfig) -> None:
         raise ConfigError(f"traffic '{cfg.traffic}' is not one of {TRAFFIC}")
     if cfg.classes not in CLASSES:
         raise ConfigError(f"classes '{cfg.classes}' is not one of {CLASSES}")
-    for name in ("qps", "nic_slices", "decode_batch"):
+    for name in ("qps", "nic_slices", "decode_batch", "ep_rounds"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.nic_slices > topo.gpus_per_server:

@@ -9,8 +9,11 @@ instance to one of the decode instance, so most transfers cross rails; sliced ov
 server, as Mooncake's transfer engine slices large transfers; `qps` flows each), and it joins the decode batch at
 the next step. A decode step takes `step_s(batch)` of compute and, with `traffic="kv+ep"`, cannot end before its
 expert-parallel all-to-all between the instance's servers has (per-step flows on the same rail, sized from the
-model's MoE); a prefill likewise (`classes="separate"` puts that all-to-all on a priority class above KV). TTFT =
-queue + prefill + decode admission + KV transfer + first step.
+model's MoE); a prefill likewise (`classes="separate"` puts that all-to-all on a priority class above KV). The
+all-to-all is cut into `ep_rounds` rounds of equal shares (one per MoE layer at most), run one after another: each
+round's all-to-all beside its share of the compute (`ep_overlap`, as two-batch overlap hides it) or after it (a
+layer's experts wait for its dispatch, DeepEP's low-latency kernels without overlap). TTFT = queue + prefill +
+decode admission + KV transfer + first step.
 
 With `prefix_cache`, a prompt's leading blocks (the trace's `hash_ids`, 512 tokens each) already in the KV store
 when its prefill starts are not computed (at least one token is): they are fetched from the store, which keeps each
@@ -127,6 +130,29 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
                       for path, (_, _, size, kind) in zip(paths, flows)], ev.now)
         return True
 
+    def staged(key: Any, compute_s: float, ep_share: list[tuple[int, int, float, str]],
+               extra: list[tuple[int, int, float, str]], then: Callable[[], None]) -> bool:
+        """Runs `then` after `cfg.ep_rounds` rounds, each 1/rounds of compute_s and of the EP flows `ep_share`
+        (see the module's docstring); `extra` flows start with the first round. False if that round has no path;
+        a later round without one keeps its compute only."""
+        rounds = cfg.ep_rounds if ep_share else 1
+        share = [(a, b, size / rounds, kind) for a, b, size, kind in ep_share]
+        compute = compute_s / rounds
+
+        def run(j: int) -> bool:
+            after = then if j == rounds - 1 else (lambda: run(j + 1))
+            name = key if j == 0 else (*key, j)
+            first = extra if j == 0 else []
+            if cfg.ep_overlap:
+                started = phase(name, compute, share + first, after)
+            else:
+                started = phase(name, compute, first, lambda: phase((*name, rounds), 0.0, share, after) or after())
+            if not started and j > 0:
+                ev.at(ev.now + compute, after)
+                return True
+            return started
+        return run(0)
+
     def done(req: int) -> None:
         state["done"] += 1
         if progress and state["done"] % 256 == 0:
@@ -188,9 +214,9 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
         base = prefill_ids[i] * g
         fetch = fetch_flows(req, base + int(src_rank[req]))
         computed = int(tokens_in[req] - hits[req] * BLOCK_TOKENS)
-        flows = ep_flows(base, float(computed), prefill=True) + fetch
         compute = model.prefill_s(computed) / servers  # prefill_tok_s is per server
-        if not phase(("prefill", req), compute, flows, lambda: prefilled(req, i)):
+        if not staged(("prefill", req), compute, ep_flows(base, float(computed), prefill=True), fetch,
+                      lambda: prefilled(req, i)):
             p_busy[i] = False
             p_mem[i] -= kv_bytes[req]
             p_work[i] -= tokens_in[req]
@@ -280,7 +306,7 @@ def simulate(topo: Topology, work: Workload, model: ModelProfile | None = None, 
         v = dec["version"]
         if ep:  # the step ends when its compute and its all-to-all have
             flows = ep_flows(decode_ids[d] * g, float(batch), prefill=False)
-            if not phase(("step", d, v), dec["step"], flows, lambda: end_stretch(d, v)):
+            if not staged(("step", d, v), dec["step"], flows, [], lambda: end_stretch(d, v)):
                 ev.at(ev.now + dec["step"], lambda: end_stretch(d, v))  # a failure cut it: compute only
         else:
             ev.at(ev.now + dec["steps"] * dec["step"], lambda: end_stretch(d, v))

@@ -432,3 +432,23 @@ def test_bytes_by_local_rank_and_leaf_imbalance():
     spread = summarize(simulate(roft(64, 16), w, cfg=SimConfig()))
     assert max(spread["nic_bytes_by_rank"]) < 2.0
     assert spread["leaf_imbalance"] >= 1.0 and single["leaf_imbalance"] > spread["leaf_imbalance"]
+
+
+@pytest.mark.parametrize("rounds,overlap", [(1, True), (5, True), (5, False), (75, False)])
+def test_per_layer_all_to_alls_add_to_the_step_without_overlap(rounds, overlap):
+    """The decode step of the test above with an all-to-all of 10 ms at line rate against 20.04 ms of compute: in
+    rounds beside the compute (two-batch overlap) the step stays max(compute, all-to-all); in rounds after each
+    layer's compute (per MoE layer: 75 rounds) it is their sum, whatever the number of rounds."""
+    t = roft(64, 16)
+    w = Workload(np.array([0.0]), np.array([1000]), np.array([3]), "one")
+    per_gpu = 0.010 * 50e9
+    m = ModelProfile(kv_bytes_per_token=1000, prefill_tok_s=1e6, ep_bytes_per_copy=per_gpu / (1 / 16 * 75 * 4))
+    cfg = SimConfig(gpus_per_instance=16, qps=1, traffic="kv+ep", ep_rounds=rounds, ep_overlap=overlap)
+    r = simulate(t, w, m, cfg)
+    s = summarize(r)
+    expected = m.step_s(1) + 0.010 if not overlap else m.step_s(1)
+    assert s["decode_step_p99_s"] == pytest.approx(expected, rel=1e-6)
+    steps = r["steps"][:, 1].sum()
+    prefill_bytes = 1000 * 75 * m.ep_copies(2, prefill=True) * m.ep_bytes_per_copy
+    assert r["ep_bytes"] == pytest.approx(prefill_bytes + steps * 16 * per_gpu)  # the same bytes in any rounds
+    assert len(r["flows"]) >= rounds * 16 * 3  # each round its own all-to-all

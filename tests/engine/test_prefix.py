@@ -38,9 +38,11 @@ def test_multi_turn_equals_no_cache_and_counts_the_shared_prefix(name):
     assert prefix.queried == sum(lengths) and prefix.hits == sum(on[1])
 
 
-def test_eviction_under_two_rows_keeps_results_and_reuses_what_is_left():
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-glm5"])
+def test_eviction_under_two_rows_keeps_results_and_reuses_what_is_left(name):
     """Three conversations take turns on two cache rows: a turn finds its prefix only if its row was not
-    taken since (least recently used first); every answer equals the run without a cache."""
+    taken since (least recently used first); every answer equals the run without a cache (both families: MLA's
+    latent, roped-key and indexer-key caches are kept and evicted with the row)."""
     def interleaved(llm):
         gens = {c: torch.Generator().manual_seed(c) for c in range(3)}
         ctx = {c: torch.randint(0, llm.config.vocab_size, (20,), generator=gens[c]).tolist() for c in range(3)}
@@ -50,8 +52,8 @@ def test_eviction_under_two_rows_keeps_results_and_reuses_what_is_left():
             out.append((r.token_ids, r.stats.cached_tokens))
             ctx[c] = ctx[c] + r.token_ids + torch.randint(0, llm.config.vocab_size, (5,), generator=gens[c]).tolist()
         return out
-    off = hd.LLM("tiny-llama", device="cpu", seed=1, enable_prefix_caching=False)
-    on = hd.LLM("tiny-llama", device="cpu", seed=1)
+    off = hd.LLM(name, device="cpu", seed=1, enable_prefix_caching=False)
+    on = hd.LLM(name, device="cpu", seed=1)
     for llm in (off, on):
         llm.core.reserve(2, 256)
     a, b = interleaved(off), interleaved(on)

@@ -201,7 +201,8 @@ def test_serve_and_bench_cli(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "hyperdecode.cli", "serve", "--model", "tiny-llama", "--port",
-                             str(port), "--max-model-len", "256"], stderr=subprocess.PIPE, text=True)
+                             str(port), "--max-model-len", "1024", "--tool-call-parser", "glm45",
+                             "--no-enable-prefix-caching"], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -218,6 +219,19 @@ def test_serve_and_bench_cli(tmp_path):
                             "--output-len", "6", "--json", str(out)], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         assert "TTFT" in r.stdout and json.loads(out.read_text())["completed"] == 4
+        # --tool-call-parser glm45: GLM's call text parses (tiny-llama's template alone would pick Hermes), and
+        # --no-enable-prefix-caching: the same prompt twice finds nothing cached
+        from tests.serve.test_tools import MESSAGES, TOOLS, forced
+        call = "<tool_call>get_time\n<arg_key>zone</arg_key>\n<arg_value>CET</arg_value>\n</tool_call>"
+        body = {"model": "tiny-llama", "messages": MESSAGES, "tools": TOOLS[1:], "max_tokens": 100, "temperature": 0,
+                **forced(call)}
+        for _ in range(2):
+            answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=120).json()
+            assert "choices" in answer, answer
+            calls = answer["choices"][0]["message"]["tool_calls"]
+            assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == \
+                [("get_time", {"zone": "CET"})], answer
+            assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import httpx
 import pytest
@@ -85,9 +86,21 @@ def wait_reply(page, n):
     return reply
 
 
-def test_chat_streams_two_turns(server, browser, tmp_path):
+def screenshot(page, name):
+    """Saves a screenshot where a person can look at it after the run: $HYPERDECODE_ARTIFACTS, else build/."""
+    folder = Path(os.environ.get("HYPERDECODE_ARTIFACTS", Path(__file__).parents[2] / "build" / "test-artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=folder / name)
+    assert (folder / name).stat().st_size > 0
+
+
+def test_chat_streams_two_turns(server, browser):
     from playwright.sync_api import expect
     page = open_page(browser, server.url + "/")
+    page.evaluate("""() => { window.seen = []; new MutationObserver(() => {
+        const text = document.querySelector('.msg.assistant .text');
+        if (text) window.seen.push(text.textContent.length);
+      }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true}); }""")
     card = httpx.get(server.url + "/v1/models").json()["data"][0]
     for shown in (card["id"], card["backend"], card["device"], card["speculative"]):
         expect(page.locator("#badge")).to_contain_text(shown, timeout=WAIT_MS)
@@ -103,13 +116,16 @@ def test_chat_streams_two_turns(server, browser, tmp_path):
         expect(reply.locator(".tps")).to_have_text(NUMBER)
         expect(reply.locator(".accepted")).to_have_text(NUMBER)  # the server speculates
         expect(reply.locator(".cached")).to_have_text(re.compile(r"^\d+ of \d+$"))
+        if n == 0:  # the first reply's text grew in several steps while it streamed, not in one
+            seen = page.evaluate("window.seen")
+            assert len(set(seen) - {0}) >= 3, seen
     assert page.locator("#error").is_hidden()
     chats = [json.loads(r.post_data) for r in page.requests if r.url.endswith("/v1/chat/completions")]
     assert [[m["role"] for m in c["messages"]] for c in chats] == [["user"], ["user", "assistant", "user"]]
     assert chats[1]["messages"][1]["content"] == page.locator(".msg.assistant .text").first.text_content()
     assert all(c["stream"] and c["stream_options"]["include_usage"] for c in chats)
     assert int(page.locator(".msg.assistant .cached").nth(1).text_content().split()[0]) > 0  # turn 1's prefix
-    page.screenshot(path=tmp_path / "chat.png")
+    screenshot(page, "playground-chat.png")
 
     page.fill("#max-tokens", "100000")  # past the context: the server's error envelope is shown
     page.fill("#prompt", "too long")
@@ -139,7 +155,7 @@ def test_stop_aborts_the_stream(server, browser):
     assert sent["ignore_eos"] is True and sent["max_tokens"] == 960
 
 
-def test_metrics_page_charts_live_series(server, browser, tmp_path):
+def test_metrics_page_charts_live_series(server, browser):
     from playwright.sync_api import expect
     page = open_page(browser, server.url + "/playground/metrics")
     expect(page.locator("canvas")).to_have_count(6)
@@ -152,6 +168,10 @@ def test_metrics_page_charts_live_series(server, browser, tmp_path):
             assert c.post("/v1/completions", json=body).status_code == 200
     expect(page.get_by_test_id("value-ttft")).to_have_text(NUMBER, timeout=WAIT_MS)
     expect(page.get_by_test_id("value-hit-rate")).to_have_text(NUMBER, timeout=WAIT_MS)
-    page.screenshot(path=tmp_path / "metrics.png")
+    # a series, not a number: the charts keep one point per scrape (the rates from the second on)
+    expect(page.locator("#chart-gen-tps canvas")).to_have_attribute("data-points", re.compile(r"^([4-9]|\d\d+)$"),
+                                                                    timeout=WAIT_MS)
+    assert int(page.locator("#chart-running canvas").get_attribute("data-points")) >= 5
+    screenshot(page, "playground-metrics.png")
     assert all(r.url.startswith(server.url + "/") or r.url.startswith("data:") for r in page.requests)
     assert not page.errors

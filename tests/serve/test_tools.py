@@ -161,3 +161,19 @@ def test_a_template_without_tools_gets_them_in_hermes_form():
     assert "<tool_response>\n{\"forecast\": \"sunny\"}\n</tool_response>" in text
     assert hermes_messages(normalize_messages([{"role": "user", "content": "x"}])) == [
         {"role": "user", "content": "x"}]
+
+
+@pytest.mark.parametrize("template", ["glm45_chat_template.jinja", None])
+def test_content_as_text_parts_renders_as_the_joined_string(template):
+    """OpenAI's list-of-parts content (what many SDKs send) gives the same prompt as the plain string, in every
+    role that carries text; a non-text part is a 400 naming the message."""
+    text = (DATA / template).read_text() if template else Tokenizer.byte_level().chat_template
+    parts = [{"role": "system", "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}]},
+             CONVERSATION[0] | {"content": [{"type": "text", "text": "weather in "}, {"type": "text", "text": "Paris?"}]},
+             *CONVERSATION[1:2],
+             CONVERSATION[2] | {"content": [{"type": "text", "text": '{"forecast": "sunny"}'}]}]
+    plain = [{"role": "system", "content": "Be brief."}, *CONVERSATION]
+    assert render(text, parts) == render(text, plain)
+    with pytest.raises(Exception, match="only text content parts") as e:
+        render(text, [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
+    assert e.value.param == "messages[0].content"

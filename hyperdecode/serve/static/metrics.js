@@ -128,6 +128,7 @@ async function poll() {
       const v = chart.value(sample, previous, oldest);
       chart.points.push(Number.isFinite(v) ? v : null);
       if (chart.points.length > POINTS) chart.points.shift();
+      chart.canvas.dataset.points = chart.points.filter((p) => p !== null).length;  // what a test can read
       chart.label.textContent = format(chart.points[chart.points.length - 1]);
       draw(chart);
     }

@@ -40,6 +40,19 @@ def test_twenty_sampled_outputs_validate_against_the_schema(smol):
     assert len(set(texts)) > 10  # sampled, not one answer twenty times
 
 
+def test_json_object_outputs_parse_as_objects(smol):
+    """response_format json_object: every sampled output that ends by itself is one JSON object (the grammar ends
+    it there; one cut at max_tokens is the only other way out)."""
+    client = openai.OpenAI(base_url=smol.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    messages = [{"role": "user", "content": "Give a city and its country as a short JSON object."}]
+    r = client.chat.completions.create(model="smollm2", messages=messages, response_format={"type": "json_object"},
+                                       n=6, temperature=1.0, seed=3, max_tokens=160)
+    finished = [c.message.content for c in r.choices if c.finish_reason == "stop"]
+    assert len(finished) >= 4, [(c.finish_reason, c.message.content) for c in r.choices]
+    assert all(isinstance(json.loads(text), dict) for text in finished)
+    assert all(c.finish_reason in ("stop", "length") for c in r.choices)
+
+
 def test_tool_messages_render_through_smollm2s_template(smol):
     inputs = smol.engine.inputs
     messages = [{"role": "user", "content": "What is the weather in Paris?"},

@@ -97,12 +97,19 @@ def test_serve_under_torchrun_answers_the_openai_client():
             assert time.monotonic() < deadline, "the torchrun server did not come up"
             time.sleep(0.5)
         answers = []
-        for url in (f"http://127.0.0.1:{port}/v1", f"{single.url}/v1"):
+        for url in (f"http://127.0.0.1:{port}/v1", f"{single.url}/v1"):  # three turns: the prefix cache reused
             client = openai.OpenAI(base_url=url, api_key="none", timeout=60)
-            r = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi there"}],
-                                               max_tokens=12, temperature=0)
-            answers.append((r.choices[0].message.content, r.usage.completion_tokens))
-        assert answers[0] == answers[1] and answers[0][1] > 0
+            messages, turns = [], []
+            for text in ("hi there", "and then?", "go on"):
+                messages.append({"role": "user", "content": text})
+                r = client.chat.completions.create(model="tiny-llama", messages=messages, max_tokens=12,
+                                                   temperature=0)
+                messages.append({"role": "assistant", "content": r.choices[0].message.content})
+                turns.append((r.choices[0].message.content, r.usage.completion_tokens,
+                              r.usage.prompt_tokens_details.cached_tokens))
+            answers.append(turns)
+        assert answers[0] == answers[1] and all(turn[1] > 0 for turn in answers[0])
+        assert answers[0][0][2] == 0 and answers[0][1][2] > 0 and answers[0][2][2] > answers[0][1][2]
     finally:
         single.stop()
         job.terminate()

@@ -101,6 +101,8 @@ FLAGS = [  # (fabric command line, exit code, text of the one-line message); {tm
     (SIM + ("--plot", "{tmp}/nodir/p.png"), 1, "--plot {tmp}/nodir/p.png: directory {tmp}/nodir does not exist"),
     (STUDY[:-1] + ("{tmp}/afile",), 1, "--out-dir {tmp}/afile: exists and is not a directory"),
     (STUDY + ("--scales", "1,-2"), 1, "--scales '1,-2' must be positive"),
+    (SIM + ("--ep-rounds", "0"), 1, "--ep-rounds must be at least 1, got 0"),
+    (SIM + ("--dcqcn", "maybe"), 2, "--dcqcn: invalid choice"),
     (("build", "zcube"), 1, "zcube needs --n, or --gpus and --gpus-per-switch"),
     (ZC + ("--gpus", "64"), 1, "either --n (paper form) or --gpus and --gpus-per-switch"),
     (("build", "zcube", "--n", "0"), 1, "--n must be at least 1, got 0"),

@@ -86,6 +86,8 @@ def test_pfc_demo_command(capsys):
     assert all(set(r) == {"name", "gbps", "maxmin_gbps"} for r in d["flows"])
     assert main(["fabric", "pfc-demo", "--senders", "3", "--gbps", "200", "--pfc", "off"]) == 0
     assert "victim" in capsys.readouterr().out
+    assert main(["fabric", "pfc-demo", "--senders", "2", "--gbps", "100", "--dcqcn", "on", "--ms", "5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ecn_marks"] > 0
     assert main(["fabric", "pfc-demo", "--senders", "0", "--gbps", "100"]) == 1
     assert "--senders" in capsys.readouterr().err
 

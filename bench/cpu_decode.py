@@ -1,108 +1,215 @@
-"""Batch-1 greedy decode speed of SmolLM2-135M on the CPU: hyperdecode vs transformers on the same weights.
+"""SmolLM2-135M on the CPU, batch 1: hyperdecode (quantized fast path and dequantized reference), transformers and
+llama.cpp on the same GGUF, each in its own process, alternated, best of N.
 
-Both run the weights hyperdecode dequantized from the embedded GGUF, in the same dtype, greedy, for the same
-number of tokens after the same prompt; the first generated tokens must agree. Prints tok/s, the ratio, and the
-fraction of the memory-bandwidth floor each reaches (bytes of weights + KV read per token / measured copy GB/s).
+Per engine: decode tok/s (64 greedy tokens after a short prompt), TTFT of a 500-token prompt, the cold command's
+time to its first token (a fresh process: import, load, first token; hyperdecode's second run, which reads its
+converted cache) and peak RSS. llama.cpp runs through llama-cpp-python, installed into its own environment
+(`--llama-venv`, built from source once: several minutes) and never a dependency of the package; without it
+(`--no-llama`) its rows are left out.
 
-    python bench/cpu_decode.py [--tokens 64] [--dtype float32] [--threads N]
+    python bench/cpu_decode.py [--repeats 3] [--threads 2] [--tokens 64] [--no-llama]
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
 import time
+from pathlib import Path
 
-import torch
-
-import hyperdecode as hd
-from hyperdecode.model.embedded import smollm2_path
-from hyperdecode.model.weights import read_gguf
+LONG_PROMPT_TOKENS = 500
+ENGINES = ("hyperdecode", "hyperdecode-reference", "transformers", "llama.cpp")
 
 
-def copy_bandwidth_gbs(nbytes: int = 256 * 2**20, reps: int = 5) -> float:
-    src = torch.empty(nbytes // 4, dtype=torch.float32).uniform_()
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - t)
-    return 2 * nbytes / best / 1e9  # read + write
+def prompts() -> tuple[list[int], list[int]]:
+    """A short prompt, and one of exactly 500 tokens (a passage repeated and cut), as SmolLM2's token ids."""
+    from hyperdecode.model.loader import load_model
+    tokenizer_encode = load_model("smollm2", device="cpu", quantize="auto").tokenizer.encode  # the converted cache
+    short = tokenizer_encode("The history of the city of Paris begins")
+    text = ("Paris is the capital and largest city of France. It is located on the Seine river, in the north of "
+            "the country, and has been one of Europe's major centres of finance, diplomacy, commerce, culture, "
+            "fashion and gastronomy for centuries. ") * 20
+    long = tokenizer_encode(text)[:LONG_PROMPT_TOKENS]
+    assert len(long) == LONG_PROMPT_TOKENS
+    return short, long
 
 
-def hf_model_from(llm: hd.LLM):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    c = llm.config
-    hf_cfg = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-                         num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-                         num_key_value_heads=c.num_key_value_heads, head_dim=c.head_dim, rms_norm_eps=c.rms_norm_eps,
-                         rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-                         max_position_embeddings=c.max_position_embeddings,
-                         tie_word_embeddings=c.tie_word_embeddings, bos_token_id=None, eos_token_id=None,
-                         pad_token_id=0)
-    with torch.device("meta"):
-        model = LlamaForCausalLM(hf_cfg)
-    sd = {("lm_head.weight" if k.startswith("lm_head") else f"model.{k}"): v.to(llm.model.embed_tokens.weight.dtype)
-          for k, v in read_gguf(smollm2_path(), c).items()}
-    if c.tie_word_embeddings:
-        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
-    model.load_state_dict(sd, assign=True, strict=True)
-    model.model.rotary_emb.to_empty(device="cpu")
-    model.model.rotary_emb.__init__(hf_cfg)
-    return model.eval()
+def run_hyperdecode(args: argparse.Namespace, quantize: str) -> dict:
+    import torch
+    import hyperdecode as hd
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    llm = hd.LLM("smollm2", device="cpu", quantize=quantize)
+    load = time.perf_counter() - start
+    short, long = args.prompts
+    llm.generate(short, max_tokens=4, ignore_eos=True)  # warm-up
+    out = llm.generate(short, max_tokens=args.tokens, ignore_eos=True)
+    decode = out.stats.tokens_per_s
+    llm.reset_prefix_cache()
+    t = time.perf_counter()
+    llm.generate(long, max_tokens=1)
+    ttft = time.perf_counter() - t
+    return {"decode_tok_s": decode, "ttft_500_s": ttft, "load_s": load, "tokens": out.token_ids}
 
 
-def time_hf(model, prompt: list[int], n: int) -> tuple[float, list[int]]:
-    ids = torch.tensor([prompt])
-    kw = dict(do_sample=False, max_new_tokens=n, min_new_tokens=n, eos_token_id=None, pad_token_id=0)
+def run_transformers(args: argparse.Namespace) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+    from hyperdecode.model.embedded import smollm2_path
+    torch.set_num_threads(args.threads)
+    path = smollm2_path()
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    load = time.perf_counter() - start
+    short, long = args.prompts
+    kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
     with torch.inference_mode():
-        model.generate(ids, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+        model.generate(torch.tensor([short]), max_new_tokens=4, min_new_tokens=4, **kw)
         t = time.perf_counter()
-        first = model.generate(ids, **{**kw, "max_new_tokens": 1, "min_new_tokens": 1})
-        ttft = time.perf_counter() - t
+        model.generate(torch.tensor([short]), max_new_tokens=1, min_new_tokens=1, **kw)
+        first = time.perf_counter() - t
         t = time.perf_counter()
-        out = model.generate(ids, **kw)
+        out = model.generate(torch.tensor([short]), max_new_tokens=args.tokens, min_new_tokens=args.tokens, **kw)
         e2e = time.perf_counter() - t
-    assert first.shape[1] == len(prompt) + 1
-    return (n - 1) / (e2e - ttft), out[0, len(prompt):].tolist()
+        t = time.perf_counter()
+        model.generate(torch.tensor([long]), max_new_tokens=1, min_new_tokens=1, **kw)
+        ttft = time.perf_counter() - t
+    return {"decode_tok_s": (args.tokens - 1) / (e2e - first), "ttft_500_s": ttft, "load_s": load,
+            "tokens": out[0, len(short):].tolist()}
+
+
+LLAMA_DRIVER = r"""
+import json, sys, time
+from llama_cpp import Llama
+path, threads, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+short, long = json.loads(sys.argv[4]), json.loads(sys.argv[5])
+t = time.perf_counter()
+llm = Llama(model_path=path, n_threads=threads, n_ctx=1024, verbose=False)
+load = time.perf_counter() - t
+def run(prompt, k):
+    llm.reset()
+    out, t0, first = [], time.perf_counter(), None
+    for tok in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+        if first is None:
+            first = time.perf_counter() - t0
+        out.append(tok)
+        if len(out) == k:
+            break
+    return out, first, time.perf_counter() - t0
+run(short, 4)
+out, first, e2e = run(short, n)
+_, ttft, _ = run(long, 1)
+print(json.dumps({"decode_tok_s": (n - 1) / (e2e - first), "ttft_500_s": ttft, "load_s": load, "tokens": out}))
+"""
+
+
+def llama_python(venv: Path, install: bool) -> Path | None:
+    python = venv / "bin" / "python"
+    found = python.exists() and subprocess.run([str(python), "-c", "import llama_cpp"], capture_output=True)
+    if found and found.returncode == 0:
+        return python
+    if not install:
+        return None
+    print(f"installing llama-cpp-python into {venv} (a source build: several minutes)", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "llama-cpp-python"], check=True,
+                   env={**os.environ, "CMAKE_ARGS": "-DGGML_NATIVE=ON"})
+    return python
+
+
+def child(args: argparse.Namespace) -> None:
+    """One engine's figures as a JSON line (run in a process of its own, so that RSS is its own)."""
+    args.prompts = json.loads(args.prompt_ids)
+    if args.engine == "hyperdecode":
+        out = run_hyperdecode(args, "auto")
+    elif args.engine == "hyperdecode-reference":
+        out = run_hyperdecode(args, "none")
+    else:
+        out = run_transformers(args)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def measure(engine: str, args: argparse.Namespace, llama: Path | None, short: list[int], long: list[int]) -> dict:
+    if engine == "llama.cpp":
+        from hyperdecode.model.embedded import smollm2_path
+        cmd = [str(llama), "-c", LLAMA_DRIVER, str(smollm2_path()), str(args.threads), str(args.tokens),
+               json.dumps(short), json.dumps(long)]
+        cmd = ["/usr/bin/time", "-f", "%M", *cmd] if Path("/usr/bin/time").exists() else cmd
+    else:
+        cmd = [sys.executable, __file__, "--child", engine, "--threads", str(args.threads), "--tokens",
+               str(args.tokens), "--prompt-ids", json.dumps([short, long])]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if r.returncode:
+        raise RuntimeError(f"{engine}: {r.stderr.strip()[-800:]}")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    if engine == "llama.cpp" and cmd[0] == "/usr/bin/time":
+        out["peak_rss_mb"] = int(r.stderr.strip().splitlines()[-1]) / 1024
+    return out
+
+
+def cold_first_token(engine: str, args: argparse.Namespace, llama: Path | None) -> float:
+    """Seconds from starting a fresh command to its first generated token (hyperdecode's CLI; llama.cpp's Python
+    binding with the same prompt)."""
+    if engine == "hyperdecode":
+        cmd = [sys.executable, "-m", "hyperdecode", "generate", "The capital of France is", "--device", "cpu",
+               "--max-tokens", "1"]
+    elif engine == "llama.cpp":
+        from hyperdecode.model.embedded import smollm2_path
+        code = ("import sys; from llama_cpp import Llama; "
+                "llm = Llama(model_path=sys.argv[1], n_threads=int(sys.argv[2]), verbose=False); "
+                "print(llm('The capital of France is', max_tokens=1)['choices'][0]['text'])")
+        cmd = [str(llama), "-c", code, str(smollm2_path()), str(args.threads)]
+    else:
+        return float("nan")
+    subprocess.run(cmd, capture_output=True, timeout=600)  # the first run converts / warms the page cache
+    t = time.perf_counter()
+    subprocess.run(cmd, capture_output=True, timeout=600, check=True)
+    return time.perf_counter() - t
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--repeats", type=int, default=3, help="runs per engine, alternating; the best counts")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--repeats", type=int, default=3, help="rounds, engines alternated; the best counts")
+    ap.add_argument("--no-llama", action="store_true", help="leave llama.cpp out")
+    ap.add_argument("--llama-venv", default=str(Path.home() / ".cache" / "hyperdecode" / "llama-cpp-venv"))
+    ap.add_argument("--child", choices=ENGINES[:3], dest="engine", help=argparse.SUPPRESS)
+    ap.add_argument("--prompt-ids", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    llm = hd.LLM("smollm2", device="cpu", dtype=args.dtype)
-    prompt = llm.tokenizer.encode("The history of the city of Paris begins")
-    llm.generate(prompt, max_tokens=4, ignore_eos=True)  # warm-up
-    hf_model = hf_model_from(llm)
-    ours_tps, hf_tps = 0.0, 0.0
-    for _ in range(args.repeats):  # alternate, so that machine noise hits both engines alike
-        ours = llm.generate(prompt, max_tokens=args.tokens, ignore_eos=True)
-        ours_tps = max(ours_tps, ours.stats.tokens_per_s)
-        tps, hf_tokens = time_hf(hf_model, prompt, args.tokens)
-        hf_tps = max(hf_tps, tps)
-
-    agree = next((i for i, (a, b) in enumerate(zip(ours.token_ids, hf_tokens)) if a != b), len(hf_tokens))
-    # per token every weight is read once, except the embedding table (one row)
-    weight_bytes = sum(p.numel() * p.element_size() for n, p in llm.model.named_parameters()
-                       if n != "embed_tokens.weight")
-    kv_bytes = llm.config.kv_bytes_per_token(llm.model.embed_tokens.weight.element_size()) * (
-        len(prompt) + args.tokens // 2)
-    bw = copy_bandwidth_gbs()
-    floor_tps = bw * 1e9 / (weight_bytes + kv_bytes)
-    print(f"SmolLM2-135M {args.dtype}, batch 1, {args.tokens} greedy tokens, {torch.get_num_threads()} threads; "
-          f"copy bandwidth {bw:.1f} GB/s, {weight_bytes / 1e6:.0f} MB weights read per token -> floor {floor_tps:.1f} tok/s")
-    print(f"{'engine':<14}{'tok/s':>8}{'TPOT ms':>9}{'% floor':>9}")
-    for name, tps in (("hyperdecode", ours_tps), ("transformers", hf_tps)):
-        print(f"{name:<14}{tps:>8.1f}{1e3 / tps:>9.1f}{100 * tps / floor_tps:>8.1f}%")
-    print(f"ratio hyperdecode / transformers: {ours_tps / hf_tps:.2f}x (best of {args.repeats}); "
-          f"greedy tokens agree for the first {agree} of {args.tokens}")
+    if args.engine:
+        return child(args)
+    short, long = prompts()
+    llama = None if args.no_llama else llama_python(Path(args.llama_venv), install=True)
+    engines = [e for e in ENGINES if e != "llama.cpp" or llama is not None]
+    best: dict[str, dict] = {}
+    for _ in range(args.repeats):
+        for engine in engines:
+            got = measure(engine, args, llama, short, long)
+            old = best.get(engine)
+            best[engine] = got if old is None else {
+                "decode_tok_s": max(old["decode_tok_s"], got["decode_tok_s"]),
+                "ttft_500_s": min(old["ttft_500_s"], got["ttft_500_s"]),
+                "load_s": min(old["load_s"], got["load_s"]),
+                "peak_rss_mb": max(old["peak_rss_mb"], got["peak_rss_mb"]), "tokens": got["tokens"]}
+    cold = {e: min(cold_first_token(e, args, llama) for _ in range(args.repeats)) for e in engines}
+    reference = best["hyperdecode-reference"]["tokens"]
+    print(f"SmolLM2-135M-Instruct Q4_1 GGUF, batch 1, {args.threads} threads, best of {args.repeats} alternated")
+    print(f"{'engine':<24}{'decode tok/s':>13}{'TTFT 500 ms':>13}{'cold 1st tok s':>15}{'peak RSS MB':>13}"
+          f"{'agree':>7}")
+    for engine in engines:
+        b = best[engine]
+        agree = next((i for i, (x, y) in enumerate(zip(b["tokens"], reference)) if x != y), len(reference))
+        print(f"{engine:<24}{b['decode_tok_s']:>13.1f}{1e3 * b['ttft_500_s']:>13.0f}{cold[engine]:>15.2f}"
+              f"{b['peak_rss_mb']:>13.0f}{agree:>7}")
+    if "llama.cpp" in best:
+        ours, theirs = best["hyperdecode"], best["llama.cpp"]
+        print(f"hyperdecode / llama.cpp: decode {ours['decode_tok_s'] / theirs['decode_tok_s']:.2f}x, "
+              f"TTFT {ours['ttft_500_s'] / theirs['ttft_500_s']:.2f}x (goal: >= 1.0x and <= 1.0x)")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,9 @@ def add_backend_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="reference", choices=list(BACKENDS),
                    help="reference (PyTorch), graph (CUDA graphs), mega (the megakernel; without a GPU it runs in "
                         "Triton's interpreter, for checking only), auto (the fastest here)")
+    p.add_argument("--quantize", default="auto", choices=["auto", "none"],
+                   help="auto: a GGUF's Q4_0 / Q4_1 / Q8_0 weights stay quantized on the CPU (the reference "
+                        "backend multiplies the blocks as stored); none: every weight dequantized to --dtype")
 
 
 def sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -82,7 +85,8 @@ def load_llm(args: argparse.Namespace) -> Any:
     """The LLM of generate / chat, which take text, so the model needs a tokenizer."""
     from .engine.llm import LLM
     from .errors import ConfigError
-    llm = LLM(args.model, device=args.device, dtype=args.dtype, backend=args.backend, parallel=args.parallel)
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, backend=args.backend, parallel=args.parallel,
+              quantize=args.quantize)
     if args.parallel and llm.rank != 0:
         follow_and_exit(llm)
     try:
@@ -328,7 +332,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                           max_request_bytes=args.max_request_bytes,
                           speculative_config=speculative_flag(args.speculative_config, "--speculative-config"),
                           parallel=args.parallel, enable_prefix_caching=args.enable_prefix_caching,
-                          tool_call_parser=args.tool_call_parser)
+                          tool_call_parser=args.tool_call_parser, quantize=args.quantize)
     logging.basicConfig(level=logging.INFO, format="hyperdecode: %(levelname)s %(name)s: %(message)s")
     failures: list[str] = []
     servers: list[uvicorn.Server] = []

@@ -57,11 +57,13 @@ class LLM:
     parallel: "tp" (tensor parallel) or "hetero" (GLM-5 / DeepSeek-V3.2: rank 0 runs the DSA indexer, the other
     ranks the attention, all of them the MoE) over the ranks torchrun started; rank 0 leads, the others follow.
     enable_prefix_caching: a prompt starts after the longest prefix a cache row still holds (engine/prefix.py).
+    quantize: "auto" keeps a GGUF's Q4_0 / Q4_1 / Q8_0 blocks quantized on the CPU with the reference backend
+    (model/quant.py: ~4.5 or 8.5 bits a weight read per token instead of 32); "none" dequantizes them.
     """
 
     def __init__(self, model: str = "smollm2", device: str = "auto", dtype: str = "float32",
                  backend: str = "reference", seed: int = 0, max_num_batched_tokens: int | None = None,
-                 parallel: str | None = None, enable_prefix_caching: bool = True):
+                 parallel: str | None = None, enable_prefix_caching: bool = True, quantize: str = "auto"):
         check_backend(backend, resolve_device(device))
         if parallel is not None:  # one process per GPU under torchrun: this rank's shard of the model
             if backend != "reference":
@@ -70,7 +72,8 @@ class LLM:
             cfg, local, tok = load_parallel(model, parallel, resolve_device(device), resolve_dtype(dtype), seed)
             loaded = LoadedModel(model, cfg, local, tok)
         else:
-            loaded = load_model(model, device=device, dtype=dtype, seed=seed)
+            keep = quantize if backend == "reference" else "none"  # graph and mega read the weights as tensors
+            loaded = load_model(model, device=device, dtype=dtype, seed=seed, quantize=keep)
         self.name = loaded.name
         self.config = loaded.cfg
         self.model = loaded.model

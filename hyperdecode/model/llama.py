@@ -246,6 +246,8 @@ class LlamaForCausalLM(CausalLM):
         return step.unpack(self.norm(x))
 
     def logits(self, hidden: Tensor) -> Tensor:
+        if isinstance(self.lm_head, nn.Module):  # a head kept quantized (quant.py)
+            return self.lm_head(hidden).float()
         return (hidden @ self.lm_head).float()
 
     def from_hf(self, sd: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -181,13 +182,21 @@ def export_model(model: str, out_dir: str | Path, fp8: bool = False, seed: int =
     return out
 
 
+QUANTIZE = ("auto", "none")
+
+
 def load_model(model: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "float32",
-               seed: int = 0) -> LoadedModel:
+               seed: int = 0, quantize: str = "none") -> LoadedModel:
+    """`quantize`: "auto" keeps a GGUF's Q4_0 / Q4_1 / Q8_0 blocks quantized on the CPU (model/quant.py), "none"
+    dequantizes every weight."""
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    if quantize not in QUANTIZE:
+        raise ConfigError(f"quantize '{quantize}' is not one of {', '.join(QUANTIZE)}")
+    keep = quantize == "auto" and dev.type == "cpu"
     path = Path(model)
     if model in PRESETS:
         if PRESETS[model].embedded:
-            return load_gguf(smollm2_path(), dev, dt, name=model)
+            return load_gguf(smollm2_path(), dev, dt, name=model, keep_quantized=keep)
         cfg, sd, tok = random_preset(model, seed)
         return LoadedModel(model, cfg, build(cfg, sd, model, dev, dt), tok)
     if path.is_dir():
@@ -195,7 +204,7 @@ def load_model(model: str, device: str | torch.device = "auto", dtype: str | tor
         tok = Tokenizer.from_hf_dir(path, cfg.eos_token_ids, cfg.bos_token_id)
         return LoadedModel(str(path), cfg, build(cfg, sd, str(path), dev, dt), tok, raw)
     if path.suffix == ".gguf":
-        return load_gguf(path, dev, dt, name=str(path))
+        return load_gguf(path, dev, dt, name=str(path), keep_quantized=keep)
     if path.exists():
         raise ModelNotFoundError(f"model '{model}': expected a checkpoint directory or a .gguf file")
     raise ModelNotFoundError(f"model '{model}' is neither a preset ({', '.join(PRESETS)}) nor an existing path")
@@ -212,8 +221,29 @@ def gguf_config(reader: Any, source: str) -> tuple[ModelConfig, Tokenizer]:
     return cfg, tok
 
 
-def load_gguf(path: Path, device: torch.device, dtype: torch.dtype, name: str) -> LoadedModel:
+def load_gguf(path: Path, device: torch.device, dtype: torch.dtype, name: str,
+              keep_quantized: bool = False) -> LoadedModel:
+    """With `keep_quantized`, the model's quantized blocks stay as stored (quant.py) and the result is converted
+    once into the cache (converted.py): later loads read that instead of the GGUF."""
+    from .converted import converted_dir, load_converted, save_converted
+    from .quant import kernel_library, quantize_gguf
+    if keep_quantized:
+        try:
+            kernel_library()
+        except ConfigError as e:  # no C compiler here: the dequantized weights still answer, more slowly
+            warnings.warn(f"{e}; {path.name}'s weights stay dequantized", stacklevel=2)
+            keep_quantized = False
+    if keep_quantized and (folder := converted_dir(path, dtype)).is_dir():
+        cfg, model, tok = load_converted(folder, device)
+        return LoadedModel(name, cfg, model, tok)
     reader = open_gguf(path)
     cfg, tok = gguf_config(reader, str(path))
     sd = read_gguf(path, cfg, reader)
-    return LoadedModel(name, cfg, build(cfg, sd, str(path), device, dtype), tok)
+    model = build(cfg, sd, str(path), device, dtype)
+    if keep_quantized:
+        quantize_gguf(model, reader, cfg)
+        try:
+            save_converted(folder, model, cfg, tok)
+        except OSError as e:  # a read-only cache: every load converts again
+            warnings.warn(f"could not keep the converted {path.name} in {folder.parent} ({e})", stacklevel=2)
+    return LoadedModel(name, cfg, model, tok)

@@ -63,6 +63,7 @@ class ServerConfig:
     parallel: str | None = None  # "tp": this process is rank 0 of a torchrun job (parallel/follow.py)
     enable_prefix_caching: bool = True  # vLLM's --enable-prefix-caching / --no-enable-prefix-caching
     tool_call_parser: str | None = None  # vLLM's --tool-call-parser (None: from the chat template)
+    quantize: str = "auto"  # a GGUF's quantized blocks kept as they are on the CPU (model/quant.py), or "none"
 
     @property
     def name(self) -> str:
@@ -90,7 +91,7 @@ class State:
             c = self.config
             self._start(LLM(c.model, device=c.device, dtype=c.dtype, backend=c.backend,
                             max_num_batched_tokens=c.max_num_batched_tokens, parallel=c.parallel,
-                            enable_prefix_caching=c.enable_prefix_caching))
+                            enable_prefix_caching=c.enable_prefix_caching, quantize=c.quantize))
         except Exception as e:  # reported by /health and every request
             self.error = f"{type(e).__name__}: {e}"
             log.error("the model '%s' failed to load: %s", self.config.model, self.error)

@@ -1,0 +1,211 @@
+"""GGUF weights kept quantized on the CPU: Q4_0, Q4_1 and Q8_0 blocks multiplied as they are stored.
+
+A GGUF tensor of these types is rows of 32-value blocks, each block a fp16 scale d (Q4_1 also a fp16 minimum m)
+and its quantized values. `pack` turns a tensor's raw bytes into three arrays (the values, d and c per block, as
+`w = d·q + c`), `QuantLinear` multiplies fp32 activations by them with the C kernel of `csrc/qmatmul.c` (built
+once with the system's C compiler into the project's cache, then loaded with ctypes), and `quantize_gguf` swaps a
+loaded model's projections and LM head for them. The bytes read per token fall from 32 bits per weight to 4.5
+(Q4_1) or 8.5 (Q8_0); the activations stay fp32, so the result differs from dequantize-then-matmul only in the
+order of the sums.
+
+>>> import gguf, numpy as np
+>>> w = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+>>> raw = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_1)
+>>> layer = QuantLinear(pack(raw, "Q4_1", 64))
+>>> x = torch.randn(2, 64)
+>>> exact = x @ torch.from_numpy(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_1)).T
+>>> bool(torch.allclose(layer(x), exact, atol=1e-4))
+True
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+__all__ = ["FORMATS", "Packed", "pack", "QuantLinear", "quantize_gguf", "kernel_library", "SMALL_M"]
+
+BLOCK = 32
+FORMATS = {"Q4_0": (18, 4), "Q4_1": (20, 4), "Q8_0": (34, 8)}  # bytes per block, bits per value
+SMALL_M = 8  # up to this many activation rows the kernel reads the blocks; above, dequantize once and use BLAS
+SOURCE = Path(__file__).with_name("csrc") / "qmatmul.c"
+
+
+@dataclass
+class Packed:
+    """A [N, K] weight as `w = d·q + c` per 32-value block: q packed as stored (two 4-bit values or one int8 a
+    byte), d and c fp32 [N, K / 32] (c None for Q8_0)."""
+    kind: int  # 4 or 8 bits per value
+    qs: Tensor  # uint8 [N, K / 2] or [N, K]
+    d: Tensor
+    c: Tensor | None
+    in_features: int
+
+    def rows(self, index: Tensor) -> "Packed":
+        """The same weight with its rows reordered (or selected) by `index`."""
+        c = None if self.c is None else self.c[index].contiguous()
+        return Packed(self.kind, self.qs[index].contiguous(), self.d[index].contiguous(), c, self.in_features)
+
+
+def pack(raw: np.ndarray, kind: str, in_features: int) -> Packed:
+    """A GGUF tensor's raw bytes (uint8 [N, bytes per row]) of type `kind` as `Packed`."""
+    if kind not in FORMATS:
+        raise ConfigError(f"GGUF type {kind} is not kept quantized here (supported: {', '.join(FORMATS)})")
+    size, bits = FORMATS[kind]
+    if in_features % BLOCK:
+        raise ConfigError(f"a {kind} weight's rows must hold whole 32-value blocks, got {in_features} values")
+    rows = raw.reshape(raw.shape[0], in_features // BLOCK, size)
+    d = torch.from_numpy(rows[..., :2].copy().view(np.float16)[..., 0].astype(np.float32))
+    if kind == "Q4_1":
+        c = torch.from_numpy(rows[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32))
+    elif kind == "Q4_0":
+        c = -8 * d
+    else:
+        c = None
+    values = rows[..., size - BLOCK * bits // 8:]
+    qs = torch.from_numpy(np.ascontiguousarray(values).reshape(raw.shape[0], -1))
+    return Packed(bits, qs, d, c, in_features)
+
+
+class QuantLinear(nn.Module):
+    """y = x @ W.T (+ bias) for a packed W [out, in]: the C kernel for a few rows of x, BLAS on W dequantized
+    once per call for many (a prompt's prefill)."""
+
+    def __init__(self, packed: Packed, bias: Tensor | None = None):
+        super().__init__()
+        self.kind = packed.kind
+        self.in_features = packed.in_features
+        self.out_features = packed.qs.shape[0]
+        self.register_buffer("qs", packed.qs)
+        self.register_buffer("d", packed.d)
+        self.register_buffer("c", packed.c)
+        self.bias = bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, self.in_features).float().contiguous()
+        m = flat.shape[0]
+        lib = kernel_library()
+        c_ptr = None if self.c is None else ctypes.c_void_p(self.c.data_ptr())
+        if m > SMALL_M:
+            w = torch.empty(self.out_features, self.in_features)
+            lib.dequantize(self.kind, ptr(self.qs), ptr(self.d), c_ptr, ptr(w), self.out_features, self.in_features)
+            y = flat @ w.T
+        else:
+            sums = torch.empty(m, self.in_features // BLOCK)  # the kernel's scratch: each block's sum of x
+            y = torch.empty(m, self.out_features)
+            lib.qmatmul(self.kind, ptr(self.qs), ptr(self.d), c_ptr, ptr(flat), ptr(sums), ptr(y), m,
+                        self.out_features, self.in_features)
+        if self.bias is not None:
+            y += self.bias
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, bits={self.kind}, blocks of {BLOCK}"
+
+
+def ptr(t: Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+@lru_cache(maxsize=1)
+def kernel_library() -> ctypes.CDLL:
+    """The compiled kernel: built once per source, compiler and CPU into the project's cache (`cc -O3
+    -march=native -fopenmp`, about a second), then loaded."""
+    from .embedded import cache_dir
+    compiler = os.environ.get("CC", "cc")
+    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+    source = SOURCE.read_bytes()
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ConfigError(f"the quantized CPU kernel needs a C compiler ({compiler}: {e}); "
+                          "install one (apt-get install gcc) or pass quantize='none'") from None
+    key = hashlib.sha256(source + version.encode() + " ".join(flags).encode() + cpu_model().encode()).hexdigest()
+    target = cache_dir() / "kernels" / f"qmatmul-{key[:16]}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            out = Path(tmp) / target.name
+            r = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(out)], capture_output=True, text=True,
+                               timeout=300)
+            if r.returncode:
+                raise ConfigError(f"building {SOURCE.name} with {compiler} failed: {r.stderr.strip()[-500:]}")
+            os.replace(out, target)
+    lib = ctypes.CDLL(str(target))
+    i64, vp = ctypes.c_int64, ctypes.c_void_p
+    lib.qmatmul.argtypes = [ctypes.c_int, vp, vp, vp, vp, vp, vp, i64, i64, i64]
+    lib.qmatmul.restype = None
+    lib.dequantize.argtypes = [ctypes.c_int, vp, vp, vp, vp, i64, i64]
+    lib.dequantize.restype = None
+    return lib
+
+
+def cpu_model() -> str:
+    """What -march=native depends on: the CPU's model name and flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+        return platform.processor() or platform.machine()
+    lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(lines[:2])
+
+
+def quantize_gguf(model: nn.Module, reader: Any, cfg: Any) -> int:
+    """Swaps a Llama-family model's projections and (tied or not) LM head for `QuantLinear`s over the GGUF's own
+    blocks, where every part of a fused projection is Q4_0, Q4_1 or Q8_0; returns how many were swapped. The
+    q and k rows get the reference path's RoPE reordering (weights.unpermute_rope), applied to whole rows."""
+    from .weights import unpermute_rope
+    tensors = {t.name: t for t in reader.tensors}
+
+    def packed(name: str, heads: int | None = None) -> Packed | None:
+        t = tensors.get(name)
+        if t is None or t.tensor_type.name not in FORMATS:
+            return None
+        p = pack(np.asarray(t.data), t.tensor_type.name, int(t.shape[0]))
+        if heads is not None:
+            p = p.rows(unpermute_rope(torch.arange(p.qs.shape[0])[:, None], heads)[:, 0])
+        return p
+
+    swapped = 0
+    for i, layer in enumerate(model.layers):
+        blk = f"blk.{i}."
+        parts = {
+            (layer.self_attn, "qkv_proj"): [packed(blk + "attn_q.weight", cfg.num_attention_heads),
+                                            packed(blk + "attn_k.weight", cfg.num_key_value_heads),
+                                            packed(blk + "attn_v.weight")],
+            (layer.self_attn, "o_proj"): [packed(blk + "attn_output.weight")],
+            (layer.mlp, "gate_up_proj"): [packed(blk + "ffn_gate.weight"), packed(blk + "ffn_up.weight")],
+            (layer.mlp, "down_proj"): [packed(blk + "ffn_down.weight")],
+        }
+        for (owner, attr), pieces in parts.items():
+            if all(p is not None for p in pieces) and len({p.kind for p in pieces}) == 1:
+                old = getattr(owner, attr)
+                setattr(owner, attr, QuantLinear(join_rows(pieces), old.bias))
+                swapped += 1
+    head = packed("output.weight") or (packed("token_embd.weight") if cfg.tie_word_embeddings else None)
+    if head is not None:
+        del model.lm_head
+        model.lm_head = QuantLinear(head)
+        swapped += 1
+    return swapped
+
+
+def join_rows(pieces: list[Packed]) -> Packed:
+    if len(pieces) == 1:
+        return pieces[0]
+    c = None if pieces[0].c is None else torch.cat([p.c for p in pieces])
+    return Packed(pieces[0].kind, torch.cat([p.qs for p in pieces]), torch.cat([p.d for p in pieces]), c,
+                  pieces[0].in_features)

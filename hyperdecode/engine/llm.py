@@ -72,7 +72,8 @@ class LLM:
             cfg, local, tok = load_parallel(model, parallel, resolve_device(device), resolve_dtype(dtype), seed)
             loaded = LoadedModel(model, cfg, local, tok)
         else:
-            keep = quantize if backend == "reference" else "none"  # graph and mega read the weights as tensors
+            # graph and mega read the weights as tensors (on the CPU "auto" is the reference)
+            keep = quantize if backend in ("reference", "auto") else "none"
             loaded = load_model(model, device=device, dtype=dtype, seed=seed, quantize=keep)
         self.name = loaded.name
         self.config = loaded.cfg

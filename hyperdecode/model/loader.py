@@ -233,9 +233,14 @@ def load_gguf(path: Path, device: torch.device, dtype: torch.dtype, name: str,
         except ConfigError as e:  # no C compiler here: the dequantized weights still answer, more slowly
             warnings.warn(f"{e}; {path.name}'s weights stay dequantized", stacklevel=2)
             keep_quantized = False
-    if keep_quantized and (folder := converted_dir(path, dtype)).is_dir():
-        cfg, model, tok = load_converted(folder, device)
-        return LoadedModel(name, cfg, model, tok)
+    if keep_quantized and path.is_file() and (folder := converted_dir(path, dtype)).is_dir():
+        try:
+            cfg, model, tok = load_converted(folder, device)
+            return LoadedModel(name, cfg, model, tok)
+        except Exception as e:  # a damaged conversion is made again from the GGUF
+            warnings.warn(f"{folder}: unreadable conversion of {path.name} ({type(e).__name__}: {e}); converting "
+                          "again", stacklevel=2)
+            shutil.rmtree(folder, ignore_errors=True)
     reader = open_gguf(path)
     cfg, tok = gguf_config(reader, str(path))
     sd = read_gguf(path, cfg, reader)

@@ -151,6 +151,10 @@ def test_a_second_load_reads_the_converted_cache_not_the_gguf(tmp_path, monkeypa
     assert second.tokenizer.chat_template == first.tokenizer.chat_template
     monkeypatch.undo()
     monkeypatch.setenv("HYPERDECODE_CACHE", str(tmp_path / "cache"))
+    (folders[0] / "weights.pt").write_bytes(b"damaged")  # a damaged conversion is made again, with a warning
+    with pytest.warns(UserWarning, match="unreadable conversion"):
+        again = hd.LLM(str(path), device="cpu")
+    torch.testing.assert_close(again.logits(ids), first.logits(ids), rtol=0, atol=0)
     import os
     os.utime(path, ns=(1, 1))  # the file changed: its conversion is another folder
     hd.LLM(str(path), device="cpu")

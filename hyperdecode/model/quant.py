@@ -94,29 +94,41 @@ class QuantLinear(nn.Module):
         self.bias = bias
 
     def forward(self, x: Tensor) -> Tensor:
-        flat = x.reshape(-1, self.in_features).float().contiguous()
-        m = flat.shape[0]
-        lib = kernel_library()
-        c_ptr = None if self.c is None else ctypes.c_void_p(self.c.data_ptr())
+        flat = x.reshape(-1, self.in_features)
+        if flat.dtype != torch.float32 or not flat.is_contiguous():
+            flat = flat.float().contiguous()
+        m, n, k = flat.shape[0], self.out_features, self.in_features
+        qs, d, c = self.__dict__.get("_pointers") or self._point()
         if m > SMALL_M:
-            w = torch.empty(self.out_features, self.in_features)
-            lib.dequantize(self.kind, ptr(self.qs), ptr(self.d), c_ptr, ptr(w), self.out_features, self.in_features)
+            w = torch.empty(n, k)
+            kernel_library().dequantize(self.kind, qs, d, c, w.data_ptr(), n, k)
             y = flat @ w.T
         else:
-            sums = torch.empty(m, self.in_features // BLOCK)  # the kernel's scratch: each block's sum of x
-            y = torch.empty(m, self.out_features)
-            lib.qmatmul(self.kind, ptr(self.qs), ptr(self.d), c_ptr, ptr(flat), ptr(sums), ptr(y), m,
-                        self.out_features, self.in_features)
+            y = torch.empty(m, n)
+            sums = torch.empty(m, k // BLOCK) if c is not None else y  # the kernel's scratch: each block's sum of x
+            kernel_library().qmatmul(self.kind, qs, d, c, flat.data_ptr(), sums.data_ptr(), y.data_ptr(), m, n, k)
         if self.bias is not None:
             y += self.bias
-        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        if x.dim() != 2:
+            y = y.view(*x.shape[:-1], n)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+    def _point(self) -> tuple[int, int, int | None]:
+        """The packed tensors' addresses, kept until the buffers change (ctypes passes None as NULL)."""
+        self.__dict__["_pointers"] = (self.qs.data_ptr(), self.d.data_ptr(),
+                                      None if self.c is None else self.c.data_ptr())
+        return self.__dict__["_pointers"]
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__.pop("_pointers", None)
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self.__dict__.pop("_pointers", None)
+        super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, bits={self.kind}, blocks of {BLOCK}"
-
-
-def ptr(t: Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(t.data_ptr())
 
 
 @lru_cache(maxsize=1)

@@ -17,6 +17,7 @@
 
 #define BLOCK 32
 #define ROWS 4 /* activation rows multiplied per pass over a weight row */
+#define PARALLEL_WEIGHTS 65536 /* smaller matrices run on the calling thread: a parallel region costs more */
 
 static float block_sum(const float *x) {
     float s = 0.0f;
@@ -124,7 +125,7 @@ void qmatmul(int kind, const uint8_t *qs, const float *d, const float *c, const 
     if (c)
         for (int64_t i = 0; i < M * blocks; i++)
             xsum[i] = block_sum(x + i * BLOCK);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * K >= PARALLEL_WEIGHTS)
     for (int64_t n = 0; n < N; n++)
         for (int64_t m = 0; m < M; m += ROWS)
             row(kind, qs + n * row_bytes, d + n * blocks, c ? c + n * blocks : c, x + m * K, xsum + m * blocks,

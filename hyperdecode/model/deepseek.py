@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .deepseek_config import DeepseekConfig
-from .layers import MLP, CausalLM, LayerCache, Linear, RMSNorm, fuse, rope, rope_tables, to_in_out
+from .layers import (MLP, CausalLM, LayerCache, Linear, RMSNorm, embedding, fuse, rope, rope_tables,
+                     to_in_out)
 from .static import is_static
 from .step import Step
 
@@ -219,7 +220,7 @@ class MTP(DeepseekBlock):
         self.hnorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.eh_proj = Linear(2 * cfg.hidden_size, cfg.hidden_size)
         self.shared_head = MTPHead(cfg)
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size) if cfg.mtp_copies_embeddings else None
+        self.embed_tokens = embedding(cfg.vocab_size, cfg.hidden_size) if cfg.mtp_copies_embeddings else None
 
 
 class DeepseekForCausalLM(CausalLM):
@@ -228,7 +229,7 @@ class DeepseekForCausalLM(CausalLM):
     def __init__(self, cfg: DeepseekConfig, mtp: bool = False):
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DeepseekBlock(cfg, kind == "sparse", indexer == "full")
                                     for kind, indexer in zip(cfg.mlp_layer_types, cfg.layer_indexers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)

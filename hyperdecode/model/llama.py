@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .config import hf_eos, hf_rope, known_fields, require_fields, require_positive
-from .layers import MLP, CausalLM, Linear, RMSNorm, fuse, rope, rope_tables, to_in_out
+from .layers import MLP, CausalLM, Linear, RMSNorm, embedding, fuse, rope, rope_tables, to_in_out
 from .static import is_static
 from .step import RowGroup, Step
 
@@ -217,7 +217,7 @@ class LlamaForCausalLM(CausalLM):
     def __init__(self, cfg: LlamaConfig, mtp: bool = False):
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(LlamaBlock(cfg, self.attention) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Parameter(torch.empty(cfg.hidden_size, cfg.vocab_size))  # [in, out]; a copy when tied

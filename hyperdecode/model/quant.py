@@ -101,12 +101,13 @@ class QuantLinear(nn.Module):
         qs, d, c = self.__dict__.get("_pointers") or self._point()
         if m > SMALL_M:
             w = torch.empty(n, k)
-            kernel_library().dequantize(self.kind, qs, d, c, w.data_ptr(), n, k)
+            kernel_library().dequantize(self.kind, qs, d, c, w.data_ptr(), n, k, torch.get_num_threads())
             y = flat @ w.T
         else:
             y = torch.empty(m, n)
             sums = torch.empty(m, k // BLOCK) if c is not None else y  # the kernel's scratch: each block's sum of x
-            kernel_library().qmatmul(self.kind, qs, d, c, flat.data_ptr(), sums.data_ptr(), y.data_ptr(), m, n, k)
+            kernel_library().qmatmul(self.kind, qs, d, c, flat.data_ptr(), sums.data_ptr(), y.data_ptr(), m, n, k,
+                                     torch.get_num_threads())
         if self.bias is not None:
             y += self.bias
         if x.dim() != 2:
@@ -157,9 +158,9 @@ def kernel_library() -> ctypes.CDLL:
             os.replace(out, target)
     lib = ctypes.CDLL(str(target))
     i64, vp = ctypes.c_int64, ctypes.c_void_p
-    lib.qmatmul.argtypes = [ctypes.c_int, vp, vp, vp, vp, vp, vp, i64, i64, i64]
+    lib.qmatmul.argtypes = [ctypes.c_int, vp, vp, vp, vp, vp, vp, i64, i64, i64, ctypes.c_int]
     lib.qmatmul.restype = None
-    lib.dequantize.argtypes = [ctypes.c_int, vp, vp, vp, vp, i64, i64]
+    lib.dequantize.argtypes = [ctypes.c_int, vp, vp, vp, vp, i64, i64, ctypes.c_int]
     lib.dequantize.restype = None
     return lib
 

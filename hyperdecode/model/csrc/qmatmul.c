@@ -117,15 +117,16 @@ static void row(int kind, const uint8_t *qs, const float *d, const float *c, con
 }
 #endif
 
-/* kind: 4 (Q4_0 / Q4_1: c per block) or 8 (Q8_0: c is NULL). xsum: scratch of M * K / 32 floats. */
+/* kind: 4 (Q4_0 / Q4_1: c per block) or 8 (Q8_0: c is NULL). xsum: scratch of M * K / 32 floats. threads:
+   torch's intra-op thread count (passed, since OpenMP's default is per calling thread, e.g. a server's engine). */
 void qmatmul(int kind, const uint8_t *qs, const float *d, const float *c, const float *x, float *xsum, float *y,
-             int64_t M, int64_t N, int64_t K) {
+             int64_t M, int64_t N, int64_t K, int threads) {
     const int64_t blocks = K / BLOCK;
     const int64_t row_bytes = kind == 4 ? K / 2 : K;
     if (c)
         for (int64_t i = 0; i < M * blocks; i++)
             xsum[i] = block_sum(x + i * BLOCK);
-#pragma omp parallel for schedule(static) if (N * K >= PARALLEL_WEIGHTS)
+#pragma omp parallel for schedule(static) num_threads(threads) if (N * K >= PARALLEL_WEIGHTS)
     for (int64_t n = 0; n < N; n++)
         for (int64_t m = 0; m < M; m += ROWS)
             row(kind, qs + n * row_bytes, d + n * blocks, c ? c + n * blocks : c, x + m * K, xsum + m * blocks,
@@ -133,10 +134,11 @@ void qmatmul(int kind, const uint8_t *qs, const float *d, const float *c, const 
 }
 
 /* The fp32 weights W[N, K] of a packed matrix (for many activation rows, where BLAS on them is faster). */
-void dequantize(int kind, const uint8_t *qs, const float *d, const float *c, float *out, int64_t N, int64_t K) {
+void dequantize(int kind, const uint8_t *qs, const float *d, const float *c, float *out, int64_t N, int64_t K,
+                int threads) {
     const int64_t blocks = K / BLOCK;
     const int64_t block_bytes = kind == 4 ? 16 : 32;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t i = 0; i < N * blocks; i++) {
         const uint8_t *q = qs + i * block_bytes;
         float *w = out + i * BLOCK;

@@ -51,6 +51,9 @@ def add_backend_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", default="auto", choices=["auto", "none"],
                    help="auto: a GGUF's Q4_0 / Q4_1 / Q8_0 weights stay quantized on the CPU (the reference "
                         "backend multiplies the blocks as stored); none: every weight dequantized to --dtype")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the matmuls and the quantized kernel (default: torch's, one per physical "
+                        "core)")
 
 
 def sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -70,6 +73,15 @@ def check_engine_args(args: argparse.Namespace) -> None:
         raise RequestError(flag_message(str(e), e.param), param=e.param) from None
     check_backend(args.backend, resolve_device(args.device, name="--device"), name="--backend")
     speculative_flag(args.speculative, "--speculative")
+    set_threads(args)
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """--threads: torch's intra-op threads, which the quantized kernel follows too."""
+    check_at_least(args, {"threads": 1})
+    if args.threads is not None:
+        import torch
+        torch.set_num_threads(args.threads)
 
 
 def speculative_flag(value: str | None, flag_name: str) -> Any:
@@ -315,6 +327,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .errors import HyperdecodeError
     from .serve.app import ServerConfig, create_app
     check_at_least(args, {"max_batch": 1, "max_queue": 1, "max_model_len": 1, "max_request_bytes": 1})
+    set_threads(args)
     check_positive(args, ("request_timeout",))
     if args.max_num_batched_tokens is not None and args.max_num_batched_tokens < args.max_batch + 1:
         raise ValueError("--max-num-batched-tokens must be at least --max-batch + 1 (each decoding request feeds one "

@@ -10,8 +10,11 @@ def cli(*args, stdin=None):
                           input=stdin, timeout=300)
 
 
-def test_generate_streams_text_and_stats():
-    r = cli("generate", "The capital of France is", "--max-tokens", "8", "--device", "cpu")
+@pytest.mark.parametrize("extra", [(), ("--threads", "1", "--quantize", "none")])
+def test_generate_streams_text_and_stats(extra):
+    """The README's first command (the quantized fast path by default), and the dequantized reference on one
+    thread: both answer Paris."""
+    r = cli("generate", "The capital of France is", "--max-tokens", "8", "--device", "cpu", *extra)
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
     assert "TTFT" in r.stderr and "tok/s" in r.stderr

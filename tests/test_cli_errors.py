@@ -38,6 +38,8 @@ ERRORS = [  # (command line, exit code, text of the one-line message); {tmp}: th
     (NOPE + ("--temperature", "5"), 1, "--temperature must be a number in [0, 2], got 5.0"),
     (NOPE + ("--top-p", "2"), 1, "--top-p must be a number in (0, 1]"),
     (NOPE + ("--max-tokens", "0"), 1, "--max-tokens must be an integer, at least 1"),
+    (NOPE + ("--threads", "0"), 1, "--threads must be at least 1, got 0"),
+    (NOPE + ("--quantize", "int4"), 2, "--quantize: invalid choice"),
     (NOPE + ("--top-k", "-5"), 1, "--top-k must be an integer"),
     (NOPE + ("--seed", str(2 ** 64)), 1, "--seed must be an integer in [-2**63, 2**64)"),
     (NOPE + ("--stop", ""), 1, "--stop must be a non-empty string"),

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 
-__all__ = ["FORMATS", "Packed", "pack", "QuantLinear", "quantize_gguf", "kernel_library", "SMALL_M"]
+__all__ = ["FORMATS", "Packed", "pack", "join_rows", "QuantLinear", "quantize_gguf", "kernel_library", "SMALL_M"]
 
 BLOCK = 32
 FORMATS = {"Q4_0": (18, 4), "Q4_1": (20, 4), "Q8_0": (34, 8)}  # bytes per block, bits per value
@@ -132,13 +132,13 @@ class QuantLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, bits={self.kind}, blocks of {BLOCK}"
 
 
-@lru_cache(maxsize=1)
-def kernel_library() -> ctypes.CDLL:
-    """The compiled kernel: built once per source, compiler and CPU into the project's cache (`cc -O3
-    -march=native -fopenmp`, about a second), then loaded."""
+@lru_cache(maxsize=None)
+def kernel_library(march: str = "native") -> ctypes.CDLL:
+    """The compiled kernel: built once per source, compiler, target (`-march`) and CPU into the project's cache
+    (`cc -O3 -march=native -fopenmp`, about a second), then loaded."""
     from .embedded import cache_dir
     compiler = os.environ.get("CC", "cc")
-    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+    flags = ["-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC"]
     source = SOURCE.read_bytes()
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout

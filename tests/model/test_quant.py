@@ -39,6 +39,18 @@ def test_quantized_matmul_equals_dequantize_then_matmul(kind, m):
     assert layer(x[None])[0].shape == (m, n)  # leading dimensions kept
 
 
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64", reason="the portable target named is x86-64's")
+def test_the_portable_c_loop_gives_what_the_vector_one_gives(monkeypatch):
+    """Built for x86-64-v2 (no AVX-512) the kernel runs its plain-C loop: the same bound, every format."""
+    portable = quant.kernel_library("x86-64-v2")
+    monkeypatch.setattr(quant, "kernel_library", lambda: portable)
+    for kind in ("Q4_0", "Q4_1", "Q8_0"):
+        raw, exact = quantized(67, 576, kind, seed=9)
+        x = torch.randn(5, 576, generator=torch.Generator().manual_seed(9))
+        got = QuantLinear(pack(raw, kind, 576))(x)
+        assert ((got - x @ exact.T).abs() <= BOUND * (x.abs() @ exact.abs().T) + 1e-7).all(), kind
+
+
 def test_rows_reordered_and_joined_like_the_dequantized_weights():
     a_raw, a = quantized(64, 64, "Q4_1", 1)
     b_raw, b = quantized(32, 64, "Q4_0", 2)

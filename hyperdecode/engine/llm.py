@@ -58,7 +58,9 @@ class LLM:
     ranks the attention, all of them the MoE) over the ranks torchrun started; rank 0 leads, the others follow.
     enable_prefix_caching: a prompt starts after the longest prefix a cache row still holds (engine/prefix.py).
     quantize: "auto" keeps a GGUF's Q4_0 / Q4_1 / Q8_0 blocks quantized on the CPU with the reference backend
-    (model/quant.py: ~4.5 or 8.5 bits a weight read per token instead of 32); "none" dequantizes them.
+    (model/quant.py: ~4.5 or 8.5 bits a weight read per token instead of 32); "none" dequantizes them; "int8" /
+    "int4" quantize an unquantized Llama-family checkpoint's projections and LM head (weight-only, 32-value
+    blocks).
     """
 
     def __init__(self, model: str = "smollm2", device: str = "auto", dtype: str = "float32",

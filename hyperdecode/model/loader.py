@@ -182,32 +182,47 @@ def export_model(model: str, out_dir: str | Path, fp8: bool = False, seed: int =
     return out
 
 
-QUANTIZE = ("auto", "none")
+QUANTIZE = ("auto", "none", "int8", "int4")
 
 
 def load_model(model: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "float32",
                seed: int = 0, quantize: str = "none") -> LoadedModel:
     """`quantize`: "auto" keeps a GGUF's Q4_0 / Q4_1 / Q8_0 blocks quantized on the CPU (model/quant.py), "none"
-    dequantizes every weight."""
+    dequantizes every weight, "int8" / "int4" quantize an unquantized Llama-family checkpoint's projections and
+    LM head into 32-value blocks (Q8_0 / Q4_1) on the CPU."""
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     if quantize not in QUANTIZE:
         raise ConfigError(f"quantize '{quantize}' is not one of {', '.join(QUANTIZE)}")
+    if quantize in ("int8", "int4") and dev.type != "cpu":
+        raise ConfigError(f"quantize '{quantize}' runs on the CPU (device is '{dev}')")
     keep = quantize == "auto" and dev.type == "cpu"
     path = Path(model)
+    if quantize in ("int8", "int4") and (path.suffix == ".gguf" or (model in PRESETS and PRESETS[model].embedded)):
+        raise ConfigError(f"quantize '{quantize}': '{model}' is a GGUF, which keeps its own blocks (quantize "
+                          "'auto') or is dequantized ('none')")
     if model in PRESETS:
         if PRESETS[model].embedded:
             return load_gguf(smollm2_path(), dev, dt, name=model, keep_quantized=keep)
         cfg, sd, tok = random_preset(model, seed)
-        return LoadedModel(model, cfg, build(cfg, sd, model, dev, dt), tok)
+        return LoadedModel(model, cfg, weight_only(build(cfg, sd, model, dev, dt), quantize), tok)
     if path.is_dir():
         cfg, sd, raw = read_checkpoint_dir(path)
         tok = Tokenizer.from_hf_dir(path, cfg.eos_token_ids, cfg.bos_token_id)
-        return LoadedModel(str(path), cfg, build(cfg, sd, str(path), dev, dt), tok, raw)
+        return LoadedModel(str(path), cfg, weight_only(build(cfg, sd, str(path), dev, dt), quantize), tok, raw)
     if path.suffix == ".gguf":
         return load_gguf(path, dev, dt, name=str(path), keep_quantized=keep)
     if path.exists():
         raise ModelNotFoundError(f"model '{model}': expected a checkpoint directory or a .gguf file")
     raise ModelNotFoundError(f"model '{model}' is neither a preset ({', '.join(PRESETS)}) nor an existing path")
+
+
+def weight_only(model: nn.Module, quantize: str) -> nn.Module:
+    """The model with its projections quantized for "int8" / "int4" (quant.py); as it was otherwise."""
+    if quantize in ("int8", "int4"):
+        from .quant import kernel_library, quantize_weights
+        kernel_library()  # no C compiler: the error says so before any weight is touched
+        quantize_weights(model, quantize)
+    return model
 
 
 def gguf_config(reader: Any, source: str) -> tuple[ModelConfig, Tokenizer]:

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 
-__all__ = ["FORMATS", "Packed", "pack", "join_rows", "QuantLinear", "quantize_gguf", "kernel_library", "SMALL_M"]
+__all__ = ["FORMATS", "Packed", "pack", "join_rows", "QuantLinear", "quantize_gguf", "quantize_tensor",
+           "quantize_weights", "QUANTIZE_KINDS", "kernel_library", "SMALL_M"]
 
 BLOCK = 32
 FORMATS = {"Q4_0": (18, 4), "Q4_1": (20, 4), "Q8_0": (34, 8)}  # bytes per block, bits per value
@@ -212,6 +213,53 @@ def quantize_gguf(model: nn.Module, reader: Any, cfg: Any) -> int:
     if head is not None:
         del model.lm_head
         model.lm_head = QuantLinear(head)
+        swapped += 1
+    return swapped
+
+
+QUANTIZE_KINDS = {"int8": "Q8_0", "int4": "Q4_1"}  # --quantize for unquantized checkpoints: GGUF's block forms
+
+
+def quantize_tensor(w: Tensor, kind: str) -> Packed:
+    """A float weight [N, K] quantized into 32-value blocks: "Q8_0" (symmetric int8, d = max|w| / 127) or "Q4_1"
+    (asymmetric 4-bit, d = (max - min) / 15, c = min), each value rounded to the nearest level, so that every
+    weight is within d / 2 of its original."""
+    n, k = w.shape
+    if k % BLOCK:
+        raise ConfigError(f"weight-only quantization needs rows of whole 32-value blocks, got {k} values")
+    blocks = w.float().contiguous().reshape(n, k // BLOCK, BLOCK)  # a transposed view must not keep its strides
+    if kind == "Q8_0":
+        d = blocks.abs().amax(-1) / 127
+        q = torch.round(blocks / d.clamp_min(1e-30)[..., None]).clamp(-127, 127).to(torch.int8)
+        return Packed(8, q.view(torch.uint8).reshape(n, k), d.contiguous(), None, k)
+    low, high = blocks.amin(-1), blocks.amax(-1)
+    d = (high - low) / 15
+    q = torch.round((blocks - low[..., None]) / d.clamp_min(1e-30)[..., None]).clamp(0, 15).to(torch.uint8)
+    nibbles = q[..., :16] | (q[..., 16:] << 4)  # byte j: value j low, value j + 16 high (GGUF's layout)
+    return Packed(4, nibbles.reshape(n, k // 2).contiguous(), d.contiguous(), low.contiguous(), k)
+
+
+def quantize_weights(model: nn.Module, quantize: str) -> int:
+    """Swaps a Llama-family model's projections and LM head ([in, out] tensors) for `QuantLinear`s of
+    `QUANTIZE_KINDS[quantize]`, each whose inputs fill whole 32-value blocks (the others stay as they are);
+    returns how many were swapped."""
+    kind = QUANTIZE_KINDS[quantize]
+    if not hasattr(model, "layers") or not all(hasattr(layer, "mlp") and hasattr(layer.self_attn, "qkv_proj")
+                                               for layer in model.layers):
+        raise ConfigError(f"quantize '{quantize}' covers the Llama family's projections; "
+                          f"{type(model).__name__} has others")
+    swapped = 0
+    for layer in model.layers:
+        for owner, attr in ((layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj"),
+                            (layer.mlp, "gate_up_proj"), (layer.mlp, "down_proj")):
+            old = getattr(owner, attr)
+            if old.weight.shape[0] % BLOCK == 0:
+                setattr(owner, attr, QuantLinear(quantize_tensor(old.weight.detach().T, kind), old.bias))
+                swapped += 1
+    if model.lm_head.shape[0] % BLOCK == 0:
+        head = model.lm_head.detach().T
+        del model.lm_head
+        model.lm_head = QuantLinear(quantize_tensor(head, kind))
         swapped += 1
     return swapped
 

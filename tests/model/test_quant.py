@@ -171,3 +171,42 @@ def test_a_second_load_reads_the_converted_cache_not_the_gguf(tmp_path, monkeypa
     os.utime(path, ns=(1, 1))  # the file changed: its conversion is another folder
     hd.LLM(str(path), device="cpu")
     assert len(list((tmp_path / "cache" / "converted").iterdir())) == 2
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_1"])
+def test_weight_only_quantization_rounds_to_the_nearest_level_in_gguf_s_layout(kind):
+    """--quantize int8 / int4 on a float weight: every value within d / 2 of its original, and the bytes laid out
+    as GGUF's own dequantizer reads them (scales rounded to fp16 as GGUF stores them)."""
+    w = torch.randn(96, 128, generator=torch.Generator().manual_seed(4)).T.contiguous().T * 0.05  # a strided view
+    p = quant.quantize_tensor(w, kind)
+    got = QuantLinear(p)(torch.eye(128)).T  # many rows: the dequantize-and-BLAS path gives the weights themselves
+    half_step = p.d.repeat_interleave(32, dim=1) / 2
+    assert ((got - w).abs() <= half_step + 1e-6).all()
+    parts = [p.d.numpy().astype(np.float16).view(np.uint8).reshape(96, 4, 2)]
+    if p.c is not None:
+        parts.append(p.c.numpy().astype(np.float16).view(np.uint8).reshape(96, 4, 2))
+    parts.append(p.qs.numpy().reshape(96, 4, -1))
+    raw = np.concatenate(parts, axis=-1).reshape(96, -1)
+    official = torch.from_numpy(np.array(gguf.quants.dequantize(raw, getattr(Q, kind)), dtype=np.float32))
+    assert (official - got).abs().max() <= 2e-3 * w.abs().max()  # fp16 scales only
+
+
+def test_int8_and_int4_checkpoints_stay_close_to_the_reference():
+    """tiny-llama's projections quantized weight-only (down_proj's 176 inputs fill no whole blocks: kept float).
+    int8: logits within 2 % (relative norm) and the same 16 greedy tokens; int4: within 20 %."""
+    ref = hd.LLM("tiny-llama", device="cpu", seed=0)
+    ids = torch.randint(0, ref.config.vocab_size, (40,), generator=torch.Generator().manual_seed(1)).tolist()
+    expected = ref.logits(ids)
+    for quantize, bound in (("int8", 0.02), ("int4", 0.2)):
+        llm = hd.LLM("tiny-llama", device="cpu", seed=0, quantize=quantize)
+        assert sum(isinstance(m, QuantLinear) for m in llm.model.modules()) == 7  # 2 layers x 3, and the head
+        got = llm.logits(ids)
+        assert (got - expected).norm() / expected.norm() <= bound, quantize
+    assert llm.generate(ids, max_tokens=4, ignore_eos=True).token_ids  # int4 still generates
+    int8 = hd.LLM("tiny-llama", device="cpu", seed=0, quantize="int8")
+    assert int8.generate(ids, max_tokens=16, ignore_eos=True).token_ids == \
+        ref.generate(ids, max_tokens=16, ignore_eos=True).token_ids
+    with pytest.raises(ConfigError, match="is a GGUF"):
+        hd.LLM("smollm2", device="cpu", quantize="int8")
+    with pytest.raises(ConfigError, match="covers the Llama family"):
+        hd.LLM("tiny-glm5", device="cpu", quantize="int4")

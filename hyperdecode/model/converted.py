@@ -4,8 +4,9 @@ The first load of a GGUF with its blocks kept quantized (quant.py) writes a fold
 `weights.pt` (the built model's state: packed blocks, norms, the embedding table), `model.json` (the family, its
 config, which projections are packed and how) and the tokenizer (`tokenizer.json`, `tokenizer_meta.json`). Later
 loads build the module on the meta device and take the tensors memory-mapped from `weights.pt`: no GGUF parse, no
-dequantization. The folder's name keys on the GGUF's path, size and modification time and on this file's format
-version, so a changed file is converted again.
+dequantization. The folder's name is `<stem>-<dtype>-<path key>-<version key>`: the version key follows the file's
+size, modification time and this format, so a changed file is converted again and its old conversion removed
+(one conversion per file and dtype). Files under `MIN_BYTES` parse in well under a second and are not converted.
 
 >>> key_for(Path("/models/a.gguf"), size=10, mtime_ns=5) == key_for(Path("/models/a.gguf"), size=10, mtime_ns=6)
 False
@@ -29,7 +30,8 @@ from .tokenizer import Tokenizer
 
 __all__ = ["converted_dir", "save_converted", "load_converted", "key_for", "FORMAT"]
 
-FORMAT = 1
+FORMAT = 2  # 2: fp16 block scales
+MIN_BYTES = 16 << 20
 
 
 def key_for(path: Path, size: int, mtime_ns: int) -> str:
@@ -37,12 +39,15 @@ def key_for(path: Path, size: int, mtime_ns: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def converted_dir(path: Path, dtype: torch.dtype) -> Path:
-    """Where the conversion of the GGUF at `path` to `dtype` lives (it may not exist yet)."""
+def converted_dir(path: Path, dtype: torch.dtype) -> Path | None:
+    """Where the conversion of the GGUF at `path` to `dtype` lives (it may not exist yet); None for a small file."""
     from .embedded import cache_dir
     st = path.stat()
-    name = str(dtype).removeprefix("torch.")
-    return cache_dir() / "converted" / f"{path.stem}-{name}-{key_for(path, st.st_size, st.st_mtime_ns)}"
+    if st.st_size < MIN_BYTES:
+        return None
+    where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+    name = f"{path.stem}-{str(dtype).removeprefix('torch.')}-{where}"
+    return cache_dir() / "converted" / f"{name}-{key_for(path, st.st_size, st.st_mtime_ns)}"
 
 
 def save_converted(out: Path, model: nn.Module, cfg, tokenizer: Tokenizer) -> None:
@@ -62,6 +67,10 @@ def save_converted(out: Path, model: nn.Module, cfg, tokenizer: Tokenizer) -> No
             "bos_token_id": tokenizer.bos_token_id, "eos_token_ids": tokenizer.eos_token_ids,
             "add_bos": tokenizer.add_bos, "chat_template": tokenizer.chat_template}))
         os.replace(tmp, out)
+        stale = out.name.rsplit("-", 1)[0] + "-"
+        for old in out.parent.glob(stale + "*"):  # earlier versions of the same file in the same dtype
+            if old != out and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
     except OSError:
         if out.exists():  # another process converted it first
             return
@@ -83,9 +92,11 @@ def load_converted(folder: Path, device: torch.device):
             parent = model.get_submodule(owner) if owner else model
             if hasattr(parent, attr):
                 delattr(parent, attr)
-            packed = Packed(p["kind"], torch.empty(p["out"], p["in"] * p["kind"] // 8, dtype=torch.uint8),
-                            torch.empty(p["out"], p["in"] // 32), torch.empty(p["out"], p["in"] // 32) if p["c"]
-                            else None, p["in"])
+            blocks = (p["out"], p["in"] // 32)
+            scales = torch.empty(blocks, dtype=torch.float16)
+            offsets = torch.empty(blocks, dtype=torch.float16) if p["c"] else None
+            packed = Packed(p["kind"], torch.empty(p["out"], p["in"] * p["kind"] // 8, dtype=torch.uint8), scales,
+                            offsets, p["in"])
             bias = nn.Parameter(torch.empty(p["out"])) if p["bias"] else None
             setattr(parent, attr, QuantLinear(packed, bias))
     state = torch.load(folder / "weights.pt", mmap=True, weights_only=True, map_location=device)

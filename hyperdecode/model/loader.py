@@ -248,7 +248,8 @@ def load_gguf(path: Path, device: torch.device, dtype: torch.dtype, name: str,
         except ConfigError as e:  # no C compiler here: the dequantized weights still answer, more slowly
             warnings.warn(f"{e}; {path.name}'s weights stay dequantized", stacklevel=2)
             keep_quantized = False
-    if keep_quantized and path.is_file() and (folder := converted_dir(path, dtype)).is_dir():
+    folder = converted_dir(path, dtype) if keep_quantized and path.is_file() else None
+    if folder is not None and folder.is_dir():
         try:
             cfg, model, tok = load_converted(folder, device)
             return LoadedModel(name, cfg, model, tok)
@@ -262,6 +263,7 @@ def load_gguf(path: Path, device: torch.device, dtype: torch.dtype, name: str,
     model = build(cfg, sd, str(path), device, dtype)
     if keep_quantized:
         quantize_gguf(model, reader, cfg)
+    if folder is not None:
         try:
             save_converted(folder, model, cfg, tok)
         except OSError as e:  # a read-only cache: every load converts again

@@ -47,7 +47,7 @@ SOURCE = Path(__file__).with_name("csrc") / "qmatmul.c"
 @dataclass
 class Packed:
     """A [N, K] weight as `w = d·q + c` per 32-value block: q packed as stored (two 4-bit values or one int8 a
-    byte), d and c fp32 [N, K / 32] (c None for Q8_0)."""
+    byte), d and c fp16 [N, K / 32] as GGUF stores them (c None for Q8_0)."""
     kind: int  # 4 or 8 bits per value
     qs: Tensor  # uint8 [N, K / 2] or [N, K]
     d: Tensor
@@ -68,11 +68,11 @@ def pack(raw: np.ndarray, kind: str, in_features: int) -> Packed:
     if in_features % BLOCK:
         raise ConfigError(f"a {kind} weight's rows must hold whole 32-value blocks, got {in_features} values")
     rows = raw.reshape(raw.shape[0], in_features // BLOCK, size)
-    d = torch.from_numpy(rows[..., :2].copy().view(np.float16)[..., 0].astype(np.float32))
+    d = torch.from_numpy(rows[..., :2].copy().view(np.float16)[..., 0].copy())
     if kind == "Q4_1":
-        c = torch.from_numpy(rows[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32))
+        c = torch.from_numpy(rows[..., 2:4].copy().view(np.float16)[..., 0].copy())
     elif kind == "Q4_0":
-        c = -8 * d
+        c = -8 * d  # exact in fp16: a power of two
     else:
         c = None
     values = rows[..., size - BLOCK * bits // 8:]
@@ -222,19 +222,21 @@ QUANTIZE_KINDS = {"int8": "Q8_0", "int4": "Q4_1"}  # --quantize for unquantized 
 
 def quantize_tensor(w: Tensor, kind: str) -> Packed:
     """A float weight [N, K] quantized into 32-value blocks: "Q8_0" (symmetric int8, d = max|w| / 127) or "Q4_1"
-    (asymmetric 4-bit, d = (max - min) / 15, c = min), each value rounded to the nearest level, so that every
-    weight is within d / 2 of its original."""
+    (asymmetric 4-bit, d = (max - min) / 15, c = min), d and c rounded to fp16 as GGUF stores them, each value to
+    the nearest level: every weight is within d / 2 of its original (Q8_0's extremes within d / 2 + 127 d / 2048,
+    where d rounded down)."""
     n, k = w.shape
     if k % BLOCK:
         raise ConfigError(f"weight-only quantization needs rows of whole 32-value blocks, got {k} values")
     blocks = w.float().contiguous().reshape(n, k // BLOCK, BLOCK)  # a transposed view must not keep its strides
     if kind == "Q8_0":
-        d = blocks.abs().amax(-1) / 127
-        q = torch.round(blocks / d.clamp_min(1e-30)[..., None]).clamp(-127, 127).to(torch.int8)
+        d = (blocks.abs().amax(-1) / 127).half()
+        q = torch.round(blocks / d.float().clamp_min(1e-30)[..., None]).clamp(-127, 127).to(torch.int8)
         return Packed(8, q.view(torch.uint8).reshape(n, k), d.contiguous(), None, k)
-    low, high = blocks.amin(-1), blocks.amax(-1)
-    d = (high - low) / 15
-    q = torch.round((blocks - low[..., None]) / d.clamp_min(1e-30)[..., None]).clamp(0, 15).to(torch.uint8)
+    low, high = blocks.amin(-1).half(), blocks.amax(-1)
+    d = ((high - low.float()) / 15).half()
+    steps = (blocks - low.float()[..., None]) / d.float().clamp_min(1e-30)[..., None]
+    q = torch.round(steps).clamp(0, 15).to(torch.uint8)
     nibbles = q[..., :16] | (q[..., 16:] << 4)  # byte j: value j low, value j + 16 high (GGUF's layout)
     return Packed(4, nibbles.reshape(n, k // 2).contiguous(), d.contiguous(), low.contiguous(), k)
 

@@ -4,6 +4,8 @@ reference (greedy tokens of the embedded model), and the errors.
 
 The stated bound: the kernel keeps fp32 activations and differs from x @ dequantize(W).T only in the order of its
 sums, so each output is within 1e-5 of the sum of |x_k · w_nk| (fp32 rounding of a few hundred terms)."""
+import shutil
+
 import gguf
 import numpy as np
 import pytest
@@ -141,10 +143,11 @@ def llms():
 def test_a_second_load_reads_the_converted_cache_not_the_gguf(tmp_path, monkeypatch):
     """The first load parses and dequantizes the GGUF and keeps the converted model in the cache; the second reads
     only that (the GGUF reader is made to fail) and answers the same; a changed file is converted again."""
-    from hyperdecode.model import loader
+    from hyperdecode.model import converted, loader
     from tests.conftest import make_hf_model
     from tests.model.gguf_util import write_gguf
     monkeypatch.setenv("HYPERDECODE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(converted, "MIN_BYTES", 0)  # this small file would otherwise just be parsed
     path = write_gguf(tmp_path / "m.gguf", make_hf_model("gqa-untied", seed=8), default=Q.Q4_1)
     ids = [5, 9, 11, 30, 2]
     first = hd.LLM(str(path), device="cpu")
@@ -163,14 +166,20 @@ def test_a_second_load_reads_the_converted_cache_not_the_gguf(tmp_path, monkeypa
     assert second.tokenizer.chat_template == first.tokenizer.chat_template
     monkeypatch.undo()
     monkeypatch.setenv("HYPERDECODE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(converted, "MIN_BYTES", 0)
     (folders[0] / "weights.pt").write_bytes(b"damaged")  # a damaged conversion is made again, with a warning
     with pytest.warns(UserWarning, match="unreadable conversion"):
         again = hd.LLM(str(path), device="cpu")
     torch.testing.assert_close(again.logits(ids), first.logits(ids), rtol=0, atol=0)
     import os
-    os.utime(path, ns=(1, 1))  # the file changed: its conversion is another folder
+    os.utime(path, ns=(1, 1))  # the file changed: converted again, the old conversion removed
     hd.LLM(str(path), device="cpu")
-    assert len(list((tmp_path / "cache" / "converted").iterdir())) == 2
+    (now,) = list((tmp_path / "cache" / "converted").iterdir())
+    assert now.name != folders[0].name
+    monkeypatch.setattr(converted, "MIN_BYTES", 1 << 30)  # a small file is only parsed: nothing is written
+    shutil.rmtree(tmp_path / "cache" / "converted")
+    hd.LLM(str(path), device="cpu")
+    assert not (tmp_path / "cache" / "converted").exists()
 
 
 @pytest.mark.parametrize("kind", ["Q8_0", "Q4_1"])

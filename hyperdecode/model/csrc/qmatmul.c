@@ -1,6 +1,6 @@
 /* y[M, N] = x[M, K] @ W^T for weights kept in GGUF's 32-value blocks (hyperdecode/model/quant.py packs them).
 
-   A block b of row n holds 32 weights w = d * q + c:
+   A block b of row n holds 32 weights w = d * q + c (d and c in fp16, as GGUF stores them):
      Q4_0, Q4_1: q in 0..15, two per byte (byte j: value j in the low nibble, value j + 16 in the high one),
                  c = -8 d (Q4_0) or the block's minimum m (Q4_1);
      Q8_0:       q in -128..127, one per byte, c = 0.
@@ -16,6 +16,7 @@
 #endif
 
 #define BLOCK 32
+typedef _Float16 half; /* d and c are stored as GGUF stores them: IEEE fp16 */
 #define ROWS 4 /* activation rows multiplied per pass over a weight row */
 #define PARALLEL_WEIGHTS 65536 /* smaller matrices run on the calling thread: a parallel region costs more */
 
@@ -46,20 +47,22 @@ static inline __attribute__((always_inline)) __m512 block_dot(int kind, const ui
 }
 
 /* sum over blocks of c * sum(x_block), sixteen blocks a vector */
-static float bias_dot(const float *c, const float *xsum, int64_t blocks) {
+static float bias_dot(const half *c, const float *xsum, int64_t blocks) {
     __m512 sum = _mm512_setzero_ps();
     int64_t b = 0;
     for (; b + 16 <= blocks; b += 16)
-        sum = _mm512_fmadd_ps(_mm512_loadu_ps(c + b), _mm512_loadu_ps(xsum + b), sum);
+        sum = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(c + b))), _mm512_loadu_ps(xsum + b),
+                              sum);
     const __mmask16 tail = (__mmask16)((1u << (blocks - b)) - 1);
-    sum = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, c + b), _mm512_maskz_loadu_ps(tail, xsum + b), sum);
+    const __m512 last = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail, c + b));
+    sum = _mm512_fmadd_ps(last, _mm512_maskz_loadu_ps(tail, xsum + b), sum);
     return _mm512_reduce_add_ps(sum);
 }
 
 /* one weight row against up to ROWS activation rows; two accumulators per row (even and odd blocks) keep two
    chains of fused multiply-adds in flight */
-static inline __attribute__((always_inline)) void row_of(int kind, const uint8_t *qs, const float *d,
-                                                          const float *c, const float *x, const float *xsum,
+static inline __attribute__((always_inline)) void row_of(int kind, const uint8_t *qs, const half *d,
+                                                          const half *c, const float *x, const float *xsum,
                                                           float *y, int64_t rows, int64_t blocks, int64_t K,
                                                           int64_t N) {
     const int64_t block_bytes = kind == 4 ? 16 : 32;
@@ -70,14 +73,14 @@ static inline __attribute__((always_inline)) void row_of(int kind, const uint8_t
     for (; b + 2 <= blocks; b += 2)
         for (int64_t r = 0; r < rows; r++) {
             const float *xb = x + r * K + b * BLOCK;
-            even[r] = _mm512_fmadd_ps(_mm512_set1_ps(d[b]), block_dot(kind, qs + b * block_bytes, xb), even[r]);
+            even[r] = _mm512_fmadd_ps(_mm512_set1_ps((float)d[b]), block_dot(kind, qs + b * block_bytes, xb), even[r]);
             const __m512 next = block_dot(kind, qs + (b + 1) * block_bytes, xb + BLOCK);
-            odd[r] = _mm512_fmadd_ps(_mm512_set1_ps(d[b + 1]), next, odd[r]);
+            odd[r] = _mm512_fmadd_ps(_mm512_set1_ps((float)d[b + 1]), next, odd[r]);
         }
     for (; b < blocks; b++)
         for (int64_t r = 0; r < rows; r++) {
             const __m512 last = block_dot(kind, qs + b * block_bytes, x + r * K + b * BLOCK);
-            even[r] = _mm512_fmadd_ps(_mm512_set1_ps(d[b]), last, even[r]);
+            even[r] = _mm512_fmadd_ps(_mm512_set1_ps((float)d[b]), last, even[r]);
         }
     for (int64_t r = 0; r < rows; r++) {
         const float bias = c ? bias_dot(c, xsum + r * blocks, blocks) : 0.0f;
@@ -85,7 +88,7 @@ static inline __attribute__((always_inline)) void row_of(int kind, const uint8_t
     }
 }
 
-static void row(int kind, const uint8_t *qs, const float *d, const float *c, const float *x, const float *xsum,
+static void row(int kind, const uint8_t *qs, const half *d, const half *c, const float *x, const float *xsum,
                 float *y, int64_t rows, int64_t blocks, int64_t K, int64_t N) {
     if (kind == 4)
         row_of(4, qs, d, c, x, xsum, y, rows, blocks, K, N);
@@ -93,7 +96,7 @@ static void row(int kind, const uint8_t *qs, const float *d, const float *c, con
         row_of(8, qs, d, c, x, xsum, y, rows, blocks, K, N);
 }
 #else
-static void row(int kind, const uint8_t *qs, const float *d, const float *c, const float *x, const float *xsum,
+static void row(int kind, const uint8_t *qs, const half *d, const half *c, const float *x, const float *xsum,
                 float *y, int64_t rows, int64_t blocks, int64_t K, int64_t N) {
     const int64_t block_bytes = kind == 4 ? 16 : 32;
     float acc[ROWS] = {0};
@@ -109,7 +112,7 @@ static void row(int kind, const uint8_t *qs, const float *d, const float *c, con
             float dot = 0.0f;
             for (int j = 0; j < BLOCK; j++)
                 dot += w[j] * xb[j];
-            acc[r] += d[b] * dot + (c ? c[b] * xsum[r * blocks + b] : 0.0f);
+            acc[r] += (float)d[b] * dot + (c ? (float)c[b] * xsum[r * blocks + b] : 0.0f);
         }
     }
     for (int64_t r = 0; r < rows; r++)
@@ -119,7 +122,7 @@ static void row(int kind, const uint8_t *qs, const float *d, const float *c, con
 
 /* kind: 4 (Q4_0 / Q4_1: c per block) or 8 (Q8_0: c is NULL). xsum: scratch of M * K / 32 floats. threads:
    torch's intra-op thread count (passed, since OpenMP's default is per calling thread, e.g. a server's engine). */
-void qmatmul(int kind, const uint8_t *qs, const float *d, const float *c, const float *x, float *xsum, float *y,
+void qmatmul(int kind, const uint8_t *qs, const half *d, const half *c, const float *x, float *xsum, float *y,
              int64_t M, int64_t N, int64_t K, int threads) {
     const int64_t blocks = K / BLOCK;
     const int64_t row_bytes = kind == 4 ? K / 2 : K;
@@ -134,7 +137,7 @@ void qmatmul(int kind, const uint8_t *qs, const float *d, const float *c, const 
 }
 
 /* The fp32 weights W[N, K] of a packed matrix (for many activation rows, where BLAS on them is faster). */
-void dequantize(int kind, const uint8_t *qs, const float *d, const float *c, float *out, int64_t N, int64_t K,
+void dequantize(int kind, const uint8_t *qs, const half *d, const half *c, float *out, int64_t N, int64_t K,
                 int threads) {
     const int64_t blocks = K / BLOCK;
     const int64_t block_bytes = kind == 4 ? 16 : 32;
@@ -147,6 +150,6 @@ void dequantize(int kind, const uint8_t *qs, const float *d, const float *c, flo
             w[j + 16] = kind == 4 ? (float)(q[j] >> 4) : (float)(int8_t)q[j + 16];
         }
         for (int j = 0; j < BLOCK; j++)
-            w[j] = d[i] * w[j] + (c ? c[i] : 0.0f);
+            w[j] = (float)d[i] * w[j] + (c ? (float)c[i] : 0.0f);
     }
 }

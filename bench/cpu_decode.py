@@ -45,7 +45,7 @@ def run_hyperdecode(args: argparse.Namespace, quantize: str) -> dict:
     llm = hd.LLM("smollm2", device="cpu", quantize=quantize)
     load = time.perf_counter() - start
     short, long = args.prompts
-    llm.generate(short, max_tokens=4, ignore_eos=True)  # warm-up
+    llm.generate(short, max_tokens=args.tokens, ignore_eos=True)  # warm-up, as long as the measured run
     out = llm.generate(short, max_tokens=args.tokens, ignore_eos=True)
     decode = out.stats.tokens_per_s
     llm.reset_prefix_cache()
@@ -67,7 +67,7 @@ def run_transformers(args: argparse.Namespace) -> dict:
     short, long = args.prompts
     kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
     with torch.inference_mode():
-        model.generate(torch.tensor([short]), max_new_tokens=4, min_new_tokens=4, **kw)
+        model.generate(torch.tensor([short]), max_new_tokens=args.tokens, min_new_tokens=args.tokens, **kw)
         t = time.perf_counter()
         model.generate(torch.tensor([short]), max_new_tokens=1, min_new_tokens=1, **kw)
         first = time.perf_counter() - t
@@ -99,7 +99,7 @@ def run(prompt, k):
         if len(out) == k:
             break
     return out, first, time.perf_counter() - t0
-run(short, 4)
+run(short, n)
 out, first, e2e = run(short, n)
 _, ttft, _ = run(long, 1)
 print(json.dumps({"decode_tok_s": (n - 1) / (e2e - first), "ttft_500_s": ttft, "load_s": load, "tokens": out}))

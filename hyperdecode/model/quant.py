@@ -99,7 +99,8 @@ class QuantLinear(nn.Module):
         if flat.dtype != torch.float32 or not flat.is_contiguous():
             flat = flat.float().contiguous()
         m, n, k = flat.shape[0], self.out_features, self.in_features
-        qs, d, c = self.__dict__.get("_pointers") or self._point()
+        qs, d = self.qs.data_ptr(), self.d.data_ptr()
+        c = None if self.c is None else self.c.data_ptr()  # ctypes passes None as NULL
         if m > SMALL_M:
             w = torch.empty(n, k)
             kernel_library().dequantize(self.kind, qs, d, c, w.data_ptr(), n, k, torch.get_num_threads())
@@ -114,20 +115,6 @@ class QuantLinear(nn.Module):
         if x.dim() != 2:
             y = y.view(*x.shape[:-1], n)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
-
-    def _point(self) -> tuple[int, int, int | None]:
-        """The packed tensors' addresses, kept until the buffers change (ctypes passes None as NULL)."""
-        self.__dict__["_pointers"] = (self.qs.data_ptr(), self.d.data_ptr(),
-                                      None if self.c is None else self.c.data_ptr())
-        return self.__dict__["_pointers"]
-
-    def _apply(self, fn, recurse=True):
-        self.__dict__.pop("_pointers", None)
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        self.__dict__.pop("_pointers", None)
-        super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, bits={self.kind}, blocks of {BLOCK}"

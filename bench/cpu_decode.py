@@ -1,5 +1,6 @@
-"""SmolLM2-135M on the CPU, batch 1: hyperdecode (quantized fast path and dequantized reference), transformers and
-llama.cpp on the same GGUF, each in its own process, alternated, best of N.
+"""SmolLM2-135M on the CPU, batch 1: hyperdecode (its default: backend auto, i.e. the native decode step over the
+quantized weights; the reference forward over the same quantized weights; the dequantized reference), transformers
+and llama.cpp on the same GGUF, each in its own process, alternated, best of N.
 
 Per engine: decode tok/s (64 greedy tokens after a short prompt), TTFT of a 500-token prompt, the cold command's
 time to its first token (a fresh process: import, load, first token; hyperdecode's second run, which reads its
@@ -21,7 +22,9 @@ import time
 from pathlib import Path
 
 LONG_PROMPT_TOKENS = 500
-ENGINES = ("hyperdecode", "hyperdecode-reference", "transformers", "llama.cpp")
+ENGINES = ("hyperdecode", "hyperdecode-quant-ref", "hyperdecode-reference", "transformers", "llama.cpp")
+HYPERDECODE = {"hyperdecode": ("auto", "auto"), "hyperdecode-quant-ref": ("reference", "auto"),
+               "hyperdecode-reference": ("reference", "none")}  # engine: (backend, quantize)
 
 
 def prompts() -> tuple[list[int], list[int]]:
@@ -37,12 +40,12 @@ def prompts() -> tuple[list[int], list[int]]:
     return short, long
 
 
-def run_hyperdecode(args: argparse.Namespace, quantize: str) -> dict:
+def run_hyperdecode(args: argparse.Namespace, backend: str, quantize: str) -> dict:
     import torch
     import hyperdecode as hd
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    llm = hd.LLM("smollm2", device="cpu", quantize=quantize)
+    llm = hd.LLM("smollm2", device="cpu", backend=backend, quantize=quantize)
     load = time.perf_counter() - start
     short, long = args.prompts
     llm.generate(short, max_tokens=args.tokens, ignore_eos=True)  # warm-up, as long as the measured run
@@ -52,7 +55,8 @@ def run_hyperdecode(args: argparse.Namespace, quantize: str) -> dict:
     t = time.perf_counter()
     llm.generate(long, max_tokens=1)
     ttft = time.perf_counter() - t
-    return {"decode_tok_s": decode, "ttft_500_s": ttft, "load_s": load, "tokens": out.token_ids}
+    return {"decode_tok_s": decode, "ttft_500_s": ttft, "load_s": load, "tokens": out.token_ids,
+            "backend": llm.backend}
 
 
 def run_transformers(args: argparse.Namespace) -> dict:
@@ -123,10 +127,8 @@ def llama_python(venv: Path, install: bool) -> Path | None:
 def child(args: argparse.Namespace) -> None:
     """One engine's figures as a JSON line (run in a process of its own, so that RSS is its own)."""
     args.prompts = json.loads(args.prompt_ids)
-    if args.engine == "hyperdecode":
-        out = run_hyperdecode(args, "auto")
-    elif args.engine == "hyperdecode-reference":
-        out = run_hyperdecode(args, "none")
+    if args.engine in HYPERDECODE:
+        out = run_hyperdecode(args, *HYPERDECODE[args.engine])
     else:
         out = run_transformers(args)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -178,7 +180,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="rounds, engines alternated; the best counts")
     ap.add_argument("--no-llama", action="store_true", help="leave llama.cpp out")
     ap.add_argument("--llama-venv", default=str(Path.home() / ".cache" / "hyperdecode" / "llama-cpp-venv"))
-    ap.add_argument("--child", choices=ENGINES[:3], dest="engine", help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=ENGINES[:-1], dest="engine", help=argparse.SUPPRESS)
     ap.add_argument("--prompt-ids", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.engine:
@@ -195,16 +197,18 @@ def main() -> None:
                 "decode_tok_s": max(old["decode_tok_s"], got["decode_tok_s"]),
                 "ttft_500_s": min(old["ttft_500_s"], got["ttft_500_s"]),
                 "load_s": min(old["load_s"], got["load_s"]),
-                "peak_rss_mb": max(old["peak_rss_mb"], got["peak_rss_mb"]), "tokens": got["tokens"]}
+                "peak_rss_mb": max(old["peak_rss_mb"], got["peak_rss_mb"]), "tokens": got["tokens"],
+                "backend": got.get("backend")}
     cold = {e: min(cold_first_token(e, args, llama) for _ in range(args.repeats)) for e in engines}
     reference = best["hyperdecode-reference"]["tokens"]
     print(f"SmolLM2-135M-Instruct Q4_1 GGUF, batch 1, {args.threads} threads, best of {args.repeats} alternated")
-    print(f"{'engine':<24}{'decode tok/s':>13}{'TTFT 500 ms':>13}{'cold 1st tok s':>15}{'peak RSS MB':>13}"
-          f"{'agree':>7}")
+    print(f"{'engine':<24}{'backend':>10}{'decode tok/s':>13}{'TTFT 500 ms':>13}{'cold 1st tok s':>15}"
+          f"{'peak RSS MB':>13}{'agree':>7}")
     for engine in engines:
         b = best[engine]
         agree = next((i for i, (x, y) in enumerate(zip(b["tokens"], reference)) if x != y), len(reference))
-        print(f"{engine:<24}{b['decode_tok_s']:>13.1f}{1e3 * b['ttft_500_s']:>13.0f}{cold[engine]:>15.2f}"
+        print(f"{engine:<24}{b.get('backend') or '':>10}{b['decode_tok_s']:>13.1f}{1e3 * b['ttft_500_s']:>13.0f}"
+              f"{cold[engine]:>15.2f}"
               f"{b['peak_rss_mb']:>13.0f}{agree:>7}")
     if "llama.cpp" in best:
         ours, theirs = best["hyperdecode"], best["llama.cpp"]

@@ -1,7 +1,8 @@
-"""`backend="auto"` on a GPU: the faster of `graph` and `mega` for this model on this GPU, measured once (a few batch-1
-decode steps each, after a warm-up that includes the megakernel's JIT compile) and remembered in the project's cache
-(`backend_choice.json`, keyed by GPU, model shape, dtype and the package version), so that `auto` never picks the
-slower one and pays the measurement only on first use.
+"""`backend="auto"`: the faster backend for this model on this machine — on a GPU `graph` or `mega`, on the CPU
+`reference` or `native` — measured once (a few batch-1 decode steps each, after a warm-up that includes the
+megakernel's JIT compile or the native step's build) and remembered in the project's cache (`backend_choice.json`,
+keyed by the GPU or the CPU and its thread count, model shape, dtype and the package version), so that `auto`
+never picks the slower one and pays the measurement only on first use.
 
 >>> choose({"graph": lambda: 2e-3, "mega": lambda: 1e-3}, timer=lambda make: make())  # makers time themselves here
 ('mega', {'graph': 0.002, 'mega': 0.001})
@@ -29,13 +30,18 @@ def time_decode(runner, steps: int = 8, warm: int = 3) -> float:
     tok = torch.ones(1, 1, dtype=torch.long, device=device)
     for i in range(warm + steps):
         if i == warm:
-            torch.cuda.synchronize(device)
+            sync(device)
             start = time.perf_counter()
         logits = runner.forward(tok, torch.full((1, 1), i, device=device), None, want)
         runner.confirm()
         tok = logits.argmax(-1)[:, None]
-    torch.cuda.synchronize(device)
+    sync(device)
     return (time.perf_counter() - start) / steps
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def choose(makers: dict[str, Callable[[], object]], timer: Callable | None = None) -> tuple[str, dict[str, float]]:
@@ -53,10 +59,17 @@ def choose(makers: dict[str, Callable[[], object]], timer: Callable | None = Non
 
 
 def choice_key(model: nn.Module, device: torch.device) -> str:
-    """What the choice depends on: the GPU, the model's shape and dtype, and this package's version."""
+    """What the choice depends on: the GPU (or the CPU and its threads), the model's shape and dtype, and this
+    package's version."""
     from importlib.metadata import version
+    if device.type == "cuda":
+        machine = torch.cuda.get_device_name(device)
+    else:
+        from ..model.quant import cpu_model
+        machine = f"{cpu_model()}|{torch.get_num_threads()} threads"
     shape = json.dumps({k: v for k, v in sorted(vars(model.cfg).items()) if isinstance(v, (int, float, str, bool))})
-    text = f"{torch.cuda.get_device_name(device)}|{model.embed_tokens.weight.dtype}|{version('hyperdecode')}|{shape}"
+    leaves = sorted({f"{type(m).__name__}{getattr(m, 'kind', '')}" for m in model.modules() if not list(m.children())})
+    text = f"{machine}|{model.embed_tokens.weight.dtype}|{leaves}|{version('hyperdecode')}|{shape}"
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 

@@ -12,6 +12,7 @@ from .autoselect import cached_choice, choice_key
 from .core import EngineCore
 from .graph import GraphRunner
 from .mega.runner import MegaRunner, require_triton
+from .native import NativeRunner
 from .output import Generation, OutputStream
 from .request import InputProcessor, Prompt
 from .runner import ReferenceRunner
@@ -20,13 +21,14 @@ from .sequence import Sequence
 
 __all__ = ["LLM", "BACKENDS"]
 
-BACKENDS = ("reference", "graph", "mega", "auto")
+BACKENDS = ("reference", "graph", "mega", "native", "auto")
 DEFAULT_MAX_TOKENS = 64
 
 
 def check_backend(backend: str, device: torch.device, name: str = "backend") -> None:
     """Fails before the model loads when `backend` cannot run on `device` here (CUDA graphs need a GPU, the
-    megakernel needs Triton); `name` is what messages call the backend (the CLI: --backend)."""
+    megakernel needs Triton, the native step the CPU); `name` is what messages call the backend (the CLI:
+    --backend)."""
     if backend not in BACKENDS:
         raise ConfigError(f"{name} '{backend}' is not available (available: {', '.join(BACKENDS)})")
     if backend == "graph" and device.type != "cuda":
@@ -34,6 +36,9 @@ def check_backend(backend: str, device: torch.device, name: str = "backend") -> 
                           f"use {name} 'reference' here")
     if backend == "mega":
         require_triton(name)
+    if backend == "native" and device.type != "cpu":
+        raise ConfigError(f"{name} 'native' compiles the decode step for the CPU (device is '{device}'); "
+                          f"use {name} 'graph' or 'mega' there")
 
 
 def has_triton() -> bool:
@@ -57,25 +62,27 @@ class LLM:
     parallel: "tp" (tensor parallel) or "hetero" (GLM-5 / DeepSeek-V3.2: rank 0 runs the DSA indexer, the other
     ranks the attention, all of them the MoE) over the ranks torchrun started; rank 0 leads, the others follow.
     enable_prefix_caching: a prompt starts after the longest prefix a cache row still holds (engine/prefix.py).
-    quantize: "auto" keeps a GGUF's Q4_0 / Q4_1 / Q8_0 blocks quantized on the CPU with the reference backend
-    (model/quant.py: ~4.5 or 8.5 bits a weight read per token instead of 32); "none" dequantizes them; "int8" /
+    backend: "auto" (the default) is the fastest for this model here, measured once and cached (autoselect.py): on the
+    CPU the reference or the native decode step (native.py), on a GPU CUDA graphs (graph.py) or the megakernel.
+    quantize: "auto" keeps a GGUF's Q4_0 / Q4_1 / Q8_0 blocks quantized on the CPU with the reference and native
+    backends (model/quant.py: ~4.5 or 8.5 bits a weight read per token instead of 32); "none" dequantizes them; "int8" /
     "int4" quantize an unquantized Llama-family checkpoint's projections and LM head (weight-only, 32-value
     blocks).
     """
 
     def __init__(self, model: str = "smollm2", device: str = "auto", dtype: str = "float32",
-                 backend: str = "reference", seed: int = 0, max_num_batched_tokens: int | None = None,
+                 backend: str = "auto", seed: int = 0, max_num_batched_tokens: int | None = None,
                  parallel: str | None = None, enable_prefix_caching: bool = True, quantize: str = "auto"):
         check_backend(backend, resolve_device(device))
         if parallel is not None:  # one process per GPU under torchrun: this rank's shard of the model
-            if backend != "reference":
+            if backend not in ("reference", "auto"):
                 raise ConfigError(f"parallel='{parallel}' runs the reference backend (got backend '{backend}')")
             from ..parallel.launch import load_parallel
             cfg, local, tok = load_parallel(model, parallel, resolve_device(device), resolve_dtype(dtype), seed)
             loaded = LoadedModel(model, cfg, local, tok)
         else:
             # graph and mega read the weights as tensors (on the CPU "auto" is the reference)
-            keep = quantize if backend in ("reference", "auto") else "none"
+            keep = quantize if backend in ("reference", "native", "auto") else "none"
             loaded = load_model(model, device=device, dtype=dtype, seed=seed, quantize=keep)
         self.name = loaded.name
         self.config = loaded.cfg
@@ -83,9 +90,9 @@ class LLM:
         self._tokenizer = loaded.tokenizer
         self.fp8_weights = loaded.fp8_weights  # raw (float8 weight, scale_inv) of an FP8 checkpoint, by HF name
         self.device = self.model.device
-        if backend == "auto":  # the megakernel and CUDA graphs only pay on a GPU; on the CPU the reference is fastest
-            backend = self._fastest_backend()
-        runners = {"reference": ReferenceRunner, "graph": GraphRunner,
+        if backend == "auto":
+            backend = "reference" if parallel is not None else self._fastest_backend()
+        runners = {"reference": ReferenceRunner, "graph": GraphRunner, "native": NativeRunner,
                    # an FP8 checkpoint's projections stay FP8 in the megakernel (re-quantized on its 128 x 128 grid)
                    "mega": lambda model: MegaRunner(model, fp8=bool(self.fp8_weights))}
         self.rank = 0
@@ -104,13 +111,17 @@ class LLM:
                                      self.max_context)
 
     def _fastest_backend(self) -> str:
-        """`auto`: the reference on the CPU; on a GPU the faster of graph and mega, measured once and cached."""
+        """`auto`: the fastest backend for this model here, measured once (batch-1 decode steps) and cached: on the
+        CPU the reference or the native step, on a GPU CUDA graphs or the megakernel."""
         if self.device.type != "cuda":
-            return "reference"
-        if not (MegaRunner.supports(self.model) and has_triton()):
+            if not NativeRunner.supports(self.model):
+                return "reference"
+            makers = {"reference": lambda: ReferenceRunner(self.model), "native": lambda: NativeRunner(self.model)}
+        elif not (MegaRunner.supports(self.model) and has_triton()):
             return "graph"
-        makers = {"graph": lambda: GraphRunner(self.model),
-                  "mega": lambda: MegaRunner(self.model, fp8=bool(self.fp8_weights))}
+        else:
+            makers = {"graph": lambda: GraphRunner(self.model),
+                      "mega": lambda: MegaRunner(self.model, fp8=bool(self.fp8_weights))}
         return cached_choice(cache_dir() / "backend_choice.json", choice_key(self.model, self.device), makers)
 
     def reset_prefix_cache(self) -> None:

@@ -41,7 +41,7 @@ __all__ = ["FORMATS", "Packed", "pack", "join_rows", "QuantLinear", "quantize_gg
 BLOCK = 32
 FORMATS = {"Q4_0": (18, 4), "Q4_1": (20, 4), "Q8_0": (34, 8)}  # bytes per block, bits per value
 SMALL_M = 8  # up to this many activation rows the kernel reads the blocks; above, dequantize once and use BLAS
-SOURCE = Path(__file__).with_name("csrc") / "qmatmul.c"
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("qmatmul.c", "decode_step.c")]  # one library
 
 
 @dataclass
@@ -122,27 +122,30 @@ class QuantLinear(nn.Module):
 
 @lru_cache(maxsize=None)
 def kernel_library(march: str = "native") -> ctypes.CDLL:
-    """The compiled kernel: built once per source, compiler, target (`-march`) and CPU into the project's cache
-    (`cc -O3 -march=native -fopenmp`, about a second), then loaded."""
+    """The compiled kernels (the quantized matmul and engine/native.py's decode step): built once per source,
+    compiler, target (`-march`) and CPU into the project's cache (`cc -O3 -march=native -fopenmp`, a few seconds),
+    then loaded."""
     from .embedded import cache_dir
     compiler = os.environ.get("CC", "cc")
     flags = ["-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC"]
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise ConfigError(f"the quantized CPU kernel needs a C compiler ({compiler}: {e}); "
-                          "install one (apt-get install gcc) or pass quantize='none'") from None
+        raise ConfigError(f"the CPU kernels (quantized matmul, native step) need a C compiler ({compiler}: {e}); "
+                          "install one (apt-get install gcc), or pass quantize='none' and backend='reference'"
+                          ) from None
     key = hashlib.sha256(source + version.encode() + " ".join(flags).encode() + cpu_model().encode()).hexdigest()
-    target = cache_dir() / "kernels" / f"qmatmul-{key[:16]}.so"
+    target = cache_dir() / "kernels" / f"cpu-{key[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             out = Path(tmp) / target.name
-            r = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(out)], capture_output=True, text=True,
-                               timeout=300)
+            r = subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", str(out), "-lm"], capture_output=True,
+                               text=True, timeout=300)
             if r.returncode:
-                raise ConfigError(f"building {SOURCE.name} with {compiler} failed: {r.stderr.strip()[-500:]}")
+                names = ", ".join(path.name for path in SOURCES)
+                raise ConfigError(f"building {names} with {compiler} failed: {r.stderr.strip()[-500:]}")
             os.replace(out, target)
     lib = ctypes.CDLL(str(target))
     i64, vp = ctypes.c_int64, ctypes.c_void_p

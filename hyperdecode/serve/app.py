@@ -49,7 +49,7 @@ class ServerConfig:
     served_model_name: str | None = None
     device: str = "auto"
     dtype: str = "float32"
-    backend: str = "reference"
+    backend: str = "auto"
     api_key: str | None = None
     max_batch: int = 8
     max_queue: int = 64

@@ -64,7 +64,7 @@ static float bias_dot(const half *c, const float *xsum, int64_t blocks) {
 static inline __attribute__((always_inline)) void row_of(int kind, const uint8_t *qs, const half *d,
                                                           const half *c, const float *x, const float *xsum,
                                                           float *y, int64_t rows, int64_t blocks, int64_t K,
-                                                          int64_t N) {
+                                                          int64_t N, int accumulate) {
     const int64_t block_bytes = kind == 4 ? 16 : 32;
     __m512 even[ROWS], odd[ROWS];
     for (int r = 0; r < ROWS; r++)
@@ -84,20 +84,21 @@ static inline __attribute__((always_inline)) void row_of(int kind, const uint8_t
         }
     for (int64_t r = 0; r < rows; r++) {
         const float bias = c ? bias_dot(c, xsum + r * blocks, blocks) : 0.0f;
-        y[r * N] = _mm512_reduce_add_ps(_mm512_add_ps(even[r], odd[r])) + bias;
+        const float sum = _mm512_reduce_add_ps(_mm512_add_ps(even[r], odd[r])) + bias;
+        y[r * N] = accumulate ? y[r * N] + sum : sum;
     }
 }
 
 static void row(int kind, const uint8_t *qs, const half *d, const half *c, const float *x, const float *xsum,
-                float *y, int64_t rows, int64_t blocks, int64_t K, int64_t N) {
+                float *y, int64_t rows, int64_t blocks, int64_t K, int64_t N, int accumulate) {
     if (kind == 4)
-        row_of(4, qs, d, c, x, xsum, y, rows, blocks, K, N);
+        row_of(4, qs, d, c, x, xsum, y, rows, blocks, K, N, accumulate);
     else
-        row_of(8, qs, d, c, x, xsum, y, rows, blocks, K, N);
+        row_of(8, qs, d, c, x, xsum, y, rows, blocks, K, N, accumulate);
 }
 #else
 static void row(int kind, const uint8_t *qs, const half *d, const half *c, const float *x, const float *xsum,
-                float *y, int64_t rows, int64_t blocks, int64_t K, int64_t N) {
+                float *y, int64_t rows, int64_t blocks, int64_t K, int64_t N, int accumulate) {
     const int64_t block_bytes = kind == 4 ? 16 : 32;
     float acc[ROWS] = {0};
     float w[BLOCK];
@@ -116,24 +117,36 @@ static void row(int kind, const uint8_t *qs, const half *d, const half *c, const
         }
     }
     for (int64_t r = 0; r < rows; r++)
-        y[r * N] = acc[r];
+        y[r * N] = accumulate ? y[r * N] + acc[r] : acc[r];
 }
 #endif
+
+/* xsum[M, K / 32] = each 32-value block's sum of x[M, K] (the c term's factor) */
+void block_sums(const float *x, float *xsum, int64_t M, int64_t K) {
+    for (int64_t i = 0; i < M * (K / BLOCK); i++)
+        xsum[i] = block_sum(x + i * BLOCK);
+}
+
+/* y[:, n] (+)= x @ W[n] for weight row n of a packed W [N, K] and every activation row of x [M, K]; xsum as
+   block_sums leaves it (unread for Q8_0). The decode step (decode_step.c) calls this inside its own threads. */
+void qmatmul_row(int kind, const uint8_t *qs, const half *d, const half *c, const float *x, const float *xsum,
+                 float *y, int64_t M, int64_t N, int64_t K, int64_t n, int accumulate) {
+    const int64_t blocks = K / BLOCK;
+    const int64_t row_bytes = kind == 4 ? K / 2 : K;
+    for (int64_t m = 0; m < M; m += ROWS)
+        row(kind, qs + n * row_bytes, d + n * blocks, c ? c + n * blocks : c, x + m * K, xsum + m * blocks,
+            y + m * N + n, M - m < ROWS ? M - m : ROWS, blocks, K, N, accumulate);
+}
 
 /* kind: 4 (Q4_0 / Q4_1: c per block) or 8 (Q8_0: c is NULL). xsum: scratch of M * K / 32 floats. threads:
    torch's intra-op thread count (passed, since OpenMP's default is per calling thread, e.g. a server's engine). */
 void qmatmul(int kind, const uint8_t *qs, const half *d, const half *c, const float *x, float *xsum, float *y,
              int64_t M, int64_t N, int64_t K, int threads) {
-    const int64_t blocks = K / BLOCK;
-    const int64_t row_bytes = kind == 4 ? K / 2 : K;
     if (c)
-        for (int64_t i = 0; i < M * blocks; i++)
-            xsum[i] = block_sum(x + i * BLOCK);
+        block_sums(x, xsum, M, K);
 #pragma omp parallel for schedule(static) num_threads(threads) if (N * K >= PARALLEL_WEIGHTS)
     for (int64_t n = 0; n < N; n++)
-        for (int64_t m = 0; m < M; m += ROWS)
-            row(kind, qs + n * row_bytes, d + n * blocks, c ? c + n * blocks : c, x + m * K, xsum + m * blocks,
-                y + m * N + n, M - m < ROWS ? M - m : ROWS, blocks, K, N);
+        qmatmul_row(kind, qs, d, c, x, xsum, y, M, N, K, n, 0);
 }
 
 /* The fp32 weights W[N, K] of a packed matrix (for many activation rows, where BLAS on them is faster). */

@@ -57,20 +57,20 @@ static void rmsnorm_rows(const float *x, const float *w, float *out, int64_t M, 
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < M; r++) {
         const float *xr = x + r * n;
-        float squares = 0.0f;
+        double squares = 0.0;
         for (int64_t i = 0; i < n; i++)
-            squares += xr[i] * xr[i];
-        const float scale = 1.0f / sqrtf(squares / (float)n + eps);
+            squares += (double)xr[i] * xr[i];
+        const float scale = 1.0f / sqrtf((float)(squares / n) + eps);
         for (int64_t i = 0; i < n; i++)
             out[r * n + i] = w[i] * (xr[i] * scale);
     }
 }
 
 static void rmsnorm_head(float *v, const float *w, int64_t n, float eps) {
-    float squares = 0.0f;
+    double squares = 0.0;
     for (int64_t i = 0; i < n; i++)
-        squares += v[i] * v[i];
-    const float scale = 1.0f / sqrtf(squares / (float)n + eps);
+        squares += (double)v[i] * v[i];
+    const float scale = 1.0f / sqrtf((float)(squares / n) + eps);
     for (int64_t i = 0; i < n; i++)
         v[i] = w[i] * (v[i] * scale);
 }
@@ -151,24 +151,27 @@ static void attend(const struct model *m, const struct layer *L, const float *qk
     const float scale = 1.0f / sqrtf((float)hd);
     float best = -INFINITY;
     for (int64_t t = 0; t <= pos; t++) {
-        float dot = 0.0f;
+        double dot = 0.0;
         for (int64_t i = 0; i < hd; i++)
-            dot += q[i] * keys[t * stride + i];
-        scores[t] = dot * scale;
+            dot += (double)q[i] * keys[t * stride + i];
+        scores[t] = (float)dot * scale;
         best = scores[t] > best ? scores[t] : best;
     }
-    float total = 0.0f;
+    double total = 0.0;
     for (int64_t t = 0; t <= pos; t++) {
         scores[t] = expf(scores[t] - best);
         total += scores[t];
     }
+    double acc[hd];
     for (int64_t i = 0; i < hd; i++)
-        out[i] = 0.0f;
+        acc[i] = 0.0;
     for (int64_t t = 0; t <= pos; t++) {
-        const float p = scores[t] / total;
+        const double p = scores[t] / total;
         for (int64_t i = 0; i < hd; i++)
-            out[i] += p * values[t * stride + i];
+            acc[i] += p * values[t * stride + i];
     }
+    for (int64_t i = 0; i < hd; i++)
+        out[i] = (float)acc[i];
 }
 
 static int64_t widest_input(const struct model *m) {

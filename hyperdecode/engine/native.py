@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..model.llama import LlamaForCausalLM
 from ..model.quant import QuantLinear, kernel_library
+from ..model.registry import family_of
 from .runner import ReferenceRunner
 
 __all__ = ["NativeRunner", "unsupported", "MAX_ROWS"]
@@ -50,8 +50,9 @@ class Model(ctypes.Structure):
 
 def unsupported(model: nn.Module) -> str | None:
     """Why the compiled step cannot run `model`, or None."""
-    if not isinstance(model, LlamaForCausalLM):
-        return f"it compiles the Llama family's step, not {type(model).__name__}'s"
+    family = family_of(model.cfg)
+    if not family.native:
+        return f"it compiles the Llama and Qwen3 families' step, not the {family.name} family's"
     if model.device.type != "cpu":
         return f"it runs on the CPU (the model is on '{model.device}')"
     if model.embed_tokens.weight.dtype != torch.float32:
@@ -98,14 +99,19 @@ class NativeRunner(ReferenceRunner):
                                          i64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
         self.lib.decode_step.restype = ctypes.c_int
         self.struct: Model | None = None
-        self.built_for: list[int] = []  # the cache tensors' addresses the struct points at
+        self.built_for: tuple | None = None  # the state the struct was built for (see `_state`)
+        self.keep: list[Tensor] = []  # tensors the struct points at that nothing else holds
 
-    def setup(self, max_batch: int, max_seq: int) -> None:
-        super().setup(max_batch, max_seq)
-        caches = [t.data_ptr() for t in self.model.cache_tensors().values()]
-        if caches != self.built_for:
-            self.struct = self._build()
-            self.built_for = caches
+    def _state(self) -> tuple:
+        """What the struct depends on that may change under it: the caches (setup_caches reallocates every layer's at
+        once, whoever calls it, e.g. another runner on the same model: their sizes and one address tell) and the
+        projections (a model quantized after the runner was made)."""
+        model = self.model
+        cache = model.layers[0].self_attn.cache
+        projections = [id(m) for block in model.layers for m in (block.self_attn.qkv_proj, block.self_attn.o_proj,
+                                                                     block.mlp.gate_up_proj, block.mlp.down_proj)]
+        return model.max_batch, model.max_seq, None if cache is None else cache.k.data_ptr(), id(model.lm_head), \
+            *projections
 
     def _build(self) -> Model:
         """decode_step.c's view of the model: pointers into its tensors (kept alive in `self.keep`)."""
@@ -144,8 +150,14 @@ class NativeRunner(ReferenceRunner):
         states [B, hidden] and float32 logits [B, vocab]."""
         B = tokens.shape[0]
         model = self.model
+        state = self._state()
+        if state != self.built_for:
+            self.struct = self._build()
+            self.built_for = state
         if int(pos.max()) >= model.max_seq or (B if slots is None else int(slots.max()) + 1) > model.max_batch:
             raise ValueError(f"the cache holds {model.max_batch}x{model.max_seq}; call setup first")
+        if int(tokens.min()) < 0 or int(tokens.max()) >= model.cfg.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {model.cfg.vocab_size})")
         tokens = tokens.to(torch.int64).contiguous()
         pos = pos.to(torch.int64).contiguous()
         slots = torch.arange(B) if slots is None else slots.to(torch.int64).contiguous()

@@ -1,6 +1,6 @@
 """The family registry: the one place that knows which model families exist. Everything else asks it (by a
-config's `model_type`) for the config class, the model class, the expected checkpoint shapes and the megakernel
-compiler, so adding a family is one entry here plus its own module.
+config's `model_type`) for the config class, the model class, the expected checkpoint shapes, the megakernel
+compiler and whether the CPU's compiled decode step covers it, so adding a family is one entry here plus its own module.
 
 >>> family_for("qwen3").name
 'qwen3'
@@ -31,6 +31,7 @@ class Family:
     shapes: Callable[[Any, bool], dict[str, tuple[int, ...]]]  # (cfg, mtp) -> HF tensor names and shapes
     mega: str  # the module compiling its decode step for the megakernel: `unsupported(model)`, `compile(...)`
     gguf_architectures: tuple[str, ...] = ()
+    native: bool = False  # the CPU's compiled decode step (model/csrc/decode_step.c) computes this family's layers
 
     def mega_compiler(self) -> ModuleType:
         """The megakernel compiler module (imported on first use: the engine depends on the model, not back)."""
@@ -46,9 +47,9 @@ class Family:
 
 FAMILIES = (
     Family("llama", ("llama", "mistral", "smollm", "smollm3", "qwen2"), llama.LlamaConfig, llama.LlamaForCausalLM,
-           llama.hf_shapes, "hyperdecode.engine.mega.program_llama", gguf_architectures=("llama",)),
+           llama.hf_shapes, "hyperdecode.engine.mega.program_llama", gguf_architectures=("llama",), native=True),
     Family("qwen3", ("qwen3",), qwen3.Qwen3Config, qwen3.Qwen3ForCausalLM, qwen3.hf_shapes,
-           "hyperdecode.engine.mega.program_llama"),
+           "hyperdecode.engine.mega.program_llama", native=True),
     Family("deepseek", deepseek_config.MODEL_TYPES, deepseek_config.DeepseekConfig, deepseek.DeepseekForCausalLM,
            deepseek.hf_shapes, "hyperdecode.engine.mega.program_mla"),
 )

@@ -207,11 +207,11 @@ def build_parser() -> Parser:
     return parser
 
 
-def print_stats(g: Any) -> None:
+def print_stats(g: Any, backend: str) -> None:
     s = g.stats
     print(f"[hyperdecode] prompt {s.prompt_tokens} tok, output {s.output_tokens} tok ({g.finish_reason}), "
-          f"TTFT {s.ttft_s * 1e3:.1f} ms, TPOT {s.tpot_s * 1e3:.1f} ms, {s.tokens_per_s:.1f} tok/s",
-          file=sys.stderr)
+          f"TTFT {s.ttft_s * 1e3:.1f} ms, TPOT {s.tpot_s * 1e3:.1f} ms, {s.tokens_per_s:.1f} tok/s, "
+          f"backend {backend}", file=sys.stderr)
     if s.speculative is not None:
         spec = s.speculative
         rates = ", ".join(f"{n / spec.num_drafts:.2f}" for n in spec.accepted_per_pos) if spec.num_drafts else "-"
@@ -234,7 +234,7 @@ def stream_to_stdout(llm: Any, prompt: Any, params: dict[str, Any], speculative:
 def cmd_generate(args: argparse.Namespace) -> None:
     check_engine_args(args)
     llm = load_llm(args)
-    print_stats(stream_to_stdout(llm, args.prompt, sampling(args), args.speculative))
+    print_stats(stream_to_stdout(llm, args.prompt, sampling(args), args.speculative), llm.backend)
 
 
 def chat_turn(llm: Any, messages: list[dict[str, str]], args: argparse.Namespace) -> Any | None:
@@ -280,7 +280,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
             messages.pop()
             continue
         messages.append({"role": "assistant", "content": g.text})
-        print_stats(g)
+        print_stats(g, llm.backend)
 
 
 def cmd_models(args: argparse.Namespace) -> None:

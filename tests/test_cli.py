@@ -10,14 +10,16 @@ def cli(*args, stdin=None):
                           input=stdin, timeout=300)
 
 
-@pytest.mark.parametrize("extra", [(), ("--threads", "1", "--quantize", "none")])
-def test_generate_streams_text_and_stats(extra):
-    """The README's first command (the quantized fast path by default), and the dequantized reference on one
-    thread: both answer Paris."""
+@pytest.mark.parametrize("extra, backend", [((), "native"),
+                                            (("--threads", "1", "--quantize", "none", "--backend", "reference"),
+                                             "reference")])
+def test_generate_streams_text_and_stats(extra, backend):
+    """The README's first command (by default the quantized weights in the native step, which `auto` measured
+    faster), and the dequantized reference on one thread: both answer Paris."""
     r = cli("generate", "The capital of France is", "--max-tokens", "8", "--device", "cpu", *extra)
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
-    assert "TTFT" in r.stderr and "tok/s" in r.stderr
+    assert "TTFT" in r.stderr and "tok/s" in r.stderr and f"backend {backend}" in r.stderr
 
 
 def test_generate_with_seed_is_reproducible():

@@ -115,8 +115,9 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, i
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_embedded_model_greedy_tokens_equal_the_dequantized_reference(prompt):
-    """64 greedy tokens of SmolLM2 (Q4_1 projections, Q8_0 tied head) kept quantized vs dequantized; where a
-    near-tie flips, the reference's top-2 logit margin there must be below the bound's size (reported)."""
+    """64 greedy tokens of SmolLM2 (Q4_1 projections, Q8_0 tied head) kept quantized, on the default backend, vs
+    the dequantized reference; where a near-tie flips, the reference's top-2 logit margin there must be below the
+    bound's size (reported)."""
     ref, fast = llms()
     ids = ref.inputs.tokenizer.encode(prompt)
     want = ref.generate(ids, max_tokens=64, ignore_eos=True).token_ids
@@ -134,8 +135,8 @@ _LLMS = {}
 
 def llms():
     if not _LLMS:
-        _LLMS["ref"] = hd.LLM("smollm2", device="cpu", quantize="none")
-        _LLMS["fast"] = hd.LLM("smollm2", device="cpu", quantize="auto")
+        _LLMS["ref"] = hd.LLM("smollm2", device="cpu", quantize="none", backend="reference")
+        _LLMS["fast"] = hd.LLM("smollm2", device="cpu")  # the defaults: blocks kept, backend auto (native here)
         assert isinstance(_LLMS["fast"].model.lm_head, QuantLinear)
     return _LLMS["ref"], _LLMS["fast"]
 

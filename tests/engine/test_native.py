@@ -97,7 +97,8 @@ def test_generations_equal_the_reference_backend():
 
 
 def test_other_families_and_devices_are_refused_clearly():
-    with pytest.raises(hd.ConfigError, match="backend .native. cannot run this model: it compiles the Llama and Qwen3 families. step, not the deepseek"):
+    with pytest.raises(hd.ConfigError, match="backend 'native' cannot run this model: it compiles the Llama and "
+                                             "Qwen3 families' step, not the deepseek family's"):
         hd.LLM("tiny-glm5", device="cpu", backend="native")
     with pytest.raises(hd.ConfigError, match="--backend 'native' compiles the decode step for the CPU"):
         check_backend("native", torch.device("cuda"), name="--backend")  # what LLM and the CLI ask first

@@ -1,5 +1,5 @@
-"""`backend="auto"`: the faster backend for this model on this machine — on a GPU `graph` or `mega`, on the CPU
-`reference` or `native` — measured once (a few batch-1 decode steps each, after a warm-up that includes the
+"""`backend="auto"`: the fastest backend for this model on this machine — on a GPU `reference`, `graph` or `mega`,
+on the CPU `reference` or `native` — measured once (a few batch-1 decode steps each, after a warm-up that includes the
 megakernel's JIT compile or the native step's build) and remembered in the project's cache (`backend_choice.json`,
 keyed by the GPU or the CPU and its thread count, model shape, dtype and the package version), so that `auto`
 never picks the slower one and pays the measurement only on first use.

@@ -63,7 +63,8 @@ class LLM:
     ranks the attention, all of them the MoE) over the ranks torchrun started; rank 0 leads, the others follow.
     enable_prefix_caching: a prompt starts after the longest prefix a cache row still holds (engine/prefix.py).
     backend: "auto" (the default) is the fastest for this model here, measured once and cached (autoselect.py): on the
-    CPU the reference or the native decode step (native.py), on a GPU CUDA graphs (graph.py) or the megakernel.
+    CPU the reference or the native decode step (native.py), on a GPU the reference, CUDA graphs (graph.py) or the
+    megakernel.
     quantize: "auto" keeps a GGUF's Q4_0 / Q4_1 / Q8_0 blocks quantized on the CPU with the reference and native
     backends (model/quant.py: ~4.5 or 8.5 bits a weight read per token instead of 32); "none" dequantizes them; "int8" /
     "int4" quantize an unquantized Llama-family checkpoint's projections and LM head (weight-only, 32-value
@@ -112,16 +113,17 @@ class LLM:
 
     def _fastest_backend(self) -> str:
         """`auto`: the fastest backend for this model here, measured once (batch-1 decode steps) and cached: on the
-        CPU the reference or the native step, on a GPU CUDA graphs or the megakernel."""
+        CPU the reference or the native step, on a GPU the reference, CUDA graphs or the megakernel (one that fails
+        to run here is not a candidate, so the reference always remains)."""
+        makers = {"reference": lambda: ReferenceRunner(self.model)}
         if self.device.type != "cuda":
             if not NativeRunner.supports(self.model):
                 return "reference"
-            makers = {"reference": lambda: ReferenceRunner(self.model), "native": lambda: NativeRunner(self.model)}
-        elif not (MegaRunner.supports(self.model) and has_triton()):
-            return "graph"
+            makers["native"] = lambda: NativeRunner(self.model)
         else:
-            makers = {"graph": lambda: GraphRunner(self.model),
-                      "mega": lambda: MegaRunner(self.model, fp8=bool(self.fp8_weights))}
+            makers["graph"] = lambda: GraphRunner(self.model)
+            if MegaRunner.supports(self.model) and has_triton():
+                makers["mega"] = lambda: MegaRunner(self.model, fp8=bool(self.fp8_weights))
         return cached_choice(cache_dir() / "backend_choice.json", choice_key(self.model, self.device), makers)
 
     def reset_prefix_cache(self) -> None:

@@ -165,6 +165,8 @@ class NativeRunner(ReferenceRunner):
         logits = torch.empty(B, model.cfg.vocab_size)
         status = self.lib.decode_step(ctypes.byref(self.struct), tokens.data_ptr(), pos.data_ptr(), slots.data_ptr(),
                                       B, hidden.data_ptr(), logits.data_ptr(), torch.get_num_threads())
+        if status == -2:
+            raise ValueError(f"the native step holds 1 to {MAX_ROWS} rows, got {B}")
         if status:
             raise MemoryError("the native decode step could not allocate its scratch memory")
         return hidden, logits

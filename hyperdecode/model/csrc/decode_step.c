@@ -180,9 +180,12 @@ static int64_t widest_input(const struct model *m) {
 }
 
 /* tokens, pos, slots [M]: each row's token, its position and its cache row; hidden [M, hidden]: the final-norm
-   hidden states; logits [M, vocab]. Returns 0, or -1 when scratch memory could not be allocated. */
+   hidden states; logits [M, vocab]. Returns 0, -1 when scratch memory could not be allocated, -2 when M is out of
+   1..MAX_ROWS. */
 int decode_step(const struct model *m, const int64_t *tokens, const int64_t *pos, const int64_t *slots, int64_t M,
                 float *hidden, float *logits, int threads) {
+    if (M < 1 || M > MAX_ROWS)
+        return -2;
     const int64_t H = m->hidden, I = m->inter, hd = m->head_dim;
     const int64_t qkv_width = (m->n_head + 2 * m->n_kv) * hd, att_width = m->n_head * hd;
     int64_t longest = 0;

@@ -27,7 +27,7 @@ __all__ = ["NativeRunner", "unsupported", "MAX_ROWS"]
 
 MAX_ROWS = 8  # rows one compiled step holds (decode_step.c's MAX_ROWS); larger batches: the reference's BLAS
 FP32 = 32  # decode_step.c's kind for an fp32 weight stored [in, out]
-f32p, i64 = ctypes.POINTER(ctypes.c_float), ctypes.c_int64
+i64 = ctypes.c_int64
 
 
 class Matrix(ctypes.Structure):
@@ -69,10 +69,12 @@ def address(t: Tensor | None) -> int | None:
     return t.data_ptr()
 
 
-def matrix(layer: nn.Module | Tensor, keep: list[Tensor]) -> Matrix:
-    """A projection (QuantLinear, Linear) or a bare [in, out] weight as decode_step.c's `struct matrix`."""
+def matrix(layer: nn.Module | Tensor, keep: list) -> Matrix:
+    """A projection (QuantLinear, Linear) or a bare [in, out] weight as decode_step.c's `struct matrix`; `keep`
+    gets what must outlive the struct (the module itself: its id must not be reused while the struct points into
+    it, see NativeRunner._state)."""
+    keep.append(layer)
     if isinstance(layer, QuantLinear):
-        keep += [layer.qs, layer.d]
         return Matrix(layer.kind, address(layer.qs), address(layer.d), address(layer.c), address(layer.bias),
                       layer.out_features, layer.in_features)
     weight = layer if isinstance(layer, Tensor) else layer.weight
@@ -100,7 +102,7 @@ class NativeRunner(ReferenceRunner):
         self.lib.decode_step.restype = ctypes.c_int
         self.struct: Model | None = None
         self.built_for: tuple | None = None  # the state the struct was built for (see `_state`)
-        self.keep: list[Tensor] = []  # tensors the struct points at that nothing else holds
+        self.keep: list = []  # what the struct points into (modules, contiguous copies)
 
     def _state(self) -> tuple:
         """What the struct depends on that may change under it: the caches (setup_caches reallocates every layer's at
@@ -116,7 +118,7 @@ class NativeRunner(ReferenceRunner):
     def _build(self) -> Model:
         """decode_step.c's view of the model: pointers into its tensors (kept alive in `self.keep`)."""
         model, cfg = self.model, self.model.cfg
-        self.keep: list[Tensor] = []
+        self.keep = []
         layers = (Layer * len(model.layers))()
         for slot, block in zip(layers, model.layers):
             attn, mlp = block.self_attn, block.mlp

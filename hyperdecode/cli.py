@@ -52,7 +52,8 @@ def add_backend_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", default="auto", choices=["auto", "none", "int8", "int4"],
                    help="auto: a GGUF's Q4_0 / Q4_1 / Q8_0 weights stay quantized on the CPU (the reference "
                         "and native backends multiply the blocks as stored); none: every weight dequantized to "
-                        "--dtype; int8 / int4: a checkpoint's projections quantized into 32-value blocks (CPU, Llama family)")
+                        "--dtype; int8 / int4: a checkpoint's projections quantized into 32-value blocks (CPU, "
+                        "Llama family)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the matmuls and the quantized kernel (default: torch's, one per physical "
                         "core)")

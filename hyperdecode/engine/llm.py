@@ -82,7 +82,8 @@ class LLM:
             cfg, local, tok = load_parallel(model, parallel, resolve_device(device), resolve_dtype(dtype), seed)
             loaded = LoadedModel(model, cfg, local, tok)
         else:
-            # graph and mega read the weights as tensors (on the CPU "auto" is the reference)
+            # graph and mega read the weights as tensors; auto picks the reference or native on the CPU, and on a
+            # GPU the blocks are dequantized anyway
             keep = quantize if backend in ("reference", "native", "auto") else "none"
             loaded = load_model(model, device=device, dtype=dtype, seed=seed, quantize=keep)
         self.name = loaded.name

@@ -72,7 +72,7 @@ def address(t: Tensor | None) -> int | None:
 def matrix(layer: nn.Module | Tensor, keep: list) -> Matrix:
     """A projection (QuantLinear, Linear) or a bare [in, out] weight as decode_step.c's `struct matrix`; `keep`
     gets what must outlive the struct (the module itself: its id must not be reused while the struct points into
-    it, see NativeRunner._state)."""
+    it, see NativeRunner._weights)."""
     keep.append(layer)
     if isinstance(layer, QuantLinear):
         return Matrix(layer.kind, address(layer.qs), address(layer.d), address(layer.c), address(layer.bias),
@@ -101,19 +101,32 @@ class NativeRunner(ReferenceRunner):
                                          i64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
         self.lib.decode_step.restype = ctypes.c_int
         self.struct: Model | None = None
-        self.built_for: tuple | None = None  # the state the struct was built for (see `_state`)
+        self.built_for: tuple | None = None  # (caches, weights) the struct was built for
         self.keep: list = []  # what the struct points into (modules, contiguous copies)
 
-    def _state(self) -> tuple:
-        """What the struct depends on that may change under it: the caches (setup_caches reallocates every layer's at
-        once, whoever calls it, e.g. another runner on the same model: their sizes and one address tell) and the
-        projections (a model quantized after the runner was made)."""
+    def setup(self, max_batch: int, max_seq: int) -> None:
+        super().setup(max_batch, max_seq)
+        self._refresh()
+
+    def _caches(self) -> tuple:
+        """What identifies the caches: setup_caches reallocates every layer's at once, whoever calls it (e.g. another
+        runner on the same model), so their sizes and one tensor's address tell. Cheap: checked every step."""
+        cache = self.model.layers[0].self_attn.cache
+        return self.model.max_batch, self.model.max_seq, None if cache is None else cache.k.data_ptr()
+
+    def _weights(self) -> tuple:
+        """Which projection modules the model holds (a model quantized after the runner was made has others).
+        ~0.2 ms on SmolLM2: checked at each setup, not each step."""
         model = self.model
-        cache = model.layers[0].self_attn.cache
-        projections = [id(m) for block in model.layers for m in (block.self_attn.qkv_proj, block.self_attn.o_proj,
-                                                                     block.mlp.gate_up_proj, block.mlp.down_proj)]
-        return model.max_batch, model.max_seq, None if cache is None else cache.k.data_ptr(), id(model.lm_head), \
-            *projections
+        return id(model.lm_head), *(id(m) for block in model.layers for m in (
+            block.self_attn.qkv_proj, block.self_attn.o_proj, block.mlp.gate_up_proj, block.mlp.down_proj))
+
+    def _refresh(self) -> None:
+        """Rebuilds the struct when the caches or the projections changed since it was built."""
+        state = (self._caches(), self._weights())
+        if state != self.built_for:
+            self.struct = self._build()
+            self.built_for = state
 
     def _build(self) -> Model:
         """decode_step.c's view of the model: pointers into its tensors (kept alive in `self.keep`)."""
@@ -152,10 +165,8 @@ class NativeRunner(ReferenceRunner):
         states [B, hidden] and float32 logits [B, vocab]."""
         B = tokens.shape[0]
         model = self.model
-        state = self._state()
-        if state != self.built_for:
-            self.struct = self._build()
-            self.built_for = state
+        if self.built_for is None or self._caches() != self.built_for[0]:
+            self._refresh()
         if int(pos.max()) >= model.max_seq or (B if slots is None else int(slots.max()) + 1) > model.max_batch:
             raise ValueError(f"the cache holds {model.max_batch}x{model.max_seq}; call setup first")
         if int(tokens.min()) < 0 or int(tokens.max()) >= model.cfg.vocab_size:

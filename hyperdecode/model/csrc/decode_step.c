@@ -52,27 +52,21 @@ struct model {
     const struct layer *layer;
 };
 
+/* out = rmsnorm(x) * w over n values (out may be x) */
+static void rmsnorm(const float *x, const float *w, float *out, int64_t n, float eps) {
+    double squares = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        squares += (double)x[i] * x[i];
+    const float scale = 1.0f / sqrtf((float)(squares / n) + eps);
+    for (int64_t i = 0; i < n; i++)
+        out[i] = w[i] * (x[i] * scale);
+}
+
 /* out[r] = rmsnorm(x[r]) * w for M rows of n; one row per thread at a time */
 static void rmsnorm_rows(const float *x, const float *w, float *out, int64_t M, int64_t n, float eps) {
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < M; r++) {
-        const float *xr = x + r * n;
-        double squares = 0.0;
-        for (int64_t i = 0; i < n; i++)
-            squares += (double)xr[i] * xr[i];
-        const float scale = 1.0f / sqrtf((float)(squares / n) + eps);
-        for (int64_t i = 0; i < n; i++)
-            out[r * n + i] = w[i] * (xr[i] * scale);
-    }
-}
-
-static void rmsnorm_head(float *v, const float *w, int64_t n, float eps) {
-    double squares = 0.0;
-    for (int64_t i = 0; i < n; i++)
-        squares += (double)v[i] * v[i];
-    const float scale = 1.0f / sqrtf((float)(squares / n) + eps);
-    for (int64_t i = 0; i < n; i++)
-        v[i] = w[i] * (v[i] * scale);
+    for (int64_t r = 0; r < M; r++)
+        rmsnorm(x + r * n, w, out + r * n, n, eps);
 }
 
 static void rope_head(float *v, const float *inv_freq, int64_t pos, int64_t head_dim) {
@@ -130,7 +124,7 @@ static void append_kv(const struct model *m, const struct layer *L, const float 
     float *k = L->k_cache + at;
     memcpy(k, qkv + (m->n_head + g) * hd, hd * sizeof(float));
     if (L->k_norm)
-        rmsnorm_head(k, L->k_norm, hd, m->eps);
+        rmsnorm(k, L->k_norm, k, hd, m->eps);
     rope_head(k, m->inv_freq, pos, hd);
     memcpy(L->v_cache + at, qkv + (m->n_head + m->n_kv + g) * hd, hd * sizeof(float));
 }
@@ -146,7 +140,7 @@ static void attend(const struct model *m, const struct layer *L, const float *qk
     float q[hd];
     memcpy(q, qkv + head * hd, hd * sizeof(float));
     if (L->q_norm)
-        rmsnorm_head(q, L->q_norm, hd, m->eps);
+        rmsnorm(q, L->q_norm, q, hd, m->eps);
     rope_head(q, m->inv_freq, pos, hd);
     const float scale = 1.0f / sqrtf((float)hd);
     float best = -INFINITY;

@@ -1,6 +1,9 @@
 """SmolLM2-135M on the CPU, batch 1: hyperdecode (its default: backend auto, i.e. the native decode step over the
-quantized weights; the reference forward over the same quantized weights; the dequantized reference), transformers
-and llama.cpp on the same GGUF, each in its own process, alternated, best of N.
+quantized weights, fp32 activations; the same with int8 activations; the reference forward over the same quantized
+weights; the dequantized reference), transformers and llama.cpp on the same GGUF, each in its own process,
+alternated, best of N. The CPU's model and vector flags are printed first, and each hyperdecode row names the kernel
+path it ran (model/csrc/qmatmul.c's ISA headers); `--isa x86-64-v3,...` measures the default and int8 rows again
+with the kernels built for those targets (e.g. the AVX2 path on an AVX-512 machine).
 
 Per engine: decode tok/s (64 greedy tokens after a short prompt), TTFT of a 500-token prompt, the cold command's
 time to its first token (a fresh process: import, load, first token; hyperdecode's second run, which reads its
@@ -8,7 +11,7 @@ converted cache) and peak RSS. llama.cpp runs through llama-cpp-python, installe
 (`--llama-venv`, built from source once: several minutes) and never a dependency of the package; without it
 (`--no-llama`) its rows are left out.
 
-    python bench/cpu_decode.py [--repeats 3] [--threads 2] [--tokens 64] [--no-llama]
+    python bench/cpu_decode.py [--repeats 3] [--threads 2] [--tokens 64] [--no-llama] [--isa native,x86-64-v3]
 """
 from __future__ import annotations
 
@@ -22,9 +25,13 @@ import time
 from pathlib import Path
 
 LONG_PROMPT_TOKENS = 500
-ENGINES = ("hyperdecode", "hyperdecode-quant-ref", "hyperdecode-reference", "transformers", "llama.cpp")
-HYPERDECODE = {"hyperdecode": ("auto", "auto"), "hyperdecode-quant-ref": ("reference", "auto"),
-               "hyperdecode-reference": ("reference", "none")}  # engine: (backend, quantize)
+ENGINES = ("hyperdecode", "hyperdecode-int8", "hyperdecode-quant-ref", "hyperdecode-reference", "transformers",
+           "llama.cpp")
+HYPERDECODE = {"hyperdecode": ("auto", "auto", "fp32"), "hyperdecode-int8": ("auto", "auto", "int8"),
+               "hyperdecode-quant-ref": ("reference", "auto", "fp32"),
+               "hyperdecode-reference": ("reference", "none", "fp32")}  # engine: (backend, quantize, activations)
+PER_ISA = ("hyperdecode", "hyperdecode-int8")  # measured again for each extra --isa target
+VECTOR_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "asimd", "asimddp")
 
 
 def prompts() -> tuple[list[int], list[int]]:
@@ -40,12 +47,12 @@ def prompts() -> tuple[list[int], list[int]]:
     return short, long
 
 
-def run_hyperdecode(args: argparse.Namespace, backend: str, quantize: str) -> dict:
+def run_hyperdecode(args: argparse.Namespace, backend: str, quantize: str, activations: str) -> dict:
     import torch
     import hyperdecode as hd
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    llm = hd.LLM("smollm2", device="cpu", backend=backend, quantize=quantize)
+    llm = hd.LLM("smollm2", device="cpu", backend=backend, quantize=quantize, activations=activations)
     load = time.perf_counter() - start
     short, long = args.prompts
     llm.generate(short, max_tokens=args.tokens, ignore_eos=True)  # warm-up, as long as the measured run
@@ -56,7 +63,7 @@ def run_hyperdecode(args: argparse.Namespace, backend: str, quantize: str) -> di
     llm.generate(long, max_tokens=1)
     ttft = time.perf_counter() - t
     return {"decode_tok_s": decode, "ttft_500_s": ttft, "load_s": load, "tokens": out.token_ids,
-            "backend": llm.backend}
+            "backend": llm.backend_label}
 
 
 def run_transformers(args: argparse.Namespace) -> dict:
@@ -135,7 +142,10 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(out))
 
 
-def measure(engine: str, args: argparse.Namespace, llama: Path | None, short: list[int], long: list[int]) -> dict:
+def measure(row: str, args: argparse.Namespace, llama: Path | None, short: list[int], long: list[int]) -> dict:
+    """One row's figures from a fresh process; a row is an engine, or "engine@isa" for an extra kernel target."""
+    engine, _, isa = row.partition("@")
+    env = {**os.environ, "HYPERDECODE_ISA": isa} if isa else None
     if engine == "llama.cpp":
         from hyperdecode.model.embedded import smollm2_path
         cmd = [str(llama), "-c", LLAMA_DRIVER, str(smollm2_path()), str(args.threads), str(args.tokens),
@@ -144,9 +154,9 @@ def measure(engine: str, args: argparse.Namespace, llama: Path | None, short: li
     else:
         cmd = [sys.executable, __file__, "--child", engine, "--threads", str(args.threads), "--tokens",
                str(args.tokens), "--prompt-ids", json.dumps([short, long])]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
     if r.returncode:
-        raise RuntimeError(f"{engine}: {r.stderr.strip()[-800:]}")
+        raise RuntimeError(f"{row}: {r.stderr.strip()[-800:]}")
     out = json.loads(r.stdout.strip().splitlines()[-1])
     if engine == "llama.cpp" and cmd[0] == "/usr/bin/time":
         out["peak_rss_mb"] = int(r.stderr.strip().splitlines()[-1]) / 1024
@@ -185,6 +195,23 @@ def build_seconds() -> float:
     return float(r.stdout.strip().splitlines()[-1])
 
 
+def cpu_line() -> str:
+    """The CPU's model and the vector flags the kernels choose by."""
+    import platform
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == (platform.processor() or platform.machine()):
+                model = value.strip()
+            if key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    found = [f for f in VECTOR_FLAGS if f in flags]
+    return f"CPU: {model}, {os.cpu_count()} CPUs, vector flags: {' '.join(found) or 'none of ' + ', '.join(VECTOR_FLAGS)}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=64)
@@ -192,14 +219,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="rounds, engines alternated; the best counts")
     ap.add_argument("--no-llama", action="store_true", help="leave llama.cpp out")
     ap.add_argument("--llama-venv", default=str(Path.home() / ".cache" / "hyperdecode" / "llama-cpp-venv"))
+    ap.add_argument("--isa", default="native",
+                    help="kernel targets (-march values, comma-separated) for the hyperdecode default and int8 rows: "
+                         "the first for every hyperdecode row, the others as extra rows (e.g. native,x86-64-v3)")
     ap.add_argument("--child", choices=ENGINES[:-1], dest="engine", help=argparse.SUPPRESS)
     ap.add_argument("--prompt-ids", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.engine:
         return child(args)
+    first, *extra = args.isa.split(",")
+    os.environ["HYPERDECODE_ISA"] = first
     short, long = prompts()
     llama = None if args.no_llama else llama_python(Path(args.llama_venv), install=True)
     engines = [e for e in ENGINES if e != "llama.cpp" or llama is not None]
+    engines[2:2] = [f"{e}@{isa}" for isa in extra for e in PER_ISA]
     best: dict[str, dict] = {}
     for _ in range(args.repeats):
         for engine in engines:
@@ -211,24 +244,28 @@ def main() -> None:
                 "load_s": min(old["load_s"], got["load_s"]),
                 "peak_rss_mb": max(old["peak_rss_mb"], got["peak_rss_mb"]), "tokens": got["tokens"],
                 "backend": got.get("backend")}
-    cold = {e: min(cold_first_token(e, args, llama) for _ in range(args.repeats)) for e in engines}
+    cold = {e: min(cold_first_token(e, args, llama) for _ in range(args.repeats)) for e in ("hyperdecode", "llama.cpp")
+            if e in engines}
     build = build_seconds()
     reference = best["hyperdecode-reference"]["tokens"]
-    print(f"SmolLM2-135M-Instruct Q4_1 GGUF, batch 1, {args.threads} threads, best of {args.repeats} alternated")
-    print(f"{'engine':<24}{'backend':>10}{'decode tok/s':>13}{'TTFT 500 ms':>13}{'cold 1st tok s':>15}"
+    print(cpu_line())
+    print(f"SmolLM2-135M-Instruct Q4_1 GGUF, batch 1, {args.threads} threads, best of {args.repeats} alternated, "
+          f"kernels built for -march={first}")
+    print(f"{'engine':<34}{'backend':>46}{'decode tok/s':>13}{'TTFT 500 ms':>13}{'cold 1st tok s':>15}"
           f"{'peak RSS MB':>13}{'agree':>7}")
     for engine in engines:
         b = best[engine]
         agree = next((i for i, (x, y) in enumerate(zip(b["tokens"], reference)) if x != y), len(reference))
-        print(f"{engine:<24}{b.get('backend') or '':>10}{b['decode_tok_s']:>13.1f}{1e3 * b['ttft_500_s']:>13.0f}"
-              f"{cold[engine]:>15.2f}"
-              f"{b['peak_rss_mb']:>13.0f}{agree:>7}")
+        print(f"{engine:<34}{b.get('backend') or '':>46}{b['decode_tok_s']:>13.1f}{1e3 * b['ttft_500_s']:>13.0f}"
+              f"{cold.get(engine, float('nan')):>15.2f}{b['peak_rss_mb']:>13.0f}{agree:>7}")
     print(f"building the CPU kernels (quantized matmul + native step) into an empty cache, once per machine: "
           f"{build:.1f} s")
     if "llama.cpp" in best:
-        ours, theirs = best["hyperdecode"], best["llama.cpp"]
-        print(f"hyperdecode / llama.cpp: decode {ours['decode_tok_s'] / theirs['decode_tok_s']:.2f}x, "
-              f"TTFT {ours['ttft_500_s'] / theirs['ttft_500_s']:.2f}x (goal: >= 1.0x and <= 1.0x)")
+        theirs = best["llama.cpp"]
+        for engine in [e for e in engines if e.startswith(PER_ISA)]:
+            ours = best[engine]
+            print(f"{engine} / llama.cpp: decode {ours['decode_tok_s'] / theirs['decode_tok_s']:.2f}x, "
+                  f"TTFT {ours['ttft_500_s'] / theirs['ttft_500_s']:.2f}x (goal: >= 1.0x and <= 1.0x)")
 
 
 if __name__ == "__main__":

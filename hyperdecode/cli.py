@@ -54,6 +54,10 @@ def add_backend_arg(p: argparse.ArgumentParser) -> None:
                         "and native backends multiply the blocks as stored); none: every weight dequantized to "
                         "--dtype; int8 / int4: a checkpoint's projections quantized into 32-value blocks (CPU, "
                         "Llama family)")
+    p.add_argument("--activations", default="fp32", choices=["fp32", "int8"],
+                   help="how decode rows meet quantized weights on the CPU: fp32 (default: exact, the dequantized "
+                        "weights' results up to the order of the sums) or int8 (each 32-value block of activations "
+                        "rounded to int8 as llama.cpp does: faster, within a stated bound)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the matmuls and the quantized kernel (default: torch's, one per physical "
                         "core)")
@@ -66,7 +70,7 @@ def sampling(args: argparse.Namespace) -> dict[str, Any]:
 
 def check_engine_args(args: argparse.Namespace) -> None:
     """generate / chat: the sampling, --device and --backend flags, checked before the model loads (seconds)."""
-    from .engine.llm import check_backend
+    from .engine.llm import check_activations, check_backend
     from .engine.sampling import SamplingParams
     from .errors import RequestError
     from .model.loader import resolve_device
@@ -75,6 +79,7 @@ def check_engine_args(args: argparse.Namespace) -> None:
     except RequestError as e:
         raise RequestError(flag_message(str(e), e.param), param=e.param) from None
     check_backend(args.backend, resolve_device(args.device, name="--device"), name="--backend")
+    check_activations(args.activations, args.quantize, name="--activations")
     speculative_flag(args.speculative, "--speculative")
     set_threads(args)
 
@@ -101,7 +106,7 @@ def load_llm(args: argparse.Namespace) -> Any:
     from .engine.llm import LLM
     from .errors import ConfigError
     llm = LLM(args.model, device=args.device, dtype=args.dtype, backend=args.backend, parallel=args.parallel,
-              quantize=args.quantize)
+              quantize=args.quantize, activations=args.activations)
     if args.parallel and llm.rank != 0:
         follow_and_exit(llm)
     try:
@@ -235,7 +240,7 @@ def stream_to_stdout(llm: Any, prompt: Any, params: dict[str, Any], speculative:
 def cmd_generate(args: argparse.Namespace) -> None:
     check_engine_args(args)
     llm = load_llm(args)
-    print_stats(stream_to_stdout(llm, args.prompt, sampling(args), args.speculative), llm.backend)
+    print_stats(stream_to_stdout(llm, args.prompt, sampling(args), args.speculative), llm.backend_label)
 
 
 def chat_turn(llm: Any, messages: list[dict[str, str]], args: argparse.Namespace) -> Any | None:
@@ -281,7 +286,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
             messages.pop()
             continue
         messages.append({"role": "assistant", "content": g.text})
-        print_stats(g, llm.backend)
+        print_stats(g, llm.backend_label)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -332,6 +337,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     check_at_least(args, {"max_batch": 1, "max_queue": 1, "max_model_len": 1, "max_request_bytes": 1})
     set_threads(args)
     check_positive(args, ("request_timeout",))
+    from .engine.llm import check_activations
+    check_activations(args.activations, args.quantize, name="--activations")
     if args.max_num_batched_tokens is not None and args.max_num_batched_tokens < args.max_batch + 1:
         raise ValueError("--max-num-batched-tokens must be at least --max-batch + 1 (each decoding request feeds one "
                          "token per step, and one cache row is kept for readiness probes)")
@@ -348,7 +355,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
                           max_request_bytes=args.max_request_bytes,
                           speculative_config=speculative_flag(args.speculative_config, "--speculative-config"),
                           parallel=args.parallel, enable_prefix_caching=args.enable_prefix_caching,
-                          tool_call_parser=args.tool_call_parser, quantize=args.quantize)
+                          tool_call_parser=args.tool_call_parser, quantize=args.quantize,
+                          activations=args.activations)
     logging.basicConfig(level=logging.INFO, format="hyperdecode: %(levelname)s %(name)s: %(message)s")
     failures: list[str] = []
     servers: list[uvicorn.Server] = []

@@ -18,7 +18,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["choose", "time_decode", "cached_choice", "choice_key"]
+__all__ = ["choose", "time_decode", "cached_choice", "choice_key", "CpuWeights", "DEQUANTIZED"]
+
+DEQUANTIZED = "dequantized"  # a candidate "<backend>:dequantized" runs over the fp32 copy of kept-quantized weights
 
 
 @torch.inference_mode()
@@ -59,18 +61,59 @@ def choose(makers: dict[str, Callable[[], object]], timer: Callable | None = Non
 
 
 def choice_key(model: nn.Module, device: torch.device) -> str:
-    """What the choice depends on: the GPU (or the CPU and its threads), the model's shape and dtype, and this
-    package's version."""
-    from importlib.metadata import version
+    """What the choice depends on: the GPU (or the CPU, its kernels' vector path and its threads), the model's shape,
+    dtype and weight forms, and this package's version (`hyperdecode.__version__`: a tree run from its folder has no
+    installed metadata)."""
+    from .. import __version__
     if device.type == "cuda":
         machine = torch.cuda.get_device_name(device)
     else:
-        from ..model.quant import cpu_model
-        machine = f"{cpu_model()}|{torch.get_num_threads()} threads"
+        from ..errors import ConfigError
+        from ..model.quant import cpu_model, kernel_isa
+        try:
+            isa = kernel_isa()
+        except ConfigError:  # no C compiler: only the reference runs here
+            isa = "none"
+        machine = f"{cpu_model()}|{isa}|{torch.get_num_threads()} threads"
     shape = json.dumps({k: v for k, v in sorted(vars(model.cfg).items()) if isinstance(v, (int, float, str, bool))})
-    leaves = sorted({f"{type(m).__name__}{getattr(m, 'kind', '')}" for m in model.modules() if not list(m.children())})
-    text = f"{machine}|{model.embed_tokens.weight.dtype}|{leaves}|{version('hyperdecode')}|{shape}"
+    leaves = sorted({f"{type(m).__name__}{getattr(m, 'kind', '')}{getattr(m, 'activations', '')}"
+                     for m in model.modules() if not list(m.children())})
+    text = f"{machine}|{model.embed_tokens.weight.dtype}|{leaves}|{__version__}|{shape}"
     return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+class CpuWeights:
+    """The two forms `auto` measures a CPU model's kept-quantized weights in: as loaded (the blocks) and dequantized
+    to fp32 (BLAS, or the native step's fp32 loop). A maker wrapped by `as_loaded` / `dequantized` puts the model's
+    weights in that form before it builds its runner; `keep` leaves them in the chosen one."""
+
+    def __init__(self, model: nn.Module):
+        from ..model.quant import QuantLinear
+        self.model = model
+        self.quantized = any(isinstance(m, QuantLinear) for m in model.modules())
+        self.replaced: list = []  # what dequantize_model swapped out, while the fp32 form is in place
+
+    def as_loaded(self, make: Callable[[], object]) -> Callable[[], object]:
+        return lambda: self._then(False, make)
+
+    def dequantized(self, make: Callable[[], object]) -> Callable[[], object]:
+        return lambda: self._then(True, make)
+
+    def keep(self, dequantized: bool) -> None:
+        self._set(dequantized)
+        self.replaced = []  # the blocks are no longer needed (or were never swapped out)
+
+    def _then(self, dequantized: bool, make: Callable[[], object]) -> object:
+        self._set(dequantized)
+        return make()
+
+    def _set(self, dequantized: bool) -> None:
+        from ..model.quant import dequantize_model, restore
+        if dequantized and not self.replaced:
+            self.replaced = dequantize_model(self.model)
+        elif not dequantized and self.replaced:
+            restore(self.replaced)
+            self.replaced = []
 
 
 def cached_choice(path: Path, key: str, makers: dict[str, Callable[[], object]]) -> str:

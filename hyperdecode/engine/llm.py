@@ -7,8 +7,9 @@ import torch
 
 from ..errors import ConfigError, SequenceError
 from ..model.embedded import cache_dir
+from ..model.quant import ACTIVATIONS, set_activations
 from ..model.loader import LoadedModel, load_model, resolve_device, resolve_dtype
-from .autoselect import cached_choice, choice_key
+from .autoselect import DEQUANTIZED, CpuWeights, cached_choice, choice_key
 from .core import EngineCore
 from .graph import GraphRunner
 from .mega.runner import MegaRunner, require_triton
@@ -41,6 +42,14 @@ def check_backend(backend: str, device: torch.device, name: str = "backend") -> 
                           f"use {name} 'graph' or 'mega' there")
 
 
+def check_activations(activations: str, quantize: str, name: str = "activations") -> None:
+    """Fails before the model loads when `activations` is not a known mode or asks for int8 with nothing quantized."""
+    if activations not in ACTIVATIONS:
+        raise ConfigError(f"{name} '{activations}' is not available (available: {', '.join(ACTIVATIONS)})")
+    if activations == "int8" and quantize == "none":
+        raise ConfigError(f"{name} 'int8' multiplies quantized weights; quantize 'none' keeps none")
+
+
 def has_triton() -> bool:
     try:
         require_triton()
@@ -68,13 +77,18 @@ class LLM:
     quantize: "auto" keeps a GGUF's Q4_0 / Q4_1 / Q8_0 blocks quantized on the CPU with the reference and native
     backends (model/quant.py: ~4.5 or 8.5 bits a weight read per token instead of 32); "none" dequantizes them; "int8" /
     "int4" quantize an unquantized Llama-family checkpoint's projections and LM head (weight-only, 32-value
-    blocks).
+    blocks). backend "auto" may still dequantize kept blocks where that measured faster here.
+    activations: how decode rows meet quantized weights on the CPU: "fp32" (exact: the dequantized reference's
+    results up to the order of the sums) or "int8" (each 32-value block of activations rounded to int8, as llama.cpp
+    does: faster, within a stated bound of the exact result, model/csrc/qmatmul.c).
     """
 
     def __init__(self, model: str = "smollm2", device: str = "auto", dtype: str = "float32",
                  backend: str = "auto", seed: int = 0, max_num_batched_tokens: int | None = None,
-                 parallel: str | None = None, enable_prefix_caching: bool = True, quantize: str = "auto"):
+                 parallel: str | None = None, enable_prefix_caching: bool = True, quantize: str = "auto",
+                 activations: str = "fp32"):
         check_backend(backend, resolve_device(device))
+        check_activations(activations, quantize)
         if parallel is not None:  # one process per GPU under torchrun: this rank's shard of the model
             if backend not in ("reference", "auto"):
                 raise ConfigError(f"parallel='{parallel}' runs the reference backend (got backend '{backend}')")
@@ -92,8 +106,12 @@ class LLM:
         self._tokenizer = loaded.tokenizer
         self.fp8_weights = loaded.fp8_weights  # raw (float8 weight, scale_inv) of an FP8 checkpoint, by HF name
         self.device = self.model.device
+        self.activations = activations
+        if set_activations(self.model, activations) == 0 and activations != "fp32":
+            raise ConfigError(f"activations '{activations}' applies to weights kept quantized on the CPU (a GGUF's "
+                              f"blocks, or quantize 'int8' / 'int4'); '{model}' has none here")
         if backend == "auto":
-            backend = "reference" if parallel is not None else self._fastest_backend()
+            backend = "reference" if parallel is not None else self._fastest_backend(quantize == "auto")
         runners = {"reference": ReferenceRunner, "graph": GraphRunner, "native": NativeRunner,
                    # an FP8 checkpoint's projections stay FP8 in the megakernel (re-quantized on its 128 x 128 grid)
                    "mega": lambda model: MegaRunner(model, fp8=bool(self.fp8_weights))}
@@ -112,20 +130,44 @@ class LLM:
         self.inputs = InputProcessor(self._tokenizer, self.config.vocab_size, self.config.eos_token_ids,
                                      self.max_context)
 
-    def _fastest_backend(self) -> str:
+    def _fastest_backend(self, may_dequantize: bool) -> str:
         """`auto`: the fastest backend for this model here, measured once (batch-1 decode steps) and cached: on the
-        CPU the reference or the native step, on a GPU the reference, CUDA graphs or the megakernel (one that fails
-        to run here is not a candidate, so the reference always remains)."""
-        makers = {"reference": lambda: ReferenceRunner(self.model)}
-        if self.device.type != "cuda":
-            if not NativeRunner.supports(self.model):
-                return "reference"
-            makers["native"] = lambda: NativeRunner(self.model)
-        else:
-            makers["graph"] = lambda: GraphRunner(self.model)
-            if MegaRunner.supports(self.model) and has_triton():
-                makers["mega"] = lambda: MegaRunner(self.model, fp8=bool(self.fp8_weights))
-        return cached_choice(cache_dir() / "backend_choice.json", choice_key(self.model, self.device), makers)
+        CPU the reference or the native step, each over the weights as loaded and, where they are kept quantized and
+        `may_dequantize` (quantize "auto", fp32 activations), over their dequantized fp32 copy too (so a CPU whose
+        quantized kernel is slow still gets BLAS's speed); on a
+        GPU the reference, CUDA graphs or the megakernel (one that fails to run here is not a candidate, so the
+        reference always remains)."""
+        model = self.model
+        makers = {"reference": lambda: ReferenceRunner(model)}
+        if self.device.type == "cuda":
+            makers["graph"] = lambda: GraphRunner(model)
+            if MegaRunner.supports(model) and has_triton():
+                makers["mega"] = lambda: MegaRunner(model, fp8=bool(self.fp8_weights))
+            return cached_choice(cache_dir() / "backend_choice.json", choice_key(model, self.device), makers)
+        if NativeRunner.supports(model):
+            makers["native"] = lambda: NativeRunner(model)
+        weights = CpuWeights(model)
+        if weights.quantized and may_dequantize and self.activations == "fp32":
+            makers = {**{name: weights.as_loaded(make) for name, make in makers.items()},
+                      **{f"{name}:{DEQUANTIZED}": weights.dequantized(make) for name, make in makers.items()}}
+        if len(makers) == 1:
+            return "reference"
+        choice = cached_choice(cache_dir() / "backend_choice.json", choice_key(model, self.device), makers)
+        backend, _, form = choice.partition(":")
+        weights.keep(form == DEQUANTIZED)
+        return backend
+
+    @property
+    def backend_label(self) -> str:
+        """The backend and, on the CPU, what its kernels run: e.g. "native (avx2+fma+f16c, fp32 activations)"."""
+        if self.device.type != "cpu" or self.backend not in ("native", "reference"):
+            return self.backend
+        from ..model.quant import QuantLinear, kernel_isa
+        if any(isinstance(m, QuantLinear) for m in self.model.modules()):
+            return f"{self.backend} ({kernel_isa()}, {self.activations} activations)"
+        if self.backend == "native":
+            return f"native ({kernel_isa()}, fp32 weights)"
+        return self.backend
 
     def reset_prefix_cache(self) -> None:
         """Forgets every cached prefix (vLLM's `LLM.reset_prefix_cache`): later prompts are computed in full."""

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..model.quant import QuantLinear, kernel_library
+from ..model.quant import ACTIVATIONS, QuantLinear, kernel_library
 from ..model.registry import family_of
 from .runner import ReferenceRunner
 
@@ -32,7 +32,7 @@ i64 = ctypes.c_int64
 
 class Matrix(ctypes.Structure):
     _fields_ = [("kind", i64), ("w", ctypes.c_void_p), ("d", ctypes.c_void_p), ("c", ctypes.c_void_p),
-                ("bias", ctypes.c_void_p), ("n", i64), ("k", i64)]
+                ("bias", ctypes.c_void_p), ("n", i64), ("k", i64), ("act", i64)]
 
 
 class Layer(ctypes.Structure):
@@ -76,12 +76,12 @@ def matrix(layer: nn.Module | Tensor, keep: list) -> Matrix:
     keep.append(layer)
     if isinstance(layer, QuantLinear):
         return Matrix(layer.kind, address(layer.qs), address(layer.d), address(layer.c), address(layer.bias),
-                      layer.out_features, layer.in_features)
+                      layer.out_features, layer.in_features, ACTIVATIONS.index(layer.activations))
     weight = layer if isinstance(layer, Tensor) else layer.weight
     bias = None if isinstance(layer, Tensor) else layer.bias
     weight = weight.detach().contiguous()
     keep.append(weight)  # a contiguous copy must outlive the struct that points at it
-    return Matrix(FP32, address(weight), None, None, address(bias), weight.shape[1], weight.shape[0])
+    return Matrix(FP32, address(weight), None, None, address(bias), weight.shape[1], weight.shape[0], 0)
 
 
 class NativeRunner(ReferenceRunner):

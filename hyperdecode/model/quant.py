@@ -24,6 +24,7 @@ import hashlib
 import os
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -36,12 +37,15 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 
 __all__ = ["FORMATS", "Packed", "pack", "join_rows", "QuantLinear", "quantize_gguf", "quantize_tensor",
-           "quantize_weights", "QUANTIZE_KINDS", "kernel_library", "SMALL_M"]
+           "quantize_weights", "QUANTIZE_KINDS", "kernel_library", "kernel_isa", "SMALL_M", "ACTIVATIONS",
+           "set_activations", "dequantize_model", "restore"]
 
 BLOCK = 32
 FORMATS = {"Q4_0": (18, 4), "Q4_1": (20, 4), "Q8_0": (34, 8)}  # bytes per block, bits per value
 SMALL_M = 8  # up to this many activation rows the kernel reads the blocks; above, dequantize once and use BLAS
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("qmatmul.c", "decode_step.c")]  # one library
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = [CSRC / name for name in ("qmatmul.c", "decode_step.c")]  # one library; qmatmul.c includes an ISA's header
+ACTIVATIONS = ("fp32", "int8")  # qmatmul.c's ACT_F32, ACT_I8
 
 
 @dataclass
@@ -93,6 +97,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("d", packed.d)
         self.register_buffer("c", packed.c)
         self.bias = bias
+        self.activations = "fp32"  # or "int8": how a few rows of x meet the blocks (set_activations)
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features)
@@ -101,15 +106,16 @@ class QuantLinear(nn.Module):
         m, n, k = flat.shape[0], self.out_features, self.in_features
         qs, d = self.qs.data_ptr(), self.d.data_ptr()
         c = None if self.c is None else self.c.data_ptr()  # ctypes passes None as NULL
+        lib = kernel_library()
         if m > SMALL_M:
             w = torch.empty(n, k)
-            kernel_library().dequantize(self.kind, qs, d, c, w.data_ptr(), n, k, torch.get_num_threads())
+            lib.dequantize(self.kind, qs, d, c, w.data_ptr(), n, k, torch.get_num_threads())
             y = flat @ w.T
         else:
             y = torch.empty(m, n)
-            sums = torch.empty(m, k // BLOCK) if c is not None else y  # the kernel's scratch: each block's sum of x
-            kernel_library().qmatmul(self.kind, qs, d, c, flat.data_ptr(), sums.data_ptr(), y.data_ptr(), m, n, k,
-                                     torch.get_num_threads())
+            scratch = torch.empty(lib.acts_scratch_floats(m, k))  # block sums (and int8 activations) of x
+            lib.qmatmul(self.kind, qs, d, c, flat.data_ptr(), scratch.data_ptr(), y.data_ptr(), m, n, k,
+                        ACTIVATIONS.index(self.activations), torch.get_num_threads())
         if self.bias is not None:
             y += self.bias
         if x.dim() != 2:
@@ -117,18 +123,25 @@ class QuantLinear(nn.Module):
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, bits={self.kind}, blocks of {BLOCK}"
+        return (f"in={self.in_features}, out={self.out_features}, bits={self.kind}, blocks of {BLOCK}, "
+                f"{self.activations} activations")
+
+
+def kernel_library(march: str | None = None) -> ctypes.CDLL:
+    """The compiled kernels (the quantized matmul and engine/native.py's decode step): built once per source,
+    compiler, target and CPU into the project's cache (`cc -O3 -march=native -fopenmp`, about a second), then
+    loaded. The target picks the vector path (csrc/qmatmul.c): `march` (a -march value: "native", "x86-64-v3"
+    for AVX2, "x86-64-v4" for AVX-512, "x86-64-v2" for the plain-C loop), else $HYPERDECODE_ISA, else "native"."""
+    return compiled(march or os.environ.get("HYPERDECODE_ISA") or "native")
 
 
 @lru_cache(maxsize=None)
-def kernel_library(march: str = "native") -> ctypes.CDLL:
-    """The compiled kernels (the quantized matmul and engine/native.py's decode step): built once per source,
-    compiler, target (`-march`) and CPU into the project's cache (`cc -O3 -march=native -fopenmp`, a few seconds),
-    then loaded."""
+def compiled(march: str) -> ctypes.CDLL:
+    """`kernel_library` for one target, built and loaded once per process."""
     from .embedded import cache_dir
     compiler = os.environ.get("CC", "cc")
     flags = ["-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC"]
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in sorted(CSRC.iterdir()) if path.suffix in (".c", ".h"))
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -138,22 +151,44 @@ def kernel_library(march: str = "native") -> ctypes.CDLL:
     key = hashlib.sha256(source + version.encode() + " ".join(flags).encode() + cpu_model().encode()).hexdigest()
     target = cache_dir() / "kernels" / f"cpu-{key[:16]}.so"
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            out = Path(tmp) / target.name
-            r = subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", str(out), "-lm"], capture_output=True,
-                               text=True, timeout=300)
-            if r.returncode:
-                names = ", ".join(path.name for path in SOURCES)
-                raise ConfigError(f"building {names} with {compiler} failed: {r.stderr.strip()[-500:]}")
-            os.replace(out, target)
+        build(compiler, flags, target)
     lib = ctypes.CDLL(str(target))
     i64, vp = ctypes.c_int64, ctypes.c_void_p
-    lib.qmatmul.argtypes = [ctypes.c_int, vp, vp, vp, vp, vp, vp, i64, i64, i64, ctypes.c_int]
+    lib.qmatmul.argtypes = [ctypes.c_int, vp, vp, vp, vp, vp, vp, i64, i64, i64, ctypes.c_int, ctypes.c_int]
     lib.qmatmul.restype = None
     lib.dequantize.argtypes = [ctypes.c_int, vp, vp, vp, vp, i64, i64, ctypes.c_int]
     lib.dequantize.restype = None
+    lib.acts_scratch_floats.argtypes = [i64, i64]
+    lib.acts_scratch_floats.restype = i64
+    lib.quantize_activations.argtypes = [vp, vp, vp, i64, i64]
+    lib.quantize_activations.restype = None
+    lib.kernel_isa.argtypes = []
+    lib.kernel_isa.restype = ctypes.c_char_p
+    if lib.kernel_isa() == b"plain-c":
+        import platform
+        warnings.warn(f"the CPU kernels run their plain-C loop (built with -march={march} on {platform.machine()}, "
+                      "no AVX2, AVX-512 or NEON path): quantized decoding is several times slower than it could be",
+                      stacklevel=2)
     return lib
+
+
+def build(compiler: str, flags: list[str], target: Path) -> None:
+    """Compiles csrc's sources into the shared library `target` (written whole, then moved into place)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        r = subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", str(out), "-lm"], capture_output=True,
+                           text=True, timeout=300)
+        if r.returncode:
+            names = ", ".join(path.name for path in SOURCES)
+            raise ConfigError(f"building {names} with {compiler} {' '.join(flags)} failed: "
+                              f"{r.stderr.strip()[-500:]}")
+        os.replace(out, target)
+
+
+def kernel_isa(march: str | None = None) -> str:
+    """The vector path the CPU kernels run here, e.g. "avx2+fma+f16c", "avx512+vnni", "neon+dotprod", "plain-c"."""
+    return kernel_library(march).kernel_isa().decode()
 
 
 def cpu_model() -> str:
@@ -254,6 +289,60 @@ def quantize_weights(model: nn.Module, quantize: str) -> int:
         model.lm_head = QuantLinear(quantize_tensor(head, kind))
         swapped += 1
     return swapped
+
+
+def projection_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(owner, attribute) of every projection a Llama-family model may hold quantized, the LM head last."""
+    slots = [(owner, attr) for layer in getattr(model, "layers", []) if hasattr(layer, "mlp")
+             for owner, attr in ((layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj"),
+                                 (layer.mlp, "gate_up_proj"), (layer.mlp, "down_proj"))]
+    return slots + [(model, "lm_head")]
+
+
+def dequantize_model(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Replaces every `QuantLinear` of a Llama-family model with its fp32 weights (a `Linear` [in, out], the LM head
+    a parameter), as `quantize="none"` would have loaded them; returns what it replaced, for `restore`."""
+    from .layers import Linear
+    lib = kernel_library()
+    replaced = []
+    for owner, attr in projection_slots(model):
+        old = getattr(owner, attr, None)
+        if not isinstance(old, QuantLinear):
+            continue
+        n, k = old.out_features, old.in_features
+        w = torch.empty(n, k)
+        lib.dequantize(old.kind, old.qs.data_ptr(), old.d.data_ptr(), None if old.c is None else old.c.data_ptr(),
+                       w.data_ptr(), n, k, torch.get_num_threads())
+        if attr == "lm_head":
+            new = nn.Parameter(w.T.contiguous(), requires_grad=False)
+        else:
+            new = Linear(k, n, bias=old.bias is not None)
+            new.weight = nn.Parameter(w.T.contiguous(), requires_grad=False)
+            new.bias = old.bias
+        delattr(owner, attr)
+        setattr(owner, attr, new)
+        replaced.append((owner, attr, old))
+    return replaced
+
+
+def restore(replaced: list[tuple[nn.Module, str, nn.Module]]) -> None:
+    """Puts back what `dequantize_model` replaced."""
+    for owner, attr, old in replaced:
+        delattr(owner, attr)
+        setattr(owner, attr, old)
+
+
+def set_activations(model: nn.Module, mode: str) -> int:
+    """How every `QuantLinear` of `model` meets a few rows of activations: "fp32" (exact: only the order of the sums
+    differs from the dequantized weights) or "int8" (each 32-value block of x rounded to int8 with a scale, as
+    llama.cpp does, and multiplied in integers: faster where the CPU has integer dot products); returns how many
+    it set."""
+    if mode not in ACTIVATIONS:
+        raise ConfigError(f"activations '{mode}' is not one of {', '.join(ACTIVATIONS)}")
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    for layer in layers:
+        layer.activations = mode
+    return len(layers)
 
 
 def join_rows(pieces: list[Packed]) -> Packed:

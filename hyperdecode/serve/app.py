@@ -64,6 +64,7 @@ class ServerConfig:
     enable_prefix_caching: bool = True  # vLLM's --enable-prefix-caching / --no-enable-prefix-caching
     tool_call_parser: str | None = None  # vLLM's --tool-call-parser (None: from the chat template)
     quantize: str = "auto"  # a GGUF's quantized blocks kept as they are on the CPU (model/quant.py), or "none"
+    activations: str = "fp32"  # how decode rows meet those blocks: "fp32" (exact) or "int8" (model/quant.py)
 
     @property
     def name(self) -> str:
@@ -91,7 +92,8 @@ class State:
             c = self.config
             self._start(LLM(c.model, device=c.device, dtype=c.dtype, backend=c.backend,
                             max_num_batched_tokens=c.max_num_batched_tokens, parallel=c.parallel,
-                            enable_prefix_caching=c.enable_prefix_caching, quantize=c.quantize))
+                            enable_prefix_caching=c.enable_prefix_caching, quantize=c.quantize,
+                            activations=c.activations))
         except Exception as e:  # reported by /health and every request
             self.error = f"{type(e).__name__}: {e}"
             log.error("the model '%s' failed to load: %s", self.config.model, self.error)

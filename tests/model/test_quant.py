@@ -5,6 +5,7 @@ reference (greedy tokens of the embedded model), and the errors.
 The stated bound: the kernel keeps fp32 activations and differs from x @ dequantize(W).T only in the order of its
 sums, so each output is within 1e-5 of the sum of |x_k · w_nk| (fp32 rounding of a few hundred terms)."""
 import shutil
+import warnings
 
 import gguf
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 import hyperdecode as hd
 from hyperdecode.errors import ConfigError
 from hyperdecode.model import quant
-from hyperdecode.model.quant import QuantLinear, join_rows, pack
+from hyperdecode.model.quant import QuantLinear, join_rows, pack, set_activations
 
 Q = gguf.GGMLQuantizationType
 BOUND = 1e-5
@@ -78,12 +79,12 @@ def test_no_compiler_falls_back_to_the_dequantized_weights(tmp_path, monkeypatch
     path = write_gguf(tmp_path / "m.gguf", make_hf_model("gqa-untied", seed=5), default=Q.Q4_1)
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setenv("HYPERDECODE_CACHE", str(tmp_path / "cache"))
-    quant.kernel_library.cache_clear()
+    quant.compiled.cache_clear()
     try:
         with pytest.warns(UserWarning, match="no-such-cc"):
             llm = hd.LLM(str(path), device="cpu", quantize="auto")
     finally:
-        quant.kernel_library.cache_clear()
+        quant.compiled.cache_clear()
     assert not any(isinstance(m, QuantLinear) for m in llm.model.modules())
     assert llm.generate([5, 6, 7], max_tokens=3, ignore_eos=True).token_ids
 
@@ -128,6 +129,45 @@ def test_embedded_model_greedy_tokens_equal_the_dequantized_reference(prompt):
         margin = float(top[0] - top[1])
         assert margin < 1e-3, f"{prompt!r}: token {k} differs with a top-2 margin of {margin}"
         pytest.skip(f"{prompt!r}: a near-tie at token {k} (margin {margin:.2e}) flipped")
+
+
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64", reason="the targets named are x86-64's")
+@pytest.mark.parametrize("march, isa", [("x86-64-v3", "avx2+fma+f16c"), ("x86-64-v2", "plain-c")])
+def test_each_exact_path_gives_the_dequantized_reference_s_greedy_tokens(march, isa, monkeypatch):
+    """The AVX2 build and the plain-C one, forced whatever this CPU has (the default build is the test above): 64
+    greedy tokens of the native step over SmolLM2's blocks, fp32 activations, against the dequantized reference."""
+    from tests.model.test_kernel_builds import AVX2, FLAGS
+    if march == "x86-64-v3" and not AVX2 <= FLAGS:
+        pytest.skip("this CPU has no AVX2 / FMA / F16C")
+    monkeypatch.setenv("HYPERDECODE_ISA", march)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "the CPU kernels run their plain-C loop")
+        fast = hd.LLM("smollm2", device="cpu", backend="native")
+    assert fast.backend_label == f"native ({isa}, fp32 activations)"
+    ref, _ = llms()
+    ids = ref.inputs.tokenizer.encode(PROMPTS[0])
+    assert fast.generate(ids, max_tokens=64, ignore_eos=True).token_ids == \
+        ref.generate(ids, max_tokens=64, ignore_eos=True).token_ids
+
+
+def test_int8_activations_through_quant_linear():
+    """QuantLinear in "int8" mode: the weights times x rounded to int8 per 32-value block (the rule of
+    test_kernel_builds.py), within the fp32 bound, for decode-sized batches; prefill-sized ones still take BLAS."""
+    from tests.model.test_kernel_builds import int8_rule
+    raw, exact = quantized(53, 576, "Q4_1", seed=4)
+    layer = QuantLinear(pack(raw, "Q4_1", 576))
+    assert set_activations(torch.nn.Sequential(layer), "int8") == 1 and "int8 activations" in repr(layer)
+    for m in (1, 4, quant.SMALL_M):
+        x = torch.randn(m, 576, generator=torch.Generator().manual_seed(m)) * 3
+        q, s = int8_rule(x.numpy())
+        rounded = torch.from_numpy(q.reshape(m, -1, 32) * s[..., None]).reshape(m, 576).double()
+        got = layer(x).double()
+        assert ((got - rounded @ exact.double().T).abs() <= BOUND * (rounded.abs() @ exact.abs().double().T) + 1e-7).all()
+        assert not torch.allclose(got, (x @ exact.T).double(), atol=1e-5)  # int8 really ran
+    x = torch.randn(quant.SMALL_M + 1, 576)
+    torch.testing.assert_close(layer(x), x @ exact.T, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="activations 'int4' is not one of fp32, int8"):
+        set_activations(layer, "int4")
 
 
 _LLMS = {}

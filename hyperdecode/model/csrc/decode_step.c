@@ -23,9 +23,17 @@ typedef _Float16 half;
 #define MAX_ROWS 8   /* rows a step may hold (native.py hands larger batches to the reference's BLAS) */
 #define COLUMNS 64   /* output columns per work item of an fp32 matmul */
 
-void block_sums(const float *x, float *xsum, int64_t M, int64_t K); /* qmatmul.c */
-void qmatmul_row(int kind, const uint8_t *qs, const half *d, const half *c, const float *x, const float *xsum,
-                 float *y, int64_t M, int64_t N, int64_t K, int64_t n, int accumulate);
+struct acts { /* qmatmul.c's prepared activations */
+    const float *x;
+    float *sum, *scale;
+    int8_t *q;
+    int64_t M, K;
+    int mode;
+};
+int64_t acts_scratch_floats(int64_t M, int64_t K);
+struct acts acts_prepare(const float *x, float *scratch, int64_t M, int64_t K, int mode);
+void qmatmul_rows(int kind, const uint8_t *qs, const half *d, const half *c, const struct acts *a, float *y,
+                  int64_t N, int64_t n0, int64_t n1, int accumulate);
 
 struct matrix {         /* y = x @ W (+ bias) for x [M, k] and y [M, n] */
     int64_t kind;       /* 4, 8: W [n, k] in 32-value blocks as quant.py packs it (qs, d, c); 32: fp32 W [k, n] */
@@ -33,6 +41,7 @@ struct matrix {         /* y = x @ W (+ bias) for x [M, k] and y [M, n] */
     const half *d, *c;  /* per-block scale and offset (c NULL for Q8_0); unused for fp32 */
     const float *bias;  /* [n] or NULL */
     int64_t n, k;
+    int64_t act;        /* packed W: how x meets the blocks, qmatmul.c's ACT_F32 or ACT_I8 */
 };
 
 struct layer {
@@ -80,15 +89,15 @@ static void rope_head(float *v, const float *inv_freq, int64_t pos, int64_t head
     }
 }
 
-/* y (+)= x @ W (+ bias) over the enclosing region's threads; xsum: this thread's scratch of M * k / 32 floats */
-static void matmul(const struct matrix *w, const float *x, float *xsum, float *y, int64_t M, int accumulate) {
+/* y (+)= x @ W (+ bias) over the enclosing region's threads; scratch: this thread's acts_scratch_floats(M, k) */
+static void matmul(const struct matrix *w, const float *x, float *scratch, float *y, int64_t M, int accumulate) {
     const int64_t N = w->n, K = w->k;
     if (w->kind != 32) {
-        if (w->c)
-            block_sums(x, xsum, M, K); /* every thread its own copy: cheaper than a barrier */
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < N; n++)
-            qmatmul_row((int)w->kind, w->w, w->d, w->c, x, xsum, y, M, N, K, n, accumulate);
+        /* every thread its own copy of the block sums (and int8 activations): cheaper than a barrier */
+        const struct acts a = acts_prepare(x, scratch, M, K, (int)w->act);
+        const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+        qmatmul_rows((int)w->kind, w->w, w->d, w->c, &a, y, N, N * t / T, N * (t + 1) / T, accumulate);
+#pragma omp barrier
     } else {
         const float *W = w->w;
 #pragma omp for schedule(static)
@@ -129,7 +138,8 @@ static void append_kv(const struct model *m, const struct layer *L, const float 
     memcpy(L->v_cache + at, qkv + (m->n_head + m->n_kv + g) * hd, hd * sizeof(float));
 }
 
-/* out[head] = softmax(q . K / sqrt(head_dim)) @ V over the row's positions 0..pos; scores: pos + 1 floats */
+/* out[head] = softmax(q . K / sqrt(head_dim)) @ V over the row's positions 0..pos; scores: pos + 1 floats. Sums in
+   double (float sums took the logits to the edge of the 1e-4 bound), over the vector lanes (omp simd). */
 static void attend(const struct model *m, const struct layer *L, const float *qkv, int64_t slot, int64_t pos,
                    int64_t head, float *scores, float *out) {
     const int64_t hd = m->head_dim;
@@ -145,9 +155,11 @@ static void attend(const struct model *m, const struct layer *L, const float *qk
     const float scale = 1.0f / sqrtf((float)hd);
     float best = -INFINITY;
     for (int64_t t = 0; t <= pos; t++) {
+        const float *key = keys + t * stride;
         double dot = 0.0;
+#pragma omp simd reduction(+ : dot)
         for (int64_t i = 0; i < hd; i++)
-            dot += (double)q[i] * keys[t * stride + i];
+            dot += (double)q[i] * key[i];
         scores[t] = (float)dot * scale;
         best = scores[t] > best ? scores[t] : best;
     }
@@ -161,8 +173,10 @@ static void attend(const struct model *m, const struct layer *L, const float *qk
         acc[i] = 0.0;
     for (int64_t t = 0; t <= pos; t++) {
         const double p = scores[t] / total;
+        const float *value = values + t * stride;
+#pragma omp simd
         for (int64_t i = 0; i < hd; i++)
-            acc[i] += p * values[t * stride + i];
+            acc[i] += p * value[i];
     }
     for (int64_t i = 0; i < hd; i++)
         out[i] = (float)acc[i];
@@ -185,23 +199,23 @@ int decode_step(const struct model *m, const int64_t *tokens, const int64_t *pos
     int64_t longest = 0;
     for (int64_t r = 0; r < M; r++)
         longest = pos[r] + 1 > longest ? pos[r] + 1 : longest;
-    const int64_t sums = M * (widest_input(m) / BLOCK + 1);
+    const int64_t sums = acts_scratch_floats(M, widest_input(m));
     const size_t floats = M * (2 * H + qkv_width + att_width + 3 * I) + M * m->n_head * longest + threads * sums;
     float *scratch = malloc(floats * sizeof(float));
     if (!scratch)
         return -1;
     float *x = scratch, *h = x + M * H, *qkv = h + M * H, *att = qkv + M * qkv_width, *mlp = att + M * att_width;
-    float *act = mlp + M * 2 * I, *scores = act + M * I, *xsums = scores + M * m->n_head * longest;
+    float *act = mlp + M * 2 * I, *scores = act + M * I, *scratches = scores + M * m->n_head * longest;
 #pragma omp parallel num_threads(threads)
     {
-        float *xsum = xsums + omp_get_thread_num() * sums;
+        float *scratch = scratches + omp_get_thread_num() * sums;
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < M; r++)
             memcpy(x + r * H, m->embed + tokens[r] * H, H * sizeof(float));
         for (int64_t l = 0; l < m->layers; l++) {
             const struct layer *L = m->layer + l;
             rmsnorm_rows(x, L->input_norm, h, M, H, m->eps);
-            matmul(&L->qkv, h, xsum, qkv, M, 0);
+            matmul(&L->qkv, h, scratch, qkv, M, 0);
 #pragma omp for collapse(2) schedule(static)
             for (int64_t r = 0; r < M; r++)
                 for (int64_t g = 0; g < m->n_kv; g++)
@@ -211,18 +225,18 @@ int decode_step(const struct model *m, const int64_t *tokens, const int64_t *pos
                 for (int64_t head = 0; head < m->n_head; head++)
                     attend(m, L, qkv + r * qkv_width, slots[r], pos[r], head,
                            scores + (r * m->n_head + head) * longest, att + r * att_width + head * hd);
-            matmul(&L->o, att, xsum, x, M, 1);
+            matmul(&L->o, att, scratch, x, M, 1);
             rmsnorm_rows(x, L->post_norm, h, M, H, m->eps);
-            matmul(&L->gate_up, h, xsum, mlp, M, 0);
+            matmul(&L->gate_up, h, scratch, mlp, M, 0);
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < M * I; i++) {
                 const float gate = mlp[(i / I) * 2 * I + i % I], up = mlp[(i / I) * 2 * I + I + i % I];
                 act[i] = gate / (1.0f + expf(-gate)) * up;
             }
-            matmul(&L->down, act, xsum, x, M, 1);
+            matmul(&L->down, act, scratch, x, M, 1);
         }
         rmsnorm_rows(x, m->norm, hidden, M, H, m->eps);
-        matmul(&m->head, hidden, xsum, logits, M, 0);
+        matmul(&m->head, hidden, scratch, logits, M, 0);
     }
     free(scratch);
     return 0;

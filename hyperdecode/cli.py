@@ -54,10 +54,11 @@ def add_backend_arg(p: argparse.ArgumentParser) -> None:
                         "and native backends multiply the blocks as stored); none: every weight dequantized to "
                         "--dtype; int8 / int4: a checkpoint's projections quantized into 32-value blocks (CPU, "
                         "Llama family)")
-    p.add_argument("--activations", default="fp32", choices=["fp32", "int8"],
-                   help="how decode rows meet quantized weights on the CPU: fp32 (default: exact, the dequantized "
-                        "weights' results up to the order of the sums) or int8 (each 32-value block of activations "
-                        "rounded to int8 as llama.cpp does: faster, within a stated bound)")
+    p.add_argument("--activations", default="auto", choices=["auto", "fp32", "int8"],
+                   help="how decode rows meet quantized weights on the CPU: fp32 (exact: the dequantized weights' "
+                        "results up to the order of the sums), int8 (each 32-value block of activations rounded to "
+                        "int8 as llama.cpp does: faster, within a stated bound), auto (default: fp32 on x86, int8 on "
+                        "ARM64)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the matmuls and the quantized kernel (default: torch's, one per physical "
                         "core)")

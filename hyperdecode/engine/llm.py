@@ -44,10 +44,18 @@ def check_backend(backend: str, device: torch.device, name: str = "backend") -> 
 
 def check_activations(activations: str, quantize: str, name: str = "activations") -> None:
     """Fails before the model loads when `activations` is not a known mode or asks for int8 with nothing quantized."""
-    if activations not in ACTIVATIONS:
-        raise ConfigError(f"{name} '{activations}' is not available (available: {', '.join(ACTIVATIONS)})")
+    if activations not in ("auto", *ACTIVATIONS):
+        raise ConfigError(f"{name} '{activations}' is not available (available: auto, {', '.join(ACTIVATIONS)})")
     if activations == "int8" and quantize == "none":
         raise ConfigError(f"{name} 'int8' multiplies quantized weights; quantize 'none' keeps none")
+
+
+def default_activations(model: torch.nn.Module) -> str:
+    """`activations="auto"`: int8 where the kernels run ARM64's NEON path over quantized weights, fp32 elsewhere."""
+    from ..model.quant import QuantLinear, kernel_isa
+    if not any(isinstance(m, QuantLinear) for m in model.modules()):
+        return "fp32"
+    return "int8" if kernel_isa().startswith("neon") else "fp32"
 
 
 def has_triton() -> bool:
@@ -80,13 +88,15 @@ class LLM:
     blocks). backend "auto" may still dequantize kept blocks where that measured faster here.
     activations: how decode rows meet quantized weights on the CPU: "fp32" (exact: the dequantized reference's
     results up to the order of the sums) or "int8" (each 32-value block of activations rounded to int8, as llama.cpp
-    does: faster, within a stated bound of the exact result, model/csrc/qmatmul.c).
+    does: faster, within a stated bound of the exact result, model/csrc/qmatmul.c); "auto" (the default) is fp32
+    where the exact kernels beat llama.cpp (x86: AVX2, AVX-512) and int8 on ARM64 NEON, where only the int8 path
+    matches llama.cpp's instruction count per block (bench/NOTES.md).
     """
 
     def __init__(self, model: str = "smollm2", device: str = "auto", dtype: str = "float32",
                  backend: str = "auto", seed: int = 0, max_num_batched_tokens: int | None = None,
                  parallel: str | None = None, enable_prefix_caching: bool = True, quantize: str = "auto",
-                 activations: str = "fp32"):
+                 activations: str = "auto"):
         check_backend(backend, resolve_device(device))
         check_activations(activations, quantize)
         if parallel is not None:  # one process per GPU under torchrun: this rank's shard of the model
@@ -106,7 +116,7 @@ class LLM:
         self._tokenizer = loaded.tokenizer
         self.fp8_weights = loaded.fp8_weights  # raw (float8 weight, scale_inv) of an FP8 checkpoint, by HF name
         self.device = self.model.device
-        self.activations = activations
+        self.activations = activations = default_activations(self.model) if activations == "auto" else activations
         if set_activations(self.model, activations) == 0 and activations != "fp32":
             raise ConfigError(f"activations '{activations}' applies to weights kept quantized on the CPU (a GGUF's "
                               f"blocks, or quantize 'int8' / 'int4'); '{model}' has none here")

@@ -64,7 +64,7 @@ class ServerConfig:
     enable_prefix_caching: bool = True  # vLLM's --enable-prefix-caching / --no-enable-prefix-caching
     tool_call_parser: str | None = None  # vLLM's --tool-call-parser (None: from the chat template)
     quantize: str = "auto"  # a GGUF's quantized blocks kept as they are on the CPU (model/quant.py), or "none"
-    activations: str = "fp32"  # how decode rows meet those blocks: "fp32" (exact) or "int8" (model/quant.py)
+    activations: str = "auto"  # how decode rows meet those blocks: "fp32" (exact), "int8" (model/quant.py) or "auto"
 
     @property
     def name(self) -> str:
@@ -219,7 +219,8 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
         speculative = None if spec is None else f"{spec.method}:{spec.num_speculative_tokens}"
         return {"id": config.name, "object": "model", "created": int(time.time()), "owned_by": "hyperdecode",
                 "max_model_len": engine.max_model_len, "backend": engine.llm.backend, "device": str(engine.llm.device),
-                "speculative": speculative, "prefix_caching": engine.llm.core.scheduler.prefix_caching}
+                "kernels": engine.llm.backend_label, "speculative": speculative,
+                "prefix_caching": engine.llm.core.scheduler.prefix_caching}
 
     def check_served(model_id: str) -> None:
         if model_id != config.name:

@@ -201,10 +201,10 @@ int decode_step(const struct model *m, const int64_t *tokens, const int64_t *pos
         longest = pos[r] + 1 > longest ? pos[r] + 1 : longest;
     const int64_t sums = acts_scratch_floats(M, widest_input(m));
     const size_t floats = M * (2 * H + qkv_width + att_width + 3 * I) + M * m->n_head * longest + threads * sums;
-    float *scratch = malloc(floats * sizeof(float));
-    if (!scratch)
+    float *memory = malloc(floats * sizeof(float));
+    if (!memory)
         return -1;
-    float *x = scratch, *h = x + M * H, *qkv = h + M * H, *att = qkv + M * qkv_width, *mlp = att + M * att_width;
+    float *x = memory, *h = x + M * H, *qkv = h + M * H, *att = qkv + M * qkv_width, *mlp = att + M * att_width;
     float *act = mlp + M * 2 * I, *scores = act + M * I, *scratches = scores + M * m->n_head * longest;
 #pragma omp parallel num_threads(threads)
     {
@@ -238,6 +238,6 @@ int decode_step(const struct model *m, const int64_t *tokens, const int64_t *pos
         rmsnorm_rows(x, m->norm, hidden, M, H, m->eps);
         matmul(&m->head, hidden, scratch, logits, M, 0);
     }
-    free(scratch);
+    free(memory);
     return 0;
 }

@@ -24,7 +24,8 @@ static void quantize_blocks(const float *x, int8_t *q, float *scale, int64_t blo
         const float s = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high))) / 127.0f;
         const __m512 inverse = _mm512_set1_ps(s > 0.0f ? 1.0f / s : 0.0f);
         /* round half to even (as nearbyintf), then narrow: every value already lies in -127..127 */
-        _mm_storeu_si128((__m128i *)(q + b * BLOCK), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(low, inverse))));
+        _mm_storeu_si128((__m128i *)(q + b * BLOCK),
+                         _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(low, inverse))));
         _mm_storeu_si128((__m128i *)(q + b * BLOCK + 16),
                          _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(high, inverse))));
         scale[b] = s;

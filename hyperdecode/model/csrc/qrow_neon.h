@@ -118,15 +118,19 @@ ALWAYS void rows_f32(int kind, int rows, const struct weights *w, const struct a
     float32x4_t even[ROWS], odd[ROWS], v[8];
     for (int r = 0; r < rows; r++)
         even[r] = odd[r] = vdupq_n_f32(0.0f);
-    for (int64_t b = 0; b < blocks; b++) {
+    int64_t b = 0;
+    for (; b + 2 <= blocks; b += 2) {
         unpack_f32(kind, w->qs + b * block_bytes, v);
-        for (int r = 0; r < rows; r++) {
-            const float32x4_t dot = dot_f32(v, x + r * a->K + b * BLOCK);
-            if (b & 1)
-                odd[r] = vfmaq_n_f32(odd[r], dot, d[b]);
-            else
-                even[r] = vfmaq_n_f32(even[r], dot, d[b]);
-        }
+        for (int r = 0; r < rows; r++)
+            even[r] = vfmaq_n_f32(even[r], dot_f32(v, x + r * a->K + b * BLOCK), d[b]);
+        unpack_f32(kind, w->qs + (b + 1) * block_bytes, v);
+        for (int r = 0; r < rows; r++)
+            odd[r] = vfmaq_n_f32(odd[r], dot_f32(v, x + r * a->K + (b + 1) * BLOCK), d[b + 1]);
+    }
+    if (b < blocks) {
+        unpack_f32(kind, w->qs + b * block_bytes, v);
+        for (int r = 0; r < rows; r++)
+            even[r] = vfmaq_n_f32(even[r], dot_f32(v, x + r * a->K + b * BLOCK), d[b]);
     }
     finish(w, a, m, rows, even, odd, y, N, accumulate);
 }
@@ -139,18 +143,23 @@ ALWAYS void rows_i8(int kind, int rows, const struct weights *w, const struct ac
     const int8_t *xq = a->q + m * a->K;
     const float *xs = a->scale + m * blocks;
     float32x4_t even[ROWS], odd[ROWS];
-    int8x16_t v[2];
+    int8x16_t v[2], u[2];
     for (int r = 0; r < rows; r++)
         even[r] = odd[r] = vdupq_n_f32(0.0f);
-    for (int64_t b = 0; b < blocks; b++) {
+    int64_t b = 0;
+    for (; b + 2 <= blocks; b += 2) {
         unpack_bytes(kind, w->qs + b * block_bytes, v);
+        unpack_bytes(kind, w->qs + (b + 1) * block_bytes, u);
         for (int r = 0; r < rows; r++) {
-            const float32x4_t dot = dot_i8(v, xq + r * a->K + b * BLOCK);
-            if (b & 1)
-                odd[r] = vfmaq_n_f32(odd[r], dot, d[b] * xs[r * blocks + b]);
-            else
-                even[r] = vfmaq_n_f32(even[r], dot, d[b] * xs[r * blocks + b]);
+            const int8_t *xb = xq + r * a->K + b * BLOCK;
+            even[r] = vfmaq_n_f32(even[r], dot_i8(v, xb), d[b] * xs[r * blocks + b]);
+            odd[r] = vfmaq_n_f32(odd[r], dot_i8(u, xb + BLOCK), d[b + 1] * xs[r * blocks + b + 1]);
         }
+    }
+    if (b < blocks) {
+        unpack_bytes(kind, w->qs + b * block_bytes, v);
+        for (int r = 0; r < rows; r++)
+            even[r] = vfmaq_n_f32(even[r], dot_i8(v, xq + r * a->K + b * BLOCK), d[b] * xs[r * blocks + b]);
     }
     finish(w, a, m, rows, even, odd, y, N, accumulate);
 }

@@ -148,7 +148,10 @@ def build_parser() -> Parser:
     i = sub.add_parser("inspect", help="parameters, KV bytes, bytes per decoded token and HBM roofline of a model")
     i.add_argument("model", help="preset name, HF checkpoint directory or .gguf file")
     i.add_argument("--context", type=int, default=4096, help="tokens already in the cache (default 4096)")
-    i.add_argument("--hbm-tbps", type=float, default=4.1, help="memory bandwidth in TB/s (default 4.1, H200 copy)")
+    i.add_argument("--hw", default="h200", choices=["h100", "h200", "b200", "cpu"],
+                   help="the hardware table's machine (hyperdecode/hardware.py) whose measured copy bandwidth is the "
+                        "roofline's (default h200)")
+    i.add_argument("--hbm-tbps", type=float, default=None, help="memory bandwidth in TB/s instead of the table's")
     i.add_argument("--weight-dtype", choices=list(WEIGHT_BYTES), default="bf16")
     i.add_argument("--kv-dtype", choices=list(WEIGHT_BYTES), default="bf16")
     i.add_argument("--json", action="store_true", help="print one JSON object")
@@ -306,11 +309,14 @@ def cmd_models(args: argparse.Namespace) -> None:
 def cmd_inspect(args: argparse.Namespace) -> None:
     import json
     from .model.loader import read_config
+    from .hardware import machine
     from .model.sizing import size_model
     check_at_least(args, {"context": 1})
     check_positive(args, ("hbm_tbps",))
     cfg = read_config(args.model)
-    s = size_model(cfg, args.context, WEIGHT_BYTES[args.weight_dtype], args.hbm_tbps, int(WEIGHT_BYTES[args.kv_dtype]))
+    row = machine(args.hw)
+    tbps = args.hbm_tbps or row.copy_tbps
+    s = size_model(cfg, args.context, WEIGHT_BYTES[args.weight_dtype], tbps, int(WEIGHT_BYTES[args.kv_dtype]))
     if args.json:
         print(json.dumps({"model": args.model, "model_type": cfg.model_type, **s.as_dict()}, indent=2))
         return
@@ -322,7 +328,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(f"read per token   {s.bytes_per_token / 1e9:.3f} GB at batch 1, context {s.context:,}: "
           f"{s.weight_bytes_per_token / 1e9:.3f} GB {args.weight_dtype} weights + "
           f"{s.cache_bytes_per_token / 1e6:.2f} MB cache")
-    print(f"HBM roofline     {s.roofline_tok_s:,.1f} tok/s at {s.hbm_tbps} TB/s")
+    source = "given" if args.hbm_tbps else f"{row.name} measured copy; datasheet {row.hbm_tbps} TB/s"
+    print(f"HBM roofline     {s.roofline_tok_s:,.1f} tok/s at {s.hbm_tbps} TB/s ({source})")
 
 
 def cmd_plan(args: argparse.Namespace) -> None:

@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+import hyperdecode as hd
+
 
 def cli(*args, stdin=None):
     return subprocess.run([sys.executable, "-m", "hyperdecode.cli", *args], capture_output=True, text=True,
@@ -69,3 +71,24 @@ def test_generate_with_speculation_prints_the_same_text_and_its_acceptance():
     assert plain.returncode == spec.returncode == 0, spec.stderr
     assert spec.stdout == plain.stdout
     assert "speculative: mean accepted length" in spec.stderr and "speculative" not in plain.stderr
+
+
+def test_the_hardware_table_is_the_one_source():
+    """One table: H100 3.35 TB/s and H200 4.8 TB/s by the names torch reports; the schedule model, the plan and
+    inspect read their figures from it."""
+    from hyperdecode.engine.mega.schedule import H200, Hardware
+    from hyperdecode.hardware import for_device, machine
+    from hyperdecode.parallel.latency import HARDWARE, load_hardware
+    assert for_device("NVIDIA H100 80GB HBM3").hbm_tbps == 3.35
+    assert for_device("NVIDIA H200").hbm_tbps == 4.8 and for_device("NVIDIA H200").name == "h200"
+    with pytest.raises(hd.ConfigError, match="no hardware row for the device 'NVIDIA A100"):
+        for_device("NVIDIA A100-SXM4-80GB")
+    assert H200 == Hardware.of(machine("h200")) and H200.bandwidth == machine("h200").copy_tbps * 1e12
+    assert Hardware.of(machine("h100"), bandwidth=2.9e12).bandwidth == 2.9e12
+    assert HARDWARE["h100"] is machine("h100") and load_hardware("b200").hbm_tbps == machine("b200").hbm_tbps
+    r = subprocess.run([sys.executable, "-m", "hyperdecode", "inspect", "llama-3.2-1b", "--hw", "h100"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "at 3.0 TB/s (h100 measured copy; datasheet 3.35 TB/s)" in r.stdout, r.stderr
+    from hyperdecode.engine.mega import schedule
+    [row] = schedule.main(["tiny-llama", "--hw", "h100"])
+    assert row["hw"] == "h100" and row["hardware"]["bandwidth"] == 3.0e12

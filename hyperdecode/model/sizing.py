@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from ..hardware import machine
 from .registry import ModelConfig, family_of
 
 __all__ = ["Sizing", "size_model"]
@@ -34,10 +35,11 @@ class Sizing:
         return {**asdict(self), "bytes_per_token": self.bytes_per_token, "roofline_tok_s": self.roofline_tok_s}
 
 
-def size_model(cfg: ModelConfig, context: int = 4096, weight_bytes: float = 2.0, hbm_tbps: float = 4.1,
+def size_model(cfg: ModelConfig, context: int = 4096, weight_bytes: float = 2.0, hbm_tbps: float | None = None,
                kv_bytes: int = 2) -> Sizing:
     """Batch-1 decode sizing at `context` tokens, weights of `weight_bytes` each (2 = bf16, 1 = FP8) and a cache
-    of `kv_bytes` per value (1 = FP8: for MLA the packed 656 B/layer layout when the dims are GLM/DeepSeek's).
+    of `kv_bytes` per value (1 = FP8: for MLA the packed 656 B/layer layout when the dims are GLM/DeepSeek's); the
+    roofline at `hbm_tbps` (default: the hardware table's measured H200 copy bandwidth).
 
     >>> from hyperdecode.model.loader import preset_config
     >>> size_model(preset_config("glm-5")).total_params
@@ -56,5 +58,6 @@ def size_model(cfg: ModelConfig, context: int = 4096, weight_bytes: float = 2.0,
         share = cfg.num_experts_per_tok / cfg.n_routed_experts if ".mlp.experts." in k else 1.0
         active += count[k] * share
     kv = cfg.kv_bytes_per_token(kv_bytes, fp8=kv_bytes == 1)
+    hbm_tbps = hbm_tbps or machine("h200").copy_tbps
     return Sizing(n_total, n_main, n_total - n_main, int(active), kv, cfg.index_key_bytes_per_token(), context,
                   int(active * weight_bytes), cfg.cache_bytes_read(context, kv_bytes), hbm_tbps)

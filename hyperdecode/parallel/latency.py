@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..hardware import GPUS, TABLE, Machine
 from ..model.registry import ModelConfig, family_of
 
 __all__ = ["Hardware", "HARDWARE", "LayerCost", "Estimate", "estimate", "load_hardware", "parse_context",
@@ -41,34 +42,8 @@ STRATEGIES = ("tp", "hetero")
 STAGES = {"attention": 8, "moe": 4, "mlp": 2}
 
 
-@dataclass(frozen=True)
-class Hardware:
-    """One GPU and its links. Editable: `--hw-file` takes a JSON object of these fields per name."""
-    name: str
-    hbm_tbps: float  # HBM bandwidth, spec
-    hbm_efficiency: float  # the fraction a streaming kernel reaches (the best single-GPU megakernels: ~0.78-0.80)
-    nvlink_gbps: float  # per GPU, one direction
-    hop_us: float  # one dependent cross-GPU exchange: a one-sided write, its flag seen by the peer
-    stage_us: float  # one dependent intra-GPU stage: a grid-wide signal seen plus the first bytes' latency
-    select_fixed_us: float  # one layer's top-k selection, whatever the context (its passes and their syncs)
-    select_gpos_s: float  # and its rate per scored position: billions of positions per second per GPU
-    launch_us: float  # per step: the host's launch and the sampled token's read-back
-
-    @property
-    def stream_bps(self) -> float:
-        return self.hbm_tbps * 1e12 * self.hbm_efficiency
-
-
-# HBM and NVLink figures: NVIDIA's H100 SXM / H200 / B200 data sheets (NVLink 4: 900 GB/s, NVLink 5: 1.8 TB/s, both
-# directions). The rest are this project's assumptions: stage_us from the megakernel's schedule model (0.7 us flag
-# + 0.7 us first chunk); hop_us, select_fixed_us and select_gpos_s calibrated on TileRT's published GLM-5.1
-# 8 x B200 figures at 1K, 16K and 192K context without MTP (bench/plan_tilert.py; the other points check them), and
-# taken over for Hopper unchanged (no published Hopper figure to fit).
-HARDWARE = {
-    "h100": Hardware("h100", 3.35, 0.80, 450.0, 5.63, 1.4, 13.7, 20.8, 10.0),
-    "h200": Hardware("h200", 4.8, 0.80, 450.0, 5.63, 1.4, 13.7, 20.8, 10.0),
-    "b200": Hardware("b200", 8.0, 0.80, 900.0, 5.63, 1.4, 13.7, 20.8, 10.0),
-}
+Hardware = Machine  # one GPU and its links: a row of the hardware table (hyperdecode/hardware.py)
+HARDWARE = {name: TABLE[name] for name in GPUS}  # h100, h200, b200
 
 
 def load_hardware(name: str, path: str | None = None) -> Hardware:

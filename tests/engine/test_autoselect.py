@@ -36,3 +36,23 @@ def test_the_choice_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert json.loads(path.read_text())["k1"]["seconds_per_step"] == {"graph": 1e-3, "mega": 2e-3}
     path.write_text("not json")  # a damaged cache is measured again, not an error
     assert autoselect.cached_choice(path, "k1", makers) == "graph" and len(measured) == 2
+
+
+def test_auto_works_where_no_hyperdecode_is_installed(tmp_path, monkeypatch):
+    """The device runs the tree from a folder (PYTHONPATH), so importlib.metadata knows no `hyperdecode`: the choice's
+    key takes the version from `hyperdecode.__version__`."""
+    import importlib.metadata
+    import hyperdecode as hd
+    real = importlib.metadata.version
+
+    def version(name):
+        if name == "hyperdecode":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    monkeypatch.setenv("HYPERDECODE_CACHE", str(tmp_path))
+    llm = hd.LLM("tiny-llama", device="cpu", backend="auto")
+    assert llm.backend in ("reference", "native") and llm.generate("hi", max_tokens=2).token_ids
+    [entry] = json.loads((tmp_path / "backend_choice.json").read_text()).values()
+    assert entry["choice"] == llm.backend

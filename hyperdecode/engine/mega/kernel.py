@@ -165,6 +165,16 @@ class Launch:
                                                      pos.to(torch.int32), self.counters, self.err, *self.scalars,
                                                      **self.consts, **self.options)
 
+    def compile(self, A: torch.Tensor, C: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor):
+        """The kernel compiled for these arguments without launching it (GPU only), so that its registers and spills
+        (`n_regs`, `n_spills`) are known before a step runs."""
+        if interpreted():
+            raise RuntimeError("Triton's interpreter compiles nothing: registers and spills exist on a GPU only")
+        p = self.prog
+        return self.kernel.warmup(*self.args, p.W, p.W32, p.W8, A, C, tokens.to(torch.int32), pos.to(torch.int32),
+                                  self.counters, self.err, *self.scalars, grid=(self.workers,), **self.consts,
+                                  **self.options)
+
     def failure(self, err: int) -> MegakernelTimeout | None:
         """The error an error-word value stands for (None for 0)."""
         if not err:

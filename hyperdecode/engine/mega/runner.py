@@ -58,12 +58,15 @@ class MegaRunner(ReferenceRunner):
 
     def __init__(self, model: nn.Module, tile: int | None = None, k_block: int | None = None,
                  workers: int | None = None, num_warps: int | None = None, prefetch: bool | None = None,
-                 stages: int | None = None, fp8: bool = False, kv_split: int | None = None):
+                 stages: int | None = None, fp8: bool = False, kv_split: int | None = None,
+                 max_spin: int = 1_000_000):
         """tile: output rows per GEMV instruction; k_block: its k-chunk; workers: persistent programs (default one
         per SM); num_warps: per program; prefetch: L2 prefetch of each worker's next GEMV tile as it starts the current
         one (default on a GPU: the schedule model predicts ~25 % on Llama-1B shapes); stages: chunks
         in flight per GEMV; fp8: stream the projections and experts as block-FP8; kv_split: positions per attention
-        instruction (default 512 on a GPU: long contexts spread over many SMs). The GPU benchmark sweeps them."""
+        instruction (default 512 on a GPU: long contexts spread over many SMs); max_spin: polls of a dependency
+        counter before a step stops with MegakernelTimeout instead of hanging (small for a first run on a new GPU, so
+        a wrong barrier fails fast). The GPU benchmark sweeps them."""
         require_triton()
         why = unsupported(model)
         if why:
@@ -73,7 +76,8 @@ class MegaRunner(ReferenceRunner):
         self.fp8 = fp8
         self.kv_split = kv_split or (None if interpreted() else 512)
         prefetch = not interpreted() if prefetch is None else prefetch
-        self.launch = dict(k_block=k_block, workers=workers, num_warps=num_warps, prefetch=prefetch, stages=stages)
+        self.launch = dict(k_block=k_block, workers=workers, num_warps=num_warps, prefetch=prefetch, stages=stages,
+                           max_spin=max_spin)
         if self.device.type != "cuda":
             warnings.warn("backend 'mega' without a GPU runs the megakernel in Triton's interpreter with one worker: "
                           "correct but slow, for checking only", stacklevel=3)
@@ -102,6 +106,14 @@ class MegaRunner(ReferenceRunner):
         # reference caches hold everything, and the arena catches up row by row when a row next runs in it
         self.arena_valid = [0] * self.prog.batch
         self.reference_valid = [self.prog.max_seq] * self.prog.batch
+
+    def kernel_resources(self) -> dict[str, int]:
+        """Registers and spill bytes of the decode kernel set up now, compiled without running a step (GPU only)."""
+        B = self.prog.batch
+        tokens = torch.zeros(B, dtype=torch.long, device=self.device)
+        pos = torch.full((B,), self.prog.max_seq - 1, dtype=torch.long, device=self.device)
+        compiled = self.step.compile(self.A, self.C, tokens, pos)
+        return dict(registers=compiled.n_regs, spill_bytes=compiled.n_spills)
 
     def verify_program(self, queries: int) -> tuple[Program, Launch, Tensor]:
         """The program for `queries` tokens per row (compiled on first use), its launch and activation arena. Its

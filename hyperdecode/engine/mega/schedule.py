@@ -22,6 +22,7 @@ import bisect
 import json
 from dataclasses import asdict, dataclass, field
 
+from ...hardware import GPUS, Machine, machine
 from .isa import FP8_BLOCK, FP8_WEIGHTS, FP32_WEIGHTS, Instr, Op, row_stride
 from .program import Program
 
@@ -30,13 +31,20 @@ __all__ = ["Hardware", "H200", "Prediction", "simulate", "instruction_bytes", "p
 
 @dataclass(frozen=True)
 class Hardware:
-    """What one step's time depends on (defaults: the H200 probes in ../shared/reference/engine-anchors.md)."""
-    sms: int = 132
-    bandwidth: float = 4.24e12  # B/s, measured copy bandwidth (the MBU denominator)
-    hop_s: float = 0.70e-6  # a release signal seen by a waiting program
-    latency_s: float = 0.70e-6  # an instruction's first weight chunk from HBM (the pipeline fill)
-    overhead_s: float = 0.15e-6  # per instruction: table row, dispatch, the barrier before the release
-    launch_s: float = 6e-6  # the cooperative launch and the counters' reset
+    """What one step's time depends on: a GPU's row of the hardware table (hyperdecode/hardware.py), or made up."""
+    sms: int
+    bandwidth: float  # B/s, measured copy bandwidth (the MBU denominator)
+    hop_s: float  # a release signal seen by a waiting program
+    latency_s: float  # an instruction's first weight chunk from HBM (the pipeline fill)
+    overhead_s: float  # per instruction: table row, dispatch, the barrier before the release
+    launch_s: float  # the cooperative launch and the counters' reset
+
+    @classmethod
+    def of(cls, row: Machine, bandwidth: float | None = None) -> "Hardware":
+        """The schedule model's view of a table row; `bandwidth` (B/s): a copy bandwidth measured now instead of
+        the table's."""
+        return cls(row.sms, bandwidth or row.copy_tbps * 1e12, row.signal_s, row.first_chunk_s, row.instruction_s,
+                   row.kernel_launch_s)
 
     @property
     def per_sm(self) -> float:
@@ -44,7 +52,7 @@ class Hardware:
         return self.bandwidth / self.sms
 
 
-H200 = Hardware()
+H200 = Hardware.of(machine("h200"))
 
 
 @dataclass
@@ -173,6 +181,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--kv-split", type=int, default=512)
     ap.add_argument("--fp8", action="store_true")
     ap.add_argument("--no-prefetch", action="store_true", help="the first chunk's latency is never hidden")
+    ap.add_argument("--hw", default="h200", choices=GPUS, help="the hardware table's GPU (default h200)")
+    ap.add_argument("--bandwidth-tbps", type=float, default=None,
+                    help="a copy bandwidth measured now (TB/s, read + written) instead of the table's")
     a = ap.parse_args(argv)
     import torch
 
@@ -183,14 +194,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg = preset_config(a.model)
     with torch.device("meta"):
         model = family_of(cfg).model(cfg).to(torch.bfloat16)
+    hw = Hardware.of(machine(a.hw), a.bandwidth_tbps and a.bandwidth_tbps * 1e12)
     rows = []
     for tile in (int(t) for t in a.tiles.split(",")):
         prog = compile_model(model, a.batch, max(a.context + 1, 2), tile=tile, fp8=a.fp8, kv_split=a.kv_split,
                              queries=a.queries)
-        p = predict(prog, a.context, prefetch=not a.no_prefetch)
+        p = predict(prog, a.context, hw=hw, prefetch=not a.no_prefetch)
         rows.append(dict(model=a.model, batch=a.batch, queries=a.queries, context=a.context, tile=tile, fp8=a.fp8,
-                         instructions=len(prog.instrs), stages=prog.num_counters, **p.summary(),
-                         hardware=asdict(H200)))
+                         instructions=len(prog.instrs), stages=prog.num_counters, **p.summary(), hw=a.hw,
+                         hardware=asdict(hw)))
         print(json.dumps(rows[-1]))
     return rows
 

@@ -28,6 +28,7 @@ from serve_overhead import start_server
 
 CHAT = "/v1/chat/completions"
 COMP = "/v1/completions"
+RESP = "/v1/responses"
 MAX_REQUEST_BYTES = 65536
 M = [{"role": "user", "content": "hi"}]
 TOKENIZED = (400, 429)  # a check that needs the tokenizer runs after admission: a 429 first when the queue is full
@@ -80,6 +81,17 @@ def malformed_kinds(model: str) -> list[tuple[str, str, str, object, int]]:
         ("wrong_method", "GET", COMP, None, 405),
         ("unknown_route", "POST", "/v1/nothing", {}, 404),
         ("detokenize_bad", "POST", "/detokenize", {"tokens": [-1]}, 400),
+        ("detokenize_boolean", "POST", "/detokenize", {"tokens": [True]}, 400),
+        ("max_tokens_fraction", "POST", CHAT, {**c, "max_tokens": 4.5}, 400),
+        ("logit_bias_out_of_vocab", "POST", CHAT, {**c, "logit_bias": {"99999999": 1}}, 400),
+        ("message_name_not_string", "POST", CHAT, {**c, "messages": [{"role": "user", "content": "x", "name": [1]}]},
+         400),
+        ("tool_choice_without_tools", "POST", CHAT, {**c, "tool_choice": "required"}, 400),
+        ("responses_format_string", "POST", RESP, {"model": model, "input": "hi", "text": {"format": "json"}}, 400),
+        ("responses_text_string", "POST", RESP, {"model": model, "input": "hi", "text": "x"}, 400),
+        ("responses_item_incomplete", "POST", RESP, {"model": model, "input": [{"type": "function_call_output"}]},
+         400),
+        ("responses_max_output_zero", "POST", RESP, {"model": model, "input": "hi", "max_output_tokens": 0}, 400),
     ]
 
 

@@ -126,9 +126,12 @@ def normalize_messages(messages: Any) -> list[dict[str, Any]]:
         where = f"messages[{i}]"
         if not isinstance(m, dict) or m.get("role") not in ROLES:
             raise RequestError(f"{where} needs a 'role' in {ROLES}", param=f"{where}.role")
-        calls = m.get("tool_calls") if m["role"] == "assistant" else None
-        if calls is not None and not isinstance(calls, list):
+        if m.get("tool_calls") is not None and not isinstance(m["tool_calls"], list):
             raise RequestError(f"{where}.tool_calls must be a list", param=f"{where}.tool_calls")
+        for key in ("tool_call_id", "name"):
+            if m.get(key) is not None and not isinstance(m[key], str):
+                raise RequestError(f"{where}.{key} must be a string", param=f"{where}.{key}")
+        calls = m.get("tool_calls") if m["role"] == "assistant" else None
         message: dict[str, Any] = {"role": m["role"],
                                    "content": _text(m.get("content"), f"{where}.content", optional=bool(calls))}
         if calls:

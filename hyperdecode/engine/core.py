@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .drafts import NgramDrafter, SuffixDrafter
 from .mtp import MtpDrafter
 from .runner import ReferenceRunner
-from .sampling import process_logits, sample, token_logprobs
+from .sampling import greedy_tokens, process_logits, sample, token_logprobs
 from .scheduler import Scheduler, StepPlan
 from .sequence import Sequence
 from .speculative import SpeculativeConfig, SpecStats, accept, accept_greedy, parse_speculative
@@ -204,10 +204,13 @@ class EngineCore:
         if seq.params.processes_logits:  # penalties, bias, min_tokens: position j comes after j draft tokens
             outputs = [seq.output_ids + draft[:j] for j in range(logits.shape[0])]
             logits = process_logits(logits, seq.params, seq.prompt_ids, outputs, seq.eos_ids)
-            greedy = logits.argmax(-1).tolist()
+            greedy = greedy_tokens(logits).tolist()
         if seq.constraint is not None:
-            logits = seq.constraint.mask(logits[:1])
-            greedy = logits.argmax(-1).tolist()
+            masked = seq.constraint.mask(logits[:1])
+            if not bool(torch.isfinite(masked).any()):  # min_tokens forbade all the grammar allows (its end): it ends
+                masked = seq.constraint.mask(raw[:1])
+            logits = masked
+            greedy = greedy_tokens(logits).tolist()
         if seq.params.greedy:
             new = accept_greedy(draft, greedy)
         elif not draft:

@@ -119,6 +119,10 @@ class InputProcessor:
         else:
             ids = self.prompt_ids(prompt)
         where = "messages" if messages is not None else "prompt"
+        outside = sorted(t for t in params.logit_bias or {} if t >= self.vocab_size)
+        if outside:
+            raise RequestError(f"'logit_bias' names token ids outside the vocabulary [0, {self.vocab_size}): "
+                               f"{outside[:5]}", param="logit_bias")
         room = self.max_model_len - len(ids)
         max_tokens = params.max_tokens
         if max_tokens is None:

@@ -13,13 +13,14 @@ from torch import Tensor
 from ..errors import RequestError
 from .structured import check_spec
 
-__all__ = ["SamplingParams", "sample", "probabilities", "process_logits", "token_logprobs", "GREEDY_BELOW",
-           "MAX_LOGPROBS"]
+__all__ = ["SamplingParams", "sample", "probabilities", "distribution", "greedy_tokens", "process_logits",
+           "token_logprobs", "GREEDY_BELOW", "MAX_LOGPROBS"]
 
 GREEDY_BELOW = 1e-5  # a temperature below this is greedy (vLLM's _SAMPLING_EPS): 1/t would overflow
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 SEED_RANGE = (-(2 ** 63), 2 ** 64)  # what torch.Generator.manual_seed takes
 MAX_LOGPROBS = 20  # OpenAI's top_logprobs limit
+FLOAT_MAX = torch.finfo(torch.float32).max  # +inf logits become this: equal, finite, still the most likely
 
 
 def _is_int(v: Any) -> bool:
@@ -156,25 +157,54 @@ def token_logprobs(logits: Tensor, tokens: list[int], top: int) -> list[tuple[in
 
 def probabilities(logits: Tensor, params: SamplingParams) -> Tensor:
     """logits: [B, V] float -> the distribution a non-greedy `params` samples from (temperature, then top-k, then
-    top-p), [B, V] float32. Speculative decoding accepts drafts against this same distribution."""
-    logits = logits.float() / params.temperature
+    top-p), [B, V] float32. Speculative decoding accepts drafts against this same distribution. Every valid
+    request gets a distribution: the top token always stays whatever top_p (5e-324 is 0 in float32), +inf logits
+    (a tiny repetition_penalty) share the mass, and a row with no finite logit at all is one-hot on token 0
+    (`distribution`).
+
+    >>> probabilities(torch.tensor([[1.0, 2.0, 0.5]]), SamplingParams(temperature=1.0, top_p=5e-324)).tolist()
+    [[0.0, 1.0, 0.0]]
+    """
+    logits = torch.nan_to_num(logits.float() / params.temperature, nan=float("-inf"), posinf=FLOAT_MAX)
+    empty = ~torch.isfinite(logits).any(-1)  # every token masked: one-hot below, never a NaN softmax
+    logits = logits.masked_fill(empty[:, None], 0.0)
     if params.top_k:
         kth = torch.topk(logits, min(params.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # drop a token when the tokens ranked above it already reach top_p (the top token always stays)
+        # drop a token when the tokens ranked above it already reach top_p; the top token always stays
         drop = sorted_probs.cumsum(-1) - sorted_probs >= params.top_p
+        drop[..., 0] = False
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        sorted_probs = sorted_probs / sorted_probs.sum(-1, keepdim=True)  # the nucleus, renormalised
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    if bool(empty.any()):
+        probs[empty] = torch.nn.functional.one_hot(torch.zeros_like(empty[empty], dtype=torch.long),
+                                                   probs.shape[-1]).to(probs.dtype)
+    return distribution(probs, logits)
+
+
+def distribution(probs: Tensor, logits: Tensor) -> Tensor:
+    """`probs` with every row that is not a distribution (NaN, or nothing left) made one-hot on its best logit."""
+    broken = ~torch.isfinite(probs).all(-1) | ~(probs.sum(-1) > 0)
+    if bool(broken.any()):
+        best = greedy_tokens(logits[broken])
+        probs = probs.clone()
+        probs[broken] = torch.nn.functional.one_hot(best, probs.shape[-1]).to(probs.dtype)
     return probs
+
+
+def greedy_tokens(logits: Tensor) -> Tensor:
+    """The best token of each row [B, V]; NaN counts as -inf, so the choice is always defined."""
+    return torch.nan_to_num(logits.float(), nan=float("-inf")).argmax(-1)
 
 
 def sample(logits: Tensor, params: SamplingParams, generators: list[torch.Generator]) -> Tensor:
     """logits: [B, V] float -> token ids [B]; row i draws from generators[i], so a row's draws don't depend on
     which other rows share its batch."""
     if params.greedy:
-        return logits.argmax(-1)
+        return greedy_tokens(logits)
     probs = probabilities(logits, params)
     return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .sampling import SamplingParams, probabilities
+from .sampling import SamplingParams, greedy_tokens, probabilities
 
 __all__ = ["SpeculativeConfig", "parse_speculative", "SpecStats", "accept", "accept_greedy", "METHODS",
            "MAX_SPECULATIVE_TOKENS"]
@@ -150,7 +150,7 @@ def accept(logits: Tensor, draft: list[int], draft_probs: Tensor | None, params:
     draft), draft_probs [len(draft), V] the draft's distribution q (None: deterministic drafts, q one-hot). Returns
     the accepted prefix of the draft and one more token (the correction, or the bonus when all were accepted)."""
     if params.greedy:
-        return accept_greedy(draft, logits.argmax(-1).tolist())
+        return accept_greedy(draft, greedy_tokens(logits).tolist())
     p = probabilities(logits, params)
     out = []
     for i, token in enumerate(draft):

@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends, FastAPI, Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -31,10 +32,12 @@ from ..errors import RequestError
 from .engine import Engine, Request
 from .limits import BodyLimit, default_max_request_bytes
 from .metrics import Metrics
+from .openapi import document
 from .playground import router as playground_router
 from .generation import ENGINE_SLACK_S, Choice, completion_body, final_event, next_event, request_deadline, \
     respond_sse, results, sequences, submit, tool_parser_name
-from .responses import new_item_id, output_items, parse_response_request, response_body, response_events, status_of
+from .responses import new_item_id, output_items, parse_response_request, renamed, response_body, response_events, \
+    status_of
 from .protocol import APIError, GenerateRequest, error_body, new_id, parse_chat, parse_completion
 
 __all__ = ["ServerConfig", "create_app"]
@@ -145,11 +148,7 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
     async def client_gone(_: HTTPRequest, e: ClientDisconnect) -> Response:
         return Response(status_code=499)  # it left while sending its body: nothing to answer, nothing to log
 
-    @app.exception_handler(Exception)
-    async def server_fault(request: HTTPRequest, e: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse(error_body(APIError(500, f"internal error: {type(e).__name__}: {e}",
-                                                type="server_error")), status_code=500)
+    app.add_middleware(Faults)  # inside Starlette's outermost layer, which would log a fault a second time
 
     async def require_key(request: HTTPRequest) -> None:
         if config.api_key:
@@ -250,11 +249,13 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
     async def tokenize(request: HTTPRequest) -> dict:
         engine = state.ready_engine()
         body, _ = await body_of(request)
-        if isinstance(body, dict) and isinstance(body.get("prompt"), str):
+        if isinstance(body, dict) and body.get("prompt") == "":
+            ids = []  # nothing to count (vLLM answers the same)
+        elif isinstance(body, dict) and isinstance(body.get("prompt"), str):
             ids = engine.inputs.prompt_ids(body["prompt"])
         elif isinstance(body, dict) and "messages" in body:
             g = parse_chat({"model": config.name, **body})
-            ids = engine.inputs.chat_prompt(g.prompt, g.template_kwargs)
+            ids = engine.inputs.chat_prompt(g.prompt, g.template_kwargs, g.tools)  # the tools count, as in the chat
         else:
             raise APIError(400, "'prompt' (a string) or 'messages' is required", param="prompt")
         return {"tokens": ids, "count": len(ids), "max_model_len": engine.max_model_len}
@@ -265,7 +266,8 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
         body, _ = await body_of(request)
         ids = body.get("tokens") if isinstance(body, dict) else None
         vocab = engine.llm.config.vocab_size
-        if not isinstance(ids, list) or not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
+        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab
+                                                for t in ids):
             raise APIError(400, f"'tokens' must be a list of token ids in [0, {vocab})", param="tokens")
         return {"prompt": engine.llm.tokenizer.decode(ids)}
 
@@ -328,7 +330,10 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
         body, size = await body_of(request)
         g, raw = parse_response_request(body)
         rid = request.headers.get("x-request-id") or new_item_id("resp")
-        engine, choices, timeout = await admit(request, g, size, rid)
+        try:
+            engine, choices, timeout = await admit(request, g, size, rid)
+        except (APIError, RequestError) as e:
+            raise renamed(e) from None
         headers = {"x-request-id": rid}
         choice = choices[0]
         if g.stream:
@@ -343,7 +348,43 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
 
     app.include_router(v1)
     app.include_router(playground_router)
+
+    def contract() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document(get_openapi(title=app.title, version=app.version, routes=app.routes))
+        return app.openapi_schema
+
+    app.openapi = contract
     return app
+
+
+class Faults:
+    """A fault in a route (a bug: no valid request should reach one) becomes a 500 with the OpenAI envelope, logged
+    once with its traceback; after a response has started, the connection is closed instead."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as e:
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            if started:
+                return
+            response = JSONResponse(error_body(APIError(500, f"internal error: {type(e).__name__}: {e}",
+                                                        type="server_error")), status_code=500)
+            await response(scope, receive, send)
 
 
 async def cancel_after(events: AsyncIterator[str], engine: Engine, reqs: list[Request]) -> AsyncIterator[str]:

@@ -90,7 +90,7 @@ def tool_reader(g: GenerateRequest, parser: str) -> ToolStream | ForcedCalls | N
     if not g.tools or g.tool_choice == "none":
         return None
     if g.tool_choice == "auto":
-        return ToolStream(parser, g.tools)
+        return ToolStream(parser, g.tools, None if g.parallel_tool_calls else 1)
     return ForcedCalls(g.tool_choice)
 
 
@@ -165,7 +165,7 @@ def message_of(choice: Choice, result: Generation) -> tuple[dict[str, Any], str]
     """A finished chat choice's assistant message (content and tool calls) and finish reason."""
     content, calls = result.text, []
     if isinstance(choice.tools, ToolStream):
-        content, calls = parse_tool_calls(result.text, choice.tools.parser, choice.tools.tools)
+        content, calls = parse_tool_calls(result.text, choice.tools.parser, choice.tools.tools, choice.tools.limit)
     elif isinstance(choice.tools, ForcedCalls):
         content, calls = choice.tools.parse(result.text)
     message: dict[str, Any] = {"role": "assistant", "content": content}
@@ -241,16 +241,21 @@ def pieces(g: GenerateRequest, choice: Choice, text: str, entries: list, tokeniz
     return out
 
 
-def last_pieces(g: GenerateRequest, choice: Choice, result: Generation) -> list[dict[str, Any]]:
-    """A choice's closing pieces: what a tool reader still held, then the finish reason."""
+def last_pieces(g: GenerateRequest, choice: Choice, result: Generation) -> list[list[dict[str, Any]]]:
+    """A choice's closing chunks, one choice entry each (a chunk never holds one index twice): what a tool reader
+    still held (the role rides on the first delta if no text went before), then the finish reason."""
     if g.kind != "chat":
-        return [{"index": choice.index, "text": "", "logprobs": None, "finish_reason": result.finish_reason}]
+        return [[{"index": choice.index, "text": "", "logprobs": None, "finish_reason": result.finish_reason}]]
     held = choice.tools.finish() if choice.tools is not None else []
     called = choice.tools is not None and choice.tools.called
     reason = finish_reason(result.finish_reason, [{}] if called else [])
-    out = [{"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": None} for delta in held]
-    out.append({"index": choice.index, "delta": {} if choice.sent_role else {"role": "assistant"}, "logprobs": None,
-                "finish_reason": reason})
+    out = []
+    for delta in [*held, {}]:
+        if not choice.sent_role:
+            delta = {"role": "assistant", **delta}
+            choice.sent_role = True
+        out.append([{"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": None}])
+    out[-1][0]["finish_reason"] = reason
     return out
 
 
@@ -292,11 +297,12 @@ async def respond_sse(engine: Engine, g: GenerateRequest, rid: str, model: str, 
                 if g.continuous_usage:
                     seq = choice.req.seq
                     extra = usage(len(seq.prompt_ids), seq.num_output, None, seq.num_cached)
-                if items:
-                    yield chunk(items, extra)
+                for j, item in enumerate(items):  # one entry a chunk: clients merge a chunk's entries by index
+                    yield chunk([item], extra if j == len(items) - 1 else None)
             elif kind_ == "done":
                 outputs[choice.index] = payload
-                yield chunk(last_pieces(g, choice, payload))
+                for items in last_pieces(g, choice, payload):
+                    yield chunk(items)
             else:
                 yield event(error_body(payload))
                 yield "data: [DONE]\n\n"

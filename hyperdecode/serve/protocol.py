@@ -15,7 +15,7 @@ from ..engine.structured import check_spec
 from ..errors import RequestError
 
 __all__ = ["APIError", "GenerateRequest", "parse_chat", "parse_completion", "usage", "error_body", "new_id",
-           "structured_of", "tool_choice_of", "forced_tool_schema", "is_batch"]
+           "structured_of", "tool_choice_of", "forced_tool_schema", "closed", "is_batch", "whole_numbers"]
 
 # The field policy (vLLM's): a field that does not change the output is accepted and ignored; an unknown field
 # is ignored with a logged warning; a field that would change the output and is not implemented is a 400 naming
@@ -24,9 +24,10 @@ COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"
           "ignore_eos", "request_timeout", "skip_special_tokens", "frequency_penalty", "presence_penalty",
           "repetition_penalty", "logit_bias", "min_tokens", "n", "logprobs", "response_format", "guided_json",
           "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}  # implemented
-CHAT = COMMON | {"messages", "max_completion_tokens", "chat_template_kwargs", "tools", "tool_choice", "top_logprobs"}
+CHAT = COMMON | {"messages", "max_completion_tokens", "chat_template_kwargs", "tools", "tool_choice", "top_logprobs",
+                 "parallel_tool_calls"}
 COMPLETION = COMMON | {"prompt", "echo"}
-NO_EFFECT = {"user", "store", "metadata", "service_tier", "parallel_tool_calls", "prompt_cache_key",
+NO_EFFECT = {"user", "store", "metadata", "service_tier", "prompt_cache_key",
              "safety_identifier", "prediction", "priority", "spaces_between_special_tokens"}
 NEUTRAL: dict[str, tuple[Any, ...]] = {  # not implemented: accepted only with one of these values
     "functions": (None, []), "function_call": (None, "none", "auto"),
@@ -42,6 +43,7 @@ MAX_N = 16  # parallel samples per prompt
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for /v1/completions' `logprobs`
 log = logging.getLogger("hyperdecode.serve")
 _warned: set[str] = set()
+MAX_WARNED = 256  # distinct unknown names warned about; after that they are ignored quietly (a bounded set)
 
 
 class APIError(Exception):
@@ -74,6 +76,7 @@ class GenerateRequest:
     logprobs: int | None = None  # top alternatives reported per token (None: no logprobs)
     echo: bool = False  # completions: the prompt comes back before the completion (with its logprobs)
     structured_field: str | None = None  # the field that asked for a grammar (its errors name it)
+    parallel_tool_calls: bool = True  # false: at most one tool call per turn
 
     @property
     def prompts(self) -> list[Any]:
@@ -100,6 +103,25 @@ def given(body: dict, name: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+INTEGER_FIELDS = ("max_tokens", "max_completion_tokens", "n", "seed", "top_k", "logprobs", "top_logprobs",
+                  "min_tokens", "max_output_tokens")
+
+
+def whole_numbers(body: dict) -> dict:
+    """The body with whole-number floats in integer fields as integers (`"max_tokens": 4.0` is 4, as the
+    pydantic-validated servers, vLLM's among them, take it); anything else is left for the field's own check.
+
+    >>> whole_numbers({"n": 2.0, "max_tokens": 4.5, "temperature": 1.0})
+    {'n': 2, 'max_tokens': 4.5, 'temperature': 1.0}
+    """
+    out = dict(body)
+    for name in INTEGER_FIELDS:
+        value = out.get(name)
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            out[name] = int(value)
+    return out
+
+
 def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, SamplingParams]:
     """The fields chat and completions share. Sampling parameters are checked by `SamplingParams` (the same rules
     as `hd.LLM`); a `RequestError` from there becomes a 400 naming the field (app.py)."""
@@ -116,7 +138,7 @@ def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, Samplin
             raise bad(name, f"'{name}' is not supported with value {_short(body[name])} (only "
                             f"{' or '.join(_short(v) for v in neutral)})")
     for name in sorted(set(body) - allowed - NO_EFFECT - set(NEUTRAL)):
-        if name not in _warned:  # once per field name: a client repeats it on every call
+        if name not in _warned and len(_warned) < MAX_WARNED:  # once per name: a client repeats it on every call
             _warned.add(name)
             log.warning("ignoring the unknown request field '%s'", name)
     for name in ("stream", "skip_special_tokens"):
@@ -225,10 +247,16 @@ def tool_choice_of(body: dict, tools: list[dict] | None) -> Any:
     return {"name": name}
 
 
-def forced_tool_schema(tools: list[dict], choice: Any) -> dict[str, Any] | None:
+MAX_FORCED_CALLS = 16  # tool_choice "required": the most calls one turn may make (1 with parallel_tool_calls false)
+
+
+def forced_tool_schema(tools: list[dict], choice: Any, parallel: bool = True) -> dict[str, Any] | None:
     """The JSON schema a forced tool choice constrains the output to (vLLM's approach): the named function's
-    arguments, or for "required" a non-empty array of {"name", "parameters"} calls to any of the tools."""
-    parameters = {t["function"]["name"]: t["function"].get("parameters") or {"type": "object"} for t in tools}
+    arguments, or for "required" an array of 1 to MAX_FORCED_CALLS (1 when `parallel` is off) {"name",
+    "parameters"} calls to any of the tools. Objects that list their properties take only those (`closed`):
+    otherwise a model may add keys without end and never finish the call."""
+    parameters = {t["function"]["name"]: closed(t["function"].get("parameters") or {"type": "object"})
+                  for t in tools}
     if isinstance(choice, dict):
         return parameters[choice["name"]]
     if choice != "required":
@@ -236,7 +264,33 @@ def forced_tool_schema(tools: list[dict], choice: Any) -> dict[str, Any] | None:
     calls = [{"type": "object", "properties": {"name": {"const": name}, "parameters": schema},
               "required": ["name", "parameters"], "additionalProperties": False}
              for name, schema in parameters.items()]
-    return {"type": "array", "minItems": 1, "items": {"anyOf": calls}}
+    return {"type": "array", "minItems": 1, "maxItems": MAX_FORCED_CALLS if parallel else 1,
+            "items": {"anyOf": calls}}
+
+
+def closed(schema: Any) -> Any:
+    """A parameters schema as OpenAI's strict mode reads it: every object that lists its `properties` and says
+    nothing of `additionalProperties` takes no others (nested objects, array items and alternatives too).
+
+    >>> closed({"type": "object", "properties": {"a": {"type": "object", "properties": {}}}})
+    {'type': 'object', 'properties': {'a': {'type': 'object', 'properties': {}, 'additionalProperties': False}}, \
+'additionalProperties': False}
+    """
+    if isinstance(schema, list):
+        return [closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(value, dict):
+            out[key] = {k: closed(v) for k, v in value.items()}
+        elif key in ("items", "anyOf", "oneOf", "allOf", "prefixItems", "not", "additionalItems"):
+            out[key] = closed(value)
+        else:
+            out[key] = value
+    if isinstance(out.get("properties"), dict) and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
 
 
 def is_batch(prompt: Any) -> bool:
@@ -255,15 +309,16 @@ def token_keys(bias: Any) -> Any:
 
 
 def parse_chat(body: Any) -> GenerateRequest:
+    body = whole_numbers(body) if isinstance(body, dict) else body
     meta, params = parse_common(body, CHAT, "chat")
     template_kwargs = check_template_kwargs(body.get("chat_template_kwargs"))
     tools = check_tools(body.get("tools"))
     choice = tool_choice_of(body, tools)
-    forced = forced_tool_schema(tools, choice) if tools else None
+    parallel = check_type(body, "parallel_tool_calls", (bool,), "a boolean")
+    forced = forced_tool_schema(tools, choice, parallel is not False) if tools else None
     if forced is not None:
-        if params.structured is not None:
-            raise bad("tool_choice", f"'tool_choice' {_short(body['tool_choice'])} constrains the output, and so "
-                                     "does 'response_format': give one")
+        # a forced call is this turn's output; a response_format (what the Agents SDK sends for an output_type
+        # beside required tools) is for the final answer, a later turn: the call's grammar takes this one
         params.structured = {"json_schema": forced}
         meta["structured_field"] = "tool_choice"
     logprobs = check_type(body, "logprobs", (bool,), "a boolean")
@@ -275,10 +330,11 @@ def parse_chat(body: Any) -> GenerateRequest:
     params.logprobs = (top or 0) if logprobs else None
     return GenerateRequest("chat", prompt=normalize_messages(body.get("messages")), params=params,
                            template_kwargs=template_kwargs, tools=tools, tool_choice=choice,
-                           logprobs=params.logprobs, **meta)
+                           logprobs=params.logprobs, parallel_tool_calls=parallel is not False, **meta)
 
 
 def parse_completion(body: Any) -> GenerateRequest:
+    body = whole_numbers(body) if isinstance(body, dict) else body
     meta, params = parse_common(body, COMPLETION, "completion")
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):

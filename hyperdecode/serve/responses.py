@@ -15,14 +15,17 @@ from typing import Any, AsyncIterator
 
 from ..engine.output import Generation
 from .generation import Choice, message_of
-from .protocol import APIError, GenerateRequest, parse_chat
+from ..errors import RequestError
+from .protocol import APIError, GenerateRequest, parse_chat, whole_numbers
 
-__all__ = ["parse_response_request", "messages_of", "response_body", "response_events"]
+__all__ = ["parse_response_request", "messages_of", "response_body", "response_events", "renamed"]
 
 FIELDS = {"model", "input", "instructions", "tools", "tool_choice", "max_output_tokens", "temperature", "top_p",
           "stream", "text", "seed", "top_k", "structured_outputs", "ignore_eos"}  # the last four: vLLM's extensions
-NO_EFFECT = {"store", "metadata", "user", "include", "parallel_tool_calls", "service_tier", "truncation",
-             "prompt_cache_key", "safety_identifier", "stream_options", "background"}
+NO_EFFECT = {"store", "metadata", "user", "include", "service_tier", "truncation", "prompt_cache_key",
+             "safety_identifier", "stream_options", "background"}
+FIELDS = FIELDS | {"parallel_tool_calls"}
+CHAT_NAMES = {"max_tokens": "max_output_tokens", "response_format": "text.format", "messages": "input"}  # in this API
 NEUTRAL = {"previous_response_id": (None,), "reasoning": (None,), "conversation": (None,), "prompt": (None,),
            "background": (None, False), "max_tool_calls": (None,)}
 
@@ -40,9 +43,13 @@ def _text(content: Any, where: str) -> Any:
     raise bad(where, f"'{where}' must be a string or a list of text parts")
 
 
+ROLES = ("user", "assistant", "system", "developer")
+
+
 def messages_of(body: dict) -> list[dict[str, Any]]:
     """The chat messages of a Responses request: the instructions as a system message, then the input items (a
-    run of function_call items is one assistant message with tool_calls; an output is a tool message)."""
+    run of function_call items is one assistant message with tool_calls; an output is a tool message). An item
+    without the fields its type needs is a 400 naming it."""
     out: list[dict[str, Any]] = []
     if body.get("instructions") is not None:
         if not isinstance(body["instructions"], str):
@@ -55,20 +62,34 @@ def messages_of(body: dict) -> list[dict[str, Any]]:
         raise bad("input", "'input' must be a string or a non-empty list of items")
     for i, item in enumerate(items):
         where = f"input[{i}]"
-        kind = item.get("type", "message") if isinstance(item, dict) else None
+        if not isinstance(item, dict):
+            raise bad(where, f"'{where}' must be an object (an input item)")
+        kind = item.get("type", "message")
         if kind == "message":
-            out.append({"role": item.get("role"), "content": _text(item.get("content"), f"{where}.content")})
+            if item.get("role") not in ROLES:
+                raise bad(f"{where}.role", f"'{where}.role' must be one of {', '.join(ROLES)}")
+            if item.get("content") is None:
+                raise bad(f"{where}.content", f"'{where}.content' is required")
+            role = "system" if item["role"] == "developer" else item["role"]
+            out.append({"role": role, "content": _text(item.get("content"), f"{where}.content")})
         elif kind == "function_call":
-            call = {"id": item.get("call_id"), "type": "function",
-                    "function": {"name": item.get("name"), "arguments": item.get("arguments", "{}")}}
+            for name in ("call_id", "name", "arguments"):
+                if not isinstance(item.get(name), str):
+                    raise bad(f"{where}.{name}", f"'{where}.{name}' must be a string (a function_call item)")
+            call = {"id": item["call_id"], "type": "function",
+                    "function": {"name": item["name"], "arguments": item["arguments"]}}
             if out and out[-1]["role"] == "assistant" and out[-1].get("tool_calls") is not None:
                 out[-1]["tool_calls"].append(call)
             else:
                 out.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
-            output = item.get("output")
+            if not isinstance(item.get("call_id"), str):
+                raise bad(f"{where}.call_id", f"'{where}.call_id' must be a string (a function_call_output item)")
+            if "output" not in item:
+                raise bad(f"{where}.output", f"'{where}.output' is required (a function_call_output item)")
+            output = item["output"]
             text = output if isinstance(output, str) else json.dumps(output)
-            out.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
+            out.append({"role": "tool", "tool_call_id": item["call_id"], "content": text})
         elif kind == "reasoning":
             continue
         else:
@@ -93,19 +114,42 @@ def chat_tools(tools: Any) -> list[dict[str, Any]] | None:
 
 
 def response_format(text: Any) -> dict[str, Any] | None:
-    """`text.format` as chat's response_format."""
-    fmt = text.get("format") if isinstance(text, dict) else None
-    if fmt is None or fmt.get("type") == "text":
+    """`text.format` as chat's response_format; a `text` or format of the wrong shape is a 400 naming it."""
+    if text is None:
         return None
-    if fmt.get("type") == "json_schema":
-        return {"type": "json_schema", "json_schema": {"name": fmt.get("name"), "schema": fmt.get("schema")}}
-    return {"type": fmt.get("type")}
+    if not isinstance(text, dict):
+        raise bad("text", "'text' must be an object, e.g. {'format': {'type': 'json_schema', ...}}")
+    fmt = text.get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+        raise bad("text.format", "'text.format' must be {'type': 'text' | 'json_object' | 'json_schema', ...}")
+    if fmt["type"] == "text":
+        return None
+    if fmt["type"] == "json_schema":
+        if not isinstance(fmt.get("schema"), (dict, bool)):
+            raise bad("text.format", "'text.format.schema' must be a JSON schema")
+        return {"type": "json_schema", "json_schema": {"name": fmt.get("name"), "schema": fmt["schema"]}}
+    return {"type": "json_object"}
+
+
+def renamed(e: Exception) -> Exception:
+    """A chat request's error in this API's words: its field names (max_output_tokens, text.format, input)."""
+    param = getattr(e, "param", None)
+    if param not in CHAT_NAMES:
+        return e
+    name = CHAT_NAMES[param]
+    message = str(e.message if isinstance(e, APIError) else e).replace(f"'{param}'", f"'{name}'")
+    message = message.replace(f"in the {param}", f"in the {name}").replace(f"the {param} or", f"the {name} or")
+    status = e.status if isinstance(e, APIError) else 400
+    return APIError(status, message, param=name)
 
 
 def parse_response_request(body: Any) -> tuple[GenerateRequest, dict[str, Any]]:
     """The chat request a Responses body stands for, and the body (echoed in the response object)."""
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
+    body = whole_numbers(body)
     for name, neutral in NEUTRAL.items():
         if body.get(name) not in neutral:
             raise bad(name, f"'{name}' is not supported (responses are not stored)" if name == "previous_response_id"
@@ -118,8 +162,11 @@ def parse_response_request(body: Any) -> tuple[GenerateRequest, dict[str, Any]]:
             "top_p": body.get("top_p"), "top_k": body.get("top_k"), "seed": body.get("seed"),
             "tools": chat_tools(body.get("tools")), "tool_choice": body.get("tool_choice"),
             "response_format": response_format(body.get("text")), "structured_outputs": body.get("structured_outputs"),
-            "ignore_eos": body.get("ignore_eos")}
-    return parse_chat({k: v for k, v in chat.items() if v is not None}), body
+            "ignore_eos": body.get("ignore_eos"), "parallel_tool_calls": body.get("parallel_tool_calls")}
+    try:
+        return parse_chat({k: v for k, v in chat.items() if v is not None}), body
+    except (APIError, RequestError) as e:
+        raise renamed(e) from None
 
 
 def new_item_id(prefix: str) -> str:

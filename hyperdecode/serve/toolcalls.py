@@ -244,9 +244,10 @@ class ToolStream:
     ([], True)
     """
 
-    def __init__(self, parser: str, tools: list[dict] | None = None):
+    def __init__(self, parser: str, tools: list[dict] | None = None, limit: int | None = None):
         self.parser = parser
         self.tools = tools
+        self.limit = limit  # the most calls emitted (parallel_tool_calls false: 1); later ones are dropped
         self.format = _format(parser)
         self._schemas = _schemas(tools)
         self._buf = ""  # text not yet scanned (in a call: the call's text after its open marker)
@@ -330,6 +331,10 @@ class ToolStream:
             self._text(self.format.open + body + self.format.close)
             return
         name, arguments = found
+        if self.limit is not None and self._calls >= self.limit:
+            self._glue = ""
+            self._after_call = True
+            return
         call = {"index": self._calls, "id": new_call_id(), "type": "function",
                 "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
         self._out.append({"tool_calls": [call]})
@@ -357,9 +362,11 @@ class ToolStream:
         return out
 
 
-def parse_tool_calls(text: str, parser: str, tools: list[dict] | None = None) -> tuple[str | None, list[dict]]:
+def parse_tool_calls(text: str, parser: str, tools: list[dict] | None = None, limit: int | None = None
+                     ) -> tuple[str | None, list[dict]]:
     """A whole output's content (None when empty) and tool calls, each {"id", "type": "function", "function":
-    {"name", "arguments": <JSON string>}}; `tools` (the request's) types GLM's values.
+    {"name", "arguments": <JSON string>}}; `tools` (the request's) types GLM's values; at most `limit` calls (vLLM
+    keeps the first when parallel_tool_calls is false).
 
     >>> content, calls = parse_tool_calls('On it.\\n<tool_call>\\n{"name": "f", "arguments": {"x": [1]}}\\n'
     ...                                   '</tool_call>', "hermes")
@@ -368,7 +375,7 @@ def parse_tool_calls(text: str, parser: str, tools: list[dict] | None = None) ->
     >>> parse_tool_calls('<tool_call>{"name": "f", "arguments": {</tool_call>', "hermes")
     ('<tool_call>{"name": "f", "arguments": {</tool_call>', [])
     """
-    stream = ToolStream(parser, tools)
+    stream = ToolStream(parser, tools, limit)
     pieces = stream.feed(text) + stream.finish()
     content = "".join(p.get("content", "") for p in pieces)
     calls = [{k: v for k, v in c.items() if k != "index"} for p in pieces for c in p.get("tool_calls", [])]

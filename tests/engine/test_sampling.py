@@ -94,3 +94,51 @@ def test_logit_bias_and_min_tokens_steer_generation():
     for _ in llm._run([(seq, stream)]):
         pass
     assert len(seq.output_ids) == 4 and seq.finish_reason == "stop"  # EOS as soon as min_tokens allows
+
+
+EXTREMES = {
+    "temperature": [0.0, 1e-5, 1.0000001e-5, 1e-3, 1.0, 2.0],
+    "top_p": [5e-324, 1e-45, 1e-8, 0.5, 1.0],
+    "top_k": [0, 1, 2, 259, 10_000],
+    "min_tokens": [0, 4],
+    "repetition_penalty": [1e-300, 1e-8, 1.0, 1e8, 1e300],
+    "frequency_penalty": [-2.0, 0.0, 2.0],
+    "presence_penalty": [-2.0, 0.0, 2.0],
+    "logit_bias": [None, {7: 100.0}, {t: -100.0 for t in range(259)}, {t: -100.0 for t in range(259) if t != 65},
+                   {t: 100.0 for t in range(259)}],
+    "structured": [None, {"choice": ["x"]}, {"regex": "[ab]{1,3}"}],
+}
+
+
+def test_every_extreme_of_every_sampling_field_yields_a_token():
+    """A sampler that cannot fail on a valid request: each field's extremes alone (the others at their defaults),
+    then 150 random combinations of them (a fixed seed), through the engine of tiny-llama; every output is a
+    list of in-vocabulary tokens, the grammar's ones where a grammar is on."""
+    import random
+    llm = hd.LLM("tiny-llama", device="cpu", seed=0)
+    cases = [{name: value} for name, values in EXTREMES.items() for value in values]
+    rng = random.Random(31)
+    cases += [{name: rng.choice(values) for name, values in EXTREMES.items()} for _ in range(150)]
+    for i, fields in enumerate(cases):
+        structured = fields.pop("structured", None)
+        params = dict(max_tokens=4, seed=i, **fields)
+        prompts = ["hello", [5, 6, 7]]
+        if structured is not None:
+            params["structured"] = structured
+        outs = llm.generate_batch(prompts, **params)
+        for g in outs:
+            assert all(0 <= t < llm.config.vocab_size for t in g.token_ids), (fields, structured)
+            if structured == {"choice": ["x"]}:
+                assert g.text == "x", (fields, g.text)
+
+
+def test_probabilities_are_a_distribution_whatever_the_logits():
+    from hyperdecode.engine.sampling import probabilities
+    rows = torch.tensor([[float("-inf")] * 4, [float("inf"), 1.0, float("inf"), 0.0], [float("nan"), 2.0, 1.0, 0.0],
+                         [1e38, -1e38, 0.0, 3.0]])
+    for params in (SamplingParams(temperature=1e-5), SamplingParams(temperature=2.0, top_p=5e-324),
+                   SamplingParams(temperature=1.0, top_k=2, top_p=0.3)):
+        p = probabilities(rows, params)
+        assert torch.isfinite(p).all() and torch.allclose(p.sum(-1), torch.ones(4)), params
+    assert probabilities(rows, SamplingParams(temperature=1.0))[1].tolist() == [0.5, 0.0, 0.5, 0.0]
+    assert int(sample(rows[:1], SamplingParams(temperature=1.0), [torch.Generator()])[0]) == 0

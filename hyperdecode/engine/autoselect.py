@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["choose", "time_decode", "cached_choice", "choice_key", "CpuWeights", "DEQUANTIZED"]
+__all__ = ["fastest", "choose", "time_decode", "cached_choice", "choice_key", "CpuWeights", "DEQUANTIZED"]
 
 DEQUANTIZED = "dequantized"  # a candidate "<backend>:dequantized" runs over the fp32 copy of kept-quantized weights
 
@@ -129,3 +129,40 @@ def cached_choice(path: Path, key: str, makers: dict[str, Callable[[], object]])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(known, indent=1))
     return best
+
+
+def choice_file() -> Path:
+    """Where the measured choices are kept: backend_choice.json in the project's cache."""
+    from ..model.embedded import cache_dir
+    return cache_dir() / "backend_choice.json"
+
+
+def fastest(model: nn.Module, options: dict, may_dequantize: bool) -> str:
+    """`auto`: the fastest backend for this model here, measured once (batch-1 decode steps) and cached: every
+    registered backend that runs on the model's device, supports its family and whose needs are met (backends.py;
+    one that fails to run is not a candidate, so the reference always remains); on the CPU each over the weights as
+    loaded and, where they are kept quantized and `may_dequantize` (quantize "auto", fp32 activations), over their
+    dequantized fp32 copy too (so a CPU whose quantized kernel is slow still gets BLAS's speed). `options` go to the
+    runners (backends.make_runner)."""
+    from ..errors import ConfigError
+    from .backends import BACKENDS
+    device = model.device
+    makers = {}
+    for name, found in BACKENDS.items():
+        if device.type not in found.auto or not found.supports(model):
+            continue
+        try:
+            found.needs()
+        except ConfigError:
+            continue
+        makers[name] = lambda found=found: found.make(model, **options)
+    if len(makers) == 1:
+        return next(iter(makers))
+    weights = CpuWeights(model)
+    if device.type == "cpu" and weights.quantized and may_dequantize:
+        makers = {**{name: weights.as_loaded(make) for name, make in makers.items()},
+                  **{f"{name}:{DEQUANTIZED}": weights.dequantized(make) for name, make in makers.items()}}
+    choice = cached_choice(choice_file(), choice_key(model, device), makers)
+    backend, _, form = choice.partition(":")
+    weights.keep(form == DEQUANTIZED)
+    return backend

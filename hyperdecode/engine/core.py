@@ -1,7 +1,9 @@
 """The engine core: a runner and a scheduler, long-lived (caches allocated once, grown when a call needs more).
 Each `step()` asks the scheduler for a plan, runs it on the runner as one [B, S] forward (decode rows and prompt
-chunks together, shorter rows padded), samples where a row's fed tokens reach its newest token, and returns the
-sequences that sampled. `hd.LLM` and the server both drive one.
+chunks together, shorter rows padded), samples where a row's fed tokens reach its newest token, and returns a
+`RequestOutput` per sequence that sampled (output.py: its new text, tokens and logprobs; at its end the finish
+reason and the whole generation; stop strings end a sequence here). `hd.LLM` and the server both drive one, one
+owner at a time (`acquire`).
 
 A fault is the fault of one sequence: when a forward fails, each row of the plan is run again alone (rows write
 the same cache positions, so a retry is exact) and only the rows that still fail end, with finish_reason "error"
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 
 from .drafts import NgramDrafter, SuffixDrafter
 from .mtp import MtpDrafter
+from .output import OutputProcessor, OutputStream, RequestOutput
 from .runner import ReferenceRunner
 from .sampling import greedy_tokens, process_logits, sample, token_logprobs
 from .scheduler import Scheduler, StepPlan
@@ -32,10 +35,11 @@ class EngineCore:
                  prefix_caching: bool = True):
         self.runner = runner
         self.device = runner.device
-        self.prefix_caching = prefix_caching
+        self.enable_prefix_caching = prefix_caching  # as asked; `prefix_caching` says whether it is on now
         self.scheduler = Scheduler(0, 0, max_num_batched_tokens, prefix_caching)
         self.steps = 0
-        self.driver: str | None = None  # who steps it from another thread (a server), if anyone
+        self.owner: str | None = None  # who steps it now (a generate call, a server's engine thread), if anyone
+        self.outputs = OutputProcessor()
         self.speculative: SpeculativeConfig | None = None
         # a failed forward is retried row by row, and only the failing rows end; not across ranks, whose steps
         # must stay in lockstep: there a fault ends the step (and the job)
@@ -53,6 +57,25 @@ class EngineCore:
     @property
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished
+
+    @property
+    def num_free(self) -> int:
+        """Slots a new sequence could take now."""
+        return self.scheduler.num_free
+
+    @property
+    def max_num_batched_tokens(self) -> int | None:
+        return self.scheduler.max_num_batched_tokens
+
+    @property
+    def prefix_caching(self) -> bool:
+        return self.scheduler.prefix_caching
+
+    def cache_stats(self) -> dict[str, float]:
+        """The prefix cache's lookups and hits so far, and the share of cache rows running sequences hold."""
+        s = self.scheduler
+        return {"prefix_queries": s.prefix.queried, "prefix_hits": s.prefix.hits,
+                "usage": len(s.running) / max(s.max_batch, 1)}
 
     def reserve(self, max_batch: int, max_seq: int) -> None:
         """Grows the slots and cache rows to at least `max_batch` x `max_seq` (only while idle); never shrinks."""
@@ -77,12 +100,23 @@ class EngineCore:
         self.drafter = None if config is None else make_drafter(config, self.runner.model)
         self.runner.keep_hidden = bool(self.drafter and self.drafter.needs_hidden)
         # an MTP drafter's cache follows the hidden states of every position it saw: no prefix reuse under it
-        self.scheduler.prefix_caching = self.prefix_caching and not self.runner.keep_hidden
+        self.scheduler.prefix_caching = self.enable_prefix_caching and not self.runner.keep_hidden
         self.runner.verify_width = 1 if config is None else 1 + config.num_speculative_tokens
 
-    def add(self, seq: Sequence) -> None:
-        """Queues a sequence (built by `InputProcessor`); it is admitted when a slot is free. A seed the generator
-        refuses raises here, before the sequence holds anything."""
+    def acquire(self, owner: str) -> None:
+        """Takes the core for `owner` (a server's engine thread, an `hd.LLM` call): a second owner is refused,
+        naming the first."""
+        if self.owner is not None:
+            raise RuntimeError(f"this LLM's engine core is driven by {self.owner}; send it requests there")
+        self.owner = owner
+
+    def release(self) -> None:
+        self.owner = None
+
+    def add(self, seq: Sequence, stream: OutputStream | None = None) -> None:
+        """Queues a sequence and its output stream (both built by `InputProcessor`; no stream: token ids only); it
+        is admitted when a slot is free. A seed the generator refuses raises here, before the sequence holds
+        anything."""
         generator = torch.Generator(device=self.device)
         if seq.params.seed is not None:
             generator.manual_seed(seq.params.seed)
@@ -91,13 +125,13 @@ class EngineCore:
         seq.generator = generator
         seq.spec = SpecStats() if self.drafter is not None else None
         self.scheduler.add(seq)
+        self.outputs.add(seq, stream or OutputStream(seq, None))
 
-    def finish(self, seq: Sequence, reason: str, num_output: int | None = None) -> None:
-        """Ends a sequence now (a stop string: keep its first `num_output` tokens; or an abort) and frees its slot."""
-        if num_output is not None:
-            del seq.token_ids[len(seq.prompt_ids) + num_output:]
-            del seq.logprobs[num_output:]
+    def abort(self, seq: Sequence, reason: str = "abort") -> RequestOutput | None:
+        """Ends a sequence for a reason of the caller's (a client gone, a deadline) and frees its slot; returns its
+        last output (None for a sequence the core never got)."""
         self._end(seq, reason)
+        return self.outputs.delta(seq, "") if seq in self.outputs else None
 
     def fail(self, seq: Sequence, error: BaseException) -> None:
         """Ends one sequence for a fault of its own (finish_reason "error"); frees its slot."""
@@ -105,12 +139,30 @@ class EngineCore:
         self._end(seq, "error")
 
     def _end(self, seq: Sequence, reason: str) -> None:
-        self.scheduler.finish(seq, reason)
+        self.scheduler.end(seq, reason)
         if self.drafter is not None:
             self.drafter.retire(seq)
 
+    def step(self) -> list[RequestOutput]:
+        """One step (`step_sequences`), then each sequence that sampled a token, finished or failed as its
+        output: the text its stream made final (a stop string ends the sequence here), new tokens, logprobs."""
+        return [self._output(seq) for seq in self.step_sequences()]
+
+    def _output(self, seq: Sequence) -> RequestOutput:
+        stream = self.outputs.stream(seq)
+        try:
+            text = stream.update()
+        except Exception as e:  # a detokenizer fault: this request alone
+            self.fail(seq, e)
+            text = ""
+        if stream.stop_at is not None and not seq.done:  # keep the tokens before the stop string
+            del seq.token_ids[len(seq.prompt_ids) + stream.stop_at:]
+            del seq.logprobs[stream.stop_at:]
+            self._end(seq, "stop")
+        return self.outputs.delta(seq, text)
+
     @torch.inference_mode()
-    def step(self) -> list[Sequence]:
+    def step_sequences(self) -> list[Sequence]:
         """One step of the plan as one [B, S] forward: each row feeds its next tokens (rows shorter than the
         longest are padded with pos = -1); rows whose tokens reach their newest token get a logit row and
         sample. Returns the sequences that sampled a token, finished, or failed (finish_reason "error")."""

@@ -6,64 +6,19 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import ConfigError, SequenceError
-from ..model.embedded import cache_dir
-from ..model.quant import ACTIVATIONS, set_activations
 from ..model.loader import LoadedModel, load_model, resolve_device, resolve_dtype
-from .autoselect import DEQUANTIZED, CpuWeights, cached_choice, choice_key
+from ..model.quant import check_activations, default_activations, set_activations
+from .autoselect import fastest
+from .backends import NAMES as BACKENDS, check_backend, make_runner, plan
 from .core import EngineCore
-from .graph import GraphRunner
-from .mega.runner import MegaRunner, require_triton
-from .native import NativeRunner
 from .output import Generation, OutputStream
-from .request import InputProcessor, Prompt
-from .runner import ReferenceRunner
+from .inputs import InputProcessor, Prompt
 from .sampling import SamplingParams
 from .sequence import Sequence
 
-__all__ = ["LLM", "BACKENDS"]
+__all__ = ["LLM", "BACKENDS", "check_backend", "check_activations"]
 
-BACKENDS = ("reference", "graph", "mega", "native", "auto")
 DEFAULT_MAX_TOKENS = 64
-
-
-def check_backend(backend: str, device: torch.device, name: str = "backend") -> None:
-    """Fails before the model loads when `backend` cannot run on `device` here (CUDA graphs need a GPU, the
-    megakernel needs Triton, the native step the CPU); `name` is what messages call the backend (the CLI:
-    --backend)."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"{name} '{backend}' is not available (available: {', '.join(BACKENDS)})")
-    if backend == "graph" and device.type != "cuda":
-        raise ConfigError(f"{name} 'graph' captures CUDA graphs and needs a CUDA device (device is '{device}'); "
-                          f"use {name} 'reference' here")
-    if backend == "mega":
-        require_triton(name)
-    if backend == "native" and device.type != "cpu":
-        raise ConfigError(f"{name} 'native' compiles the decode step for the CPU (device is '{device}'); "
-                          f"use {name} 'graph' or 'mega' there")
-
-
-def check_activations(activations: str, quantize: str, name: str = "activations") -> None:
-    """Fails before the model loads when `activations` is not a known mode or asks for int8 with nothing quantized."""
-    if activations not in ("auto", *ACTIVATIONS):
-        raise ConfigError(f"{name} '{activations}' is not available (available: auto, {', '.join(ACTIVATIONS)})")
-    if activations == "int8" and quantize == "none":
-        raise ConfigError(f"{name} 'int8' multiplies quantized weights; quantize 'none' keeps none")
-
-
-def default_activations(model: torch.nn.Module) -> str:
-    """`activations="auto"`: int8 where the kernels run ARM64's NEON path over quantized weights, fp32 elsewhere."""
-    from ..model.quant import QuantLinear, kernel_isa
-    if not any(isinstance(m, QuantLinear) for m in model.modules()):
-        return "fp32"
-    return "int8" if kernel_isa().startswith("neon") else "fp32"
-
-
-def has_triton() -> bool:
-    try:
-        require_triton()
-    except ConfigError:
-        return False
-    return True
 
 
 class LLM:
@@ -99,12 +54,11 @@ class LLM:
                  activations: str = "auto"):
         check_backend(backend, resolve_device(device))
         check_activations(activations, quantize)
-        if parallel is not None:  # one process per GPU under torchrun: this rank's shard of the model
+        split = None if parallel is None else plan(parallel)  # registered by hyperdecode/parallel (backends.py)
+        if split is not None:  # one process per GPU under torchrun: this rank's shard of the model
             if backend not in ("reference", "auto"):
                 raise ConfigError(f"parallel='{parallel}' runs the reference backend (got backend '{backend}')")
-            from ..parallel.launch import load_parallel
-            cfg, local, tok = load_parallel(model, parallel, resolve_device(device), resolve_dtype(dtype), seed)
-            loaded = LoadedModel(model, cfg, local, tok)
+            loaded = LoadedModel(model, *split.load(model, resolve_device(device), resolve_dtype(dtype), seed))
         else:
             # graph and mega read the weights as tensors; auto picks the reference or native on the CPU, and on a
             # GPU the blocks are dequantized anyway
@@ -120,52 +74,19 @@ class LLM:
         if set_activations(self.model, activations) == 0 and activations != "fp32":
             raise ConfigError(f"activations '{activations}' applies to weights kept quantized on the CPU (a GGUF's "
                               f"blocks, or quantize 'int8' / 'int4'); '{model}' has none here")
-        if backend == "auto":
-            backend = "reference" if parallel is not None else self._fastest_backend(quantize == "auto")
-        runners = {"reference": ReferenceRunner, "graph": GraphRunner, "native": NativeRunner,
-                   # an FP8 checkpoint's projections stay FP8 in the megakernel (re-quantized on its 128 x 128 grid)
-                   "mega": lambda model: MegaRunner(model, fp8=bool(self.fp8_weights))}
-        self.rank = 0
-        if parallel is not None:  # rank 0 leads the steps, the other ranks replay them (parallel/follow.py)
-            import torch.distributed as dist
-            from ..parallel.follow import LeaderRunner
-            self.rank = dist.get_rank()
-            runners["reference"] = LeaderRunner if self.rank == 0 else ReferenceRunner
-        self.runner = runners[backend](self.model)
-        self.backend = backend
-        self.core = EngineCore(self.runner, max_num_batched_tokens, enable_prefix_caching)
         self.parallel = parallel
-        if parallel is not None:
+        if split is not None:  # rank 0 leads the steps, the other ranks replay them (the plan's runners)
+            self.backend, self.rank, self.runner = "reference", split.rank(), split.runner(self.model)
+        else:
+            options = {"fp8": bool(self.fp8_weights)}
+            may_dequantize = quantize == "auto" and activations == "fp32"
+            self.backend = fastest(self.model, options, may_dequantize) if backend == "auto" else backend
+            self.rank, self.runner = 0, make_runner(self.backend, self.model, **options)
+        self.core = EngineCore(self.runner, max_num_batched_tokens, enable_prefix_caching)
+        if split is not None:
             self.core.isolate_faults = False  # a retry row by row would be rank 0's alone
         self.inputs = InputProcessor(self._tokenizer, self.config.vocab_size, self.config.eos_token_ids,
                                      self.max_context)
-
-    def _fastest_backend(self, may_dequantize: bool) -> str:
-        """`auto`: the fastest backend for this model here, measured once (batch-1 decode steps) and cached: on the
-        CPU the reference or the native step, each over the weights as loaded and, where they are kept quantized and
-        `may_dequantize` (quantize "auto", fp32 activations), over their dequantized fp32 copy too (so a CPU whose
-        quantized kernel is slow still gets BLAS's speed); on a
-        GPU the reference, CUDA graphs or the megakernel (one that fails to run here is not a candidate, so the
-        reference always remains)."""
-        model = self.model
-        makers = {"reference": lambda: ReferenceRunner(model)}
-        if self.device.type == "cuda":
-            makers["graph"] = lambda: GraphRunner(model)
-            if MegaRunner.supports(model) and has_triton():
-                makers["mega"] = lambda: MegaRunner(model, fp8=bool(self.fp8_weights))
-            return cached_choice(cache_dir() / "backend_choice.json", choice_key(model, self.device), makers)
-        if NativeRunner.supports(model):
-            makers["native"] = lambda: NativeRunner(model)
-        weights = CpuWeights(model)
-        if weights.quantized and may_dequantize and self.activations == "fp32":
-            makers = {**{name: weights.as_loaded(make) for name, make in makers.items()},
-                      **{f"{name}:{DEQUANTIZED}": weights.dequantized(make) for name, make in makers.items()}}
-        if len(makers) == 1:
-            return "reference"
-        choice = cached_choice(cache_dir() / "backend_choice.json", choice_key(model, self.device), makers)
-        backend, _, form = choice.partition(":")
-        weights.keep(form == DEQUANTIZED)
-        return backend
 
     @property
     def backend_label(self) -> str:
@@ -178,6 +99,20 @@ class LLM:
         if self.backend == "native":
             return f"native ({kernel_isa()}, fp32 weights)"
         return self.backend
+
+    @property
+    def speculative(self) -> str | None:
+        """The speculative decoding every step verifies, as "method:k" (None: off)."""
+        spec = self.core.speculative
+        return None if spec is None else f"{spec.method}:{spec.num_speculative_tokens}"
+
+    def speculate(self, spec: str | dict | None) -> None:
+        """Turns speculative decoding on for every later request ("ngram:4", vLLM's config dict) or off (None)."""
+        self.core.speculate(spec)
+
+    @property
+    def prefix_caching(self) -> bool:
+        return self.core.prefix_caching
 
     def reset_prefix_cache(self) -> None:
         """Forgets every cached prefix (vLLM's `LLM.reset_prefix_cache`): later prompts are computed in full."""
@@ -212,31 +147,27 @@ class LLM:
              speculative: str | dict | None = None) -> Iterator[dict[Sequence, str]]:
         """Runs the requests together on the engine core (verifying drafts when `speculative` names a method);
         after each step yields the new final text by sequence."""
-        if self.core.driver is not None:
-            raise RuntimeError(f"this LLM's engine core is driven by {self.core.driver}; send it requests there")
-        if self.core.has_unfinished:
+        self.core.acquire("an hd.LLM call (one at a time; a server, if one runs it, takes requests over HTTP)")
+        if self.core.has_unfinished:  # sequences someone added by hand and has not stepped to their end
+            self.core.release()
             raise RuntimeError("this LLM's engine core is busy (another generation is in flight); one caller at a "
                                "time")
-        longest = max(seq.num_tokens + seq.params.max_tokens for seq, _ in requests)
-        self.core.reserve(len(requests), min(longest, self.max_context))
-        self.core.speculate(speculative)
-        streams = dict(requests)
-        for seq, _ in requests:
-            self.core.add(seq)
         try:
+            longest = max(seq.num_tokens + seq.params.max_tokens for seq, _ in requests)
+            self.core.reserve(len(requests), min(longest, self.max_context))
+            self.core.speculate(speculative)
+            for seq, stream in requests:
+                self.core.add(seq, stream)
             while self.core.has_unfinished:
-                pieces = {}
-                for seq in self.core.step():
-                    if seq.finish_reason == "error":
-                        raise SequenceError(f"a sequence failed in the engine: {seq.error}")
-                    stream = streams[seq]
-                    pieces[seq] = stream.update()
-                    if stream.stop_at is not None:
-                        self.core.finish(seq, "stop", num_output=stream.stop_at)
-                yield pieces
+                outputs = self.core.step()
+                for out in outputs:
+                    if out.finish_reason == "error":
+                        raise SequenceError(f"a sequence failed in the engine: {out.error}")
+                yield {out.seq: out.text for out in outputs}
         finally:  # an abandoned stream frees its slots
             for seq, _ in requests:
-                self.core.finish(seq, "abort")
+                self.core.abort(seq)
+            self.core.release()
 
     def generate_batch(self, prompts: list[Prompt], speculative: str | dict | None = None,
                        **sampling: Any) -> list[Generation]:

@@ -1,6 +1,18 @@
 """What a request shows its caller: incremental text (stop strings held back while streaming and cut off when
 they appear), the finish reason, and timing. One `OutputStream` per `Sequence`, updated after each step in which
-the sequence sampled; it never touches the cache or the batch."""
+the sequence sampled; it never touches the cache or the batch. `OutputProcessor` turns a step's sampled sequences
+into `RequestOutput`s (the new text, tokens and logprobs, and at the end the whole `Generation`): the engine core
+returns those from every step, so `hd.LLM` and the server read one kind of output.
+
+>>> from hyperdecode.engine.sampling import SamplingParams
+>>> seq = Sequence([1, 2], SamplingParams(max_tokens=2), frozenset())
+>>> outputs = OutputProcessor()
+>>> outputs.add(seq, OutputStream(seq, None))
+>>> seq.token_ids.append(7)
+>>> out = outputs.delta(seq, "")
+>>> out.token_ids, out.finished
+([7], False)
+"""
 from __future__ import annotations
 
 import time
@@ -10,7 +22,7 @@ from ..model.tokenizer import Tokenizer
 from .sequence import Sequence
 from .speculative import SpecStats
 
-__all__ = ["OutputStream", "Generation", "GenerationStats"]
+__all__ = ["OutputStream", "Generation", "GenerationStats", "RequestOutput", "OutputProcessor"]
 
 
 @dataclass
@@ -95,7 +107,7 @@ class OutputStream:
         self.emitted = max(self.emitted, upto)
         return piece
 
-    def finish(self) -> str:
+    def flush(self) -> str:
         """The rest of the text once the sequence ended for a reason of the caller's (abort, deadline)."""
         self.end = self.end or time.perf_counter()
         return self._take(len(self.text))
@@ -113,3 +125,56 @@ class OutputStream:
                                           self.seq.spec, self.seq.num_cached),
                           self.seq.logprobs[:n] if params.logprobs is not None else None,
                           list(self.seq.prompt_logprobs) if params.prompt_logprobs is not None else None)
+
+
+@dataclass
+class RequestOutput:
+    """What one step gave one request: its newly final text, new tokens and their logprobs; at the request's end
+    also the finish reason (and the error, for "error") and the whole `Generation` (text, tokens, usage, timing,
+    speculative counts)."""
+    seq: Sequence
+    text: str
+    token_ids: list[int]
+    logprobs: list
+    finish_reason: str | None = None
+    error: str | None = None
+    generation: Generation | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+class OutputProcessor:
+    """The streams of the sequences in flight, and what each has already handed out."""
+
+    def __init__(self):
+        self.streams: dict[Sequence, OutputStream] = {}
+        self.sent: dict[Sequence, tuple[int, int]] = {}  # (output tokens, logprob entries) already handed out
+
+    def add(self, seq: Sequence, stream: OutputStream) -> None:
+        self.streams[seq] = stream
+        self.sent[seq] = (0, 0)
+
+    def stream(self, seq: Sequence) -> OutputStream:
+        return self.streams[seq]
+
+    def __contains__(self, seq: Sequence) -> bool:
+        return seq in self.streams
+
+    def delta(self, seq: Sequence, text: str) -> RequestOutput:
+        """The sequence's output since the last delta (`text`: what its stream just made final); at its end the
+        whole generation, after which the sequence is forgotten."""
+        tokens, entries = self.sent[seq]
+        new_tokens = seq.output_ids[tokens:]
+        new_entries = seq.logprobs[entries:seq.num_output]
+        self.sent[seq] = (seq.num_output, entries + len(new_entries))
+        out = RequestOutput(seq, text, list(new_tokens), list(new_entries))
+        if seq.done:
+            stream = self.streams.pop(seq)
+            self.sent.pop(seq)
+            out.text += stream.flush()
+            out.finish_reason = seq.finish_reason
+            out.error = seq.error
+            out.generation = stream.result()
+        return out

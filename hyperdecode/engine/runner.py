@@ -16,6 +16,21 @@ __all__ = ["ReferenceRunner"]
 class ReferenceRunner:
     FAST_SHAPES = "any [B, S]"
 
+    @classmethod
+    def build(cls, model: nn.Module, **options: object) -> "ReferenceRunner":
+        """The runner for `model` from what `hd.LLM` knows of the checkpoint (backends.py); most runners need none."""
+        return cls(model)
+
+    @staticmethod
+    def check(flag: str = "backend") -> None:
+        """Raises a ConfigError naming what this runner needs and this machine lacks (`flag`: what messages call
+        the backend); nothing by default."""
+
+    @staticmethod
+    def supports(model: nn.Module) -> bool:
+        """Whether this runner runs `model`'s family on its device (`auto` measures only those)."""
+        return True
+
     def __init__(self, model: nn.Module):
         self.model = model
         self.keep_hidden = False  # also keep the step's final-norm hidden states in `hidden` (an MTP drafter's input)

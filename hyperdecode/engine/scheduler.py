@@ -121,14 +121,14 @@ class Scheduler:
     def append(self, seq: Sequence, token: int) -> None:
         """Adds a sampled token; finishes the sequence on EOS, at max_tokens or at the end of its cache row."""
         if token in seq.eos_ids and not seq.params.ignore_eos:
-            self.finish(seq, "stop")
+            self.end(seq, "stop")
             return
         seq.token_ids.append(token)
         limit = seq.params.max_tokens
         if (limit is not None and seq.num_output >= limit) or seq.num_tokens >= self.max_seq:
-            self.finish(seq, "length")
+            self.end(seq, "length")
 
-    def finish(self, seq: Sequence, reason: str) -> None:
+    def end(self, seq: Sequence, reason: str) -> None:
         """Ends a sequence (any reason: EOS, length, a stop string, abort) and frees its slot. Idempotent."""
         if seq.done:
             return

@@ -124,7 +124,7 @@ class MLA(nn.Module):
             latent_g, pe_g = values[:2]
             if self.indexer is None:
                 topk = prev  # IndexShare: the previous indexer's selection
-            else:  # its own indexer's selection (under the hetero plan: the one the indexer rank sent; no keys here)
+            else:  # its own indexer's selection (an indexer that keeps no keys here gets None and selects its way)
                 keys = values[2] if len(values) > 2 else None
                 topk = self.indexer.select(group.take(x), group.take(q_lat), group.take(cos), group.take(sin), keys,
                                            causal_g)

@@ -38,7 +38,7 @@ from ..errors import ConfigError
 
 __all__ = ["FORMATS", "Packed", "pack", "join_rows", "QuantLinear", "quantize_gguf", "quantize_tensor",
            "quantize_weights", "QUANTIZE_KINDS", "kernel_library", "kernel_isa", "SMALL_M", "ACTIVATIONS",
-           "set_activations", "dequantize_model", "restore"]
+           "set_activations", "dequantize_model", "restore", "check_activations", "default_activations"]
 
 BLOCK = 32
 FORMATS = {"Q4_0": (18, 4), "Q4_1": (20, 4), "Q8_0": (34, 8)}  # bytes per block, bits per value
@@ -330,6 +330,23 @@ def restore(replaced: list[tuple[nn.Module, str, nn.Module]]) -> None:
     for owner, attr, old in replaced:
         delattr(owner, attr)
         setattr(owner, attr, old)
+
+
+def check_activations(activations: str, quantize: str, name: str = "activations") -> None:
+    """Fails before a model loads when `activations` is not a known mode or asks for int8 with nothing quantized."""
+    if activations not in ("auto", *ACTIVATIONS):
+        raise ConfigError(f"{name} '{activations}' is not available (available: auto, {', '.join(ACTIVATIONS)})")
+    if activations == "int8" and quantize == "none":
+        raise ConfigError(f"{name} 'int8' multiplies quantized weights; quantize 'none' keeps none")
+
+
+def default_activations(model: nn.Module) -> str:
+    """`activations="auto"`: int8 where the kernels run ARM64's NEON path over quantized weights, fp32 elsewhere
+    (bench/NOTES.md: on x86 the exact kernels beat llama.cpp; on NEON only the int8 loop matches its instruction
+    count per block)."""
+    if not any(isinstance(m, QuantLinear) for m in model.modules()):
+        return "fp32"
+    return "int8" if kernel_isa().startswith("neon") else "fp32"
 
 
 def set_activations(model: nn.Module, mode: str) -> int:

@@ -32,6 +32,7 @@ class Family:
     mega: str  # the module compiling its decode step for the megakernel: `unsupported(model)`, `compile(...)`
     gguf_architectures: tuple[str, ...] = ()
     native: bool = False  # the CPU's compiled decode step (model/csrc/decode_step.c) computes this family's layers
+    mla: bool = False  # its attention is MLA over a latent cache (no kv heads: tensor parallel splits q heads)
 
     def mega_compiler(self) -> ModuleType:
         """The megakernel compiler module (imported on first use: the engine depends on the model, not back)."""
@@ -51,7 +52,7 @@ FAMILIES = (
     Family("qwen3", ("qwen3",), qwen3.Qwen3Config, qwen3.Qwen3ForCausalLM, qwen3.hf_shapes,
            "hyperdecode.engine.mega.program_llama", native=True),
     Family("deepseek", deepseek_config.MODEL_TYPES, deepseek_config.DeepseekConfig, deepseek.DeepseekForCausalLM,
-           deepseek.hf_shapes, "hyperdecode.engine.mega.program_mla"),
+           deepseek.hf_shapes, "hyperdecode.engine.mega.program_mla", mla=True),
 )
 
 

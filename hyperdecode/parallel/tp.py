@@ -51,7 +51,7 @@ def split_heads(n_head: int, n_kv: int, world: int) -> list[tuple[list[int], lis
 
 
 def _mla(cfg: Any) -> bool:
-    return hasattr(cfg, "kv_lora_rank")
+    return family_of(cfg).mla
 
 
 def mla_heads(cfg: Any, world: int, rank: int) -> list[int]:

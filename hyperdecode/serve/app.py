@@ -29,7 +29,7 @@ from ..engine.output import Generation
 from ..engine.chat import lone_surrogate
 from ..engine.sampling import SamplingParams
 from ..errors import RequestError
-from .engine import Engine, Request
+from .engine_thread import EngineThread, Submitted
 from .limits import BodyLimit, default_max_request_bytes
 from .metrics import Metrics
 from .openapi import document
@@ -105,10 +105,10 @@ class State:
 
     def _start(self, llm: LLM) -> None:
         c = self.config
-        llm.core.speculate(c.speculative_config)
-        self.engine = Engine(llm, c.max_batch, c.max_queue, c.max_model_len, Metrics(c.name))
+        llm.speculate(c.speculative_config)
+        self.engine = EngineThread(llm, c.max_batch, c.max_queue, c.max_model_len, Metrics(c.name))
 
-    def ready_engine(self) -> Engine:
+    def ready_engine(self) -> EngineThread:
         if self.engine is None:
             raise APIError(503, f"the model failed to load: {self.error}" if self.error else "the model is loading",
                            type="server_error" if self.error else "service_unavailable")
@@ -192,7 +192,7 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
 
     probe_lock = asyncio.Lock()  # one probe in the engine at a time: the probes' row is one row
 
-    async def readiness(engine: Engine) -> dict:
+    async def readiness(engine: EngineThread) -> dict:
         """A one-token generation in the probes' own slot (never behind user requests), within health_timeout."""
         start = time.monotonic()
         try:
@@ -214,12 +214,10 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
 
     def model_card() -> dict:
         engine = state.ready_engine()
-        spec = engine.llm.core.speculative
-        speculative = None if spec is None else f"{spec.method}:{spec.num_speculative_tokens}"
         return {"id": config.name, "object": "model", "created": int(time.time()), "owned_by": "hyperdecode",
                 "max_model_len": engine.max_model_len, "backend": engine.llm.backend, "device": str(engine.llm.device),
-                "kernels": engine.llm.backend_label, "speculative": speculative,
-                "prefix_caching": engine.llm.core.scheduler.prefix_caching}
+                "kernels": engine.llm.backend_label, "speculative": engine.llm.speculative,
+                "prefix_caching": engine.llm.prefix_caching}
 
     def check_served(model_id: str) -> None:
         if model_id != config.name:
@@ -255,7 +253,7 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
             ids = engine.inputs.prompt_ids(body["prompt"])
         elif isinstance(body, dict) and "messages" in body:
             g = parse_chat({"model": config.name, **body})
-            ids = engine.inputs.chat_prompt(g.prompt, g.template_kwargs, g.tools)  # the tools count, as in the chat
+            ids = engine.inputs.chat_prompt(g.prompt)  # its tools count, as in the chat
         else:
             raise APIError(400, "'prompt' (a string) or 'messages' is required", param="prompt")
         return {"tokens": ids, "count": len(ids), "max_model_len": engine.max_model_len}
@@ -282,7 +280,7 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
         return await generate(request, parse_completion(body), size)
 
     async def admit(request: HTTPRequest, g: GenerateRequest, size: int, rid: str
-                    ) -> tuple[Engine, list[Choice], float | None]:
+                    ) -> tuple[EngineThread, list[Choice], float | None]:
         """The request's choices submitted to the engine, and its deadline."""
         engine = state.ready_engine()
         check_served(g.model)
@@ -298,7 +296,7 @@ def create_app(config: ServerConfig, llm: LLM | None = None,
                 made = sequences(engine, g)
             return engine, submit(engine, g, made, timeout, rid, parser), timeout
 
-    async def answer(request: HTTPRequest, engine: Engine, choices: list[Choice], timeout: float | None,
+    async def answer(request: HTTPRequest, engine: EngineThread, choices: list[Choice], timeout: float | None,
                      respond: Callable[[list[Generation]], dict], headers: dict[str, str]) -> Response:
         """A non-streamed answer: the choices' results (cancelled when the client leaves) as `respond` shapes them."""
         reqs = [c.req for c in choices]
@@ -387,7 +385,7 @@ class Faults:
             await response(scope, receive, send)
 
 
-async def cancel_after(events: AsyncIterator[str], engine: Engine, reqs: list[Request]) -> AsyncIterator[str]:
+async def cancel_after(events: AsyncIterator[str], engine: EngineThread, reqs: list[Submitted]) -> AsyncIterator[str]:
     """A stream that cancels its requests when it ends (also when the client leaves mid-stream)."""
     try:
         async for line in events:
@@ -397,7 +395,7 @@ async def cancel_after(events: AsyncIterator[str], engine: Engine, reqs: list[Re
             engine.cancel(req)
 
 
-async def cancel_on_disconnect(request: HTTPRequest, engine: Engine, reqs: list[Request]) -> None:
+async def cancel_on_disconnect(request: HTTPRequest, engine: EngineThread, reqs: list[Submitted]) -> None:
     """Waits for the client to go away (the body is already read, so the next ASGI message is the disconnect) and
     cancels its requests at once: the engine drops them before its next step."""
     while True:

@@ -5,7 +5,6 @@ logprobs and the usage."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from ..engine.chat import template_tool_support
 from ..engine.output import Generation, OutputStream
 from ..engine.sequence import Sequence
 from ..errors import RequestError
-from .engine import Engine, Request
+from .engine_thread import EngineThread, Submitted
 from .protocol import APIError, GenerateRequest, error_body, usage
 from .toolcalls import ToolStream, new_call_id, parse_tool_calls, parser_for_template
 
@@ -57,7 +56,7 @@ class ForcedCalls:
         self.text += delta
         return []
 
-    def finish(self) -> list[dict]:
+    def close(self) -> list[dict]:
         content, calls = self.parse(self.text)
         self.called = bool(calls)
         if calls:
@@ -69,14 +68,14 @@ class ForcedCalls:
 class Choice:
     """One sampled output of a request: its engine request, the prompt it continues, and its tool-call reader."""
     index: int
-    req: Request
+    req: Submitted
     prompt_text: str = ""  # completions with echo: the prompt, returned before the completion
     tools: ToolStream | ForcedCalls | None = None
     sent_role: bool = False
     offset: int = 0  # completions' text_offset of the next token
 
 
-def tool_parser_name(engine: Engine, configured: str | None) -> str:
+def tool_parser_name(engine: EngineThread, configured: str | None) -> str:
     """The parser for the model's tool-call text: --tool-call-parser, else the one the chat template's markers
     name, else Hermes's (the form chat.py writes tools in for templates that know none)."""
     if configured:
@@ -94,10 +93,9 @@ def tool_reader(g: GenerateRequest, parser: str) -> ToolStream | ForcedCalls | N
     return ForcedCalls(g.tool_choice)
 
 
-def sequences(engine: Engine, g: GenerateRequest) -> list[tuple[Sequence, OutputStream, str]]:
-    """Each prompt's n samples: the first is tokenized (and templated); its siblings copy its prompt, get their
-    own seed (seed + j) and matcher, and wait for it to be cached (`Sequence.after`). A grammar llguidance
-    refuses is a 400 naming the field that gave it."""
+def sequences(engine: EngineThread, g: GenerateRequest) -> list[tuple[Sequence, OutputStream, str]]:
+    """Each prompt's n samples (InputProcessor.samples: the first tokenized and templated, its siblings copies).
+    A grammar llguidance refuses is a 400 naming the field that gave it."""
     try:
         return _sequences(engine, g)
     except RequestError as e:
@@ -106,30 +104,22 @@ def sequences(engine: Engine, g: GenerateRequest) -> list[tuple[Sequence, Output
         raise
 
 
-def _sequences(engine: Engine, g: GenerateRequest) -> list[tuple[Sequence, OutputStream, str]]:
+def _sequences(engine: EngineThread, g: GenerateRequest) -> list[tuple[Sequence, OutputStream, str]]:
     out = []
     for prompt in g.prompts:
         if g.kind == "chat":
-            first, stream = engine.inputs.process(params=g.params, messages=prompt, template_kwargs=g.template_kwargs,
-                                                  tools=g.tools)
+            first, stream = engine.inputs.process(params=g.params, messages=prompt)
         else:
             first, stream = engine.inputs.process(prompt, g.params, default_max_tokens=COMPLETION_DEFAULT_MAX_TOKENS)
         echo = ""
         if g.echo:
             echo = prompt if isinstance(prompt, str) else engine.llm.tokenizer.decode(first.prompt_ids)
-        out.append((first, stream, echo))
-        for j in range(1, g.n):
-            seed = None if first.params.seed is None else first.params.seed + j
-            seq = Sequence(list(first.prompt_ids), dataclasses.replace(first.params, seed=seed), first.eos_ids)
-            seq.after = first
-            if seq.params.structured is not None:
-                seq.constraint = engine.inputs.grammars.constraint(seq.params.structured)
-            out.append((seq, OutputStream(seq, stream.tokenizer), echo))
+        out += [(seq, sample_stream, echo) for seq, sample_stream in engine.inputs.samples(first, stream, g.n)]
     return out
 
 
-def submit(engine: Engine, g: GenerateRequest, made: list[tuple[Sequence, OutputStream, str]], timeout: float | None,
-           rid: str, parser: str) -> list[Choice]:
+def submit(engine: EngineThread, g: GenerateRequest, made: list[tuple[Sequence, OutputStream, str]],
+           timeout: float | None, rid: str, parser: str) -> list[Choice]:
     return [Choice(i, engine.submit(seq, stream, timeout, rid if len(made) == 1 else f"{rid}-{i}"), echo,
                    tool_reader(g, parser)) for i, (seq, stream, echo) in enumerate(made)]
 
@@ -246,7 +236,7 @@ def last_pieces(g: GenerateRequest, choice: Choice, result: Generation) -> list[
     still held (the role rides on the first delta if no text went before), then the finish reason."""
     if g.kind != "chat":
         return [[{"index": choice.index, "text": "", "logprobs": None, "finish_reason": result.finish_reason}]]
-    held = choice.tools.finish() if choice.tools is not None else []
+    held = choice.tools.close() if choice.tools is not None else []
     called = choice.tools is not None and choice.tools.called
     reason = finish_reason(result.finish_reason, [{}] if called else [])
     out = []
@@ -259,7 +249,7 @@ def last_pieces(g: GenerateRequest, choice: Choice, result: Generation) -> list[
     return out
 
 
-async def respond_sse(engine: Engine, g: GenerateRequest, rid: str, model: str, choices: list[Choice],
+async def respond_sse(engine: EngineThread, g: GenerateRequest, rid: str, model: str, choices: list[Choice],
                       tokenizer: Any) -> AsyncIterator[str]:
     """The SSE stream: each choice's chunks as its events arrive, a usage chunk when asked, then [DONE]."""
     created = int(time.time())
@@ -335,7 +325,7 @@ def engine_silent() -> APIError:
     return APIError(503, "the engine did not answer within the request's deadline", type="server_error")
 
 
-async def next_event(req: Request, until: float | None) -> tuple[str, Any]:
+async def next_event(req: Submitted, until: float | None) -> tuple[str, Any]:
     """The request's next event ("text", "done" or "error"); an "error" when the engine says nothing by `until`
     (a monotonic time; None: no bound)."""
     if until is None:
@@ -346,7 +336,7 @@ async def next_event(req: Request, until: float | None) -> tuple[str, Any]:
         return "error", engine_silent()
 
 
-async def final_event(req: Request, within_s: float | None) -> tuple[str, Any]:
+async def final_event(req: Submitted, within_s: float | None) -> tuple[str, Any]:
     """The request's last event, "done" (with its Generation) or "error" (with its APIError), within `within_s`."""
     until = None if within_s is None else time.monotonic() + within_s
     while True:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ..engine.scheduler import Scheduler
 from ..engine.speculative import SpecStats
 
 __all__ = ["Metrics", "ITL_BUCKETS", "TTFT_BUCKETS"]
@@ -58,13 +57,12 @@ class Metrics:
     def finished(self, reason: str) -> None:
         self._success.labels(self.model_name, reason).inc()
 
-    def cached(self, scheduler: Scheduler) -> None:
-        """After a step: the prefix cache's new lookups and hits, and the rows in use."""
-        p = scheduler.prefix
-        self.prefix_queries.inc(p.queried - self._prefix_seen[0])
-        self.prefix_hits.inc(p.hits - self._prefix_seen[1])
-        self._prefix_seen = (p.queried, p.hits)
-        self.kv_usage.set(len(scheduler.running) / max(scheduler.max_batch, 1))
+    def cached(self, stats: dict[str, float]) -> None:
+        """After a step: the prefix cache's new lookups and hits, and the rows in use (EngineCore.cache_stats)."""
+        self.prefix_queries.inc(stats["prefix_queries"] - self._prefix_seen[0])
+        self.prefix_hits.inc(stats["prefix_hits"] - self._prefix_seen[1])
+        self._prefix_seen = (stats["prefix_queries"], stats["prefix_hits"])
+        self.kv_usage.set(stats["usage"])
 
     def speculated(self, spec: SpecStats) -> None:
         """A finished request's draft counts."""

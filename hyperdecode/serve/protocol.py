@@ -8,8 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.chat import check_tools, normalize_messages
-from ..engine.request import check_template_kwargs
+from ..engine.inputs import Chat, check_chat
 from ..engine.sampling import MAX_LOGPROBS, SamplingParams
 from ..engine.structured import check_spec
 from ..errors import RequestError
@@ -63,13 +62,12 @@ def error_body(e: APIError) -> dict[str, Any]:
 class GenerateRequest:
     kind: str  # "chat" or "completion"
     model: str
-    prompt: Any  # chat: the messages; completion: a string or token ids
+    prompt: Any  # chat: the checked messages, tools and template variables (a `Chat`); completion: text or ids
     params: SamplingParams
     stream: bool
     include_usage: bool
     continuous_usage: bool
     timeout_s: float | None
-    template_kwargs: dict[str, Any] | None = None
     n: int = 1  # parallel samples per prompt
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = "none"  # "none", "auto", "required" or the name of the one function to call ({"name": ...})
@@ -311,8 +309,8 @@ def token_keys(bias: Any) -> Any:
 def parse_chat(body: Any) -> GenerateRequest:
     body = whole_numbers(body) if isinstance(body, dict) else body
     meta, params = parse_common(body, CHAT, "chat")
-    template_kwargs = check_template_kwargs(body.get("chat_template_kwargs"))
-    tools = check_tools(body.get("tools"))
+    chat = check_chat(body.get("messages"), body.get("tools"), body.get("chat_template_kwargs"))
+    tools = chat.tools
     choice = tool_choice_of(body, tools)
     parallel = check_type(body, "parallel_tool_calls", (bool,), "a boolean")
     forced = forced_tool_schema(tools, choice, parallel is not False) if tools else None
@@ -328,8 +326,7 @@ def parse_chat(body: Any) -> GenerateRequest:
     if top and not logprobs:
         raise bad("top_logprobs", "'top_logprobs' needs 'logprobs': true")
     params.logprobs = (top or 0) if logprobs else None
-    return GenerateRequest("chat", prompt=normalize_messages(body.get("messages")), params=params,
-                           template_kwargs=template_kwargs, tools=tools, tool_choice=choice,
+    return GenerateRequest("chat", prompt=chat, params=params, tools=tools, tool_choice=choice,
                            logprobs=params.logprobs, parallel_tool_calls=parallel is not False, **meta)
 
 

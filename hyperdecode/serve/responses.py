@@ -289,7 +289,7 @@ async def response_events(rid: str, model: str, body: dict, choice: Choice, next
                 for line in on_delta(delta):
                     yield line
             continue
-        for delta in (choice.tools.finish() if choice.tools is not None else []):
+        for delta in (choice.tools.close() if choice.tools is not None else []):
             for line in on_delta(delta):
                 yield line
         for line in close_text():

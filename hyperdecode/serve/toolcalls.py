@@ -240,7 +240,7 @@ class ToolStream:
     [{'content': 'Let me look.'}]
     >>> [p["tool_calls"][0]["function"] for p in s.feed('call>{"name": "f", "arguments": {"x": 1}}</tool_call>')]
     [{'name': 'f', 'arguments': '{"x": 1}'}]
-    >>> s.finish(), s.called
+    >>> s.close(), s.called
     ([], True)
     """
 
@@ -269,7 +269,7 @@ class ToolStream:
         self._scan(final=False)
         return self._take()
 
-    def finish(self) -> list[dict]:
+    def close(self) -> list[dict]:
         """The pieces still held: an unclosed call's text and held text come out as content."""
         self._scan(final=True)
         if self._in_call:
@@ -376,7 +376,7 @@ def parse_tool_calls(text: str, parser: str, tools: list[dict] | None = None, li
     ('<tool_call>{"name": "f", "arguments": {</tool_call>', [])
     """
     stream = ToolStream(parser, tools, limit)
-    pieces = stream.feed(text) + stream.finish()
+    pieces = stream.feed(text) + stream.close()
     content = "".join(p.get("content", "") for p in pieces)
     calls = [{k: v for k, v in c.items() if k != "index"} for p in pieces for c in p.get("tool_calls", [])]
     return content or None, calls

@@ -48,7 +48,7 @@ def run(runner, prompts, budget, max_tokens=8):
     while core.has_unfinished:
         before = {s: s.num_output for s in seqs}
         step_logits = len(core.runner.logits)
-        sampled = core.step()
+        sampled = [out.seq for out in core.step()]
         rows = torch.cat(core.runner.logits[step_logits:]) if sampled else None
         for s in sampled:
             if before[s] == 0:  # its first token: find its row among this step's logits (in sampling order)

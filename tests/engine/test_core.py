@@ -35,7 +35,7 @@ def test_plan_feeds_decode_rows_then_prompt_chunks_within_the_budget():
     assert [(seq, n) for seq, n in s.schedule()] == [(a, 1), (b, 6), (c, 3)]
     b.num_computed, c.num_computed, a.num_computed = 12, 3, 5
     s.append(b, 9)  # b's prompt is in: it sampled and decodes from now on
-    s.finish(a, "abort")
+    s.end(a, "abort")
     assert a.done and s.num_free == 1 and [(seq, n) for seq, n in s.schedule()] == [(b, 1), (c, 9)]
 
 

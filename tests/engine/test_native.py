@@ -216,7 +216,7 @@ def test_auto_takes_the_dequantized_weights_where_the_quantized_kernel_is_slower
     """A forced slow path: the plain-C build (x86-64-v2, the last resort) over SmolLM2's blocks is slower than the
     dequantized fp32 weights, so auto measures both forms and keeps the fp32 one; the answer is the same."""
     monkeypatch.setenv("HYPERDECODE_ISA", "x86-64-v2")
-    monkeypatch.setattr("hyperdecode.engine.llm.cache_dir", lambda: tmp_path)  # a fresh choice, the model cached
+    monkeypatch.setattr("hyperdecode.engine.autoselect.choice_file", lambda: tmp_path / "backend_choice.json")
     with pytest.warns(UserWarning, match="plain-C loop"):
         llm = hd.LLM("smollm2", device="cpu")
     import json

@@ -248,16 +248,16 @@ def test_a_request_may_shorten_the_servers_deadline_but_not_lengthen_it():
 
 def test_the_token_budget_leaves_room_for_the_probes_row():
     from hyperdecode.errors import ConfigError
-    from hyperdecode.serve.engine import Engine
+    from hyperdecode.serve.engine_thread import EngineThread
     llm = hd.LLM("tiny-llama", device="cpu", max_num_batched_tokens=4)
     with pytest.raises(ConfigError, match="at least max_batch \\+ 1"):
-        Engine(llm, max_batch=4)
-    assert llm.core.driver is None  # refused before it took the core
-    Engine(llm, max_batch=3).shutdown()
+        EngineThread(llm, max_batch=4)
+    assert llm.core.owner is None  # refused before it took the core
+    EngineThread(llm, max_batch=3).shutdown()
 
 
 def test_a_model_without_a_chat_template_is_a_400_for_chat(tmp_path):
-    from hyperdecode.engine.request import InputProcessor
+    from hyperdecode.engine.inputs import InputProcessor
     from hyperdecode.model.tokenizer import Tokenizer
     tok = Tokenizer.byte_level(chat_template=None)
     inputs = InputProcessor(tok, vocab_size=400, eos_ids=[], max_model_len=64)

@@ -94,8 +94,8 @@ def inject(kind, monkeypatch, engine):
             (_ for _ in ()).throw(TypeError("injected")) if self.seq.params.seed == 13 else update(self)))
     elif kind == "admission":
         add = EngineCore.add
-        monkeypatch.setattr(EngineCore, "add", lambda self, seq: (
-            (_ for _ in ()).throw(OverflowError("injected")) if seq.params.seed == 13 else add(self, seq)))
+        monkeypatch.setattr(EngineCore, "add", lambda self, seq, stream=None: (
+            (_ for _ in ()).throw(OverflowError("injected")) if seq.params.seed == 13 else add(self, seq, stream)))
     else:
         forward = engine.core.runner.forward
         monkeypatch.setattr(engine.core.runner, "forward", lambda tokens, pos, slots, want: (

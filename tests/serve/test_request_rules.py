@@ -90,3 +90,21 @@ def test_llm_and_server_apply_the_same_rules(offline, http, api, fields, param):
 def test_an_llm_driven_by_a_server_refuses_offline_calls(llm, server):
     with pytest.raises(RuntimeError, match="driven by a server"):
         llm.generate("hi", max_tokens=2)
+
+
+@pytest.mark.parametrize("fields", [{"temperature": 1.0, "seed": 5}, {"temperature": 0.7, "seed": 11, "stop": True},
+                                    {"temperature": 0.0}])
+def test_llm_stream_and_the_server_stream_the_same_pieces(offline, http, fields):
+    """One output processor (engine/output.py) for both: the same seed gives the same text in the same pieces, step
+    by step, and the same finish (with a stop string from the middle of the unstopped text, held back and cut)."""
+    import json
+    if fields.get("stop"):
+        full = offline.generate([5, 6, 7, 8], max_tokens=24, temperature=0.7, seed=11, ignore_eos=True).text
+        fields = {**fields, "stop": [full[10:12]]}
+    body = {"prompt": [5, 6, 7, 8], "max_tokens": 24, "ignore_eos": True, **fields}
+    pieces = list(offline.stream(body["prompt"], max_tokens=24, ignore_eos=True, **fields))
+    with http.stream("POST", "/v1/completions", json={"model": "tiny-llama", "stream": True, **body}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    served = [e["choices"][0]["text"] for e in events if e["choices"] and e["choices"][0]["text"]]
+    assert served == pieces and pieces
+    assert events[-1]["choices"][0]["finish_reason"] == offline.last_generation.finish_reason

@@ -8,6 +8,7 @@ import openai
 import pytest
 
 import hyperdecode as hd
+from hyperdecode.engine.inputs import check_chat
 from tests.serve.conftest import LiveServer
 
 SCHEMA = {"type": "object",
@@ -61,7 +62,7 @@ def test_tool_messages_render_through_smollm2s_template(smol):
                 {"role": "tool", "tool_call_id": "c1", "content": "sunny, 21 C"}]
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}}}}}]
-    text = inputs.tokenizer.decode(inputs.chat_prompt(messages, tools=tools))
+    text = inputs.tokenizer.decode(inputs.chat_prompt(check_chat(messages, tools)))
     assert text.startswith("<|im_start|>system\n") and "<tools>" in text and '"get_weather"' in text
     assert '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}' in text
     assert "<|im_start|>user\n<tool_response>\nsunny, 21 C\n</tool_response><|im_end|>" in text

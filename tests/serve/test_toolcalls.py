@@ -55,7 +55,7 @@ def streamed(text, parser, tools=TOOLS, rng=None, cuts=None):
     pieces = []
     for a, b in zip([0] + cuts, cuts + [len(text)]):
         pieces += stream.feed(text[a:b])
-    pieces += stream.finish()
+    pieces += stream.close()
     content = "".join(p.get("content", "") for p in pieces)
     deltas = [c for p in pieces for c in p.get("tool_calls", [])]
     return content or None, deltas, stream.called
@@ -192,17 +192,17 @@ def test_stream_holds_back_only_what_may_be_a_marker():
     [call] = out[0]["tool_calls"]
     assert call["index"] == 0 and call["type"] == "function" and call["id"].startswith("call_")
     assert call["function"] == {"name": "get_time", "arguments": "{}"}
-    assert s.called and s.finish() == []
+    assert s.called and s.close() == []
 
 
 def test_finish_flushes_an_unfinished_call():
     s = ToolStream("glm45", TOOLS)
     assert s.feed("Text\n<tool_call>get_weather\n<arg_key>ci") == [{"content": "Text"}]
-    assert s.finish() == [{"content": "\n<tool_call>get_weather\n<arg_key>ci"}]
+    assert s.close() == [{"content": "\n<tool_call>get_weather\n<arg_key>ci"}]
     assert not s.called
     s = ToolStream("deepseek_v31", TOOLS)
     assert s.feed("ok<｜tool▁ca") == [{"content": "ok"}]
-    assert s.finish() == [{"content": "<｜tool▁ca"}]
+    assert s.close() == [{"content": "<｜tool▁ca"}]
 
 
 def test_plain_text_is_unchanged():

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from hyperdecode.engine.chat import hermes_messages, normalize_messages
-from hyperdecode.engine.request import InputProcessor
+from hyperdecode.engine.inputs import InputProcessor, check_chat
 from hyperdecode.model.tokenizer import Tokenizer
 from hyperdecode.serve.toolcalls import parser_for_template
 
@@ -133,7 +133,7 @@ CONVERSATION = [
 def render(template, messages=CONVERSATION, tools=TOOLS):
     tok = Tokenizer.byte_level(chat_template=template)
     inputs = InputProcessor(tok, vocab_size=259, eos_ids=[], max_model_len=10 ** 5)
-    return tok.decode(inputs.chat_prompt(messages, tools=tools))
+    return tok.decode(inputs.chat_prompt(check_chat(messages, tools)))
 
 
 def test_tool_messages_render_through_the_glm_template():

@@ -56,6 +56,15 @@ class MegaRunner(ReferenceRunner):
     def supports(model: nn.Module) -> bool:
         return unsupported(model) is None
 
+    @classmethod
+    def build(cls, model: nn.Module, **options: object) -> "MegaRunner":
+        """An FP8 checkpoint's projections stay FP8 in the megakernel (re-quantized on its 128 x 128 grid)."""
+        return cls(model, fp8=bool(options.get("fp8")))
+
+    @staticmethod
+    def check(flag: str = "backend") -> None:
+        require_triton(flag)
+
     def __init__(self, model: nn.Module, tile: int | None = None, k_block: int | None = None,
                  workers: int | None = None, num_warps: int | None = None, prefetch: bool | None = None,
                  stages: int | None = None, fp8: bool = False, kv_split: int | None = None,

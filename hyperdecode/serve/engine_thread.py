@@ -1,5 +1,5 @@
-"""The serving engine: one thread drives the `LLM`'s engine core; asyncio handlers submit requests and read their
-events. This module adds only what serving needs around the core: a bounded admission queue, cancellation,
+"""The server's engine thread: one thread drives the `LLM`'s engine core; asyncio handlers submit requests and read
+their events. This module adds only what serving needs around the core: a bounded admission queue, cancellation,
 deadlines, fault isolation, a liveness heartbeat, events to the handlers and metrics.
 
 Between two steps the thread drops cancelled requests (client gone) and requests past their deadline, then hands
@@ -21,21 +21,21 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ..engine.llm import LLM
-from ..engine.output import OutputStream
-from ..engine.request import InputProcessor
+from ..engine.output import OutputStream, RequestOutput
+from ..engine.inputs import InputProcessor
 from ..engine.sequence import Sequence
 from ..errors import ConfigError
 from .metrics import Metrics
 from .protocol import APIError
 
-__all__ = ["Engine", "Request"]
+__all__ = ["EngineThread", "Submitted"]
 
 log = logging.getLogger("hyperdecode.serve")
 IDLE_WAKE_S = 1.0  # the idle thread still beats this often
 
 
 @dataclass(eq=False)
-class Request:
+class Submitted:
     """A submitted sequence and its output stream, plus how to reach its handler: events go to `queue` on the
     handler's `loop`."""
     seq: Sequence
@@ -46,8 +46,6 @@ class Request:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     last_token_at: float = 0.0
-    tokens_seen: int = 0  # output tokens already delivered
-    logprobs_sent: int = 0  # output tokens whose logprobs went out with a "text" event
     probe: bool = False  # readiness probes: the spare slot, kept out of the metrics
 
     def emit(self, kind: str, payload: Any) -> None:
@@ -61,28 +59,26 @@ def server_error(message: str) -> APIError:
     return APIError(500, message, type="server_error")
 
 
-class Engine:
+class EngineThread:
     def __init__(self, llm: LLM, max_batch: int = 8, max_queue: int = 64, max_model_len: int | None = None,
                  metrics: Metrics | None = None):
         self.llm = llm
         self.core = llm.core
-        budget = self.core.scheduler.max_num_batched_tokens
+        budget = self.core.max_num_batched_tokens
         if budget is not None and budget < max_batch + 1:
             raise ConfigError(f"max_num_batched_tokens ({budget}) must be at least max_batch + 1 ({max_batch + 1}): "
                               "every decoding request feeds one token per step, and one row is kept for probes")
-        if self.core.driver is not None:
-            raise RuntimeError(f"this LLM's engine core is already driven by {self.core.driver}")
-        self.core.driver = "a server (serve/engine.py)"
+        self.core.acquire("a server (serve/engine_thread.py)")
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_model_len = min(max_model_len or llm.max_context, llm.max_context)
         self.inputs: InputProcessor = llm.inputs.with_limit(self.max_model_len)
         self.core.reserve(max_batch + 1, self.max_model_len)  # + the probes' row
         self.metrics = metrics or Metrics(llm.name)
-        self.waiting: collections.deque[Request] = collections.deque()
-        self.probes: collections.deque[Request] = collections.deque()
+        self.waiting: collections.deque[Submitted] = collections.deque()
+        self.probes: collections.deque[Submitted] = collections.deque()
         self.pending = 0  # requests holding a queue place while they are tokenized
-        self.active: dict[Sequence, Request] = {}  # sequences the core holds
+        self.active: dict[Sequence, Submitted] = {}  # sequences the core holds
         self.running_users = 0  # of them, user requests (not probes)
         self.wake = threading.Condition()
         self.stopping = False
@@ -121,9 +117,9 @@ class Engine:
                 self.pending -= 1
 
     def submit(self, seq: Sequence, stream: OutputStream, timeout_s: float | None, rid: str = "",
-               probe: bool = False) -> Request:
+               probe: bool = False) -> Submitted:
         """Queues a request (a user request inside `admission()`; a probe goes to its own lane)."""
-        req = Request(seq, stream, None if timeout_s is None else time.monotonic() + timeout_s,
+        req = Submitted(seq, stream, None if timeout_s is None else time.monotonic() + timeout_s,
                       asyncio.get_running_loop(), rid=rid, probe=probe)
         with self.wake:
             (self.probes if probe else self.waiting).append(req)
@@ -131,7 +127,7 @@ class Engine:
             self.wake.notify()
         return req
 
-    def cancel(self, req: Request) -> None:
+    def cancel(self, req: Submitted) -> None:
         req.cancelled = True
         with self.wake:
             self.wake.notify()
@@ -151,7 +147,7 @@ class Engine:
             self.wake.notify()
         self.thread.join(timeout=10)
         if not self.thread.is_alive():
-            self.core.driver = None  # the LLM may be used offline again
+            self.core.release()  # the LLM may be used offline again
 
     def _loop(self) -> None:
         while True:
@@ -165,16 +161,16 @@ class Engine:
             try:
                 self._expire()
                 self._admit()
-                for seq in self.core.step():
-                    self._deliver(self.active[seq])
+                for out in self.core.step():
+                    self._deliver(self.active[out.seq], out)
                 self.last_step_at = time.monotonic()
             except Exception as e:  # a fault outside any one sequence: fail the requests in flight, keep serving
                 log.exception("engine step failed; failing the %d requests in flight", len(self.active))
                 for req in list(self.active.values()):
-                    self._finish(req, "error", server_error(f"engine error: {type(e).__name__}: {e}"))
+                    self._complete(req, "error", server_error(f"engine error: {type(e).__name__}: {e}"))
             self.metrics.running.set(self.num_running)
             self.metrics.waiting.set(len(self.waiting))
-            self.metrics.cached(self.core.scheduler)
+            self.metrics.cached(self.core.cache_stats())
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -182,13 +178,13 @@ class Engine:
             queued = list(self.probes) + list(self.waiting)
         for req in queued + list(self.active.values()):
             if req.cancelled:
-                self._finish(req, "abort", None)
+                self._complete(req, "abort", None)
             elif req.deadline is not None and now > req.deadline:
-                self._finish(req, "abort", APIError(504, "the request exceeded its deadline "
+                self._complete(req, "abort", APIError(504, "the request exceeded its deadline "
                                                          f"after {req.seq.num_output} tokens",
                                                     type="timeout_error", code="deadline_exceeded"))
 
-    def _next_waiting(self) -> Request | None:
+    def _next_waiting(self) -> Submitted | None:
         with self.wake:
             if self.probes:
                 return self.probes.popleft()
@@ -197,41 +193,30 @@ class Engine:
         return None
 
     def _admit(self) -> None:
-        while self.core.scheduler.num_free > 0:
+        while self.core.num_free > 0:
             req = self._next_waiting()
             if req is None:
                 return
             try:
-                self.core.add(req.seq)
+                self.core.add(req.seq, req.stream)
             except Exception as e:  # e.g. a seed the generator refuses: this request alone
                 log.exception("request %s could not be admitted", req.rid)
-                self._finish(req, "error", server_error(f"the request could not be admitted: "
-                                                        f"{type(e).__name__}: {e}"))
+                self._complete(req, "error", server_error(f"the request could not be admitted: "
+                                                          f"{type(e).__name__}: {e}"))
                 continue
             self.active[req.seq] = req
             if not req.probe:
                 self.running_users += 1
                 self.metrics.prompt_tokens.inc(len(req.seq.prompt_ids))
 
-    def _deliver(self, req: Request) -> None:
-        """After a step in which the request's sequence sampled (or failed): its new text, metrics, and its end."""
-        seq = req.seq
-        if seq.finish_reason == "error":
-            log.error("request %s failed in the engine: %s", req.rid, seq.error)
-            self._finish(req, "error", server_error(f"the request failed in the engine: {seq.error}"))
+    def _deliver(self, req: Submitted, out: RequestOutput) -> None:
+        """A step's output for the request: its new text and logprobs to the handler, the metrics, and its end."""
+        if out.finish_reason == "error":
+            log.error("request %s failed in the engine: %s", req.rid, out.error)
+            self._complete(req, "error", server_error(f"the request failed in the engine: {out.error}"), out)
             return
-        try:
-            piece = req.stream.update()
-        except Exception as e:
-            log.exception("request %s failed while detokenizing", req.rid)
-            self.core.fail(seq, e)
-            self._finish(req, "error", server_error(f"the request failed while detokenizing: {seq.error}"))
-            return
-        if req.stream.stop_at is not None:
-            self.core.finish(seq, "stop", num_output=req.stream.stop_at)
         now = time.perf_counter()
-        new_tokens = max(seq.num_output - req.tokens_seen, 1)  # a verify step may yield several
-        req.tokens_seen = seq.num_output
+        new_tokens = max(len(out.token_ids), 1)  # a verify step may yield several
         if not req.probe:
             if req.last_token_at == 0.0:
                 self.metrics.ttft.observe(now - req.stream.start)
@@ -239,24 +224,29 @@ class Engine:
                 for _ in range(new_tokens):
                     self.metrics.itl.observe((now - req.last_token_at) / new_tokens)
         req.last_token_at = now
-        entries = seq.logprobs[req.logprobs_sent:seq.num_output]
-        req.logprobs_sent += len(entries)
-        if piece or entries:
-            req.emit("text", (piece, entries))
-        if seq.done:
-            self._finish(req, seq.finish_reason, None)
+        if out.text or out.logprobs:
+            req.emit("text", (out.text, out.logprobs))
+        if out.finished:
+            self._complete(req, out.finish_reason, None, out)
 
-    def _finish(self, req: Request, reason: str, error: APIError | None) -> None:
+    def _complete(self, req: Submitted, reason: str, error: APIError | None,
+                  out: RequestOutput | None = None) -> None:
+        """The request's end: out of the lanes and the core, into the metrics, and its last event to the handler."""
         seq = req.seq
         with self.wake:
             for lane in (self.waiting, self.probes):
                 if req in lane:
                     lane.remove(req)
-        self.core.finish(seq, reason)
+        if out is None or not out.finished:
+            out = self.core.abort(seq, reason)
         if self.active.pop(seq, None) is not None and not req.probe:
             self.running_users -= 1
-        req.stream.finish()
-        result = req.stream.result()
+        if out is not None and out.generation is not None:
+            result = out.generation
+        else:  # it never reached the core
+            seq.finish_reason = seq.finish_reason or reason
+            req.stream.flush()
+            result = req.stream.result()
         if not req.probe:
             self.metrics.finished(reason)
             self.metrics.generation_tokens.inc(seq.num_output)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import RequestError
@@ -27,9 +28,24 @@ from .sampling import SamplingParams
 from .sequence import Sequence
 from .structured import GrammarCompiler
 
-__all__ = ["InputProcessor", "Prompt"]
+__all__ = ["InputProcessor", "Prompt", "Chat", "check_chat"]
 
 Prompt = str | list[int]
+
+
+@dataclass(frozen=True)
+class Chat:
+    """Chat messages checked once (`check_chat`): the normalized messages, the tools offered, extra template
+    variables."""
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def check_chat(messages: Any, tools: Any = None, template_kwargs: Any = None) -> Chat:
+    """The one place chat inputs are checked (hd.LLM.chat and the server's chat and tokenize routes): a
+    RequestError names the field."""
+    return Chat(normalize_messages(messages), check_tools(tools), check_template_kwargs(template_kwargs))
 
 
 class InputProcessor:
@@ -58,19 +74,18 @@ class InputProcessor:
             raise RequestError("this model has no tokenizer (no tokenizer.json); pass token ids", param="prompt")
         return self.tokenizer
 
-    def chat_prompt(self, messages: Any, template_kwargs: dict[str, Any] | None = None,
-                    tools: list[dict[str, Any]] | None = None) -> list[int]:
-        """The chat template applied to the messages (extra template variables in `template_kwargs`, as vLLM's
-        chat_template_kwargs), tokenized. `tools` go to a template that renders them, else into the messages
-        (chat.py's Hermes form)."""
+    def chat_prompt(self, chat: Chat | Any) -> list[int]:
+        """The chat template applied to the messages of `chat` (extra template variables as vLLM's
+        chat_template_kwargs), tokenized; its tools go to a template that renders them, else into the messages
+        (chat.py's Hermes form). Raw messages are checked first (`check_chat`)."""
         from jinja2.exceptions import TemplateError
+        chat = chat if isinstance(chat, Chat) else check_chat(chat)
         tok = self.require_tokenizer()
         if tok.chat_template is None:
             raise RequestError("this model has no chat template; send a plain prompt (completions)",
                                param="messages")
-        kwargs = {"add_generation_prompt": True, **check_template_kwargs(template_kwargs)}
-        messages = normalize_messages(messages)
-        tools = check_tools(tools)
+        kwargs = {"add_generation_prompt": True, **chat.template_kwargs}
+        messages, tools = chat.messages, chat.tools
         lists_tools, renders_calls = template_tool_support(tok.chat_template)
         if not renders_calls:
             messages = hermes_messages(messages)
@@ -83,7 +98,7 @@ class InputProcessor:
         except TemplateError as e:  # the template's own raise_exception("..."), or the sandbox's refusal
             raise RequestError(f"the chat template refused the messages: {e}", param="messages") from None
         except (TypeError, ValueError, OverflowError) as e:  # a variable of the wrong kind for the template
-            param = "chat_template_kwargs" if template_kwargs else "messages"
+            param = "chat_template_kwargs" if chat.template_kwargs else "messages"
             raise RequestError(f"the chat template failed on the request's {param}: {type(e).__name__}: {e}",
                                param=param) from None
         return tok.encode(text, add_special_tokens=False)
@@ -107,15 +122,14 @@ class InputProcessor:
             return self.require_tokenizer().encode(prompt)
         return list(prompt)
 
-    def process(self, prompt: Any = None, params: SamplingParams | None = None, messages: Any = None,
-                default_max_tokens: int | None = None, template_kwargs: dict[str, Any] | None = None,
-                tools: list[dict[str, Any]] | None = None) -> tuple[Sequence, OutputStream]:
-        """A sequence for `prompt` (or chat `messages`, offered `tools`); max_tokens unset means
+    def process(self, prompt: Any = None, params: SamplingParams | None = None, messages: Chat | Any = None,
+                default_max_tokens: int | None = None) -> tuple[Sequence, OutputStream]:
+        """A sequence for `prompt` or chat `messages` (a `Chat`, or raw messages); max_tokens unset means
         `default_max_tokens` (None: the rest of the context), capped by the context; an explicit max_tokens beyond
         the context is an error. A `params.structured` grammar gets its matcher here."""
         params = params or SamplingParams()
         if messages is not None:
-            ids = self.chat_prompt(messages, template_kwargs, tools)
+            ids = self.chat_prompt(messages)
         else:
             ids = self.prompt_ids(prompt)
         where = "messages" if messages is not None else "prompt"
@@ -138,6 +152,20 @@ class InputProcessor:
                 raise RequestError("structured output needs the model's tokenizer", param="response_format")
             seq.constraint = self.grammars.constraint(params.structured)
         return seq, OutputStream(seq, self.tokenizer)
+
+
+    def samples(self, seq: Sequence, stream: OutputStream, n: int) -> list[tuple[Sequence, OutputStream]]:
+        """The n samples of one processed request (OpenAI's `n`): it, then n - 1 siblings that copy its prompt, get
+        their own seed (seed + j) and grammar matcher, and wait for its prompt to be cached (`Sequence.after`)."""
+        out = [(seq, stream)]
+        for j in range(1, n):
+            seed = None if seq.params.seed is None else seq.params.seed + j
+            sibling = Sequence(list(seq.prompt_ids), dataclasses.replace(seq.params, seed=seed), seq.eos_ids)
+            sibling.after = seq
+            if sibling.params.structured is not None:
+                sibling.constraint = self.grammars.constraint(sibling.params.structured)
+            out.append((sibling, OutputStream(sibling, stream.tokenizer)))
+        return out
 
 
 RESERVED_TEMPLATE_VARIABLES = ("messages", "bos_token", "eos_token")

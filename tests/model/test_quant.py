@@ -183,7 +183,8 @@ def llms():
 
 def test_a_second_load_reads_the_converted_cache_not_the_gguf(tmp_path, monkeypatch):
     """The first load parses and dequantizes the GGUF and keeps the converted model in the cache; the second reads
-    only that (the GGUF reader is made to fail) and answers the same; a changed file is converted again."""
+    only that (the GGUF reader is made to fail) and answers the same; a changed file is converted again. The
+    reference backend keeps the blocks as loaded (`auto` may measure the dequantized fp32 form faster and use it)."""
     from hyperdecode.model import converted, loader
     from tests.conftest import make_hf_model
     from tests.model.gguf_util import write_gguf
@@ -191,14 +192,14 @@ def test_a_second_load_reads_the_converted_cache_not_the_gguf(tmp_path, monkeypa
     monkeypatch.setattr(converted, "MIN_BYTES", 0)  # this small file would otherwise just be parsed
     path = write_gguf(tmp_path / "m.gguf", make_hf_model("gqa-untied", seed=8), default=Q.Q4_1)
     ids = [5, 9, 11, 30, 2]
-    first = hd.LLM(str(path), device="cpu")
+    first = hd.LLM(str(path), device="cpu", backend="reference")
     folders = list((tmp_path / "cache" / "converted").iterdir())
     assert len(folders) == 1 and (folders[0] / "weights.pt").is_file()
 
     def no_parse(*args, **kwargs):
         raise AssertionError("the GGUF was parsed again")
     monkeypatch.setattr(loader, "open_gguf", no_parse)
-    second = hd.LLM(str(path), device="cpu")
+    second = hd.LLM(str(path), device="cpu", backend="reference")
     assert isinstance(second.model.layers[0].mlp.down_proj, QuantLinear)
     torch.testing.assert_close(second.logits(ids), first.logits(ids), rtol=0, atol=0)
     assert second.generate(ids, max_tokens=8, ignore_eos=True).token_ids == \
@@ -210,16 +211,16 @@ def test_a_second_load_reads_the_converted_cache_not_the_gguf(tmp_path, monkeypa
     monkeypatch.setattr(converted, "MIN_BYTES", 0)
     (folders[0] / "weights.pt").write_bytes(b"damaged")  # a damaged conversion is made again, with a warning
     with pytest.warns(UserWarning, match="unreadable conversion"):
-        again = hd.LLM(str(path), device="cpu")
+        again = hd.LLM(str(path), device="cpu", backend="reference")
     torch.testing.assert_close(again.logits(ids), first.logits(ids), rtol=0, atol=0)
     import os
     os.utime(path, ns=(1, 1))  # the file changed: converted again, the old conversion removed
-    hd.LLM(str(path), device="cpu")
+    hd.LLM(str(path), device="cpu", backend="reference")
     (now,) = list((tmp_path / "cache" / "converted").iterdir())
     assert now.name != folders[0].name
     monkeypatch.setattr(converted, "MIN_BYTES", 1 << 30)  # a small file is only parsed: nothing is written
     shutil.rmtree(tmp_path / "cache" / "converted")
-    hd.LLM(str(path), device="cpu")
+    hd.LLM(str(path), device="cpu", backend="reference")
     assert not (tmp_path / "cache" / "converted").exists()
 
 

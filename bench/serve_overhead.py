@@ -17,7 +17,7 @@ import time
 import httpx
 
 import hyperdecode as hd
-from hyperdecode.serve.bench import bench, stream_request
+from hyperdecode.serve.bench import bench, bench_args, stream_request
 
 PROMPT = "Write a short story about a city that never sleeps."
 
@@ -76,9 +76,7 @@ def main() -> None:
     print(f"TPOT hd.LLM.generate {off * 1e3:.2f} ms | through the server {on * 1e3:.2f} ms | "
           f"overhead {100 * (on / off - 1):+.1f} %")
     for concurrency, n in ((1, 8), (8, 16)):
-        ns = argparse.Namespace(url=url, model=llm.name, concurrency=concurrency, num_requests=n, input_len=32,
-                                output_len=32, multi_turn=0, api_key=None, seed=0, json=None)
-        s = asyncio.run(bench(ns))
+        s = asyncio.run(bench(bench_args(url, model=llm.name, concurrency=concurrency, num_requests=n)))
         print(f"concurrency {concurrency}: {s['completed']} requests, TTFT p50 {s['ttft_ms']['p50']:.1f} ms "
               f"p99 {s['ttft_ms']['p99']:.1f} ms, TPOT p50 {s['tpot_ms']['p50']:.1f} ms, "
               f"{s['output_tok_s']:.1f} output tok/s")
@@ -88,9 +86,8 @@ def main() -> None:
 
 
 def load(url: str, model: str, concurrency: int, n: int, input_len: int, output_len: int, seed: int) -> dict:
-    ns = argparse.Namespace(url=url, model=model, concurrency=concurrency, num_requests=n, input_len=input_len,
-                            output_len=output_len, multi_turn=0, api_key=None, seed=seed, json=None)
-    return asyncio.run(bench(ns))
+    return asyncio.run(bench(bench_args(url, model=model, concurrency=concurrency, num_requests=n,
+                                        input_len=input_len, output_len=output_len, seed=seed)))
 
 
 def compare_chunked_prefill(model: str, args: argparse.Namespace) -> None:

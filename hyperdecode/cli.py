@@ -187,6 +187,10 @@ def build_parser() -> Parser:
                    help='speculative decoding as vLLM takes it: a JSON object, e.g. \'{"method": "ngram", '
                         '"num_speculative_tokens": 4}\' (methods: mtp, ngram, suffix; suffix also takes '
                         '"suffix_decoding_max_cached_requests"), or METHOD:K')
+    v.add_argument("--kv-transfer-config", default=None,
+                   help='prefill-decode disaggregation as vLLM takes it: \'{"kv_connector": "NixlConnector", '
+                        '"kv_role": "kv_producer"}\' (or kv_consumer, kv_both; kv_ip and kv_port place the NIXL '
+                        'side channel, default 127.0.0.1:5600; docs/disaggregation.md)')
     add_backend_arg(v)
     v.add_argument("--device", default="auto")
     v.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -203,6 +207,10 @@ def build_parser() -> Parser:
                                                                "each, whose context grows each call")
     s.add_argument("--system-len", type=int, default=0, help="with --multi-turn: a system prompt of this many random "
                                                               "words opens every conversation (an agent's)")
+    s.add_argument("--request-rate", type=float, default=0.0,
+                   help="requests per second, Poisson arrivals, at most --concurrency in flight (0: a closed loop)")
+    s.add_argument("--range-ratio", type=float, default=0.0,
+                   help="lengths drawn uniformly in [len*(1-r), len*(1+r)] (vLLM's --random-range-ratio)")
     s.add_argument("--api-key", default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", default=None, help="also write the results to this file")
@@ -325,6 +333,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(f"active           {s.active_params:,} per decoded token (no input embedding, top-k experts, no MTP)")
     print(f"KV per token     {s.kv_bytes_per_token:,} B ({args.kv_dtype} cache)"
           + (f" + {s.index_key_bytes_per_token:,} B indexer keys (FP8)" if s.index_key_bytes_per_token else ""))
+    print(f"cache per token  {s.token_cache_bytes:,} B: what a prefill instance sends a decode instance per prompt "
+          "token (docs/disaggregation.md)")
     print(f"read per token   {s.bytes_per_token / 1e9:.3f} GB at batch 1, context {s.context:,}: "
           f"{s.weight_bytes_per_token / 1e9:.3f} GB {args.weight_dtype} weights + "
           f"{s.cache_bytes_per_token / 1e6:.2f} MB cache")
@@ -335,6 +345,21 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 def cmd_plan(args: argparse.Namespace) -> None:
     from .parallel.report import run_plan
     run_plan(args)
+
+
+def kv_transfer_flag(args: argparse.Namespace) -> Any:
+    """--kv-transfer-config checked before anything loads: its fields, NIXL's presence, no --parallel beside it."""
+    from .disagg.config import parse_kv_transfer_config
+    from .errors import ConfigError
+    config = parse_kv_transfer_config(args.kv_transfer_config)
+    if config is None:
+        return None
+    if args.parallel:
+        raise ConfigError("--kv-transfer-config with --parallel is not supported yet: disaggregate single-process "
+                          "instances")
+    from .disagg.nixl import require_nixl
+    require_nixl()
+    return args.kv_transfer_config
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -350,6 +375,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.max_num_batched_tokens is not None and args.max_num_batched_tokens < args.max_batch + 1:
         raise ValueError("--max-num-batched-tokens must be at least --max-batch + 1 (each decoding request feeds one "
                          "token per step, and one cache row is kept for readiness probes)")
+    kv_transfer = kv_transfer_flag(args)
     if args.parallel:  # rank 0 serves; the other ranks load their shards and replay its steps
         from .parallel.launch import join_ranks
         from .model.loader import resolve_device
@@ -364,7 +390,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                           speculative_config=speculative_flag(args.speculative_config, "--speculative-config"),
                           parallel=args.parallel, enable_prefix_caching=args.enable_prefix_caching,
                           tool_call_parser=args.tool_call_parser, quantize=args.quantize,
-                          activations=args.activations)
+                          activations=args.activations, kv_transfer_config=kv_transfer)
     logging.basicConfig(level=logging.INFO, format="hyperdecode: %(levelname)s %(name)s: %(message)s")
     failures: list[str] = []
     servers: list[uvicorn.Server] = []

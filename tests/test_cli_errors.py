@@ -68,6 +68,8 @@ ERRORS = [  # (command line, exit code, text of the one-line message); {tmp}: th
     (("bench", "serve", "--input-len", "0"), 1, "--input-len must be at least 1"),
     (("bench", "serve", "--output-len", "-3"), 1, "--output-len must be at least 1"),
     (("bench", "serve", "--multi-turn", "-1"), 1, "--multi-turn must be at least 0"),
+    (("bench", "serve", "--request-rate", "-1"), 1, "--request-rate must be a finite number"),
+    (("bench", "serve", "--range-ratio", "1"), 1, "--range-ratio must be in [0, 1)"),
     (("bench", "serve", "--url", "localhost-8000"), 1, "--url 'localhost-8000' must look like http://HOST:PORT"),
     (("bench", "serve", "--url", "http://127.0.0.1:{port}"), 1,
      "request to http://127.0.0.1:{port}/v1/models failed (ConnectError"),

@@ -1,8 +1,10 @@
-"""The house's seams, read from the code itself: engine/ and model/ import nothing of parallel/ (a plan plugs in
-through engine/backends.py's registry), and serve/ reaches into the engine core's scheduler through no attribute
+"""The house's seams, read from the code itself: each layer imports only the layers below it (engine/ and model/
+nothing of parallel/, serve/, disagg/ or fabric/: a plan or a connector plugs in through a seam), and serve/ reaches into the engine core's scheduler through no attribute
 chain (it talks to the engine through methods)."""
 import ast
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hyperdecode"
 
@@ -30,13 +32,19 @@ def imported(path: Path) -> set[str]:
     return found
 
 
-def test_engine_and_model_import_no_parallel_plan():
+# folder -> the packages it must not import: a plan, a server or a connector plugs into the engine through a seam
+# (engine/backends.py's registry, engine/kv_connector.py); the fabric reads the model's sizes and the latency model
+LAYERS = {"engine": ("parallel", "serve", "disagg", "fabric"), "model": ("parallel", "serve", "disagg", "engine"),
+          "disagg": ("serve", "parallel", "fabric"), "fabric": ("engine", "serve", "disagg")}
+
+
+@pytest.mark.parametrize("folder", sorted(LAYERS))
+def test_layers_import_only_downward(folder):
     offenders = []
-    for folder in ("engine", "model"):
-        for path in (PACKAGE / folder).rglob("*.py"):
-            bad = sorted(m for m in imported(path) if m == "hyperdecode.parallel" or
-                         m.startswith("hyperdecode.parallel."))
-            offenders += [f"{path.relative_to(PACKAGE)}: {m}" for m in bad]
+    for path in (PACKAGE / folder).rglob("*.py"):
+        bad = sorted(m for m in imported(path) for below in LAYERS[folder]
+                     if m == f"hyperdecode.{below}" or m.startswith(f"hyperdecode.{below}."))
+        offenders += [f"{path.relative_to(PACKAGE)}: {m}" for m in bad]
     assert offenders == []
 
 

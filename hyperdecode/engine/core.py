@@ -12,14 +12,18 @@ go on as if nothing happened.
 
 With speculative decoding on (`speculate`), a decoding row feeds its newest token and its draft, gets a logit row
 for each, and keeps the accepted prefix plus one token (speculative.py); the runner clears the rejected positions
-(`rollback`), and the drafter then proposes the next draft from what the step computed."""
+(`rollback`), and the drafter then proposes the next draft from what the step computed.
+
+With a KV connector (`connector`, kv_connector.py) each step first takes what the connector finished (rows filled
+from a peer, rows a peer has read), starts the loads the scheduler admitted, and after the step describes the rows
+of producers that ended."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from .drafts import NgramDrafter, SuffixDrafter
-from .mtp import MtpDrafter
+from .drafts import make_drafter
+from .kv_connector import KvConnector
 from .output import OutputProcessor, OutputStream, RequestOutput
 from .runner import ReferenceRunner
 from .sampling import greedy_tokens, process_logits, sample, token_logprobs
@@ -45,6 +49,7 @@ class EngineCore:
         # must stay in lockstep: there a fault ends the step (and the job)
         self.isolate_faults = True
         self.drafter = None
+        self.connector: KvConnector | None = None  # moves caches to and from peer instances (disaggregation)
 
     @property
     def max_batch(self) -> int:
@@ -57,6 +62,16 @@ class EngineCore:
     @property
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished
+
+    @property
+    def transfers_pending(self) -> bool:
+        """Rows held for a peer or being filled from one: the owner keeps stepping (polling) while true."""
+        return bool(self.scheduler.held) or (self.connector is not None and self.connector.pending)
+
+    @property
+    def num_held(self) -> int:
+        """Rows held for a transfer (no sequence runs in them, none may take them yet)."""
+        return len(self.scheduler.held)
 
     @property
     def num_free(self) -> int:
@@ -166,10 +181,16 @@ class EngineCore:
         """One step of the plan as one [B, S] forward: each row feeds its next tokens (rows shorter than the
         longest are padded with pos = -1); rows whose tokens reach their newest token get a logit row and
         sample. Returns the sequences that sampled a token, finished, or failed (finish_reason "error")."""
+        ended = self._transfers_done() if self.connector is not None else []
         plan = self.scheduler.schedule()
-        if not plan:
-            return []
-        self.steps += 1
+        ended += self._start_loads()
+        if plan:
+            self.steps += 1
+            ended += self._run_isolated(plan)
+        self._hold_ended()
+        return ended
+
+    def _run_isolated(self, plan: StepPlan) -> list[Sequence]:
         try:
             return self._run(plan)
         except Exception as e:
@@ -186,6 +207,68 @@ class EngineCore:
                 self.fail(row[0], e)
                 out.append(row[0])
         return out
+
+    def _transfers_done(self) -> list[Sequence]:
+        """Takes the connector's news: a filled row's sequence feeds its prompt's last token next step; a failed
+        load fails its sequence (or, with `recompute`, prefills the rest here); rows a peer read are freed.
+        Returns the sequences that failed."""
+        polled = self.connector.poll()
+        failed = []
+        for seq in polled.loaded:
+            kv = seq.kv
+            kv.loading = False
+            if seq.done:  # aborted while its row was filled
+                self.scheduler.release(seq)
+                continue
+            self.runner.received(seq.slot, kv.first, kv.last)
+            seq.num_computed = kv.last - 1
+        for seq, why in polled.failed:
+            kv = seq.kv
+            kv.loading = False
+            self.runner.rollback(seq.slot, kv.first, kv.last)
+            if seq.done:
+                self.scheduler.release(seq)
+            elif self.connector.recompute:
+                seq.num_computed = kv.first
+            else:
+                kv.failed = why
+                self.fail(seq, RuntimeError(why))
+                failed.append(seq)
+        for seq in polled.released:
+            self.scheduler.release(seq)
+        return failed
+
+    def _start_loads(self) -> list[Sequence]:
+        """Starts filling the rows of the sequences just admitted from their peers (a local prefix first, when
+        one was found); returns those whose load could not start (failed)."""
+        failed = []
+        for seq in self.scheduler.take_loads():
+            try:
+                if seq.reuse is not None:
+                    self.runner.reuse(*seq.reuse)
+                    seq.reuse = None
+                if self.connector is None:
+                    raise RuntimeError("this engine has no KV connector to pull a remote prefill with")
+                self.connector.load(seq)
+            except Exception as e:
+                seq.kv.loading = False
+                seq.kv.failed = f"the KV transfer could not start: {type(e).__name__}: {e}"
+                self.fail(seq, e)
+                failed.append(seq)
+        return failed
+
+    def _hold_ended(self) -> None:
+        """Describes the rows producers' sequences left for their peers (the sequences are already in the step's
+        output); a row that cannot be described is freed and its sequence fails."""
+        for seq in self.scheduler.take_holds():
+            try:
+                self.runner.settle(seq.slot, seq.num_computed)
+                if self.connector is None:
+                    raise RuntimeError("this engine has no KV connector to hand a prefill to a peer with")
+                self.connector.hold(seq)
+            except Exception as e:
+                seq.finish_reason, seq.error = "error", f"{type(e).__name__}: {e}"
+                self.scheduler.release(seq)
 
     def _run(self, plan: StepPlan) -> list[Sequence]:
         seqs = [seq for seq, _ in plan]
@@ -325,13 +408,3 @@ class EngineCore:
             return None
         return torch.tensor(slots, device=self.device)
 
-
-def make_drafter(config: SpeculativeConfig, model: nn.Module) -> NgramDrafter | SuffixDrafter | MtpDrafter:
-    """The draft source a config names (the MTP drafter needs the model's MTP layer)."""
-    k = config.num_speculative_tokens
-    if config.method == "ngram":
-        return NgramDrafter(k, config.prompt_lookup_min, config.prompt_lookup_max)
-    if config.method == "suffix":
-        return SuffixDrafter(k, config.suffix_decoding_max_cached_requests, config.suffix_decoding_max_spec_factor,
-                             config.suffix_decoding_min_token_prob, config.suffix_decoding_max_tree_depth)
-    return MtpDrafter(model, k)

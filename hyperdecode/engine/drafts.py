@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import collections
 
-from .sequence import Sequence
+from torch import nn
 
-__all__ = ["TokenIndex", "NgramDrafter", "SuffixDrafter", "longest_match"]
+from .mtp import MtpDrafter
+from .sequence import Sequence
+from .speculative import SpeculativeConfig
+
+__all__ = ["TokenIndex", "NgramDrafter", "SuffixDrafter", "longest_match", "make_drafter"]
 
 MAX_OCCURRENCES = 64  # the latest occurrences of a suffix a drafter looks at (bounds its work per step)
 
@@ -151,3 +155,14 @@ class SuffixDrafter:
             self.earlier.append(TokenIndex(seq.output_ids))
             while len(self.earlier) > self.max_cached:
                 self.earlier.popleft()
+
+
+def make_drafter(config: SpeculativeConfig, model: nn.Module) -> NgramDrafter | SuffixDrafter | MtpDrafter:
+    """The draft source a config names (the MTP drafter needs the model's MTP layer)."""
+    k = config.num_speculative_tokens
+    if config.method == "ngram":
+        return NgramDrafter(k, config.prompt_lookup_min, config.prompt_lookup_max)
+    if config.method == "suffix":
+        return SuffixDrafter(k, config.suffix_decoding_max_cached_requests, config.suffix_decoding_max_spec_factor,
+                             config.suffix_decoding_min_token_prob, config.suffix_decoding_max_tree_depth)
+    return MtpDrafter(model, k)

@@ -35,6 +35,7 @@ class GenerationStats:
     e2e_s: float
     speculative: SpecStats | None = None  # drafts verified, accepted, per position (None: speculation was off)
     cached_tokens: int = 0  # prompt tokens the prefix cache held (not computed)
+    kv_transfer: dict | None = None  # a prompt a peer computed: its TTFT split and bytes (kv_split below)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Generation:
     stats: GenerationStats
     logprobs: list | None = None  # with SamplingParams.logprobs: (token, logprob, top [(token, logprob)]) per token
     prompt_logprobs: list | None = None  # with prompt_logprobs: the same for each prompt token after the first
+    kv_transfer_params: dict | None = None  # a producer's description of the row it holds for a peer (vLLM's)
 
 
 class OutputStream:
@@ -112,6 +114,18 @@ class OutputStream:
         self.end = self.end or time.perf_counter()
         return self._take(len(self.text))
 
+    def kv_split(self) -> dict | None:
+        """For a prompt a peer computed: bytes pulled and TTFT in parts (the peer's prefill as it reported it,
+        the wait for a row, the transfer, the first step here)."""
+        kv = self.seq.kv
+        if kv is None or not kv.consumer or "loaded_at" not in kv.stats:
+            return None
+        st = kv.stats
+        first_step = (self.first_token_at - st["loaded_at"]) if self.first_token_at else None
+        return {"bytes": int(st.get("bytes", 0)), "prefill_s": kv.remote.get("remote_prefill_s"),
+                "queue_s": st["started_at"] - self.start, "transfer_s": st["loaded_at"] - st["started_at"],
+                "first_step_s": first_step}
+
     def result(self) -> Generation:
         n = self.seq.num_output
         params = self.seq.params
@@ -122,9 +136,10 @@ class OutputStream:
         tokens_per_s = 1.0 / tpot if tpot > 0 else (n / e2e if e2e > 0 else 0.0)
         return Generation(self.text, list(self.seq.output_ids), self.seq.finish_reason or "length",
                           GenerationStats(len(self.seq.prompt_ids), n, ttft, tpot, tokens_per_s, e2e,
-                                          self.seq.spec, self.seq.num_cached),
+                                          self.seq.spec, self.seq.num_cached, self.kv_split()),
                           self.seq.logprobs[:n] if params.logprobs is not None else None,
-                          list(self.seq.prompt_logprobs) if params.prompt_logprobs is not None else None)
+                          list(self.seq.prompt_logprobs) if params.prompt_logprobs is not None else None,
+                          self.seq.kv.params_out if self.seq.kv is not None else None)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 one entry, `forward(tokens [B, S], pos [B, S], slots, want) -> logits [wanted, vocab]`, used for steps that mix
 prompt chunks and decode rows (shorter rows right-padded with pos = -1), plain decode (S = 1) and speculative
 verification (S = k + 1; `rollback` then clears the rejected positions); `reuse` gives a row a prefix another
-row (or it) already holds (prefix caching). The reference runner runs any shape;
+row (or it) already holds (prefix caching); `settle` and `received` bracket a row's cache leaving for, or
+arriving from, another instance (disaggregation). The reference runner runs any shape;
 `graph` and `mega` run S = 1 and verify steps themselves and hand other shapes to the reference (`FAST_SHAPES` says
 which)."""
 from __future__ import annotations
@@ -66,6 +67,13 @@ class ReferenceRunner:
             self.model.keep_cache(row, n)
         else:
             self.model.copy_cache(source, row, n)
+
+    def settle(self, row: int, upto: int) -> None:
+        """Makes positions < upto of `row` current in the model's caches (`row_caches`), which a peer is about to
+        read (disaggregation); the reference runner writes nowhere else."""
+
+    def received(self, row: int, first: int, last: int) -> None:
+        """Positions first:last of `row` were written into the model's caches from outside (a peer's prefill)."""
 
     def reference(self, tokens: Tensor, pos: Tensor, slots: Tensor | None, want: Tensor) -> Tensor:
         hidden = self.model(tokens, pos, slots=slots)

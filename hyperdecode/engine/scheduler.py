@@ -5,6 +5,10 @@ waiting sequence is admitted into a free slot while the budget lasts. Without a 
 speculative decoding a decoding sequence also feeds its draft (1 + len(draft) tokens, verified in the same step).
 With prefix caching (prefix.py) an admitted sequence starts after the longest prefix a cache row already holds: it
 takes that row, or a free row into which the core copies the prefix before the step (`seq.reuse`).
+With a KV connector (kv_connector.py) two more things happen to rows: a sequence whose prompt a peer computed is
+admitted into a row and sits out the steps while the core fills the row (`take_loads`), and a row a peer must
+still read (a producer's finished sequence, or a load still writing into an aborted sequence's row) is held, not
+freed, until the core calls `release`.
 
 >>> from hyperdecode.engine.sampling import SamplingParams
 >>> s = Scheduler(max_batch=2, max_seq=64, max_num_batched_tokens=8)
@@ -37,12 +41,15 @@ class Scheduler:
         self.max_batch = 0
         self.max_seq = 0
         self.free: list[int] = []
+        self.held: dict[Sequence, int] = {}  # rows a transfer still uses, by the sequence that filled them
+        self.loads: list[Sequence] = []  # admitted sequences whose rows the core must fill from a peer
+        self.holds: list[Sequence] = []  # ended sequences whose rows the core must describe for a peer
         self.resize(max_batch, max_seq)
 
     def resize(self, max_batch: int, max_seq: int) -> None:
         """New limits: only while no sequence holds a slot (the caches behind the slots are reallocated)."""
-        if self.running:
-            raise RuntimeError("the scheduler can only be resized while no sequence is running")
+        if self.running or self.held:
+            raise RuntimeError("the scheduler can only be resized while no sequence is running or held")
         budget = self.max_num_batched_tokens
         if budget is not None and budget < max_batch:
             raise ConfigError(f"max_num_batched_tokens ({budget}) must be at least the batch size ({max_batch}): "
@@ -71,14 +78,14 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         left = float("inf") if budget is None else budget
         plan: StepPlan = []
-        decoding = [seq for seq in self.running if not seq.prefilling]
+        decoding = [seq for seq in self.running if not seq.prefilling and not seq.loading]
         left -= len(decoding)  # every decoding row feeds its newest token; drafts get what the budget leaves
         for seq in decoding:
             extra = int(min(len(seq.draft), max(left, 0)))
             plan.append((seq, 1 + extra))
             left -= extra
         for seq in self.running:
-            if seq.prefilling and left > 0:
+            if seq.prefilling and not seq.loading and left > 0:
                 n = int(min(seq.remaining, left))
                 plan.append((seq, n))
                 left -= n
@@ -87,10 +94,35 @@ class Scheduler:
             self._admit(seq)
             seq.status = Status.RUNNING
             self.running.append(seq)
+            if seq.kv is not None and seq.kv.consumer:  # the peer computed its prompt: the core fills the row first
+                seq.kv.loading, seq.kv.first, seq.kv.last = True, seq.num_computed, len(seq.prompt_ids)
+                self.loads.append(seq)
+                continue
             n = int(min(seq.remaining, left))
             plan.append((seq, n))
             left -= n
         return plan
+
+    def take_loads(self) -> list[Sequence]:
+        """Sequences admitted since the last call whose rows the core must fill from a peer."""
+        loads, self.loads = self.loads, []
+        return loads
+
+    def take_holds(self) -> list[Sequence]:
+        """Sequences ended since the last call whose rows are held for a peer."""
+        holds, self.holds = self.holds, []
+        return holds
+
+    def release(self, seq: Sequence) -> None:
+        """A held row is free again; what it holds is reusable unless a transfer into it was cut short."""
+        row = self.held.pop(seq, None)
+        if row is None:
+            return
+        self.free.append(row)
+        if seq.finish_reason == "error" or seq.loading or seq.reuse is not None:
+            self.prefix.forget(row)
+        else:
+            self.prefix.store(row, seq.token_ids[:seq.num_computed])
 
     def reset_prefix_cache(self) -> None:
         """Forgets what every row holds (their caches were cleared, or should not be reused)."""
@@ -138,6 +170,13 @@ class Scheduler:
             self.waiting.remove(seq)
         if seq in self.running:
             self.running.remove(seq)
+            if seq.loading:  # a transfer still writes into its row: held until the load ends
+                self.held[seq] = seq.slot
+                return
+            if seq.kv is not None and seq.kv.producer and reason in ("stop", "length"):
+                self.held[seq] = seq.slot  # its prompt's cache, for the peer that decodes it
+                self.holds.append(seq)
+                return
             self.free.append(seq.slot)
             if reason == "error" or seq.reuse is not None:  # a failed row, or one whose prefix never arrived
                 self.prefix.forget(seq.slot)

@@ -46,6 +46,12 @@ class Sequence:
     draft_probs: torch.Tensor | None = None
     spec_state: Any = None
     spec: SpecStats | None = None
+    kv: Any = None  # a KvTransfer (kv_connector.py) when the cache crosses instances: held for a peer, or pulled
+
+    @property
+    def loading(self) -> bool:
+        """A consumer's row is being filled from a peer: the sequence sits out the steps."""
+        return self.kv is not None and self.kv.loading
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_ids)

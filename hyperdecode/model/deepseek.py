@@ -91,13 +91,11 @@ class MLA(nn.Module):
         self.indexer = Indexer(cfg) if cfg.has_indexer and full_indexer else None
         self.cache = None
 
-    def cache_shapes(self) -> dict[str, tuple[int, ...]]:
-        """What each cached token holds: the latent, the roped key and, with an indexer of its own, its key."""
-        c = self.cfg
-        shapes = {"lat": (c.kv_lora_rank,), "pe": (c.qk_rope_head_dim,)}
-        if isinstance(self.indexer, Indexer):
-            shapes["ik"] = (c.index_head_dim,)
-        return shapes
+    @property
+    def cached(self) -> tuple[str, ...]:
+        """The config's cache tensors this layer writes: the latent, the roped key and, with an indexer of its own
+        here, its key."""
+        return ("lat", "pe", "ik") if isinstance(self.indexer, Indexer) else ("lat", "pe")
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, step: Step, causal: list[Tensor],
                 prev_topk: list[Tensor | None]) -> tuple[Tensor, list[Tensor | None]]:
@@ -246,7 +244,10 @@ class DeepseekForCausalLM(CausalLM):
             self.inv_freq.copy_(inv_freq)
 
     def cache_shapes(self, layer: int) -> dict[str, tuple[int, ...]]:
-        return self.layers[layer].self_attn.cache_shapes()
+        """The config's shapes for `layer` (`num_hidden_layers`: the MTP layer) that its attention writes (a
+        parallel role may hold part of them)."""
+        attention = self.layers[layer].self_attn if layer < len(self.layers) else self.mtp.self_attn
+        return {name: shape for name, shape in self.cfg.cache_shapes(layer).items() if name in attention.cached}
 
     def forward(self, tokens: Tensor, pos: Tensor, slots: Tensor | None = None, use_cache: bool = True) -> Tensor:
         """tokens, pos: [B, S] -> final-norm hidden states [B, S, hidden] (as the Llama family's)."""
@@ -270,8 +271,9 @@ class DeepseekForCausalLM(CausalLM):
         if m is not None and (m.self_attn.cache is None or m.self_attn.cache.lat.shape[:2] != (self.max_batch,
                                                                                                self.max_seq)):
             old = m.self_attn.cache
-            m.self_attn.cache = LayerCache(self.max_batch, self.max_seq, m.self_attn.cache_shapes(),
-                                           self.embed_tokens.weight.dtype, self.device)
+            shapes = self.cache_shapes(self.cfg.num_hidden_layers)
+            m.self_attn.cache = LayerCache(self.max_batch, self.max_seq, shapes, self.embed_tokens.weight.dtype,
+                                           self.device)
             m.self_attn.cache.take(old)
 
     def row_caches(self) -> list[Tensor]:

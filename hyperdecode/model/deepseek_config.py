@@ -145,15 +145,29 @@ class DeepseekConfig:
             scale *= yarn_mscale(rs["factor"], rs["mscale_all_dim"]) ** 2
         return scale
 
+    def cache_shapes(self, layer: int) -> dict[str, tuple[int, ...]]:
+        """What one token caches in `layer` (`num_hidden_layers`: the MTP layer): the normed latent ("lat"), the
+        roped key ("pe") and, in a layer with an indexer of its own, the indexer key ("ik"). The model allocates
+        these and every byte count below is read from them."""
+        shapes = {"lat": (self.kv_lora_rank,), "pe": (self.qk_rope_head_dim,)}
+        own_indexer = layer >= self.num_hidden_layers or self.layer_indexers[layer] == "full"
+        if self.has_indexer and own_indexer:
+            shapes["ik"] = (self.index_head_dim,)
+        return shapes
+
     def kv_bytes_per_token(self, dtype_bytes: int = 2, fp8: bool = False) -> int:
         """Latent cache bytes per token over all layers: (kv_lora + rope) values, or the 656 B/layer FP8 layout."""
+        shapes = self.cache_shapes(0)
+        values = shapes["lat"][0] + shapes["pe"][0]
         per_layer = 656 if fp8 and self.kv_lora_rank == 512 and self.qk_rope_head_dim == 64 else \
-            (self.kv_lora_rank + self.qk_rope_head_dim) * (1 if fp8 else dtype_bytes)
+            values * (1 if fp8 else dtype_bytes)
         return self.num_hidden_layers * per_layer
 
     def index_key_bytes_per_token(self) -> int:
-        """Indexer key cache per token over all layers: FP8 values plus one fp32 scale (0 without an indexer)."""
-        return self.num_hidden_layers * (self.index_head_dim + 4) if self.has_indexer else 0
+        """Indexer key cache per token over the layers with an indexer of their own: FP8 values plus one fp32 scale
+        each (0 without an indexer)."""
+        keys = [self.cache_shapes(i).get("ik") for i in range(self.num_hidden_layers)]
+        return sum(shape[0] + 4 for shape in keys if shape)
 
     def cache_bytes_read(self, context: int, value_bytes: int = 2) -> int:
         """Cache bytes one decoded token reads at `context` tokens: the latents DSA keeps (at most index_topk per

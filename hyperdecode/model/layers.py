@@ -140,7 +140,8 @@ class CausalLM(nn.Module):
         return self.embed_tokens.weight.device
 
     def cache_shapes(self, layer: int) -> dict[str, tuple[int, ...]]:
-        raise NotImplementedError
+        """What one token caches in `layer`: the config says (one source for the model, `inspect` and transfers)."""
+        return self.cfg.cache_shapes(layer)
 
     def setup_caches(self, max_batch: int, max_seq: int) -> None:
         """Allocates static caches; keeps the current ones when already large enough, and their contents when

@@ -69,10 +69,16 @@ class LlamaConfig:
         if rope_type not in ROPE_TYPES:
             raise ConfigError(f"{self.source}: rope type '{rope_type}' is not supported (supported: {ROPE_TYPES})")
 
+    def cache_shapes(self, layer: int) -> dict[str, tuple[int, ...]]:
+        """What one token caches in `layer`: its key and value heads (the model allocates these)."""
+        kv = (self.num_key_value_heads, self.head_dim)
+        return {"k": kv, "v": kv}
+
     def kv_bytes_per_token(self, dtype_bytes: int = 2, fp8: bool = False) -> int:
         """K and V of every layer for one token (`fp8`: one byte per value)."""
         value_bytes = 1 if fp8 else dtype_bytes
-        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * value_bytes
+        values = sum(math.prod(shape) for shape in self.cache_shapes(0).values())
+        return self.num_hidden_layers * values * value_bytes
 
     def index_key_bytes_per_token(self) -> int:
         return 0
@@ -228,10 +234,6 @@ class LlamaForCausalLM(CausalLM):
         """Fills the non-persistent buffers (RoPE frequencies), e.g. after `to_empty`."""
         if self.inv_freq.device.type != "meta":
             self.inv_freq.copy_(self.cfg.rope_inv_freq()[0])
-
-    def cache_shapes(self, layer: int) -> dict[str, tuple[int, ...]]:
-        kv = (self.cfg.num_key_value_heads, self.cfg.head_dim)
-        return {"k": kv, "v": kv}
 
     def forward(self, tokens: Tensor, pos: Tensor, slots: Tensor | None = None, use_cache: bool = True) -> Tensor:
         """tokens, pos: [B, S] -> final-norm hidden states [B, S, hidden]. Each row has its own positions (pos = -1

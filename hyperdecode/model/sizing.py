@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from ..hardware import machine
 from .registry import ModelConfig, family_of
 
-__all__ = ["Sizing", "size_model"]
+__all__ = ["Sizing", "size_model", "token_cache_bytes"]
 
 
 @dataclass
@@ -22,6 +22,7 @@ class Sizing:
     weight_bytes_per_token: int
     cache_bytes_per_token: int  # cache read per decoded token at `context`
     hbm_tbps: float
+    token_cache_bytes: int = 0  # cache one token leaves (KV + indexer keys): a PD transfer's bytes per prompt token
 
     @property
     def bytes_per_token(self) -> int:
@@ -33,6 +34,29 @@ class Sizing:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "bytes_per_token": self.bytes_per_token, "roofline_tok_s": self.roofline_tok_s}
+
+
+def token_cache_bytes(cfg: ModelConfig, value_bytes: int = 2, index_keys: str = "fp8", mtp: bool = False) -> int:
+    """Bytes one token leaves in the cache over every layer (with `mtp`, the MTP layer's too), from the config's
+    `cache_shapes`: K and V or latent and roped key at `value_bytes` a value (1: FP8, MLA's packed 656 B/layer
+    where the dims are GLM/DeepSeek's), DSA indexer keys as deployed (`index_keys="fp8"`: a byte a value plus a
+    fp32 scale) or as this engine keeps them ("values": `value_bytes` a value). The one number `inspect` prints,
+    the fabric workload moves per prompt token, and a prefill instance sends per prompt token.
+
+    >>> from hyperdecode.model.loader import preset_config
+    >>> token_cache_bytes(preset_config("glm-5"))  # 89,856 B latent + 10,296 B indexer keys
+    100152
+    """
+    if index_keys not in ("fp8", "values"):
+        raise ValueError(f"index_keys must be 'fp8' or 'values', got {index_keys!r}")
+    per_layer = cfg.kv_bytes_per_token(value_bytes, fp8=value_bytes == 1) // cfg.num_hidden_layers
+    total = 0
+    for layer in range(cfg.num_hidden_layers + (1 if mtp else 0)):
+        total += per_layer
+        key = cfg.cache_shapes(layer).get("ik")
+        if key is not None:
+            total += math.prod(key) + 4 if index_keys == "fp8" else math.prod(key) * value_bytes
+    return total
 
 
 def size_model(cfg: ModelConfig, context: int = 4096, weight_bytes: float = 2.0, hbm_tbps: float | None = None,
@@ -60,4 +84,5 @@ def size_model(cfg: ModelConfig, context: int = 4096, weight_bytes: float = 2.0,
     kv = cfg.kv_bytes_per_token(kv_bytes, fp8=kv_bytes == 1)
     hbm_tbps = hbm_tbps or machine("h200").copy_tbps
     return Sizing(n_total, n_main, n_total - n_main, int(active), kv, cfg.index_key_bytes_per_token(), context,
-                  int(active * weight_bytes), cfg.cache_bytes_read(context, kv_bytes), hbm_tbps)
+                  int(active * weight_bytes), cfg.cache_bytes_read(context, kv_bytes), hbm_tbps,
+                  token_cache_bytes(cfg, kv_bytes))

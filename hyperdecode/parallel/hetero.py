@@ -140,8 +140,10 @@ class IndexerRole(nn.Module):
         self.channel = channel
         self.cache = None
 
-    def cache_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"ik": (self.cfg.index_head_dim,)} if self.indexer is not None else {}
+    @property
+    def cached(self) -> tuple[str, ...]:
+        """Of the layer's cache, only the indexer key (none in a layer that shares an earlier selection)."""
+        return ("ik",) if self.indexer is not None else ()
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, step: Any, causal: list[Tensor],
                 prev_topk: list[Tensor | None]) -> tuple[Tensor, list[Tensor | None]]:

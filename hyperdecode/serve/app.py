@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
+from ..disagg.config import parse_kv_transfer_config
 from ..engine.llm import LLM
 from ..engine.output import Generation
 from ..engine.chat import lone_surrogate
@@ -68,6 +69,7 @@ class ServerConfig:
     tool_call_parser: str | None = None  # vLLM's --tool-call-parser (None: from the chat template)
     quantize: str = "auto"  # a GGUF's quantized blocks kept as they are on the CPU (model/quant.py), or "none"
     activations: str = "auto"  # how decode rows meet those blocks: "fp32" (exact), "int8" (model/quant.py) or "auto"
+    kv_transfer_config: str | dict | None = None  # vLLM's --kv-transfer-config: a disaggregated instance's role
 
     @property
     def name(self) -> str:
@@ -106,7 +108,20 @@ class State:
     def _start(self, llm: LLM) -> None:
         c = self.config
         llm.speculate(c.speculative_config)
-        self.engine = EngineThread(llm, c.max_batch, c.max_queue, c.max_model_len, Metrics(c.name))
+        engine = EngineThread(llm, c.max_batch, c.max_queue, c.max_model_len, Metrics(c.name))
+        kv = parse_kv_transfer_config(c.kv_transfer_config)
+        if kv is not None:
+            from ..disagg.nixl import NixlConnector
+            mtp = llm.core.speculative is not None and llm.core.speculative.method == "mtp"
+            try:
+                engine.connect(NixlConnector(kv, llm.core.runner.model, c.name, engine.metrics, engine.poke, mtp),
+                               kv.kv_role)
+            except Exception:
+                engine.shutdown()
+                raise
+            log.info("KV transfer: %s, engine %s, NIXL side channel on %s:%d", kv.kv_role, kv.engine_id, kv.kv_ip,
+                     engine.core.connector.side.port)
+        self.engine = engine
 
     def ready_engine(self) -> EngineThread:
         if self.engine is None:

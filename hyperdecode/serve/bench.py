@@ -3,10 +3,12 @@
 Definitions (as vLLM, SGLang and genai-perf): TTFT = time to the first chunk with a choice; ITL = gaps between
 chunks; TPOT = (E2E − TTFT) / (output tokens − 1) per request; output tok/s = all output tokens / wall time.
 `--multi-turn N` runs agent loops: `--num-requests` conversations (`--concurrency` at a time) of N sequential chat
-calls each, every call resending the growing history.
+calls each, every call resending the growing history. `--request-rate R` starts requests at Poisson arrivals of R
+per second (an open loop) instead of `--concurrency` clients back to back; `--range-ratio` mixes lengths.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import random
@@ -19,7 +21,7 @@ import httpx
 from ..errors import HyperdecodeError
 from ..flags import check_at_least, check_output_file
 
-__all__ = ["RequestResult", "percentiles", "run_bench"]
+__all__ = ["RequestResult", "percentiles", "run_bench", "bench", "bench_args"]
 
 WORDS = ("the model of a city runs fast and every agent calls it again with more context to read while tokens "
          "stream back in order so latency adds up over many turns").split()
@@ -116,40 +118,88 @@ async def server_model(client: httpx.AsyncClient, headers: dict, model: str | No
         raise HyperdecodeError(f"{r.request.url} does not list a model (pass --model)") from None
 
 
+DEFAULTS = {"model": None, "concurrency": 1, "num_requests": 8, "input_len": 32, "output_len": 32, "multi_turn": 0,
+            "system_len": 0, "request_rate": 0.0, "range_ratio": 0.0, "api_key": None, "seed": 0, "json": None}
+
+
+def bench_args(url: str, **given: Any) -> argparse.Namespace:
+    """The flags of `bench serve` for a run from Python (benchmarks, tests): `bench(bench_args(url, concurrency=4))`."""
+    unknown = set(given) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"bench serve has no flag {', '.join(sorted(unknown))}")
+    return argparse.Namespace(url=url, **{**DEFAULTS, **given})
+
+
+def lengths(rng: random.Random, args: Any) -> tuple[int, int]:
+    """(prompt words, output tokens) of one request: `--input-len` / `--output-len`, or with `--range-ratio` r drawn
+    uniformly from [len·(1 − r), len·(1 + r)] (vLLM's --random-range-ratio), so a run mixes long and short."""
+    r = args.range_ratio
+    draw = lambda n: max(1, round(n * rng.uniform(1 - r, 1 + r))) if r else n  # noqa: E731
+    return draw(args.input_len), draw(args.output_len)
+
+
 async def bench(args: Any) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     rng = random.Random(args.seed)
     limits = httpx.Limits(max_connections=args.concurrency + 2)
     async with httpx.AsyncClient(base_url=args.url, timeout=httpx.Timeout(600.0), limits=limits) as client:
         model = await server_model(client, headers, args.model)
-        common = {"model": model, "max_tokens": args.output_len, "ignore_eos": True, "temperature": 0.0,
-                  "stream": True, "stream_options": {"include_usage": True}}
+        common = {"model": model, "ignore_eos": True, "temperature": 0.0, "stream": True,
+                  "stream_options": {"include_usage": True}}
         results: list[RequestResult] = []
-        queue = list(range(args.num_requests))  # requests, or with --multi-turn conversations
-
-        async def worker(run_one: Any) -> None:
-            while queue:
-                queue.pop()
-                await run_one()
 
         async def completion() -> None:
-            body = {**common, "prompt": random_prompt(rng, args.input_len)}
+            words, out = lengths(rng, args)
+            body = {**common, "prompt": random_prompt(rng, words), "max_tokens": out}
             results.append(await stream_request(client, "/v1/completions", body, headers))
 
         async def conversation() -> None:
             messages = [{"role": "system", "content": random_prompt(rng, args.system_len)}] if args.system_len else []
             for turn in range(args.multi_turn):
-                messages.append({"role": "user", "content": random_prompt(rng, args.input_len)})
-                r = await stream_request(client, "/v1/chat/completions", {**common, "messages": messages}, headers)
+                words, out = lengths(rng, args)
+                messages.append({"role": "user", "content": random_prompt(rng, words)})
+                body = {**common, "messages": messages, "max_tokens": out}
+                r = await stream_request(client, "/v1/chat/completions", body, headers)
                 r.turn = turn
                 results.append(r)
                 messages.append({"role": "assistant", "content": r.text})
 
         start = time.perf_counter()
         one = conversation if args.multi_turn else completion
-        await asyncio.gather(*(worker(one) for _ in range(args.concurrency)))
+        if args.request_rate:
+            await arrivals(one, rng, args)
+        else:
+            await closed_loop(one, args)
         wall = time.perf_counter() - start
     return summarize(results, wall, args)
+
+
+async def closed_loop(one: Any, args: Any) -> None:
+    """`--concurrency` clients, each starting its next request (or conversation) when the last one ended."""
+    queue = list(range(args.num_requests))
+
+    async def client() -> None:
+        while queue:
+            queue.pop()
+            await one()
+    await asyncio.gather(*(client() for _ in range(args.concurrency)))
+
+
+async def arrivals(one: Any, rng: random.Random, args: Any) -> None:
+    """An open loop: requests (or conversations) start at Poisson arrivals of `--request-rate` per second, whatever
+    the server's pace, at most `--concurrency` in flight (vllm bench serve's --request-rate and
+    --max-concurrency)."""
+    slots = asyncio.Semaphore(args.concurrency)
+
+    async def guarded() -> None:
+        async with slots:
+            await one()
+    started = []
+    for i in range(args.num_requests):
+        if i:
+            await asyncio.sleep(rng.expovariate(args.request_rate))
+        started.append(asyncio.ensure_future(guarded()))
+    await asyncio.gather(*started)
 
 
 def summarize(results: list[RequestResult], wall: float, args: Any) -> dict[str, Any]:
@@ -161,6 +211,8 @@ def summarize(results: list[RequestResult], wall: float, args: Any) -> dict[str,
                "ttft_ms": ms([r.ttft for r in ok]), "tpot_ms": ms([r.tpot for r in ok if r.tpot is not None]),
                "itl_ms": ms([x for r in ok for x in r.itl]), "e2e_ms": ms([r.e2e for r in ok]),
                "prompt_tokens_p50": percentiles([r.prompt_tokens for r in ok], (50,))["p50"],
+               "output_tokens_range": [min((r.output_tokens for r in ok), default=0),
+                                       max((r.output_tokens for r in ok), default=0)],
                "errors": sorted({r.error for r in results if not r.ok})[:5],
                "config": {k: v for k, v in vars(args).items() if k not in ("api_key", "func")}}
     if args.multi_turn:
@@ -177,6 +229,10 @@ def check_bench_args(args: Any) -> None:
     """The flags of `bench serve`, before any request."""
     check_at_least(args, {"concurrency": 1, "num_requests": 1, "input_len": 1, "output_len": 1, "multi_turn": 0,
                           "system_len": 0})
+    if not (args.request_rate >= 0 and args.request_rate < float("inf")):
+        raise ValueError(f"--request-rate must be a finite number ≥ 0 (0: a closed loop), got {args.request_rate}")
+    if not 0 <= args.range_ratio < 1:
+        raise ValueError(f"--range-ratio must be in [0, 1), got {args.range_ratio}")
     try:
         url = httpx.URL(args.url)
     except httpx.InvalidURL as e:

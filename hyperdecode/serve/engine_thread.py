@@ -8,6 +8,10 @@ waiting requests to the core while it has free slots. So a disconnect stops gene
 One request's fault never reaches another: the core ends a sequence whose row, seed or sampler failed alone (see
 engine/core.py), a detokeniser fault ends its own request, and each fault is logged with the request id. The
 core keeps one cache row more than `max_batch` for readiness probes, so a probe never waits behind user requests.
+
+With a KV connector (`connect`, disaggregated serving) rows held for a peer count as taken, and the thread keeps
+polling while transfers are pending (a load's worker wakes it at once; held rows are looked at every
+TRANSFER_POLL_S).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from ..engine.kv_connector import KvConnector
 from ..engine.llm import LLM
 from ..engine.output import OutputStream, RequestOutput
 from ..engine.inputs import InputProcessor
@@ -32,6 +37,7 @@ __all__ = ["EngineThread", "Submitted"]
 
 log = logging.getLogger("hyperdecode.serve")
 IDLE_WAKE_S = 1.0  # the idle thread still beats this often
+TRANSFER_POLL_S = 0.01  # with transfers pending and nothing to step: how often the connector is polled
 
 
 @dataclass(eq=False)
@@ -83,6 +89,7 @@ class EngineThread:
         self.wake = threading.Condition()
         self.stopping = False
         self.heartbeat = time.monotonic()  # the engine thread was alive then
+        self.kv_role: str | None = None  # with a KV connector: kv_producer, kv_consumer or kv_both
         self.last_step_at: float | None = None
         self.thread = threading.Thread(target=self._loop, name="hyperdecode-engine", daemon=True)
         self.thread.start()
@@ -98,8 +105,19 @@ class EngineThread:
 
     @property
     def free_slots(self) -> int:
-        """User slots not taken (probes have their own)."""
-        return self.max_batch - self.num_running
+        """User slots not taken (probes have their own), nor held for a peer's transfer."""
+        return self.max_batch - self.num_running - self.core.num_held
+
+    def connect(self, connector: KvConnector, role: str) -> None:
+        """Moves caches to and from peers through `connector` (before the first request); `role` is the
+        instance's kv_role."""
+        self.core.connector = connector
+        self.kv_role = role
+
+    def poke(self) -> None:
+        """Wakes the thread (a transfer ended)."""
+        with self.wake:
+            self.wake.notify()
 
     @contextlib.contextmanager
     def admission(self) -> Iterator[None]:
@@ -139,20 +157,23 @@ class EngineThread:
                 "heartbeat_age_s": round(now - self.heartbeat, 4),
                 "last_step_age_s": None if self.last_step_at is None else round(now - self.last_step_at, 4),
                 "running": self.num_running, "waiting": len(self.waiting), "free_slots": self.free_slots,
-                "max_batch": self.max_batch, "steps": self.steps}
+                "max_batch": self.max_batch, "steps": self.steps, "held_rows": self.core.num_held}
 
     def shutdown(self) -> None:
         with self.wake:
             self.stopping = True
             self.wake.notify()
         self.thread.join(timeout=10)
+        connector, self.core.connector = self.core.connector, None
+        if connector is not None:
+            connector.close()
         if not self.thread.is_alive():
             self.core.release()  # the LLM may be used offline again
 
     def _loop(self) -> None:
         while True:
             with self.wake:
-                while not (self.stopping or self.waiting or self.probes or self.active):
+                while not (self.stopping or self.waiting or self.probes or self.active or self.core.transfers_pending):
                     self.wake.wait(timeout=IDLE_WAKE_S)
                     self.heartbeat = time.monotonic()
                 if self.stopping:
@@ -161,9 +182,13 @@ class EngineThread:
             try:
                 self._expire()
                 self._admit()
+                steps = self.core.steps
                 for out in self.core.step():
                     self._deliver(self.active[out.seq], out)
                 self.last_step_at = time.monotonic()
+                if self.core.steps == steps and self.core.transfers_pending:  # only transfers to wait for
+                    with self.wake:
+                        self.wake.wait(timeout=TRANSFER_POLL_S)
             except Exception as e:  # a fault outside any one sequence: fail the requests in flight, keep serving
                 log.exception("engine step failed; failing the %d requests in flight", len(self.active))
                 for req in list(self.active.values()):
@@ -171,6 +196,7 @@ class EngineThread:
             self.metrics.running.set(self.num_running)
             self.metrics.waiting.set(len(self.waiting))
             self.metrics.cached(self.core.cache_stats())
+            self.metrics.kv_held_rows.set(self.core.num_held)
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -213,7 +239,12 @@ class EngineThread:
         """A step's output for the request: its new text and logprobs to the handler, the metrics, and its end."""
         if out.finish_reason == "error":
             log.error("request %s failed in the engine: %s", req.rid, out.error)
-            self._complete(req, "error", server_error(f"the request failed in the engine: {out.error}"), out)
+            kv = req.seq.kv
+            if kv is not None and kv.failed:  # the peer's fault, not this server's: a gateway error
+                error = APIError(502, kv.failed, type="server_error", code="kv_transfer_failed")
+            else:
+                error = server_error(f"the request failed in the engine: {out.error}")
+            self._complete(req, "error", error, out)
             return
         now = time.perf_counter()
         new_tokens = max(len(out.token_ids), 1)  # a verify step may yield several
@@ -253,6 +284,8 @@ class EngineThread:
             self.metrics.e2e.observe(result.stats.e2e_s)
             if result.stats.speculative is not None:
                 self.metrics.speculated(result.stats.speculative)
+            if result.stats.kv_transfer is not None:
+                self.metrics.pd_ttft(result.stats.kv_transfer)
             if result.stats.output_tokens > 1:
                 self.metrics.tpot.observe(result.stats.tpot_s)
         if error:

@@ -15,6 +15,7 @@ from ..engine.output import Generation, OutputStream
 from ..engine.sequence import Sequence
 from ..errors import RequestError
 from .engine_thread import EngineThread, Submitted
+from .kv_transfer import attach, response_fields
 from .protocol import APIError, GenerateRequest, error_body, usage
 from .toolcalls import ToolStream, new_call_id, parse_tool_calls, parser_for_template
 
@@ -115,6 +116,7 @@ def _sequences(engine: EngineThread, g: GenerateRequest) -> list[tuple[Sequence,
         if g.echo:
             echo = prompt if isinstance(prompt, str) else engine.llm.tokenizer.decode(first.prompt_ids)
         out += [(seq, sample_stream, echo) for seq, sample_stream in engine.inputs.samples(first, stream, g.n)]
+    attach(g.kv_transfer, engine.kv_role, out, g.kv_transfer_params, g.echo and g.logprobs is not None)
     return out
 
 
@@ -207,7 +209,8 @@ def completion_body(g: GenerateRequest, rid: str, model: str, choices: list[Choi
         items.append({"index": c.index, "text": c.prompt_text + r.text, "logprobs": logprobs,
                       "finish_reason": r.finish_reason})
     return {"id": rid, "object": "chat.completion" if g.kind == "chat" else "text_completion",
-            "created": int(time.time()), "model": model, "choices": items, "usage": total_usage(choices, outputs)}
+            "created": int(time.time()), "model": model, "choices": items, "usage": total_usage(choices, outputs),
+            **response_fields(outputs)}
 
 
 def pieces(g: GenerateRequest, choice: Choice, text: str, entries: list, tokenizer: Any) -> list[dict[str, Any]]:
@@ -255,8 +258,8 @@ async def respond_sse(engine: EngineThread, g: GenerateRequest, rid: str, model:
     created = int(time.time())
     kind = "chat.completion.chunk" if g.kind == "chat" else "text_completion"
 
-    def chunk(items: list[dict], usage_: dict | None = None) -> str:
-        body = {"id": rid, "object": kind, "created": created, "model": model, "choices": items}
+    def chunk(items: list[dict], usage_: dict | None = None, extra: dict | None = None) -> str:
+        body = {"id": rid, "object": kind, "created": created, "model": model, "choices": items, **(extra or {})}
         if usage_ is not None:
             body["usage"] = usage_
         return event(body)
@@ -291,8 +294,9 @@ async def respond_sse(engine: EngineThread, g: GenerateRequest, rid: str, model:
                     yield chunk([item], extra if j == len(items) - 1 else None)
             elif kind_ == "done":
                 outputs[choice.index] = payload
-                for items in last_pieces(g, choice, payload):
-                    yield chunk(items)
+                closing = last_pieces(g, choice, payload)
+                for j, items in enumerate(closing):  # the finish reason's chunk also carries kv_transfer_* fields
+                    yield chunk(items, None, response_fields([payload]) if j == len(closing) - 1 else None)
             else:
                 yield event(error_body(payload))
                 yield "data: [DONE]\n\n"

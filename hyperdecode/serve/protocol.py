@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from ..disagg.params import check_kv_params
 from ..engine.inputs import Chat, check_chat
 from ..engine.sampling import MAX_LOGPROBS, SamplingParams
 from ..engine.structured import check_spec
@@ -22,7 +23,7 @@ __all__ = ["APIError", "GenerateRequest", "parse_chat", "parse_completion", "usa
 COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options",
           "ignore_eos", "request_timeout", "skip_special_tokens", "frequency_penalty", "presence_penalty",
           "repetition_penalty", "logit_bias", "min_tokens", "n", "logprobs", "response_format", "guided_json",
-          "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}  # implemented
+          "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "kv_transfer_params"}  # implemented
 CHAT = COMMON | {"messages", "max_completion_tokens", "chat_template_kwargs", "tools", "tool_choice", "top_logprobs",
                  "parallel_tool_calls"}
 COMPLETION = COMMON | {"prompt", "echo"}
@@ -75,6 +76,8 @@ class GenerateRequest:
     echo: bool = False  # completions: the prompt comes back before the completion (with its logprobs)
     structured_field: str | None = None  # the field that asked for a grammar (its errors name it)
     parallel_tool_calls: bool = True  # false: at most one tool call per turn
+    kv_transfer: str | None = None  # disaggregation: "send" (a prefill for a peer) or "pull" (decode its prefill)
+    kv_transfer_params: dict[str, Any] | None = None  # vLLM's, as the request gave them
 
     @property
     def prompts(self) -> list[Any]:
@@ -167,12 +170,13 @@ def parse_common(body: Any, allowed: set[str], kind: str) -> tuple[dict, Samplin
             message = str(e).replace("'max_tokens'", f"'{max_tokens_field}'")
             raise RequestError(message, param=max_tokens_field) from None
         raise
+    kv_transfer, kv_params = check_kv_params(body.get("kv_transfer_params"))
     structured_field = next((k for k in ("response_format", "structured_outputs", *STRUCTURED_FIELDS)
                              if body.get(k) not in (None, {"type": "text"})), None)
     meta = {"model": model, "stream": bool(body.get("stream", False)),
             "include_usage": bool(options.get("include_usage")),
             "continuous_usage": bool(options.get("continuous_usage_stats")), "timeout_s": timeout, "n": n or 1,
-            "structured_field": structured_field}
+            "structured_field": structured_field, "kv_transfer": kv_transfer, "kv_transfer_params": kv_params}
     return meta, params
 
 

@@ -176,14 +176,18 @@ def test_failed_load_is_reported(tmp_path):
 
 
 def test_bench_serve_reports_percentiles(server, tmp_path):
-    import argparse
-    from hyperdecode.serve.bench import bench
-    args = argparse.Namespace(url=server.url, model=None, concurrency=4, num_requests=8, input_len=12,
-                              output_len=10, multi_turn=0, system_len=0, api_key=None, seed=0, json=None)
+    from hyperdecode.serve.bench import bench, bench_args
+    args = bench_args(server.url, concurrency=4, num_requests=8, input_len=12, output_len=10)
     s = asyncio.run(bench(args))
     assert s["completed"] == 8 and s["failed"] == 0
     assert 0 < s["ttft_ms"]["p50"] <= s["ttft_ms"]["p99"] <= s["e2e_ms"]["p99"]
     assert s["tpot_ms"]["p50"] > 0 and s["output_tok_s"] > 0
+    args.request_rate, args.range_ratio = 20.0, 0.5  # an open loop of mixed lengths
+    o = asyncio.run(bench(args))
+    assert o["completed"] == 8 and o["failed"] == 0 and o["wall_s"] > 0
+    low, high = o["output_tokens_range"]
+    assert 5 <= low < high <= 15  # lengths drawn in [5, 15]
+    args.request_rate, args.range_ratio = 0.0, 0.0
     args.multi_turn, args.concurrency, args.num_requests = 3, 2, 3  # 3 conversations of 3 calls, 2 at a time
     m = asyncio.run(bench(args))
     assert m["completed"] == 9 and [t["turn"] for t in m["per_turn"]] == [0, 1, 2]

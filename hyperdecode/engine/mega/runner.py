@@ -182,6 +182,15 @@ class MegaRunner(ReferenceRunner):
         self.reference_valid[row] = n
         self.arena_valid[row] = min(self.arena_valid[row], n) if source == row else 0
 
+    def settle(self, row: int, upto: int) -> None:
+        """What only the arena holds of the row's first positions goes to the reference caches a peer reads."""
+        self._sync(row, upto, to_arena=False)
+
+    def received(self, row: int, first: int, last: int) -> None:
+        """The reference caches got positions first:last from a peer; the arena catches up when the row next runs."""
+        self.reference_valid[row] = max(self.reference_valid[row], last)
+        self.arena_valid[row] = min(self.arena_valid[row], first)
+
     def _sync(self, row: int, upto: int, to_arena: bool) -> None:
         """Makes positions < upto of `row` current on the side about to run."""
         have = self.arena_valid if to_arena else self.reference_valid

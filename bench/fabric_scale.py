@@ -3,10 +3,11 @@
 GPU pair (exact, streamed), path multiplicity over GPU pairs (exact over attachment signatures when small enough,
 else 200,000 sampled pairs), one switch failure (exact).
 
-    OMP_NUM_THREADS=1 python bench/fabric_scale.py
+    OMP_NUM_THREADS=1 python bench/fabric_scale.py [--zcube-n 128] [--roft-gpus 16384] [--radix 128]
 """
 from __future__ import annotations
 
+import argparse
 import os
 import time
 
@@ -15,15 +16,20 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from hyperdecode.fabric import diameter, failure_impact, roft, zcube  # noqa: E402
-from hyperdecode.fabric.report import path_multiplicity  # noqa: E402
-from hyperdecode.fabric.verify import all_pairs, gpu_pairs  # noqa: E402
+from hyperdecode.fabric.topology.report import path_multiplicity  # noqa: E402
+from hyperdecode.fabric.topology.verify import all_pairs, gpu_pairs  # noqa: E402
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zcube-n", type=int, default=128, help="ZCube(n, 2): 2n switches of n GPUs, n^2 GPUs")
+    ap.add_argument("--roft-gpus", type=int, default=16384, help="GPUs of the 3-tier ROFT")
+    ap.add_argument("--radix", type=int, default=128, help="the ROFT switches' radix (128 x 400G = 51.2T)")
+    args = ap.parse_args()
     print(f"{'topology':<22}{'build s':>9}{'verify s':>10}{'switches':>10}{'diam':>6}  {'GPU pairs':<24}"
           f"{'paths/pairing':>15}{'fail s':>8}")
-    for name, build in (("ZCube(128,2) 51.2T", lambda: zcube(128)),
-                        ("ROFT 3-tier 51.2T", lambda: roft(16384, 128, tiers=3))):
+    for name, build in ((f"ZCube({args.zcube_n},2)", lambda: zcube(args.zcube_n)),
+                        (f"ROFT 3-tier radix {args.radix}", lambda: roft(args.roft_gpus, args.radix, tiers=3))):
         t0 = time.perf_counter()
         topo = build()
         t1 = time.perf_counter()

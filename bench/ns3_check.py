@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from hyperdecode.fabric import fattree
-from hyperdecode.fabric.ns3check import cross_check, flow_paths, random_routable_pairs
+from hyperdecode.fabric.packet.ns3check import cross_check, flow_paths, random_routable_pairs
 
 CASES = {
     "leaf-spine 8 GPUs, 2 leaves, 1:1": lambda: fattree(8, 4, gpus_per_server=1),

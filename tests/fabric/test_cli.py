@@ -12,31 +12,45 @@ def cli(*args):
                           text=True, timeout=300)
 
 
-def test_build_describe_round_trip(tmp_path):
+def test_build_describe_round_trip(tmp_path, capsys):
     out = tmp_path / "z.json"
-    r = cli("build", "zcube", "--n", "8", "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    assert "switches 16" in r.stdout and out.exists()
-    d = cli("describe", str(out), "--json")
-    assert d.returncode == 0, d.stderr
-    desc = json.loads(d.stdout)
+    code, stdout, err = run_main(["fabric", "build", "zcube", "--n", "8", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "switches 16" in stdout and out.exists()
+    code, stdout, err = run_main(["fabric", "describe", str(out), "--json"], capsys)
+    assert code == 0, err
+    desc = json.loads(stdout)
     assert desc["diameter"]["diameter"] == 2 and desc["bisection"]["full"]
     assert desc["multiplicity"]["paths_per_best_pairing"] == [1, 1]
 
 
-def test_compare_table_and_json():
-    r = cli("compare", "--gpus", "1024", "--switch-tbps", "12.8")
-    assert r.returncode == 0, r.stderr
-    assert "switches -60.0 %" in r.stdout and "optics -33.3 %" in r.stdout
-    rows = json.loads(cli("compare", "--gpus", "1024", "--switch-tbps", "12.8", "--json").stdout)
+def test_compare_table_and_json(capsys):
+    code, out, err = run_main(["fabric", "compare", "--gpus", "1024", "--switch-tbps", "12.8"], capsys)
+    assert code == 0, err
+    assert "switches -60.0 %" in out and "optics -33.3 %" in out
+    code, out, _ = run_main(["fabric", "compare", "--gpus", "1024", "--switch-tbps", "12.8", "--json"], capsys)
+    rows = json.loads(out)
     assert [r["topology"] for r in rows] == ["zcube", "roft", "fattree"] and rows[0]["diameter"] == 2
 
 
-def test_draw_writes_a_png(tmp_path):
+def test_compare_counts_optics_both_ways_with_the_reach_that_decides_copper(capsys):
+    """1,024 GPUs on 51.2T: the blog form's 128-GPU blocks span 16 servers, beyond a DAC's reach, so with 2 optics
+    per fibre link ZCube needs 6,144 against ROFT's 4,096 (+50 %), while counting switch-side modules with breakout
+    gives 1,024 against 1,536 (-33.3 %); with copper reaching 16 servers the block links are copper again."""
+    code, out, err = run_main(["fabric", "compare", "--gpus", "1024", "--switch-tbps", "51.2"], capsys)
+    assert code == 0, err
+    assert "+50.0 % (2 per fibre link, copper within 4 servers)" in out and "-33.3 % (switch modules)" in out
+    code, out, _ = run_main(["fabric", "compare", "--gpus", "1024", "--switch-tbps", "51.2", "--json",
+                             "--reach-servers", "16"], capsys)
+    zcube = json.loads(out)[0]["optics_counts"]
+    assert (zcube["per_link"], zcube["copper_links"], zcube["reach_servers"]) == (4096, 1024, 16)
+
+
+def test_draw_writes_a_png(tmp_path, capsys):
     for args in (("zcube", "--n", "6"), ("roft", "--gpus", "256", "--switch-radix", "16", "--tiers", "3")):
         png = tmp_path / f"{args[0]}.png"
-        r = cli("draw", *args, "--out", str(png))
-        assert r.returncode == 0, r.stderr
+        code, _, err = run_main(["fabric", "draw", *args, "--out", str(png)], capsys)
+        assert code == 0, err
         data = png.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
@@ -49,9 +63,9 @@ def test_draw_writes_a_png(tmp_path):
     (("compare", "--gpus", "100000", "--switch-tbps", "12.8"), "largest is ZCube(32, 2) = 1024 GPUs"),
     (("draw", "zcube", "--n", "64", "--out", "x.png"), "small instances"),
 ])
-def test_bad_arguments(args, message):
-    r = cli(*args)
-    assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr
+def test_bad_arguments(args, message, capsys):
+    code, _, err = run_main(["fabric", *args], capsys)  # in this process: a traceback would fail the test itself
+    assert code == 1 and message in err and "Traceback" not in err
 
 
 @pytest.fixture
@@ -80,17 +94,20 @@ FLAGS = [  # (fabric command line, exit code, text of the one-line message); {tm
     (SIM + ("--max-requests", "0"), 1, "--max-requests must be at least 1, got 0"),
     (SIM + ("--max-requests", "-5"), 1, "--max-requests must be at least 1, got -5"),
     (("simulate", "--gpus", "64", "--trace", "{tmp}/neg.jsonl"), 1, "neg.jsonl:2: timestamp -500 must be"),
-    (SIM[:-1] + ("{tmp}/adir",), 1, "adir: cannot read the trace"),
+    (SIM[:-1] + ("{tmp}/adir",), 1, "--trace: {tmp}/adir: cannot read the trace"),
+    (SIM[:-1] + ("nosuch",), 1, "--trace: nosuch: trace file not found (a shipped trace's name: "
+                                "mooncake-conversation, mooncake-synthetic, azure-code)"),
     (SIM + ("--ttft-slo", "-1"), 1, "--ttft-slo must be a positive number"),
     (SIM + ("--ttft-slo", "0"), 1, "--ttft-slo must be a positive number"),
     (SIM + ("--qps", "0"), 1, "--qps must be at least 1"),
     (SIM + ("--gpus-per-instance", "0"), 1, "--gpus-per-instance must be at least 1"),
-    (SIM + ("--gpus-per-instance", "7"), 1, "--gpus-per-instance 7 must divide the 64 GPUs"),
+    (SIM + ("--gpus-per-instance", "7", "--decode-gpus", "0"), 1, "--gpus-per-instance 7 must divide the 64 GPUs"),
+    (SIM + ("--gpus-per-instance", "7"), 1, "--gpus-per-instance 7 must be a multiple or a divisor of a server's"),
     (SIM + ("--rate-scale", "0"), 1, "--rate-scale must be a positive number"),
     (SIM + ("--prefill-tok-s", "0"), 1, "--prefill-tok-s must be a positive number"),
     (SIM + ("--decode-step-s", "-1"), 1, "--decode-step-s must be a positive number"),
     (SIM + ("--seed", "-1"), 1, "--seed must be at least 0"),
-    (SIM + ("--nic-gbps", "1"), 1, "--nic-gbps 1 is too slow"),
+    (SIM + ("--nic-gbps", "1", "--topology", "zcube"), 1, "--nic-gbps 1 is too slow"),
     (SIM + ("--switch-tbps", "0.1"), 1, "--switch-tbps 0.1 gives switches of 0 port(s)"),
     (SIM + ("--pd-ratio", "0:1"), 1, "--pd-ratio: "),
     (SIM + ("--fail", "foo"), 1, "--fail: failure 'foo' must look like"),
@@ -100,8 +117,10 @@ FLAGS = [  # (fabric command line, exit code, text of the one-line message); {tm
     (SIM + ("--json", "{tmp}/adir"), 1, "--json {tmp}/adir: is a directory"),
     (SIM + ("--plot", "{tmp}/nodir/p.png"), 1, "--plot {tmp}/nodir/p.png: directory {tmp}/nodir does not exist"),
     (STUDY[:-1] + ("{tmp}/afile",), 1, "--out-dir {tmp}/afile: exists and is not a directory"),
-    (STUDY + ("--scales", "1,-2"), 1, "--scales '1,-2' must be positive"),
-    (SIM + ("--ep-rounds", "0"), 1, "--ep-rounds must be at least 1, got 0"),
+    (STUDY + ("--loads", "1,-2"), 1, "--loads '1,-2' must be positive"),
+    (SIM + ("--prefill-slots", "0"), 1, "--prefill-slots must be at least 1, got 0"),
+    (SIM + ("--hw", "tpu"), 1, "--hw 'tpu' is not a GPU of the hardware table (h100, h200, b200)"),
+    (SIM + ("--decode-gpus", "12"), 1, "--decode-gpus 12 must be a multiple or a divisor of a server's 8 GPUs"),
     (SIM + ("--dcqcn", "maybe"), 2, "--dcqcn: invalid choice"),
     (("build", "zcube"), 1, "zcube needs --n, or --gpus and --gpus-per-switch"),
     (ZC + ("--gpus", "64"), 1, "either --n (paper form) or --gpus and --gpus-per-switch"),

@@ -3,11 +3,9 @@ import json
 import subprocess
 import sys
 
-import pytest
+from hyperdecode.fabric.comparison import claims, knee, nic_ablation
 
-from hyperdecode.fabric.study import claims, knee, nic_ablation
-
-from .test_sim import MOONCAKE
+MOONCAKE = "mooncake-conversation"
 
 
 def row(name, scale, thr, ttft, nic=400, traffic="kv"):
@@ -43,31 +41,35 @@ def test_nic_ablation_by_hand():
     assert nic_ablation(rows[::2]) == []  # one NIC speed: nothing to compare
 
 
-@pytest.mark.skipif(not MOONCAKE.exists(), reason="needs the shared Mooncake trace")
-def test_study_cli_writes_report(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "hyperdecode.cli", "fabric", "study", "--gpus", "256",
-                        "--switch-tbps", "12.8", "--trace", str(MOONCAKE), "--max-requests", "800",
-                        "--scales", "1,20", "--nic-gbps", "200,400", "--out-dir", str(tmp_path),
+def test_study_cli_writes_the_report_with_the_sensitivity_table(tmp_path):
+    """A small study end to end (64 GPUs, 16-GPU prefill instances over two servers, the trace's first 150 requests
+    in a closed loop of 48 clients, the affine decode step): README.md with the calibration, the symptoms, a verdict
+    per claim citing rows, the sensitivity table with every axis, optics under both conventions; the runs' table and
+    JSON; the plots."""
+    r = subprocess.run([sys.executable, "-m", "hyperdecode.cli", "fabric", "study", "--gpus", "64",
+                        "--switch-tbps", "12.8", "--trace", MOONCAKE, "--max-requests", "150", "--sessions", "48",
+                        "--gpus-per-instance", "16", "--decode-plan", "affine", "--nic-gbps", "100,200,400",
+                        "--sensitivity", "--jobs", "2", "--out-dir", str(tmp_path),
                         "--json", str(tmp_path / "rows.json")],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    md = (tmp_path / "study.md").read_text()
-    assert "| 400G kv | x1 | zcube |" in md and "| 400G kv | x20 | roft |" in md
-    for png in ("ttft_vs_load.png", "util_cdf.png"):
-        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in md
-    assert "## The seed's claims" in md and "- **-1/3 switches**: " in md
-    rows = json.loads((tmp_path / "study.json").read_text())
-    assert json.loads((tmp_path / "rows.json").read_text()) == rows
-    for key in ("throughput_tok_s", "goodput_per_gpu", "ttft_p50_s", "ttft_p99_s", "pause_s_total"):
-        assert all(isinstance(r[key], float) for r in rows), key
-    assert {r["name"] for r in rows} == {"zcube", "zcube-single-path", "roft", "roft-3-tier"}
-    assert all(r["requests_completed"] == 800 for r in rows)
-    # the study says which forms it ran: 256 GPUs on radix-64 switches at 200G fill them in the blog form
-    blog = "- 400G kv, zcube: ZCube, 32 GPUs per switch, 8 switches per group, 16 switches; blog form, 4 parallel links"
-    paper = "- 400G kv, zcube-single-path: ZCube, 16 GPUs per switch, 16 switches per group, 32 switches; paper form"
-    assert blog in md and paper in md
-    # the 200G runs are the same switches with slower ports: only the speed changes in the NIC ablation
-    assert blog.replace("400G", "200G") in md and paper.replace("400G", "200G") in md
-    assert "- 400G kv, roft: ROFT, 2 tiers" in md and "- 400G kv, roft-3-tier: ROFT, 3 tiers" in md
-    assert "## TTFT by stage at x1\n" in md and "| 400G kv | roft | " in md.split("## TTFT by stage")[1]
-    assert "## NIC ablation" in md and "- kv, roft, 200G -> 400G: throughput x1 " in md
+    readme = (tmp_path / "README.md").read_text()
+    for heading in ("## The operating point", "## Calibration: Z.ai's NIC ablation", "### ROFT's symptoms",
+                    "## The claims", "## Sensitivity: one modelling choice at a time", "## Optics, two conventions",
+                    "## Not modelled"):
+        assert heading in readme, heading
+    for axis in ("port splitting", "placement", "hash model", "ROFT tiers", "optics counting", "NIC speed"):
+        assert f"| {axis} |" in readme, axis
+    table = readme.split("## Sensitivity")[1].split("## Every comparison run")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| S")]
+    assert len(rows) == 14 and all(line.count(" / ") >= 3 for line in rows)  # four verdicts per row
+    claims_table = readme.split("## The claims")[1].split("## Sensitivity")[0]
+    for claim in ("+15 % throughput", "−40.6 % TTFT P99", "−1/3 switches", "−1/3 optics"):
+        assert f"| {claim} |" in claims_table and "S0" in claims_table
+    assert "| roft | 100G |" in readme and "2 per fibre link" in readme and "switch-side modules" in readme
+    assert "| 100G kv+ep | x1 | roft |" in (tmp_path / "study.md").read_text()
+    saved = json.loads((tmp_path / "study.json").read_text())
+    assert json.loads((tmp_path / "rows.json").read_text()) == saved and len(saved["sensitivity"]) == 14
+    assert all(row["requests_completed"] == 150 for row in saved["rows"])
+    for png in ("nic_ablation.png", "baseline.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in readme

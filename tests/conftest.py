@@ -1,5 +1,14 @@
-import pytest
-import torch
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest-xdist runs one worker per core: more threads would oversubscribe
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")  # before torch and numpy load their thread pools
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 def hf_llama_config(**overrides):
@@ -72,3 +81,15 @@ def run_main(argv, capsys):
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (--dist loadgroup), the tests of a module whose fixtures live for the module (a server, a
+    world of processes, a loaded model) run on one worker, so each such fixture is built once."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        if any(d.scope in ("module", "class", "package") for defs in info.name2fixturedefs.values() for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))

@@ -50,14 +50,14 @@ def test_megakernel_equals_vm(name, batch):
 
 # one row of the MLA models is test_megakernel_equals_vm's (kernel = VM); here their 3-row batches (CI time)
 @pytest.mark.parametrize("name, batch", [(n, b) for n in MODELS for b in (1, 3) if b == 3 or n == "tiny-llama"])
-def test_mega_backend_greedy_16_steps_equal_reference(name, batch):
-    """Prefill on the reference, then 16 decode steps in the megakernel: the same greedy tokens."""
+def test_mega_backend_greedy_steps_equal_reference(name, batch):
+    """Prefill on the reference, then decode steps in the megakernel: the same greedy tokens."""
     ref = hd.LLM(name, device="cpu", seed=4)
     mega = hd.LLM(name, device="cpu", seed=4, backend="mega")
     assert mega.backend == "mega"
     g = torch.Generator().manual_seed(batch)
-    prompts = [torch.randint(0, ref.config.vocab_size, (n,), generator=g).tolist() for n in (9, 3, 14)[:batch]]
-    kw = dict(max_tokens=17, ignore_eos=True)  # crosses index_topk = 16 while decoding
+    prompts = [torch.randint(0, ref.config.vocab_size, (n,), generator=g).tolist() for n in (12, 3, 15)[:batch]]
+    kw = dict(max_tokens=6, ignore_eos=True)  # rows 0 and 2 cross index_topk = 16 while decoding (CI time: 6 steps)
     assert [r.token_ids for r in mega.generate_batch(prompts, **kw)] == \
         [r.token_ids for r in ref.generate_batch(prompts, **kw)]
 

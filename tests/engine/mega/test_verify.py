@@ -42,6 +42,11 @@ def verify_step(llm, prompt_lengths, fed, queries, seed):
     return prog, vm, tokens.reshape(-1), flat_pos, tokens, pos, real
 
 
+# the kernel under the interpreter once per program (Llama, Qwen3's norms, MLA): tiny-dsv32 runs the MLA program as
+# tiny-glm5 does, so its verify step is checked in the VM only (CI time)
+KERNEL = {"tiny-llama", "tiny-qwen3", "tiny-glm5"}
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_verify_program_vm_equals_reference_and_kernel_equals_vm(name):
     llm = hd.LLM(name, device="cpu", seed=3)
@@ -57,6 +62,8 @@ def test_verify_program_vm_equals_reference_and_kernel_equals_vm(name):
     views = prog.cache_views(vm.C)
     for cache_name, t in llm.model.cache_tensors().items():  # what the draft appended, at the same positions
         assert rel_err(views[cache_name][:, :MAX_SEQ - 1], t[:3, :MAX_SEQ - 1]) <= 1e-5, cache_name
+    if name not in KERNEL:
+        return
     A = torch.zeros(prog.a_size)
     run_megakernel(prog, A, C, flat_tok, flat_pos)
     assert rel_err(prog.logits(A), vm.prog.logits(vm.A)) <= 1e-4

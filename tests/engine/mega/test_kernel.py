@@ -48,8 +48,9 @@ def test_megakernel_equals_vm(name, batch):
     check_kernel_step(hd.LLM(name, device="cpu", seed=7), (21, 6, 33)[:batch], 40, 10 + batch, tile=64)
 
 
-# one row of the MLA models is test_megakernel_equals_vm's (kernel = VM); here their 3-row batches (CI time)
-@pytest.mark.parametrize("name, batch", [(n, b) for n in MODELS for b in (1, 3) if b == 3 or n == "tiny-llama"])
+# one row of the MLA models is test_megakernel_equals_vm's (kernel = VM); here a 3-row batch of tiny-glm5 (CI time:
+# tiny-dsv32 runs the same MLA program, checked against the VM one step at a time above)
+@pytest.mark.parametrize("name, batch", [("tiny-llama", 1), ("tiny-llama", 3), ("tiny-glm5", 3)])
 def test_mega_backend_greedy_steps_equal_reference(name, batch):
     """Prefill on the reference, then decode steps in the megakernel: the same greedy tokens."""
     ref = hd.LLM(name, device="cpu", seed=4)

@@ -27,8 +27,14 @@ def aot(*args: str) -> dict:
                                   # verify programs (4 tokens per row: 3 drafts), 8 warps by default
                                   ["llama-3.2-1b", "--batch", "1", "--queries", "4", "--max-seq", "1100", "--prefetch"],
                                   ["medium-glm5", "--batch", "1", "--queries", "4"]])
-def test_megakernel_compiles_for_sm90_without_spills(args):
-    report = aot(*args)
+def test_megakernel_compiles_for_sm90_without_spills(args, tmp_path):
+    files = ["--ptx", str(tmp_path / "k.ptx"), "--cubin", str(tmp_path / "k.cubin"), "--sass", str(tmp_path / "k.sass")]
+    writes = args[0] == "tiny-llama"  # one build also writes its PTX, cubin and SASS (CI time: no build of its own)
+    report = aot(*args, *(files if writes else []))
+    if writes:
+        assert ".entry megakernel" in (tmp_path / "k.ptx").read_text()
+        assert (tmp_path / "k.cubin").read_bytes()[:4] == b"\x7fELF"
+        assert "LDGSTS.E.BYPASS.128" in (tmp_path / "k.sass").read_text()
     assert report["model"] == args[0] and report["arch"] == 90 and report["ptx_lines"] > 1000
     assert 0 < report["shared_bytes"] <= SM90_SHARED_BYTES
     assert report["spill_bytes"] == 0 and report["stack_bytes"] <= LIBDEVICE_STACK
@@ -52,12 +58,3 @@ def test_streaming_bodies_load_weights_16_bytes_at_a_time_without_spills():
     # above batch 4 (tensor cores, 8 warps, 64-column chunks: what compiles without spills in the whole kernel) a
     # 16-row bf16 chunk is 2 KB over 256 threads, so 8-byte cp.async; FP8 4-byte (bench/NOTES.md, a known gap)
     assert report["gemv_b8_bf16"]["loads"].get("LDGSTS.E.64", 0) >= 4
-
-
-def test_aot_writes_ptx_cubin_and_sass(tmp_path):
-    report = aot("tiny-llama", "--ptx", str(tmp_path / "k.ptx"), "--cubin", str(tmp_path / "k.cubin"),
-                 "--sass", str(tmp_path / "k.sass"))
-    assert report["registers"] > 0
-    assert ".entry megakernel" in (tmp_path / "k.ptx").read_text()
-    assert (tmp_path / "k.cubin").read_bytes()[:4] == b"\x7fELF"
-    assert "LDGSTS.E.BYPASS.128" in (tmp_path / "k.sass").read_text()

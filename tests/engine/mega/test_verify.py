@@ -89,7 +89,7 @@ def test_mega_backend_speculative_greedy_equals_reference(name, spec):
     mega = hd.LLM(name, device="cpu", seed=4, backend="mega")
     g = torch.Generator().manual_seed(5)
     prompts = [(torch.randint(0, 30, (n,), generator=g).tolist() * 3)[:3 * n] for n in (6, 2)]
-    kw = dict(max_tokens=7, ignore_eos=True)
+    kw = dict(max_tokens=7 if name == "tiny-llama" else 5, ignore_eos=True)  # MTP drafts from the first step
     expected = [r.token_ids for r in ref.generate_batch(prompts, **kw)]
     drafted = ref.generate_batch(prompts, speculative=spec, **kw)
     got = mega.generate_batch(prompts, speculative=spec, **kw)
